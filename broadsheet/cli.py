@@ -1,0 +1,181 @@
+"""The ``broadsheet`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .cluster import LocalCluster, load_state
+
+DEFAULT_DIR = ".cluster"
+
+
+@click.group()
+@click.version_option(package_name="broadsheet")
+def cli():
+    """Publish tables of a private SQLite database to LiteFS read nodes."""
+
+
+cluster_dir = click.option(
+    "--dir",
+    "root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DIR,
+    show_default=True,
+    envvar="BROADSHEET_DIR",
+    help="Where the local cluster keeps its mounts, data and logs.",
+)
+
+
+@cli.command()
+@cluster_dir
+@click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16), help="Number of read nodes.")
+@click.option("--port", default=8001, show_default=True, type=int, help="First port; the cluster uses the next ~40.")
+@click.option("--no-sample", is_flag=True, help="Start with an empty data.db instead of the sample tables.")
+def up(root, replicas, port, no_sample):
+    """Start a local cluster (primary + read nodes) and run until Ctrl-C."""
+    cluster = LocalCluster(root, replicas=replicas, base_port=port, echo=sys.stdout)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        cluster.start(with_sample=not no_sample)
+        click.echo("\nbroadsheet is up:\n" + cluster.urls() + "\n\nCtrl-C stops every process and unmounts every mount.\n")
+        cluster.supervisor.wait_forever()
+    except KeyboardInterrupt:
+        click.echo("\nstopping…")
+    finally:
+        # A second Ctrl-C must not cut the orderly stop short: LiteFS can only
+        # unmount once the processes using its mount are gone.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        cluster.stop()
+        click.echo("stopped; every mount unmounted.")
+
+
+@cli.command()
+@cluster_dir
+def down(root):
+    """Stop a cluster started with ``broadsheet up`` in another terminal."""
+    info = load_state(root)
+    os.kill(info["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while (Path(root) / "cluster.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    click.echo("stopped")
+
+
+def _data_db(root: Path, data_db: str | None) -> str:
+    if data_db:
+        return data_db
+    try:
+        return load_state(root)["primary"]["data_db"]
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc))
+
+
+data_db_option = click.option("--data-db", help="Path of data.db (default: the local cluster's).")
+
+
+@cli.command()
+@cluster_dir
+@data_db_option
+@click.option("--json", "as_json", is_flag=True)
+def tables(root, data_db, as_json):
+    """List data.db's tables and whether each is public."""
+    from primary import state
+
+    conn = state.connect(_data_db(root, data_db), readonly=True)
+    public = set(state.public_tables(conn))
+    rows = [
+        {"table": t, "public": t in public, "rows": conn.execute(f"SELECT count(*) FROM {_q(t)}").fetchone()[0]}
+        for t in state.user_tables(conn)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{'public ' if row['public'] else 'private'}  {row['rows']:>9}  {row['table']}")
+
+
+def _q(name: str) -> str:
+    from .names import quote
+
+    return quote(name)
+
+
+def _flip(root, data_db, table, public, actor):
+    from primary import state
+
+    conn = state.connect(_data_db(root, data_db))
+    try:
+        flip = state.set_public(conn, table, public, actor=actor)
+    except state.PublishError as exc:
+        raise click.ClickException(exc.message)
+    finally:
+        conn.close()
+    verb = "public" if public else "private"
+    click.echo(f"{table} is {'now' if flip.changed else 'already'} {verb}")
+
+
+def _flip_command(name: str, public: bool, help: str):
+    @cli.command(name, help=help)
+    @cluster_dir
+    @data_db_option
+    @click.argument("table")
+    @click.option("--actor", default="cli", show_default=True)
+    def command(root, data_db, table, actor):
+        _flip(root, data_db, table, public, actor)
+
+    return command
+
+
+publish = _flip_command("publish", True, "Make TABLE public.")
+unpublish = _flip_command("unpublish", False, "Make TABLE private again.")
+
+
+@cli.command()
+@cluster_dir
+def status(root):
+    """Show the local cluster's nodes and their public.db positions."""
+    from .litefs import Pos
+
+    info = load_state(root)
+    primary = Pos.read(info["primary"]["public_db"])
+    click.echo(f"primary   public.db txid {primary.txid:<6} {info['primary']['datasette']}")
+    for node in info["replicas"]:
+        pos = Pos.read(node["public_db"])
+        click.echo(f"{node['name']:<9} public.db txid {pos.txid:<6} lag {primary.txid - pos.txid:<4} {node['datasette']}")
+
+
+@cli.command("run-publisher", hidden=True)
+@click.option("--data-db", required=True)
+@click.option("--public-db", required=True)
+@click.option("--litefs-url", help="The private LiteFS node's HTTP API, for its /events stream.")
+def run_publisher(data_db, public_db, litefs_url):
+    """Run the publisher (started by the supervisor on the primary)."""
+    from primary.publisher import Publisher, Runner
+
+    publisher = Publisher(data_db, public_db)
+    runner = Runner(publisher, litefs_url)
+
+    def stop(signum, frame):
+        runner.stopped.set()
+        runner.wake.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runner.run()
+    publisher.close()
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,154 @@
+"""What broadsheet knows about LiteFS: positions, the ``-pos`` file, the events
+stream, and the environment that drives the shared ``litefs.yml``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+LITEFS_YML = ROOT / "litefs.yml"
+
+
+def litefs_binary() -> str:
+    """The LiteFS binary: $BROADSHEET_LITEFS, ./bin/litefs, or litefs on PATH."""
+    if env := os.environ.get("BROADSHEET_LITEFS"):
+        return env
+    local = ROOT / "bin" / "litefs"
+    if local.exists():
+        return str(local)
+    return "litefs"
+
+
+@dataclass(frozen=True, order=True)
+class Pos:
+    """A database's replication position, as LiteFS reports it: the TXID of the
+    last applied transaction and the checksum of the database after it."""
+
+    txid: int
+    checksum: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Pos":
+        """Parse the ``-pos`` file format: ``%016x/%016x``."""
+        txid, _, checksum = text.strip().partition("/")
+        return cls(int(txid, 16), int(checksum or "0", 16))
+
+    @classmethod
+    def read(cls, db_path: str | os.PathLike) -> "Pos":
+        """Read the position of a database on a LiteFS mount; TXID 0 if the
+        database does not exist yet."""
+        try:
+            with open(f"{db_path}-pos") as fp:
+                return cls.parse(fp.read())
+        except FileNotFoundError:
+            return cls(0, 0)
+
+    def __str__(self) -> str:
+        return f"{self.txid:016x}/{self.checksum:016x}"
+
+
+@dataclass(frozen=True)
+class TxEvent:
+    """One ``tx`` event from a LiteFS node's ``/events`` stream."""
+
+    db: str
+    pos: Pos
+    timestamp: str
+
+
+def events(url: str, timeout: float = 5.0) -> Iterator[TxEvent | None]:
+    """Follow a LiteFS node's ``/events`` stream (one JSON object per line).
+
+    Yields a TxEvent for every transaction and None for other events (the
+    initial ``init`` event, primary changes) so that a caller learns the stream
+    is connected. Raises httpx errors when the stream breaks.
+    """
+    with httpx.Client(timeout=httpx.Timeout(timeout, read=None)) as client:
+        with client.stream("GET", f"{url}/events") as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "tx":
+                    data = event.get("data") or {}
+                    yield TxEvent(
+                        db=event.get("db", ""),
+                        pos=Pos(int(data["txID"], 16), int(data.get("postApplyChecksum", "0"), 16)),
+                        timestamp=data.get("timestamp", ""),
+                    )
+                else:
+                    yield None
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """One LiteFS process: where it mounts, where it keeps data, how it leases.
+
+    ``env()`` fills in every variable of the shared ``litefs.yml``.
+    """
+
+    mount_dir: Path
+    data_dir: Path
+    http_addr: str
+    primary_url: str
+    primary_hostname: str
+    candidate: bool
+    skip_sync: bool = False
+    compress: bool = True
+    retention: str = "10m"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LITEFS_DIR": str(self.mount_dir),
+            "LITEFS_DATA_DIR": str(self.data_dir),
+            "LITEFS_HTTP_ADDR": self.http_addr,
+            "LITEFS_PRIMARY_URL": self.primary_url,
+            "LITEFS_PRIMARY_HOSTNAME": self.primary_hostname,
+            "LITEFS_CANDIDATE": _bool(self.candidate),
+            "LITEFS_SKIP_SYNC": _bool(self.skip_sync),
+            "LITEFS_COMPRESS": _bool(self.compress),
+            "LITEFS_RETENTION": self.retention,
+        }
+
+    def argv(self) -> list[str]:
+        return [litefs_binary(), "mount", "-config", str(LITEFS_YML)]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.http_addr}"
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def is_mounted(path: str | os.PathLike) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/mounts") as fp:
+        return any(line.split()[1] == target for line in fp)
+
+
+def unmount(path: str | os.PathLike) -> None:
+    """Unmount a FUSE mount that its LiteFS process left behind (after a
+    SIGKILL, say). Lazy, so that a process still holding a file open cannot
+    keep the mount alive."""
+    if is_mounted(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
+
+
+def wait_for_file(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return path.exists()

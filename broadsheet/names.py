@@ -1,0 +1,24 @@
+"""Table names: which are broadsheet's own, and how to quote any of them."""
+
+from __future__ import annotations
+
+# Tables broadsheet keeps in data.db. Names starting with these prefixes can
+# never be published, whatever _public_tables says.
+INTERNAL_PREFIXES = ("_public_", "sqlite_")
+
+PUBLIC_TABLES = "_public_tables"
+
+
+def is_internal(name: str) -> bool:
+    return name.lower().startswith(INTERNAL_PREFIXES)
+
+
+def quote(identifier: str) -> str:
+    """Quote an SQL identifier the way sqlite-utils does: double quotes, with
+    embedded double quotes doubled. Safe for any string SQLite accepts."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def literal(value: str) -> str:
+    """An SQL string literal (for trigger bodies, where parameters cannot go)."""
+    return "'" + value.replace("'", "''") + "'"

@@ -1,0 +1,186 @@
+"""One place that starts, watches and stops every process of a node or a
+local cluster, and logs their output in one format."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+from . import litefs
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # A child outlives a supervisor killed with SIGKILL unless the kernel is
+    # told to signal it; LiteFS unmounts cleanly on SIGTERM.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class StartError(RuntimeError):
+    """A process exited or never became ready; the message carries its log tail."""
+
+
+@dataclass
+class Service:
+    """A process to supervise.
+
+    ``ready`` is polled until it returns true; ``prepare`` runs (and may wait)
+    before the process starts; ``mount`` is a FUSE mount to clean up after it.
+    """
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    ready: Callable[[], bool] | None = None
+    prepare: Callable[[], None] | None = None
+    mount: Path | None = None
+    stop_signal: int = signal.SIGTERM
+    ready_timeout: float = 60.0
+
+
+class Supervisor:
+    def __init__(self, log_dir: Path, echo: TextIO | None = None):
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.echo = echo
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._services: dict[str, Service] = {}
+        self._lock = threading.Lock()
+        self._expected_exit: set[str] = set()
+
+    # -- logging ---------------------------------------------------------
+    def log(self, name: str, message: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {name:<22} | {message}\n"
+        with self._lock:
+            with open(self.log_dir / "broadsheet.log", "a") as fp:
+                fp.write(line)
+            if self.echo is not None:
+                self.echo.write(line)
+                self.echo.flush()
+
+    def _pump(self, name: str, stream) -> None:
+        with open(self.log_dir / f"{name}.log", "a") as fp:
+            for raw in iter(stream.readline, b""):
+                text = raw.decode("utf-8", "replace").rstrip("\n")
+                fp.write(text + "\n")
+                fp.flush()
+                self.log(name, text)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        try:
+            return "".join((self.log_dir / f"{name}.log").read_text().splitlines(True)[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self, service: Service) -> None:
+        if service.name in self._procs and self._procs[service.name].poll() is None:
+            raise StartError(f"{service.name} is already running")
+        self._services[service.name] = service
+        if service.mount is not None:
+            litefs.unmount(service.mount)  # left over from a crash
+            service.mount.mkdir(parents=True, exist_ok=True)
+        if service.prepare is not None:
+            service.prepare()
+        env = {**os.environ, **service.env, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            service.argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._procs[service.name] = proc
+        self._expected_exit.discard(service.name)
+        threading.Thread(target=self._pump, args=(service.name, proc.stdout), daemon=True).start()
+        self.log("supervisor", f"started {service.name} (pid {proc.pid})")
+        if service.ready is not None:
+            self._wait_ready(service, proc)
+
+    def _wait_ready(self, service: Service, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + service.ready_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StartError(
+                    f"{service.name} exited with {proc.returncode} before it was ready:\n"
+                    + self.log_tail(service.name)
+                )
+            try:
+                if service.ready():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.05)
+        raise StartError(
+            f"{service.name} not ready after {service.ready_timeout:.0f}s:\n" + self.log_tail(service.name)
+        )
+
+    def running(self, name: str) -> bool:
+        proc = self._procs.get(name)
+        return proc is not None and proc.poll() is None
+
+    def pid(self, name: str) -> int | None:
+        proc = self._procs.get(name)
+        return proc.pid if proc is not None else None
+
+    def stop(self, name: str, timeout: float = 15.0, kill: bool = False) -> None:
+        """Stop one process (SIGKILL at once when ``kill``, as a crash would)
+        and unmount its FUSE mount if it left one."""
+        proc = self._procs.get(name)
+        service = self._services.get(name)
+        self._expected_exit.add(name)
+        if proc is not None and proc.poll() is None:
+            sig = signal.SIGKILL if kill else (service.stop_signal if service else signal.SIGTERM)
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.log("supervisor", f"{name} did not stop in {timeout:.0f}s; killing it")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            self.log("supervisor", f"stopped {name} ({'killed' if kill else 'exit ' + str(proc.returncode)})")
+        if service is not None and service.mount is not None:
+            litefs.unmount(service.mount)
+
+    def restart(self, name: str) -> None:
+        self.stop(name)
+        self.start(self._services[name])
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self._procs)):
+            self.stop(name)
+
+    def unexpected_exits(self) -> list[tuple[str, int]]:
+        return [
+            (name, proc.returncode)
+            for name, proc in self._procs.items()
+            if proc.poll() is not None and name not in self._expected_exit
+        ]
+
+    def wait_forever(self) -> None:
+        """Block (for ``broadsheet up``) until interrupted, reporting any process
+        that dies on its own."""
+        reported: set[str] = set()
+        while True:
+            for name, code in self.unexpected_exits():
+                if name not in reported:
+                    reported.add(name)
+                    self.log("supervisor", f"{name} exited with {code}; see {self.log_dir / (name + '.log')}")
+            time.sleep(0.5)

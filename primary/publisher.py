@@ -1,0 +1,458 @@
+"""The publisher: keeps public.db equal to the published projection of data.db.
+
+One publish cycle is one SQLite transaction on public.db, so one LTX: a read
+node shows the state before a cycle or after it, never a mix. The cycle reads
+data.db through ``ATTACH ... AS src`` inside that transaction, so everything
+it copies comes from one data.db snapshot.
+
+Work per cycle is proportional to what changed: triggers that the publisher
+installs on every published table log changed rowids into ``_public_changes``,
+and a cycle re-copies just those rows. Whole tables are copied only when they
+are first published or their schema changes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apsw
+
+from broadsheet.litefs import Pos, TxEvent, events
+from broadsheet.log import log
+from broadsheet.names import PUBLIC_TABLES, is_internal, literal, quote
+
+from . import state
+
+TRIGGER_PREFIX = "_public_trg_"
+FTS_TRIGGER_PREFIX = "_public_fts_"
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One publish cycle: the data.db position it reflects and the public.db
+    position it produced."""
+
+    private_txid: int
+    public_txid: int
+    started_at: str
+    duration_ms: float
+    tables_copied: tuple[str, ...] = ()
+    tables_dropped: tuple[str, ...] = ()
+    rows_changed: int = 0
+
+
+@dataclass
+class _Plan:
+    published: list[str]
+    drop: list[str] = field(default_factory=list)
+    copy: list[str] = field(default_factory=list)
+    rows: dict[str, list[int]] = field(default_factory=dict)
+    max_change: int | None = None
+    public_tables_changed: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.drop or self.copy or self.rows or self.public_tables_changed)
+
+
+def _trigger_names(table: str) -> dict[str, str]:
+    return {op: f"{TRIGGER_PREFIX}{op}_{table}" for op in ("ins", "upd", "del")}
+
+
+class Publisher:
+    def __init__(self, data_db: str | Path, public_db: str | Path):
+        self.data_db = str(data_db)
+        self.public_db = str(public_db)
+        self.writer = state.connect(self.data_db)
+        state.ensure_schema(self.writer)
+        self.conn = state.connect(self.public_db)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # Freed pages are zeroed: an unpublished table's bytes leave public.db
+        # (and the LTX that ships the change) in the cycle that drops it.
+        self.conn.execute("PRAGMA secure_delete=ON")
+        self.conn.execute("ATTACH ? AS src", (f"file:{self.data_db}?mode=ro",))
+        with state.immediate(self.conn):
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_TABLES} (table_name TEXT PRIMARY KEY)")
+        self._maintained: tuple | None = None
+        # Tables whose change log has a gap (their triggers were missing, as
+        # after DROP TABLE + CREATE TABLE): copied whole in the next cycle.
+        self._force_copy: set[str] = set()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.writer.close()
+
+    # -- triggers on data.db -----------------------------------------------
+    def _publishable(self, conn: apsw.Connection, schema: str) -> list[str]:
+        listed = [r[0] for r in conn.execute(f"SELECT table_name FROM {schema}.{PUBLIC_TABLES} ORDER BY table_name")]
+        real = {
+            name
+            for name, sql in conn.execute(f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table'")
+            if not sql.upper().startswith("CREATE VIRTUAL")
+        }
+        return [t for t in listed if t in real and not is_internal(t)]
+
+    def maintain_triggers(self) -> None:
+        """Install change-log triggers on every published table and remove them
+        from tables no longer published. A separate data.db transaction that
+        commits before the cycle's snapshot, so writes before it are in the
+        snapshot and writes after it are in the log."""
+        conn = self.writer
+        key = (
+            conn.execute("PRAGMA schema_version").fetchone()[0],
+            tuple(self._publishable(conn, "main")),
+        )
+        if key == self._maintained:
+            return
+        with state.immediate(conn):
+            self._forget_dropped(conn)
+            published = self._publishable(conn, "main")
+            wanted = {(name, table) for table in published for name in _trigger_names(table).values()}
+            existing = set(
+                conn.execute(
+                    "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+                    (len(TRIGGER_PREFIX), TRIGGER_PREFIX),
+                )
+            )
+            for name, _ in existing - wanted:
+                conn.execute(f"DROP TRIGGER {quote(name)}")
+            for table in published:
+                if any((n, table) not in existing for n in _trigger_names(table).values()):
+                    self._create_triggers(conn, table)
+                    self._force_copy.add(table)
+            conn.execute(
+                "DELETE FROM _public_changes WHERE tbl NOT IN (SELECT value FROM json_each(?))",
+                (json.dumps(published),),
+            )
+        self._maintained = (conn.execute("PRAGMA schema_version").fetchone()[0], tuple(published))
+
+    @staticmethod
+    def _forget_dropped(conn: apsw.Connection) -> None:
+        # A published table that is dropped (or renamed) stops being public,
+        # so that a new table created under its name starts out private.
+        existing = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for (table,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES}").fetchall():
+            if table not in existing:
+                conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+                conn.execute(
+                    "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name) VALUES (?, ?, ?, ?)",
+                    (state.now(), "broadsheet:publisher (table was dropped)", "unpublish", table),
+                )
+                log("publisher", f"{table!r} no longer exists in data.db; it is no longer public")
+
+    @staticmethod
+    def _create_triggers(conn: apsw.Connection, table: str) -> None:
+        names = _trigger_names(table)
+        for name in names.values():
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote(name)}")
+        t, lit = quote(table), literal(table)
+        has_rowid = _has_rowid(conn, "main", table)
+        new = "new._rowid_" if has_rowid else "NULL"
+        old = "old._rowid_" if has_rowid else "NULL"
+        log_ = "INSERT INTO _public_changes (tbl, rid) VALUES"
+        conn.execute(
+            f"CREATE TRIGGER {quote(names['ins'])} AFTER INSERT ON {t} BEGIN {log_} ({lit}, {new}); END;"
+            f"CREATE TRIGGER {quote(names['del'])} AFTER DELETE ON {t} BEGIN {log_} ({lit}, {old}); END;"
+            f"CREATE TRIGGER {quote(names['upd'])} AFTER UPDATE ON {t} BEGIN {log_} ({lit}, {old});"
+            f" INSERT INTO _public_changes (tbl, rid) SELECT {lit}, {new} WHERE {new} IS NOT {old}; END;"
+        )
+
+    # -- one cycle ---------------------------------------------------------
+    def run_cycle(self) -> Cycle | None:
+        """Bring public.db up to date with data.db. Returns the cycle, or None
+        when there was nothing to publish."""
+        self.maintain_triggers()
+        started_at, t0 = state.now(), time.perf_counter()
+        before = Pos.read(self.data_db)
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            plan = self._plan()  # the first read of src starts its snapshot
+            if plan.empty:
+                conn.execute("ROLLBACK")
+                self._trim(plan.max_change)
+                return None
+            rows_changed = self._apply(plan)
+            conn.execute("COMMIT")
+            self._force_copy.difference_update(plan.copy)
+        except BaseException:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            raise
+        public = Pos.read(self.public_db)
+        cycle = Cycle(
+            # The snapshot began after ``before`` was read, so it holds at
+            # least that transaction: a safe answer for "is TXID n public yet".
+            private_txid=before.txid,
+            public_txid=public.txid,
+            started_at=started_at,
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            tables_copied=tuple(plan.copy),
+            tables_dropped=tuple(plan.drop),
+            rows_changed=rows_changed,
+        )
+        self._record(cycle, plan.max_change)
+        return cycle
+
+    def _plan(self) -> _Plan:
+        conn = self.conn
+        published = self._publishable(conn, "src")
+        plan = _Plan(published=published)
+        present = [n for (n,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")]
+        present = [n for n in present if n != PUBLIC_TABLES and n in _top_level_tables(conn, "main")]
+        plan.drop = [t for t in present if t not in published]
+        for table in published:
+            if (
+                table not in present
+                or table in self._force_copy
+                or _signature(conn, "src", table) != _signature(conn, "main", table)
+            ):
+                plan.copy.append(table)
+        plan.max_change = conn.execute("SELECT max(id) FROM src._public_changes").fetchone()[0]
+        if plan.max_change is not None:
+            for tbl, rid in conn.execute(
+                "SELECT tbl, rid FROM src._public_changes WHERE id <= ? ORDER BY id", (plan.max_change,)
+            ):
+                if tbl in published and tbl not in plan.copy:
+                    if rid is None:
+                        plan.copy.append(tbl)  # WITHOUT ROWID tables are re-copied whole
+                        plan.rows.pop(tbl, None)
+                    else:
+                        plan.rows.setdefault(tbl, []).append(rid)
+        current = [n for (n,) in conn.execute(f"SELECT table_name FROM main.{PUBLIC_TABLES} ORDER BY table_name")]
+        plan.public_tables_changed = current != published
+        return plan
+
+    def _apply(self, plan: _Plan) -> int:
+        conn = self.conn
+        for table in plan.drop:
+            log("publisher", f"unpublishing {table!r}")
+            _drop(conn, table)
+        rows = 0
+        for table in plan.copy:
+            log("publisher", f"copying {table!r}")
+            _drop(conn, table)
+            rows += _copy_table(conn, table)
+        for table, rids in plan.rows.items():
+            try:
+                conn.execute("SAVEPOINT rows")
+                rows += _copy_rows(conn, table, rids)
+                conn.execute("RELEASE rows")
+            except apsw.ConstraintError:
+                # A REPLACE on data.db removed a row through a UNIQUE conflict
+                # without firing a delete trigger: re-copy the table whole.
+                conn.execute("ROLLBACK TO rows")
+                conn.execute("RELEASE rows")
+                log("publisher", f"constraint conflict applying rows of {table!r}; copying it whole")
+                _drop(conn, table)
+                rows += _copy_table(conn, table)
+        if plan.public_tables_changed:
+            conn.execute(f"DELETE FROM main.{PUBLIC_TABLES}")
+            conn.execute(
+                f"INSERT INTO main.{PUBLIC_TABLES} (table_name) SELECT value FROM json_each(?)",
+                (json.dumps(plan.published),),
+            )
+        return rows
+
+    def _trim(self, max_change: int | None) -> None:
+        if max_change is not None:
+            with state.immediate(self.writer):
+                self.writer.execute("DELETE FROM _public_changes WHERE id <= ?", (max_change,))
+
+    def _record(self, cycle: Cycle, max_change: int | None) -> None:
+        with state.immediate(self.writer):
+            if max_change is not None:
+                self.writer.execute("DELETE FROM _public_changes WHERE id <= ?", (max_change,))
+            self.writer.execute(
+                "INSERT INTO _public_cycles (started_at, duration_ms, private_txid, public_txid,"
+                " tables_copied, tables_dropped, rows_changed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cycle.started_at,
+                    round(cycle.duration_ms, 3),
+                    cycle.private_txid,
+                    cycle.public_txid,
+                    len(cycle.tables_copied),
+                    len(cycle.tables_dropped),
+                    cycle.rows_changed,
+                ),
+            )
+            self.writer.execute("DELETE FROM _public_cycles WHERE id <= (SELECT max(id) FROM _public_cycles) - 10000")
+
+
+# -- table copying (on the publisher's public.db connection, src attached) ---
+
+_CONTENT = re.compile(r"""content\s*=\s*(?:'((?:[^']|'')*)'|"((?:[^"]|"")*)"|\[([^\]]*)\]|([\w$]+))""", re.I)
+
+
+def _fts_companions(conn: apsw.Connection, schema: str, table: str) -> list[tuple[str, str]]:
+    """External-content full-text tables that index ``table``: (name, sql)."""
+    found = []
+    for name, sql in conn.execute(
+        f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%USING FTS%'"
+    ):
+        m = _CONTENT.search(sql)
+        if m:
+            content = next(g for g in m.groups() if g is not None)
+            content = content.replace("''", "'").replace('""', '"')
+            if content == table:
+                found.append((name, sql))
+    return found
+
+
+def _top_level_tables(conn: apsw.Connection, schema: str) -> set[str]:
+    """Tables that are not full-text companions or their shadow tables."""
+    rows = list(conn.execute(f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table'"))
+    virtual = [n for n, sql in rows if sql and sql.upper().startswith("CREATE VIRTUAL")]
+    hidden = set(virtual)
+    for n, _ in rows:
+        if any(n.startswith(v + "_") for v in virtual):
+            hidden.add(n)
+    return {n for n, _ in rows} - hidden
+
+
+def _signature(conn: apsw.Connection, schema: str, table: str) -> list[tuple]:
+    rows = conn.execute(
+        f"SELECT type, name, sql FROM {schema}.sqlite_master WHERE tbl_name = ? AND type IN ('table', 'index')"
+        " AND sql IS NOT NULL ORDER BY type, name",
+        (table,),
+    ).fetchall()
+    return rows + [("fts", name, sql) for name, sql in _fts_companions(conn, schema, table)]
+
+
+def _has_rowid(conn: apsw.Connection, schema: str, table: str) -> bool:
+    try:
+        conn.execute(f"SELECT _rowid_ FROM {quote(schema)}.{quote(table)} LIMIT 0").fetchall()
+        return True
+    except apsw.SQLError:
+        return False
+
+
+def _columns(conn: apsw.Connection, schema: str, table: str) -> list[str]:
+    # hidden 2 and 3 are generated columns, which cannot be inserted into.
+    return [
+        name
+        for _, name, _, _, _, _, hidden in conn.execute(f"PRAGMA {quote(schema)}.table_xinfo({literal(table)})")
+        if hidden in (0, 1)
+    ]
+
+
+def _drop(conn: apsw.Connection, table: str) -> None:
+    for name, _ in _fts_companions(conn, "main", table):
+        conn.execute(f"DROP TABLE IF EXISTS main.{quote(name)}")
+    conn.execute(f"DROP TABLE IF EXISTS main.{quote(table)}")
+
+
+def _copy_table(conn: apsw.Connection, table: str) -> int:
+    """Create ``table`` in public.db with data.db's schema and copy its rows,
+    then its indexes and full-text companions."""
+    (sql,) = conn.execute("SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    conn.execute(sql)  # CREATE TABLE text is schema-unqualified: it lands in main
+    cols = ", ".join(quote(c) for c in _columns(conn, "src", table))
+    rowid = "_rowid_, " if _has_rowid(conn, "src", table) else ""
+    t = quote(table)
+    conn.execute(f"INSERT INTO main.{t} ({rowid}{cols}) SELECT {rowid}{cols} FROM src.{t}")
+    count = conn.changes()
+    for (index_sql,) in conn.execute(
+        "SELECT sql FROM src.sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
+    ).fetchall():
+        conn.execute(index_sql)
+    for name, fts_sql in _fts_companions(conn, "src", table):
+        conn.execute(fts_sql)
+        conn.execute(f"INSERT INTO main.{quote(name)} ({quote(name)}) VALUES ('rebuild')")
+        _create_fts_triggers(conn, table, name)
+    return count
+
+
+def _create_fts_triggers(conn: apsw.Connection, table: str, fts: str) -> None:
+    """Keep public.db's full-text index in step with row-level applies."""
+    cols = [c for c in _columns(conn, "main", fts) if c != fts]
+    t, f = quote(table), quote(fts)
+    names = ", ".join(quote(c) for c in cols)
+    new = ", ".join(f"new.{quote(c)}" for c in cols)
+    old = ", ".join(f"old.{quote(c)}" for c in cols)
+    pre = FTS_TRIGGER_PREFIX + fts
+    conn.execute(
+        f"CREATE TRIGGER main.{quote(pre + '_ai')} AFTER INSERT ON {t} BEGIN"
+        f" INSERT INTO {f} (rowid, {names}) VALUES (new._rowid_, {new}); END;"
+        f"CREATE TRIGGER main.{quote(pre + '_ad')} AFTER DELETE ON {t} BEGIN"
+        f" INSERT INTO {f} ({f}, rowid, {names}) VALUES ('delete', old._rowid_, {old}); END;"
+    )
+
+
+def _copy_rows(conn: apsw.Connection, table: str, rids: list[int]) -> int:
+    """Make the given rows of public.db's ``table`` equal to data.db's: delete
+    them, then insert those that still exist."""
+    t = quote(table)
+    ids = json.dumps(sorted(set(rids)))
+    cols = ", ".join(quote(c) for c in _columns(conn, "src", table))
+    conn.execute(f"DELETE FROM main.{t} WHERE _rowid_ IN (SELECT value FROM json_each(?))", (ids,))
+    conn.execute(
+        f"INSERT INTO main.{t} (_rowid_, {cols}) SELECT _rowid_, {cols} FROM src.{t}"
+        f" WHERE _rowid_ IN (SELECT value FROM json_each(?))",
+        (ids,),
+    )
+    return len(set(rids))
+
+
+# -- the long-running process -----------------------------------------------
+
+
+class Runner:
+    """Runs publish cycles whenever data.db changes.
+
+    It follows the private LiteFS node's ``/events`` stream, so a cycle starts
+    within milliseconds of a commit; everything that commits while a cycle
+    runs is batched into the next one. Should the stream drop, it polls
+    data.db's ``-pos`` file until the stream is back.
+    """
+
+    def __init__(self, publisher: Publisher, litefs_url: str | None, poll_interval: float = 0.25):
+        self.publisher = publisher
+        self.litefs_url = litefs_url
+        self.poll_interval = poll_interval
+        self.wake = threading.Event()
+        self.stopped = threading.Event()
+        self.db_name = Path(publisher.data_db).name
+
+    def _follow(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                for event in events(self.litefs_url):
+                    if event is None or (isinstance(event, TxEvent) and event.db == self.db_name):
+                        self.wake.set()
+                    if self.stopped.is_set():
+                        return
+            except Exception as exc:  # the stream broke: poll until it is back
+                log("publisher", f"LiteFS event stream: {exc}; retrying")
+            self.stopped.wait(1.0)
+
+    def run(self) -> None:
+        if self.litefs_url:
+            threading.Thread(target=self._follow, daemon=True).start()
+        last = None
+        while not self.stopped.is_set():
+            self.wake.wait(self.poll_interval)
+            pos = Pos.read(self.publisher.data_db)
+            if not self.wake.is_set() and pos == last:
+                continue
+            self.wake.clear()
+            last = pos
+            try:
+                cycle = self.publisher.run_cycle()
+            except apsw.BusyError:
+                self.wake.set()
+                continue
+            if cycle is not None:
+                log(
+                    "publisher",
+                    f"cycle: data.db txid {cycle.private_txid} -> public.db txid {cycle.public_txid}"
+                    f" ({cycle.duration_ms:.1f} ms, {cycle.rows_changed} rows, copied {list(cycle.tables_copied)},"
+                    f" dropped {list(cycle.tables_dropped)})",
+                )
+                # The cycle's own record in data.db wakes us once more; that
+                # pass finds nothing to publish.

@@ -1,0 +1,182 @@
+"""Publish state, kept in data.db so that data and publish state are one
+transactional snapshot (the datasette-public plugin's first design).
+
+- ``_public_tables``: one row per public table; replicated to read nodes.
+- ``_public_audit_log``: who flipped what, when, and the public TXID it reached.
+- ``_public_changes``: rows changed in published tables, written by triggers the
+  publisher installs, so every writer is captured, including ones that bypass
+  broadsheet. The publisher deletes entries once they are in public.db.
+- ``_public_cycles``: one row per publish cycle: the data.db TXID it reflects
+  and the public.db TXID it produced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from dataclasses import dataclass
+
+import apsw
+
+from broadsheet.names import PUBLIC_TABLES, is_internal, quote
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {PUBLIC_TABLES} (
+    table_name TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS _public_audit_log (
+    id INTEGER PRIMARY KEY,
+    timestamp TEXT NOT NULL,
+    actor TEXT,
+    operation TEXT NOT NULL CHECK (operation IN ('publish', 'unpublish')),
+    table_name TEXT NOT NULL,
+    private_txid INTEGER,
+    public_txid INTEGER
+);
+CREATE TABLE IF NOT EXISTS _public_changes (
+    id INTEGER PRIMARY KEY,
+    tbl TEXT NOT NULL,
+    rid INTEGER
+);
+CREATE TABLE IF NOT EXISTS _public_cycles (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    duration_ms REAL NOT NULL,
+    private_txid INTEGER NOT NULL,
+    public_txid INTEGER NOT NULL,
+    tables_copied INTEGER NOT NULL,
+    tables_dropped INTEGER NOT NULL,
+    rows_changed INTEGER NOT NULL
+);
+"""
+
+
+class PublishError(Exception):
+    """A publish or unpublish request that cannot be carried out. ``status`` is
+    the HTTP status a client should see."""
+
+    status = 400
+
+    def __init__(self, message: str, table: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.table = table
+
+
+class TableNotFound(PublishError):
+    status = 404
+
+
+class InternalTable(PublishError):
+    status = 403
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def connect(path: str, readonly: bool = False) -> apsw.Connection:
+    flags = apsw.SQLITE_OPEN_URI | (
+        apsw.SQLITE_OPEN_READONLY if readonly else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+    )
+    conn = apsw.Connection(path, flags=flags)
+    conn.set_busy_timeout(10_000)
+    return conn
+
+
+@contextlib.contextmanager
+def immediate(conn: apsw.Connection):
+    """A write transaction that takes the write lock up front, so that it
+    waits on the busy timeout instead of failing to upgrade a read lock."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def ensure_schema(conn: apsw.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    with immediate(conn):
+        conn.execute(SCHEMA)
+
+
+def user_tables(conn: apsw.Connection, schema: str = "main") -> list[str]:
+    """Tables a team can publish: not internal, not virtual-table shadows."""
+    rows = conn.execute(
+        f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'table' ORDER BY name"
+    ).fetchall()
+    names = [name for (name,) in rows]
+    shadows = _shadow_tables(conn, schema, names)
+    return [n for n in names if not is_internal(n) and n not in shadows]
+
+
+def _shadow_tables(conn: apsw.Connection, schema: str, names: list[str]) -> set[str]:
+    virtual = [
+        name
+        for (name,) in conn.execute(
+            f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"
+        )
+    ]
+    suffixes = ("_data", "_idx", "_content", "_docsize", "_config", "_segments", "_segdir", "_stat")
+    return {n for n in names for v in virtual if n != v and n.startswith(v + "_") and n.endswith(suffixes)}
+
+
+def public_tables(conn: apsw.Connection) -> list[str]:
+    return [name for (name,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES} ORDER BY table_name")]
+
+
+def check_name(table: str) -> None:
+    if not isinstance(table, str) or not table.strip():
+        raise PublishError("Table name must be a non-empty string", table)
+    if "\x00" in table:
+        raise PublishError("Table name may not contain NUL characters", table)
+
+
+def check_publishable(conn: apsw.Connection, table: str) -> None:
+    """Raise a PublishError unless ``table`` is a user table that exists."""
+    check_name(table)
+    if is_internal(table):
+        raise InternalTable(f"{table!r} is an internal table and can never be made public", table)
+    if table not in user_tables(conn):
+        raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
+
+
+@dataclass(frozen=True)
+class Flip:
+    """The outcome of a publish or unpublish: whether it changed anything, and
+    the data.db TXID that holds it (None if nothing changed)."""
+
+    table: str
+    public: bool
+    changed: bool
+    audit_id: int | None = None
+
+
+def set_public(conn: apsw.Connection, table: str, public: bool, actor: str | None = None) -> Flip:
+    """Make ``table`` public or private in one data.db transaction, with an
+    audit log entry. Idempotent: flipping to the current state changes nothing."""
+    check_name(table)
+    ensure_schema(conn)
+    with immediate(conn):
+        if public:
+            check_publishable(conn, table)
+        elif is_internal(table):
+            raise InternalTable(f"{table!r} is an internal table and is never public", table)
+        is_public = table in public_tables(conn)
+        if not public and not is_public and table not in user_tables(conn):
+            raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
+        if is_public == public:
+            return Flip(table, public, changed=False)
+        if public:
+            conn.execute(f"INSERT INTO {PUBLIC_TABLES} (table_name) VALUES (?)", (table,))
+        else:
+            conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+        conn.execute(
+            "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name) VALUES (?, ?, ?, ?)",
+            (now(), actor, "publish" if public else "unpublish", table),
+        )
+        audit_id = conn.last_insert_rowid()
+    return Flip(table, public, changed=True, audit_id=audit_id)

@@ -1,0 +1,115 @@
+"""Fixtures: real LiteFS mounts, real Datasette processes, real HTTP.
+
+One cluster (primary + 2 read nodes) is shared by the tests that only read and
+write data; tests that stop or crash processes start their own. Every cluster
+is stopped, and every mount unmounted, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlite_utils
+
+from broadsheet.cluster import LocalCluster
+from broadsheet.litefs import unmount
+from primary import state
+
+
+def wait_until(condition, timeout: float = 10.0, message: str = "condition"):
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # not there yet (connection refused, …)
+            last_error = exc
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}" + (f": {last_error!r}" if last_error else ""))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    # LTX compression off so that privacy tests can scan every byte as stored.
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"), replicas=2, compress=False)
+    c.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def new_cluster(tmp_path):
+    """A cluster of the test's own, for tests that stop or crash its processes."""
+    clusters = []
+
+    def make(**kwargs):
+        kwargs.setdefault("compress", False)
+        c = LocalCluster(tmp_path / f"cluster{len(clusters)}", **kwargs)
+        clusters.append(c)
+        c.start()
+        return c
+
+    yield make
+    for c in clusters:
+        c.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_mounts(tmp_path_factory):
+    """After the session, nothing of ours may stay mounted."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    with open("/proc/mounts") as fp:
+        left = [line.split()[1] for line in fp if line.split()[1].startswith(base)]
+    for mount in left:
+        unmount(mount)
+    assert not left, f"mounts left behind: {left}"
+
+
+@pytest.fixture
+def db(cluster):
+    """A write connection to the cluster's private data.db."""
+    conn = state.connect(str(cluster.primary.data_db))
+    yield conn
+    conn.close()
+
+
+def rows(node_url: str, table: str, **params) -> list[dict]:
+    response = httpx.get(f"{node_url}/public/{table}.json", params={"_shape": "objects", **params}, timeout=5)
+    response.raise_for_status()
+    return response.json()["rows"]
+
+
+def count(node_url: str, table: str) -> int:
+    response = httpx.get(f"{node_url}/public/{table}.json", params={"_size": 0, "_extra": "count"}, timeout=5)
+    response.raise_for_status()
+    return response.json()["count"]
+
+
+def status(node_url: str, path: str) -> int:
+    return httpx.get(f"{node_url}{path}", timeout=5).status_code
+
+
+def create_table(cluster, name: str, rows_: list[dict], pk: str = "id") -> None:
+    """Create a table in data.db the way a team member's script would."""
+    db = sqlite_utils.Database(cluster.primary.data_db)
+    db[name].insert_all(rows_, pk=pk)
+    db.close()
+
+
+def file_bytes(root: Path):
+    """Every regular file under ``root`` with its bytes."""
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            path = Path(dirpath) / f
+            try:
+                yield path, path.read_bytes()
+            except OSError:
+                continue

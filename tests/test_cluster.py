@@ -1,0 +1,108 @@
+"""Bringing a cluster up and down."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from broadsheet.cluster import load_state
+from conftest import rows, status, wait_until
+
+
+def test_every_read_node_answers_versions(cluster):
+    for node in cluster.replicas:
+        response = httpx.get(f"{node.url}/-/versions.json", timeout=5)
+        assert response.status_code == 200
+        assert response.json()["datasette"]["version"] == "1.0a41"
+
+
+def test_sample_public_table_is_served_and_private_one_is_not(cluster):
+    for node in cluster.replicas:
+        assert len(rows(node.url, "airports", _size=5)) == 5
+        assert status(node.url, "/public/planes.json") == 403
+        assert status(node.url, "/public/planes") == 403
+    # The team's own Datasette is closed to anonymous visitors.
+    assert status(cluster.primary.url, "/data/planes.json") == 403
+
+
+def test_private_litefs_listens_on_loopback_and_no_read_node_joins_it(cluster):
+    assert cluster.primary.private.http_addr.startswith("127.0.0.1:")
+    for node in cluster.replicas:
+        assert node.litefs.primary_url == cluster.primary.public.url
+        assert node.litefs.primary_url != cluster.primary.private.url
+        assert not node.litefs.candidate
+        # Only public.db exists on a read node's mount.
+        dbs = {p.name for p in node.root.joinpath("mnt").iterdir() if not p.name.startswith(".")}
+        assert dbs <= {"public.db", "public.db-pos", "public.db-shm", "public.db-wal"}
+
+
+def _ours(root):
+    with open("/proc/mounts") as fp:
+        mounts = [line.split()[1] for line in fp if line.split()[1].startswith(str(root))]
+    procs = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
+    return mounts, procs
+
+
+def test_up_prints_urls_and_ctrl_c_stops_everything(tmp_path):
+    root = tmp_path / "up"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broadsheet.cli", "up", "--dir", str(root), "--replicas", "1", "--port", "19301"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        text = "".join(output)
+        assert "broadsheet is up" in text, text[-3000:]
+        info = load_state(root)
+        replica_url = info["replicas"][0]["datasette"]
+        assert replica_url in text
+        assert httpx.get(f"{replica_url}/public/airports.json", timeout=5).status_code == 200
+        assert all(_ours(root))
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+        assert proc.returncode == 0
+        assert _ours(root) == ([], [])
+        assert not (root / "cluster.json").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_killed_supervisor_takes_its_processes_with_it(tmp_path):
+    """Even a supervisor killed with SIGKILL leaves no process behind, and the
+    next start cleans up any mount the dead processes could not unmount."""
+    root = tmp_path / "crash"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broadsheet.cli", "up", "--dir", str(root), "--replicas", "1", "--port", "19401"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: (root / "cluster.json").exists(), timeout=120, message="cluster up")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        wait_until(lambda: _ours(root)[1] == [], timeout=30, message="children gone")
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        from broadsheet.litefs import unmount
+
+        for mount in _ours(root)[0]:
+            unmount(mount)
+    assert _ours(root) == ([], [])
