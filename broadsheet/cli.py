@@ -45,6 +45,8 @@ def up(root, replicas, port, no_sample):
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    # Explicitly: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     try:
         cluster.start(with_sample=not no_sample)
@@ -112,34 +114,122 @@ def _q(name: str) -> str:
     return quote(name)
 
 
-def _flip(root, data_db, table, public, actor):
-    from primary import state
+def _control(root: Path, url: str | None, token: str | None):
+    """A control-plane client for ``url`` (default: the local cluster's), with
+    ``token`` (default: one minted from the local cluster's secret)."""
+    from .client import ControlClient
 
-    conn = state.connect(_data_db(root, data_db))
-    try:
-        flip = state.set_public(conn, table, public, actor=actor)
-    except state.PublishError as exc:
-        raise click.ClickException(exc.message)
-    finally:
-        conn.close()
-    verb = "public" if public else "private"
-    click.echo(f"{table} is {'now' if flip.changed else 'already'} {verb}")
+    if url is None or token is None:
+        try:
+            info = load_state(root)
+        except FileNotFoundError as exc:
+            raise click.ClickException(f"{exc}; or pass --url and --token")
+        url = url or info["primary"]["control"]
+        if token is None:
+            token = _mint_token(Path(info["primary"]["secret_file"]).read_text().strip(), "cli")
+    return ControlClient(url, token)
+
+
+def _mint_token(secret: str, actor: str, expires_after: int | None = None) -> str:
+    import asyncio
+
+    from primary import auth
+
+    return asyncio.run(auth.create_token(actor, expires_after, secret=secret))
+
+
+control_options = [
+    click.option("--url", envvar="BROADSHEET_URL", help="Control plane URL (default: the local cluster's)."),
+    click.option("--token", envvar="BROADSHEET_TOKEN", help="Team token (default: minted for the local cluster)."),
+]
+
+
+def with_control(f):
+    for option in reversed(control_options):
+        f = option(f)
+    return f
 
 
 def _flip_command(name: str, public: bool, help: str):
     @cli.command(name, help=help)
     @cluster_dir
-    @data_db_option
+    @with_control
+    @click.option("--data-db", help="Flip directly in this data.db instead of through the control plane.")
+    @click.option("--watch", "watch_", is_flag=True, help="Then wait until every read node has it.")
     @click.argument("table")
-    @click.option("--actor", default="cli", show_default=True)
-    def command(root, data_db, table, actor):
-        _flip(root, data_db, table, public, actor)
+    def command(root, url, token, data_db, watch_, table):
+        from .client import ControlError, describe
+
+        verb = "public" if public else "private"
+        if data_db:
+            from primary import state
+
+            conn = state.connect(data_db)
+            try:
+                flip = state.set_public(conn, table, public, actor="cli")
+            except state.PublishError as exc:
+                raise click.ClickException(exc.message)
+            finally:
+                conn.close()
+            click.echo(f"{table} is {'now' if flip.changed else 'already'} {verb}")
+            return
+        client = _control(root, url, token)
+        try:
+            result = client.publish(table, public)
+        except ControlError as exc:
+            raise click.ClickException(exc.message)
+        click.echo(
+            f"{table} is {'now' if result['changed'] else 'already'} {verb}"
+            f" (data.db TXID {result['private_txid']}, public TXID {result['public_txid']})"
+        )
+        if watch_ and result["public_txid"]:
+            click.echo(describe(client.propagation(result["public_txid"], wait=10)))
 
     return command
 
 
 publish = _flip_command("publish", True, "Make TABLE public.")
 unpublish = _flip_command("unpublish", False, "Make TABLE private again.")
+
+
+@cli.command("create-token")
+@cluster_dir
+@click.argument("actor")
+@click.option("--expires-after", type=click.IntRange(min=1), help="Seconds until the token expires.")
+@click.option("--secret", envvar="DATASETTE_SECRET", help="The shared secret (default: the local cluster's).")
+def create_token(root, actor, expires_after, secret):
+    """Create a team API token (dstok_…) for ACTOR, for Datasette's write API
+    and the control plane."""
+    if not secret:
+        try:
+            secret = Path(load_state(root)["primary"]["secret_file"]).read_text().strip()
+        except FileNotFoundError as exc:
+            raise click.ClickException(f"{exc}; or pass --secret / set DATASETTE_SECRET")
+    click.echo(_mint_token(secret, actor, expires_after))
+
+
+@cli.command()
+@cluster_dir
+@with_control
+@click.option("--until", "until_txid", type=int, help="Exit once every node has this public TXID.")
+def watch(root, url, token, until_txid):
+    """Watch publishes reach every read node, live."""
+    from .client import ControlError, describe
+
+    client = _control(root, url, token)
+    try:
+        for event, data in client.events():
+            if event == "node":
+                state_ = "connected" if data["connected"] else "UNREACHABLE"
+                click.echo(f"{data['name']}: txid {data['txid']} ({data['behind_txids']} behind, {state_})")
+            elif event == "propagation":
+                click.echo(describe(data))
+                if until_txid is not None and data["txid"] >= until_txid and data["complete"]:
+                    return
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()
@@ -160,11 +250,12 @@ def status(root):
 @click.option("--data-db", required=True)
 @click.option("--public-db", required=True)
 @click.option("--litefs-url", help="The private LiteFS node's HTTP API, for its /events stream.")
-def run_publisher(data_db, public_db, litefs_url):
+@click.option("--watermark", help="File to record how far publishing has got, for bookmarks.")
+def run_publisher(data_db, public_db, litefs_url, watermark):
     """Run the publisher (started by the supervisor on the primary)."""
     from primary.publisher import Publisher, Runner
 
-    publisher = Publisher(data_db, public_db)
+    publisher = Publisher(data_db, public_db, watermark)
     runner = Runner(publisher, litefs_url)
 
     def stop(signum, frame):

@@ -16,6 +16,7 @@ import httpx
 
 from primary import state
 from primary.node import PrimaryNode
+from primary.settings import ReadNodeAddress
 from replica.node import ReadNode
 
 from . import sample
@@ -52,6 +53,7 @@ class LocalCluster:
             port=port(),
             private_litefs_port=port(),
             public_litefs_port=port(),
+            control_port=port(),
             compress=compress,
         )
         self.compress = compress
@@ -73,8 +75,12 @@ class LocalCluster:
             compress=self.compress,
         )
         self.replicas.append(node)
+        self.primary.read_nodes.append(ReadNodeAddress(node.name, node.url, node.litefs.url))
         if start:
             self.start_replica(node)
+            # The control plane learns of read nodes from its configuration.
+            self.supervisor.stop("control-plane")
+            self.supervisor.start(self.primary.control_service())
         return node
 
     # -- lifecycle ---------------------------------------------------------
@@ -88,6 +94,7 @@ class LocalCluster:
             for node in self.replicas:
                 self.start_replica(node)
             self.write_state()
+            self.supervisor.watch()
         except BaseException:
             self.stop()
             raise
@@ -130,6 +137,8 @@ class LocalCluster:
             "pid": os.getpid(),
             "primary": {
                 "datasette": self.primary.url,
+                "control": self.primary.control_url,
+                "secret_file": str(self.primary.secret_file),
                 "data_db": str(self.primary.data_db),
                 "public_db": str(self.primary.public_db),
                 "private_litefs": self.primary.private.url,
@@ -146,6 +155,7 @@ class LocalCluster:
     def urls(self) -> str:
         lines = [
             f"  team Datasette (private):  {self.primary.url}/data",
+            f"  control plane (private):   {self.primary.control_url}/docs  (live: /watch)",
             f"  data.db (private LiteFS):  {self.primary.data_db}",
             f"  public.db (public LiteFS): {self.primary.public_db}",
         ]

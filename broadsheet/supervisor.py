@@ -48,6 +48,8 @@ class Service:
     mount: Path | None = None
     stop_signal: int = signal.SIGTERM
     ready_timeout: float = 60.0
+    # Start it again should it exit on its own (crash, OOM kill, …).
+    restart: bool = False
 
 
 class Supervisor:
@@ -59,6 +61,11 @@ class Supervisor:
         self._services: dict[str, Service] = {}
         self._lock = threading.Lock()
         self._expected_exit: set[str] = set()
+        self._watcher: threading.Thread | None = None
+        self._closing = False
+        # Held while starting or stopping, so the watcher never restarts a
+        # process in the middle of a deliberate stop.
+        self._lifecycle = threading.RLock()
 
     # -- logging ---------------------------------------------------------
     def log(self, name: str, message: str) -> None:
@@ -86,6 +93,10 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------
     def start(self, service: Service) -> None:
+        with self._lifecycle:
+            self._start(service)
+
+    def _start(self, service: Service) -> None:
         if service.name in self._procs and self._procs[service.name].poll() is None:
             raise StartError(f"{service.name} is already running")
         self._services[service.name] = service
@@ -140,6 +151,18 @@ class Supervisor:
     def stop(self, name: str, timeout: float = 15.0, kill: bool = False) -> None:
         """Stop one process (SIGKILL at once when ``kill``, as a crash would)
         and unmount its FUSE mount if it left one."""
+        with self._lifecycle:
+            self._stop(name, timeout, kill)
+
+    def crash(self, name: str) -> None:
+        """SIGKILL a process as a crash would, and let the watcher deal with it."""
+        proc = self._procs.get(name)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            self.log("supervisor", f"crashed {name} (SIGKILL)")
+
+    def _stop(self, name: str, timeout: float, kill: bool) -> None:
         proc = self._procs.get(name)
         service = self._services.get(name)
         self._expected_exit.add(name)
@@ -164,6 +187,7 @@ class Supervisor:
         self.start(self._services[name])
 
     def stop_all(self) -> None:
+        self._closing = True
         for name in reversed(list(self._procs)):
             self.stop(name)
 
@@ -174,13 +198,38 @@ class Supervisor:
             if proc.poll() is not None and name not in self._expected_exit
         ]
 
-    def wait_forever(self) -> None:
-        """Block (for ``broadsheet up``) until interrupted, reporting any process
-        that dies on its own."""
+    def watch(self, interval: float = 0.2) -> None:
+        """Watch processes in the background: restart those that want it when
+        they exit on their own, and report the others."""
+        if self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, args=(interval,), daemon=True)
+        self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
         reported: set[str] = set()
-        while True:
+        backoff: dict[str, float] = {}
+        while not self._closing:
             for name, code in self.unexpected_exits():
-                if name not in reported:
+                service = self._services[name]
+                if service.restart and not self._closing:
+                    delay = backoff.get(name, 0.25)
+                    self.log("supervisor", f"{name} exited with {code}; restarting in {delay:g}s")
+                    time.sleep(delay)
+                    backoff[name] = min(delay * 2, 10.0)
+                    try:
+                        with self._lifecycle:
+                            if not self._closing and name not in self._expected_exit:
+                                self.start(service)
+                    except Exception as exc:
+                        self.log("supervisor", f"restarting {name} failed: {exc}")
+                elif name not in reported:
                     reported.add(name)
                     self.log("supervisor", f"{name} exited with {code}; see {self.log_dir / (name + '.log')}")
+            time.sleep(interval)
+
+    def wait_forever(self) -> None:
+        """Block (for ``broadsheet up``) until interrupted."""
+        self.watch()
+        while True:
             time.sleep(0.5)

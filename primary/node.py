@@ -3,15 +3,19 @@ the publisher, and the team's Datasette."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 
 from broadsheet.litefs import MountConfig, is_mounted
 from broadsheet.supervisor import Service
+
+from .settings import ReadNodeAddress
 
 
 @dataclass
@@ -20,8 +24,10 @@ class PrimaryNode:
     port: int  # the team's Datasette
     private_litefs_port: int
     public_litefs_port: int
+    control_port: int
     hostname: str = "primary"
     compress: bool = True
+    read_nodes: list[ReadNodeAddress] = field(default_factory=list)
 
     @property
     def private(self) -> MountConfig:
@@ -53,8 +59,42 @@ class PrimaryNode:
         return self.public.mount_dir / "public.db"
 
     @property
+    def watermark_file(self) -> Path:
+        return self.root / "publisher-watermark.json"
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.root / "secret"
+
+    def secret(self) -> str:
+        """The one secret every process that signs or checks tokens shares.
+        Made on first start, kept beside the node's data, never in the repo."""
+        if not self.secret_file.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.secret_file.touch(mode=0o600)
+            self.secret_file.write_text(secrets.token_hex(32))
+        return self.secret_file.read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        """Settings for the primary's own processes (see primary/settings.py)."""
+        return {
+            "DATASETTE_SECRET": self.secret(),
+            "BROADSHEET_DATA_DB": str(self.data_db),
+            "BROADSHEET_PUBLIC_DB": str(self.public_db),
+            "BROADSHEET_WATERMARK": str(self.watermark_file),
+            "BROADSHEET_PUBLIC_LITEFS_URL": self.public.url,
+            "BROADSHEET_DATASETTE_URL": self.url,
+            "BROADSHEET_CONTROL_URL": self.control_url,
+            "BROADSHEET_READ_NODES": json.dumps([asdict(n) for n in self.read_nodes]),
+        }
 
     def litefs_services(self) -> list[Service]:
         return [_litefs_service(name, fs) for name, fs in (("private-litefs", self.private), ("public-litefs", self.public))]
@@ -68,8 +108,10 @@ class PrimaryNode:
                     "--data-db", str(self.data_db),
                     "--public-db", str(self.public_db),
                     "--litefs-url", self.private.url,
+                    "--watermark", str(self.watermark_file),
                 ],
                 ready=lambda: self.public_db.exists(),
+                restart=True,
             ),
             Service(
                 name="primary-datasette",
@@ -78,9 +120,25 @@ class PrimaryNode:
                     "--host", "127.0.0.1", "--port", str(self.port),
                     "--default-deny",
                 ],
+                env=self.env(),
                 ready=lambda: httpx.get(f"{self.url}/-/versions.json", timeout=1).status_code in (200, 403),
+                restart=True,
             ),
+            self.control_service(),
         ]
+
+    def control_service(self) -> Service:
+        return Service(
+            name="control-plane",
+            argv=[
+                sys.executable, "-m", "uvicorn", "primary.control:app",
+                "--host", "127.0.0.1", "--port", str(self.control_port),
+                "--no-access-log", "--log-level", "warning",
+            ],
+            env=self.env(),
+            ready=lambda: httpx.get(f"{self.control_url}/health", timeout=1).status_code == 200,
+            restart=True,
+        )
 
 
 def _litefs_service(name: str, fs: MountConfig) -> Service:

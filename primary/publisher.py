@@ -14,14 +14,15 @@ are first published or their schema changes.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import apsw
 
+from broadsheet import fts
 from broadsheet.litefs import Pos, TxEvent, events
 from broadsheet.log import log
 from broadsheet.names import PUBLIC_TABLES, is_internal, literal, quote
@@ -49,6 +50,9 @@ class Cycle:
 @dataclass
 class _Plan:
     published: list[str]
+    views: list[str] = field(default_factory=list)
+    drop_views: list[str] = field(default_factory=list)
+    create_views: list[str] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
     copy: list[str] = field(default_factory=list)
     rows: dict[str, list[int]] = field(default_factory=dict)
@@ -57,7 +61,9 @@ class _Plan:
 
     @property
     def empty(self) -> bool:
-        return not (self.drop or self.copy or self.rows or self.public_tables_changed)
+        return not (
+            self.drop or self.copy or self.rows or self.public_tables_changed or self.drop_views or self.create_views
+        )
 
 
 def _trigger_names(table: str) -> dict[str, str]:
@@ -65,9 +71,10 @@ def _trigger_names(table: str) -> dict[str, str]:
 
 
 class Publisher:
-    def __init__(self, data_db: str | Path, public_db: str | Path):
+    def __init__(self, data_db: str | Path, public_db: str | Path, watermark_file: str | Path | None = None):
         self.data_db = str(data_db)
         self.public_db = str(public_db)
+        self.watermark_file = watermark_file
         self.writer = state.connect(self.data_db)
         state.ensure_schema(self.writer)
         self.conn = state.connect(self.public_db)
@@ -96,6 +103,12 @@ class Publisher:
             if not sql.upper().startswith("CREATE VIRTUAL")
         }
         return [t for t in listed if t in real and not is_internal(t)]
+
+    def _publishable_views(self, conn: apsw.Connection, schema: str, tables: list[str]) -> list[str]:
+        """Listed views that read nothing but published tables."""
+        listed = [r[0] for r in conn.execute(f"SELECT table_name FROM {schema}.{PUBLIC_TABLES} ORDER BY table_name")]
+        candidates = set(state.views(conn, schema)) & set(listed)
+        return [v for v in sorted(candidates) if state.view_reads(conn, schema, v) <= set(tables)]
 
     def maintain_triggers(self) -> None:
         """Install change-log triggers on every published table and remove them
@@ -135,7 +148,7 @@ class Publisher:
     def _forget_dropped(conn: apsw.Connection) -> None:
         # A published table that is dropped (or renamed) stops being public,
         # so that a new table created under its name starts out private.
-        existing = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        existing = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         for (table,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES}").fetchall():
             if table not in existing:
                 conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
@@ -176,6 +189,7 @@ class Publisher:
             if plan.empty:
                 conn.execute("ROLLBACK")
                 self._trim(plan.max_change)
+                self._advance(before.txid)
                 return None
             rows_changed = self._apply(plan)
             conn.execute("COMMIT")
@@ -197,7 +211,14 @@ class Publisher:
             rows_changed=rows_changed,
         )
         self._record(cycle, plan.max_change)
+        self._advance(before.txid, public.txid)
         return cycle
+
+    def _advance(self, private_txid: int, public_txid: int | None = None) -> None:
+        if self.watermark_file is not None:
+            if public_txid is None:
+                public_txid = Pos.read(self.public_db).txid
+            state.Watermark(private_txid, public_txid).write(self.watermark_file)
 
     def _plan(self) -> _Plan:
         conn = self.conn
@@ -224,12 +245,20 @@ class Publisher:
                         plan.rows.pop(tbl, None)
                     else:
                         plan.rows.setdefault(tbl, []).append(rid)
+        plan.views = self._publishable_views(conn, "src", published)
+        present_views = {name: sql for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'view'")}
+        wanted_views = {v: _view_sql(conn, "src", v) for v in plan.views}
+        # Stale views go before the tables change; new ones come after.
+        plan.drop_views = [v for v, sql in present_views.items() if wanted_views.get(v) != sql]
+        plan.create_views = [v for v in plan.views if v in plan.drop_views or v not in present_views]
         current = [n for (n,) in conn.execute(f"SELECT table_name FROM main.{PUBLIC_TABLES} ORDER BY table_name")]
-        plan.public_tables_changed = current != published
+        plan.public_tables_changed = current != sorted(published + plan.views)
         return plan
 
     def _apply(self, plan: _Plan) -> int:
         conn = self.conn
+        for view in plan.drop_views:
+            conn.execute(f"DROP VIEW IF EXISTS main.{quote(view)}")
         for table in plan.drop:
             log("publisher", f"unpublishing {table!r}")
             _drop(conn, table)
@@ -251,11 +280,13 @@ class Publisher:
                 log("publisher", f"constraint conflict applying rows of {table!r}; copying it whole")
                 _drop(conn, table)
                 rows += _copy_table(conn, table)
+        for view in plan.create_views:
+            conn.execute(_view_sql(conn, "src", view))
         if plan.public_tables_changed:
             conn.execute(f"DELETE FROM main.{PUBLIC_TABLES}")
             conn.execute(
                 f"INSERT INTO main.{PUBLIC_TABLES} (table_name) SELECT value FROM json_each(?)",
-                (json.dumps(plan.published),),
+                (json.dumps(plan.published + plan.views),),
             )
         return rows
 
@@ -286,22 +317,15 @@ class Publisher:
 
 # -- table copying (on the publisher's public.db connection, src attached) ---
 
-_CONTENT = re.compile(r"""content\s*=\s*(?:'((?:[^']|'')*)'|"((?:[^"]|"")*)"|\[([^\]]*)\]|([\w$]+))""", re.I)
-
-
 def _fts_companions(conn: apsw.Connection, schema: str, table: str) -> list[tuple[str, str]]:
     """External-content full-text tables that index ``table``: (name, sql)."""
-    found = []
-    for name, sql in conn.execute(
-        f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%USING FTS%'"
-    ):
-        m = _CONTENT.search(sql)
-        if m:
-            content = next(g for g in m.groups() if g is not None)
-            content = content.replace("''", "'").replace('""', '"')
-            if content == table:
-                found.append((name, sql))
-    return found
+    return [
+        (name, sql)
+        for name, sql in conn.execute(
+            f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"
+        )
+        if fts.content_table(sql) == table
+    ]
 
 
 def _top_level_tables(conn: apsw.Connection, schema: str) -> set[str]:
@@ -322,6 +346,10 @@ def _signature(conn: apsw.Connection, schema: str, table: str) -> list[tuple]:
         (table,),
     ).fetchall()
     return rows + [("fts", name, sql) for name, sql in _fts_companions(conn, schema, table)]
+
+
+def _view_sql(conn: apsw.Connection, schema: str, view: str) -> str:
+    return conn.execute(f"SELECT sql FROM {schema}.sqlite_master WHERE type = 'view' AND name = ?", (view,)).fetchone()[0]
 
 
 def _has_rowid(conn: apsw.Connection, schema: str, table: str) -> bool:
@@ -368,14 +396,15 @@ def _copy_table(conn: apsw.Connection, table: str) -> int:
     return count
 
 
-def _create_fts_triggers(conn: apsw.Connection, table: str, fts: str) -> None:
+def _create_fts_triggers(conn: apsw.Connection, table: str, fts_table: str) -> None:
     """Keep public.db's full-text index in step with row-level applies."""
-    cols = [c for c in _columns(conn, "main", fts) if c != fts]
-    t, f = quote(table), quote(fts)
+    # The indexed columns only: not the hidden ones (the table's own name, rank).
+    cols = [name for _, name, _, _, _, _, hidden in conn.execute(f"PRAGMA main.table_xinfo({literal(fts_table)})") if hidden == 0]
+    t, f = quote(table), quote(fts_table)
     names = ", ".join(quote(c) for c in cols)
     new = ", ".join(f"new.{quote(c)}" for c in cols)
     old = ", ".join(f"old.{quote(c)}" for c in cols)
-    pre = FTS_TRIGGER_PREFIX + fts
+    pre = FTS_TRIGGER_PREFIX + fts_table
     conn.execute(
         f"CREATE TRIGGER main.{quote(pre + '_ai')} AFTER INSERT ON {t} BEGIN"
         f" INSERT INTO {f} (rowid, {names}) VALUES (new._rowid_, {new}); END;"
@@ -435,6 +464,7 @@ class Runner:
         if self.litefs_url:
             threading.Thread(target=self._follow, daemon=True).start()
         last = None
+        failures = 0
         while not self.stopped.is_set():
             self.wake.wait(self.poll_interval)
             pos = Pos.read(self.publisher.data_db)
@@ -444,7 +474,16 @@ class Runner:
             last = pos
             try:
                 cycle = self.publisher.run_cycle()
+                failures = 0
             except apsw.BusyError:
+                self.wake.set()
+                continue
+            except Exception:
+                # public.db is untouched (the cycle's transaction rolled back):
+                # say so loudly, back off, and try again.
+                failures += 1
+                log("publisher", f"publish cycle failed (attempt {failures}):\n{traceback.format_exc()}")
+                self.stopped.wait(min(10.0, 0.5 * 2**failures))
                 self.wake.set()
                 continue
             if cycle is not None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
+import os
 from dataclasses import dataclass
 
 import apsw
@@ -71,6 +73,12 @@ class InternalTable(PublishError):
     status = 403
 
 
+class DependsOnPrivate(PublishError):
+    """A view that reads tables which are not public."""
+
+    status = 409
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
@@ -124,6 +132,31 @@ def _shadow_tables(conn: apsw.Connection, schema: str, names: list[str]) -> set[
     return {n for n in names for v in virtual if n != v and n.startswith(v + "_") and n.endswith(suffixes)}
 
 
+def views(conn: apsw.Connection, schema: str = "main") -> list[str]:
+    return [n for (n,) in conn.execute(f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'view' ORDER BY name")]
+
+
+def view_reads(conn: apsw.Connection, schema: str, view: str) -> set[str]:
+    """The tables a view reads, through any views it uses, as SQLite itself
+    resolves them: an authorizer records every table read while the query is
+    prepared (EXPLAIN: prepared, never run)."""
+    reads: set[str] = set()
+
+    def authorizer(op, p1, p2, dbname, source):
+        if op == apsw.SQLITE_READ and p1 and not p1.startswith("sqlite_"):
+            reads.add(p1)
+        return apsw.SQLITE_OK
+
+    previous = conn.authorizer
+    conn.authorizer = authorizer
+    try:
+        conn.execute(f"EXPLAIN SELECT * FROM {quote(schema)}.{quote(view)}").fetchall()
+    finally:
+        conn.authorizer = previous
+    # Reads are reported for the views' own columns too: keep the tables.
+    return reads - set(views(conn, schema))
+
+
 def public_tables(conn: apsw.Connection) -> list[str]:
     return [name for (name,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES} ORDER BY table_name")]
 
@@ -140,7 +173,19 @@ def check_publishable(conn: apsw.Connection, table: str) -> None:
     check_name(table)
     if is_internal(table):
         raise InternalTable(f"{table!r} is an internal table and can never be made public", table)
+    if table in views(conn):
+        private = sorted(view_reads(conn, "main", table) - set(public_tables(conn)))
+        if private:
+            raise DependsOnPrivate(
+                f"View {table!r} reads private table(s) {', '.join(map(repr, private))}: publish those first", table
+            )
+        return
     if table not in user_tables(conn):
+        if table in {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}:
+            raise PublishError(
+                f"{table!r} is a virtual table or part of one; full-text tables are published with the table they index",
+                table,
+            )
         raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
 
 
@@ -166,7 +211,7 @@ def set_public(conn: apsw.Connection, table: str, public: bool, actor: str | Non
         elif is_internal(table):
             raise InternalTable(f"{table!r} is an internal table and is never public", table)
         is_public = table in public_tables(conn)
-        if not public and not is_public and table not in user_tables(conn):
+        if not public and not is_public and table not in user_tables(conn) + views(conn):
             raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
         if is_public == public:
             return Flip(table, public, changed=False)
@@ -180,3 +225,31 @@ def set_public(conn: apsw.Connection, table: str, public: bool, actor: str | Non
         )
         audit_id = conn.last_insert_rowid()
     return Flip(table, public, changed=True, audit_id=audit_id)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """How far the publisher has got: every data.db transaction up to
+    ``private_txid`` is reflected in public.db at ``public_txid`` or later.
+
+    Written by the publisher after every cycle, including cycles that found
+    nothing to publish, to a small file beside (not inside) the LiteFS mounts.
+    """
+
+    private_txid: int
+    public_txid: int
+
+    def write(self, path: str | os.PathLike) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fp:
+            json.dump({"private_txid": self.private_txid, "public_txid": self.public_txid}, fp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Watermark | None":
+        try:
+            with open(path) as fp:
+                data = json.load(fp)
+        except (FileNotFoundError, ValueError):
+            return None
+        return cls(int(data["private_txid"]), int(data["public_txid"]))

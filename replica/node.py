@@ -76,11 +76,12 @@ class ReadNode:
                     "--setting", "default_allow_sql", "on",
                     "--setting", "sql_time_limit_ms", "1000",
                 ],
-                env={"BROADSHEET_PRIMARY_URL": self.primary_team_url},
+                env={"BROADSHEET_PRIMARY_URL": self.primary_team_url, "BROADSHEET_NODE_NAME": self.name},
                 # A node that has never synced has no public.db yet: Datasette
                 # starts once the first LTX has arrived.
                 prepare=lambda: wait_for_file(self.public_db, timeout=60) or _no_db(self),
                 ready=lambda: httpx.get(f"{self.url}/-/versions.json", timeout=1).status_code == 200,
+                restart=True,
             ),
         ]
 

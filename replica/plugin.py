@@ -11,55 +11,73 @@ served.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl
 
 from datasette import hookimpl
 from datasette.permissions import PermissionSQL
 from datasette.utils import tilde_decode
+from datasette.utils.asgi import Response
 
+from broadsheet import fts
+from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
+
+from .settings import BUILD, Settings, settings
+from .status import ReplicaStatus
+
+BOOKMARK_HEADER = b"broadsheet-min-txid"
 
 # public.db holds nothing but published data, so read-only SQL against it is
 # as public as its tables (under Datasette's sql_time_limit_ms).
 DATABASE_ACTIONS = {"view-database", "execute-sql"}
-
-WRITE_ERROR = (
-    "This is a broadsheet read node: public.db is a read-only LiteFS replica."
-    " Write to the private primary instead{where}."
-)
 
 
 def _public_databases(datasette) -> list:
     return [db for name, db in datasette.databases.items() if name != "_internal" and not db.is_memory]
 
 
-_listed_cache: dict[str, tuple[str, list[str]]] = {}
+@dataclass(frozen=True)
+class Listing:
+    """What the replicated ``_public_tables`` makes visible: the listed
+    tables and views, and the full-text tables that index them (Datasette
+    checks ``view-table`` on those to search)."""
+
+    tables: tuple[str, ...] = ()
+    full_text: tuple[str, ...] = ()
 
 
-async def _listed_tables(db) -> list[str]:
-    """The tables listed in the node's replicated ``_public_tables``.
+_listing_cache: dict[str, tuple[str, Listing]] = {}
 
-    Cached per LiteFS position: the ``-pos`` file changes with every applied
-    transaction, and reading it is cheaper than a query."""
+
+async def listing(db) -> Listing:
+    """Cached per LiteFS position: the ``-pos`` file changes with every
+    applied transaction, and reading it is cheaper than a query."""
     try:
         with open(f"{db.path}-pos") as fp:
             pos = fp.read()
     except OSError:
         pos = None
-    cached = _listed_cache.get(db.name)
+    cached = _listing_cache.get(db.name)
     if pos is not None and cached is not None and cached[0] == pos:
         return cached[1]
     try:
-        result = await db.execute(f"SELECT table_name FROM {PUBLIC_TABLES}")
-        tables = [row[0] for row in result.rows]
+        tables = [row[0] for row in (await db.execute(f"SELECT table_name FROM {PUBLIC_TABLES}")).rows]
+        virtual = (
+            await db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'")
+        ).rows
+        result = Listing(tuple(tables), tuple(name for name, sql in virtual if fts.content_table(sql) in tables))
     except Exception:
         # Before the first publish cycle reaches this node there is no list:
         # nothing is public.
-        tables = []
+        result = Listing()
     if pos is not None:
-        _listed_cache[db.name] = (pos, tables)
-    return tables
+        _listing_cache[db.name] = (pos, result)
+    return result
 
 
 @hookimpl
@@ -80,33 +98,128 @@ async def permission_resources_sql(datasette, actor, action):
                 PermissionSQL(
                     sql="SELECT :bs_db AS parent, value AS child, 1 AS allow,"
                     " 'broadsheet: listed in _public_tables' AS reason FROM json_each(:bs_tables)",
-                    params={"bs_db": db.name, "bs_tables": json.dumps(await _listed_tables(db))},
+                    params={"bs_db": db.name, "bs_tables": json.dumps(_visible(await listing(db)))},
                 )
             )
     return rules or None
 
 
+def _public_db(datasette):
+    dbs = _public_databases(datasette)
+    return dbs[0] if dbs else None
+
+
+@hookimpl
+def register_routes(datasette):
+    return [(r"^/-/replication\.json$", replication_status)]
+
+
+async def replication_status(datasette, request):
+    """This node's replication state, for people, load balancers and the
+    primary's propagation tracker."""
+    db = _public_db(datasette)
+    status = ReplicaStatus.read(Path(db.path), node=settings().node_name)
+    return Response.json(status.as_dict())
+
+
 @hookimpl
 def asgi_wrapper(datasette):
-    primary = os.environ.get("BROADSHEET_PRIMARY_URL")
-    message = WRITE_ERROR.format(where=f" at {primary}" if primary else "")
-    body = json.dumps({"ok": False, "errors": [message]}).encode()
+    conf = settings()
+    refusal = json.dumps({"ok": False, "errors": [conf.write_error]}).encode()
 
     def wrap(app):
         async def read_node(scope, receive, send):
             if scope["type"] != "http":
                 return await app(scope, receive, send)
             if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-                return await _respond(send, 405, body, [(b"allow", b"GET, HEAD, OPTIONS")])
+                return await _respond(send, 405, refusal, [(b"allow", b"GET, HEAD, OPTIONS")])
             table = await _unlisted_table(datasette, scope["path"])
             if table is not None:
                 message = f"Table {table!r} is not public on this node."
-                return await _respond(send, 403, json.dumps({"ok": False, "status": 403, "error": message}).encode())
-            await app(scope, receive, send)
+                return await _respond(send, 403, _error(403, message))
+            db = _public_db(datasette)
+            try:
+                wanted = bookmark(scope)
+            except ValueError as exc:
+                return await _respond(send, 400, _error(400, str(exc)))
+            pos = Pos.read(db.path) if db is not None else Pos(0)
+            if wanted is not None and pos.txid < wanted:
+                pos = await wait_for_txid(db.path, wanted, conf.bookmark_timeout)
+                if pos.txid < wanted:
+                    message = (
+                        f"This read node has public TXID {pos.txid}; TXID {wanted} did not arrive"
+                        f" within {conf.bookmark_timeout:g}s. Retry, or ask another node."
+                    )
+                    return await _respond(
+                        send, 504, _error(504, message, txid=pos.txid, wanted=wanted), [(b"retry-after", b"1")]
+                    )
+            etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
+            if etag in _if_none_match(scope):
+                return await _respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
+
+            async def send_with_cache_headers(message):
+                if message["type"] == "http.response.start":
+                    headers = list(message.get("headers", []))
+                    cacheable = message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers)
+                    if cacheable:
+                        # Ours replace Datasette's default_cache_ttl header.
+                        headers = [(k, v) for k, v in headers if k.lower() not in (b"cache-control", b"etag")]
+                        headers += _cache_headers(etag, pos, conf)
+                    else:
+                        headers.append((b"broadsheet-txid", str(pos.txid).encode()))
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await app(scope, receive, send_with_cache_headers)
 
         return read_node
 
     return wrap
+
+
+def bookmark(scope) -> int | None:
+    """The TXID a request asks to see at least: ``?_txid=N`` or the
+    ``Broadsheet-Min-Txid`` header."""
+    values = [v for k, v in parse_qsl(scope.get("query_string", b"").decode()) if k == "_txid"]
+    values += [v.decode() for k, v in scope.get("headers", []) if k.lower() == BOOKMARK_HEADER]
+    if not values:
+        return None
+    try:
+        txid = max(int(v) for v in values)
+    except ValueError:
+        raise ValueError(f"Bookmark must be a TXID (a non-negative integer), not {values[0]!r}")
+    if txid < 0:
+        raise ValueError(f"Bookmark must be a TXID (a non-negative integer), not {txid}")
+    return txid
+
+
+async def wait_for_txid(db_path: str, wanted: int, timeout: float) -> Pos:
+    """Wait until LiteFS has applied TXID ``wanted`` (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    pos = Pos.read(db_path)
+    while pos.txid < wanted and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
+        pos = Pos.read(db_path)
+    return pos
+
+
+def _if_none_match(scope) -> list[bytes]:
+    for k, v in scope.get("headers", []):
+        if k.lower() == b"if-none-match":
+            return [tag.strip() for tag in v.split(b",")]
+    return []
+
+
+def _cache_headers(etag: bytes, pos: Pos, conf: "Settings") -> list:
+    return [
+        (b"etag", etag),
+        (b"cache-control", f"public, max-age={conf.cache_max_age}".encode()),
+        (b"broadsheet-txid", str(pos.txid).encode()),
+    ]
+
+
+def _error(status: int, message: str, **extra) -> bytes:
+    return json.dumps({"ok": False, "status": status, "error": message, **extra}).encode()
 
 
 async def _unlisted_table(datasette, path: str) -> str | None:
@@ -124,17 +237,19 @@ async def _unlisted_table(datasette, path: str) -> str | None:
     # "airports.json" names the table "airports"; Datasette tilde-encodes a
     # dot that belongs to a table name.
     name = tilde_decode(parts[2].rsplit(".", 1)[0])
-    if name in await _listed_tables(db) or tilde_decode(parts[2]) in await _listed_tables(db):
+    listed = (await listing(db)).tables
+    if name in listed or tilde_decode(parts[2]) in listed:
         return None
     return name
 
 
-async def _respond(send, status: int, body: bytes, headers: list | None = None) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json; charset=utf-8"), *(headers or [])],
-        }
-    )
+def _visible(listed: Listing) -> list[str]:
+    return [*listed.tables, *listed.full_text]
+
+
+async def _respond(
+    send, status: int, body: bytes, headers: list | None = None, content_type: bytes | None = b"application/json; charset=utf-8"
+) -> None:
+    base = [(b"content-type", content_type)] if content_type else []
+    await send({"type": "http.response.start", "status": status, "headers": [*base, *(headers or [])]})
     await send({"type": "http.response.body", "body": body})

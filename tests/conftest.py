@@ -113,3 +113,18 @@ def file_bytes(root: Path):
                 yield path, path.read_bytes()
             except OSError:
                 continue
+
+
+@pytest.fixture(scope="session")
+def token(cluster):
+    """A team token, minted with the cluster's secret as `broadsheet create-token` does."""
+    from broadsheet.cli import _mint_token
+
+    return _mint_token(cluster.primary.secret(), "tester")
+
+
+@pytest.fixture(scope="session")
+def control(cluster, token):
+    from broadsheet.client import ControlClient
+
+    return ControlClient(cluster.primary.control_url, token)

@@ -1,0 +1,78 @@
+"""A small client for the primary's control plane, used by the CLI, the
+benchmarks and anyone scripting broadsheet."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterator
+
+import httpx
+
+
+class ControlError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ControlClient:
+    url: str
+    token: str
+    timeout: float = 30.0
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def _call(self, method: str, path: str, **kwargs):
+        response = httpx.request(method, f"{self.url}{path}", headers=self._headers(), timeout=self.timeout, **kwargs)
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("error") or response.text
+            except ValueError:
+                message = response.text
+            raise ControlError(response.status_code, message)
+        return response.json()
+
+    def tables(self) -> list[dict]:
+        return self._call("GET", "/tables")
+
+    def publish(self, table: str, public: bool = True) -> dict:
+        verb = "publish" if public else "unpublish"
+        return self._call("POST", f"/tables/{_segment(table)}/{verb}")
+
+    def nodes(self) -> list[dict]:
+        return self._call("GET", "/nodes")
+
+    def propagation(self, txid: int, wait: float = 0) -> dict:
+        return self._call("GET", f"/publishes/{txid}", params={"wait": wait})
+
+    def events(self) -> Iterator[tuple[str, dict]]:
+        """Follow the server-sent-event stream: (event, data) pairs."""
+        with httpx.stream(
+            "GET", f"{self.url}/events", headers=self._headers(), timeout=httpx.Timeout(10, read=None)
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ControlError(response.status_code, response.text)
+            event = None
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event:
+                    yield event, json.loads(line[5:])
+                    event = None
+
+
+def _segment(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def describe(record: dict) -> str:
+    """``txid 41: replica-1 ✓ 41 ms, replica-2 …``"""
+    parts = [f"{n['name']} ✓ {n['ms']:.0f} ms" if n["arrived"] else f"{n['name']} …" for n in record["nodes"]]
+    return f"txid {record['txid']}: " + ", ".join(parts)

@@ -1,0 +1,372 @@
+"""The control plane: publish state, propagation and health over HTTP.
+
+Runs beside the team's Datasette on the primary (``uvicorn primary.control:app``).
+Every route but ``/health`` needs a team actor: a Datasette API token
+(``Authorization: Bearer dstok_…``) or the browser's ``ds_actor`` cookie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated, AsyncIterator
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from broadsheet.litefs import Pos
+
+from . import state
+from .auth import NotAuthenticated, actor_from
+from .propagation import Tracker
+from .settings import settings
+
+# -- models ---------------------------------------------------------------------
+
+
+class Error(BaseModel):
+    ok: bool = False
+    error: str
+    table: str | None = None
+
+
+class TableInfo(BaseModel):
+    table: str
+    public: bool
+
+
+class FlipResult(BaseModel):
+    """The outcome of publish/unpublish. ``public_txid`` is the public.db TXID
+    that holds the change (ask any read node for ``?_txid=`` that);
+    ``propagation`` is where to watch it reach every node."""
+
+    ok: bool = True
+    table: str
+    public: bool
+    changed: bool
+    private_txid: int
+    public_txid: int | None
+    propagation: str | None
+
+
+class AuditEntry(BaseModel):
+    id: int
+    timestamp: str
+    actor: str | None
+    operation: str
+    table_name: str
+    private_txid: int | None
+    public_txid: int | None
+
+
+class Bookmark(BaseModel):
+    """data.db up to ``private_txid`` is in public.db at ``public_txid``."""
+
+    private_txid: int
+    public_txid: int
+
+
+class NodeInfo(BaseModel):
+    name: str
+    url: str
+    txid: int
+    connected: bool
+    primary_reachable: bool | None
+    behind_txids: int
+    lag_ms: float
+    updated_at: str | None
+
+
+class Arrival(BaseModel):
+    name: str
+    arrived: bool
+    arrived_at: str | None
+    ms: float | None
+
+
+class PropagationRecord(BaseModel):
+    txid: int
+    committed_at: str | None
+    nodes: list[Arrival]
+    complete: bool
+
+
+class Health(BaseModel):
+    ok: bool
+    data_db_txid: int
+    public_db_txid: int
+    published_up_to: Bookmark | None
+    nodes_connected: int
+    nodes: int
+    subscribers: int = Field(description="Clients following /events")
+
+
+ERRORS = {401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error}}
+
+# -- app ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    conf = settings()
+    app.state.tracker = Tracker(conf.public_litefs_url, conf.read_nodes)
+    app.state.tracker.start()
+    yield
+    await app.state.tracker.stop()
+
+
+app = FastAPI(
+    title="broadsheet control plane",
+    version="0.1.0",
+    description="Publish state, propagation to read nodes, and health of a broadsheet primary.",
+    lifespan=lifespan,
+)
+
+
+@app.exception_handler(HTTPException)
+async def http_error(request: Request, exc: HTTPException):
+    body = exc.detail if isinstance(exc.detail, dict) else {"ok": False, "error": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def team_actor(request: Request) -> dict:
+    try:
+        return await actor_from(request.headers.get("authorization"), dict(request.cookies))
+    except NotAuthenticated as exc:
+        raise HTTPException(401, {"ok": False, "error": exc.message}, headers={"WWW-Authenticate": "Bearer"})
+
+
+Actor = Annotated[dict, Depends(team_actor)]
+
+
+def tracker(request: Request) -> Tracker:
+    return request.app.state.tracker
+
+
+def _connect(readonly: bool = False):
+    return state.connect(settings().data_db, readonly=readonly)
+
+
+async def wait_published(private_txid: int, timeout: float) -> state.Watermark | None:
+    """Wait until the publisher has reflected data.db TXID ``private_txid``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mark = state.Watermark.read(settings().watermark_file)
+        if mark is not None and mark.private_txid >= private_txid:
+            return mark
+        if time.monotonic() > deadline:
+            return mark
+        await asyncio.sleep(0.005)
+
+
+@app.get("/health", response_model=Health, tags=["health"])
+async def health(request: Request) -> Health:
+    conf = settings()
+    nodes = tracker(request).node_list()
+    mark = state.Watermark.read(conf.watermark_file)
+    return Health(
+        ok=Path(conf.data_db).exists() and Path(conf.public_db).exists(),
+        data_db_txid=Pos.read(conf.data_db).txid,
+        public_db_txid=Pos.read(conf.public_db).txid,
+        published_up_to=Bookmark(**vars(mark)) if mark else None,
+        nodes_connected=sum(n["connected"] for n in nodes),
+        nodes=len(nodes),
+        subscribers=tracker(request).subscriber_count,
+    )
+
+
+# -- tables ---------------------------------------------------------------------
+
+tables = APIRouter(prefix="/tables", tags=["tables"], responses=ERRORS)
+
+
+@tables.get("", response_model=list[TableInfo])
+async def list_tables(actor: Actor) -> list[TableInfo]:
+    conn = _connect(readonly=True)
+    try:
+        public = set(state.public_tables(conn))
+        return [TableInfo(table=t, public=t in public) for t in state.user_tables(conn)]
+    finally:
+        conn.close()
+
+
+async def _flip(table: str, public: bool, actor: dict, wait: bool, timeout: float) -> FlipResult:
+    conn = _connect()
+    try:
+        flip = await asyncio.to_thread(state.set_public, conn, table, public, _actor_label(actor))
+    except state.PublishError as exc:
+        raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
+    finally:
+        conn.close()
+    private_txid = Pos.read(settings().data_db).txid
+    public_txid = None
+    if wait:
+        mark = await wait_published(private_txid, timeout)
+        if mark is None or mark.private_txid < private_txid:
+            raise HTTPException(
+                504,
+                {
+                    "ok": False,
+                    "error": f"the publisher has not reached data.db TXID {private_txid} within {timeout:g}s",
+                    "table": table,
+                },
+            )
+        public_txid = mark.public_txid
+        if flip.changed and flip.audit_id is not None:
+            await asyncio.to_thread(_record_txids, flip.audit_id, private_txid, public_txid)
+    return FlipResult(
+        table=table,
+        public=public,
+        changed=flip.changed,
+        private_txid=private_txid,
+        public_txid=public_txid,
+        propagation=f"/publishes/{public_txid}" if public_txid else None,
+    )
+
+
+def _record_txids(audit_id: int, private_txid: int, public_txid: int) -> None:
+    conn = _connect()
+    try:
+        with state.immediate(conn):
+            conn.execute(
+                "UPDATE _public_audit_log SET private_txid = ?, public_txid = ? WHERE id = ?",
+                (private_txid, public_txid, audit_id),
+            )
+    finally:
+        conn.close()
+
+
+def _actor_label(actor: dict) -> str:
+    return str(actor.get("id") or json.dumps(actor))
+
+
+WaitQuery = Annotated[bool, Query(description="Wait for the publisher and return the public TXID")]
+TimeoutQuery = Annotated[float, Query(gt=0, le=60, description="Seconds to wait for the publisher")]
+
+
+@tables.post("/{table}/publish", response_model=FlipResult, responses={504: {"model": Error}})
+async def publish(table: str, actor: Actor, wait: WaitQuery = True, timeout: TimeoutQuery = 10) -> FlipResult:
+    """Make a table public. Idempotent: ``changed`` says whether it was private."""
+    return await _flip(table, True, actor, wait, timeout)
+
+
+@tables.post("/{table}/unpublish", response_model=FlipResult, responses={504: {"model": Error}})
+async def unpublish(table: str, actor: Actor, wait: WaitQuery = True, timeout: TimeoutQuery = 10) -> FlipResult:
+    """Make a table private; its rows are erased from public.db in the same cycle."""
+    return await _flip(table, False, actor, wait, timeout)
+
+
+app.include_router(tables)
+
+# -- audit and bookmarks -----------------------------------------------------------
+
+audit = APIRouter(tags=["audit"], responses=ERRORS)
+
+
+@audit.get("/audit", response_model=list[AuditEntry])
+async def audit_log(actor: Actor, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditEntry]:
+    conn = _connect(readonly=True)
+    try:
+        cursor = conn.execute(
+            "SELECT id, timestamp, actor, operation, table_name, private_txid, public_txid"
+            " FROM _public_audit_log ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        names = [d[0] for d in cursor.getdescription()]
+        return [AuditEntry(**dict(zip(names, row))) for row in cursor]
+    finally:
+        conn.close()
+
+
+@audit.get("/bookmarks", response_model=Bookmark, responses={504: {"model": Error}})
+async def bookmark(
+    actor: Actor,
+    private_txid: Annotated[int | None, Query(ge=0, description="data.db TXID (default: the current one)")] = None,
+    timeout: TimeoutQuery = 10,
+) -> Bookmark:
+    """The public TXID that holds everything up to a data.db TXID, waiting
+    (bounded) for the publisher if it is not there yet."""
+    wanted = Pos.read(settings().data_db).txid if private_txid is None else private_txid
+    mark = await wait_published(wanted, timeout)
+    if mark is None or mark.private_txid < wanted:
+        raise HTTPException(504, {"ok": False, "error": f"data.db TXID {wanted} not published within {timeout:g}s"})
+    return Bookmark(private_txid=wanted, public_txid=mark.public_txid)
+
+
+app.include_router(audit)
+
+# -- propagation ----------------------------------------------------------------------
+
+propagation = APIRouter(tags=["propagation"], responses=ERRORS)
+
+
+@propagation.get("/nodes", response_model=list[NodeInfo])
+async def nodes(request: Request, actor: Actor) -> list[NodeInfo]:
+    return tracker(request).node_list()
+
+
+@propagation.get("/publishes", response_model=list[PropagationRecord])
+async def publishes(
+    request: Request, actor: Actor, limit: Annotated[int, Query(ge=1, le=500)] = 20
+) -> list[PropagationRecord]:
+    return tracker(request).recent(limit)
+
+
+@propagation.get("/publishes/{txid}", response_model=PropagationRecord)
+async def publish_record(
+    request: Request,
+    txid: int,
+    actor: Actor,
+    wait: Annotated[float, Query(ge=0, le=60, description="Seconds to wait for every node to have it")] = 0,
+) -> PropagationRecord:
+    """When public TXID ``txid`` reached each read node."""
+    t = tracker(request)
+    record = await t.wait_for(txid, wait) if wait else t.propagation(txid)
+    if record is None:
+        raise HTTPException(404, {"ok": False, "error": f"no record of public TXID {txid}"})
+    return record
+
+
+@propagation.get(
+    "/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "`node` and `propagation` events"}},
+)
+async def events(request: Request, actor: Actor) -> StreamingResponse:
+    """Server-sent events: ``node`` (a node's position changed) and
+    ``propagation`` (a public TXID was committed or reached a node). The
+    stream opens with every node's current position."""
+    t = tracker(request)
+    queue = t.subscribe()
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            for node in t.node_list():
+                yield _sse("node", node)
+            while True:
+                try:
+                    event, data = await asyncio.wait_for(queue.get(), 15)
+                except asyncio.TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                yield _sse(event, data)
+        finally:
+            t.unsubscribe(queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@propagation.get("/watch", response_class=HTMLResponse, include_in_schema=False)
+async def watch_page(actor: Actor) -> HTMLResponse:
+    return HTMLResponse((Path(__file__).parent / "templates" / "watch.html").read_text())
+
+
+app.include_router(propagation)

@@ -1,0 +1,278 @@
+"""Propagation: where every read node is, and when each publish reached it.
+
+The tracker follows the public cluster's primary LiteFS ``/events`` stream to
+learn when each public TXID was committed, and every read node's LiteFS
+``/events`` stream to learn when it applied it. On (re)connecting to a node
+it asks the node's ``/-/replication.json`` for its position, since LiteFS
+does not replay events. Everything it learns is also broadcast to
+subscribers (the server-sent-event stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import json
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from .settings import ReadNodeAddress
+
+HISTORY = 500
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class NodePosition:
+    """One read node as the primary sees it."""
+
+    name: str
+    url: str
+    txid: int = 0
+    connected: bool = False
+    primary_reachable: bool | None = None
+    updated_at: float | None = None
+
+    def as_dict(self, primary_txid: int, oldest_missing_at: float | None) -> dict:
+        behind = max(0, primary_txid - self.txid)
+        return {
+            "name": self.name,
+            "url": self.url,
+            "txid": self.txid,
+            "connected": self.connected,
+            "primary_reachable": self.primary_reachable,
+            "behind_txids": behind,
+            # How long the oldest transaction this node lacks has existed.
+            "lag_ms": round((time.time() - oldest_missing_at) * 1000, 1) if behind and oldest_missing_at else 0.0,
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass
+class Propagation:
+    """One public TXID: when it was committed and when each node had it."""
+
+    txid: int
+    committed_at: float
+    arrivals: dict[str, float] = field(default_factory=dict)  # node -> seconds since epoch
+
+    def as_dict(self, nodes: list[str]) -> dict:
+        return {
+            "txid": self.txid,
+            "committed_at": _iso(self.committed_at),
+            "nodes": [
+                {
+                    "name": name,
+                    "arrived": name in self.arrivals,
+                    "arrived_at": _iso(self.arrivals.get(name)),
+                    "ms": round(max(0.0, self.arrivals[name] - self.committed_at) * 1000, 1)
+                    if name in self.arrivals
+                    else None,
+                }
+                for name in nodes
+            ],
+            "complete": all(name in self.arrivals for name in nodes),
+        }
+
+
+class Tracker:
+    def __init__(self, public_litefs_url: str, nodes: tuple[ReadNodeAddress, ...], reconnect: float = 0.5):
+        self.public_litefs_url = public_litefs_url
+        self.addresses = {n.name: n for n in nodes}
+        self.nodes = {n.name: NodePosition(n.name, n.url) for n in nodes}
+        self.primary_txid = 0
+        self.propagations: collections.OrderedDict[int, Propagation] = collections.OrderedDict()
+        self.reconnect = reconnect
+        self._subscribers: set[asyncio.Queue] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._changed = asyncio.Condition()
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._follow_primary()))
+        for address in self.addresses.values():
+            self._tasks.append(asyncio.create_task(self._follow_node(address)))
+            self._tasks.append(asyncio.create_task(self._poll_node(address)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- what the API serves -------------------------------------------------
+    def node_list(self) -> list[dict]:
+        return [n.as_dict(self.primary_txid, self._oldest_missing_at(n.txid)) for n in self.nodes.values()]
+
+    def propagation(self, txid: int) -> dict | None:
+        p = self.propagations.get(txid)
+        return p.as_dict(list(self.nodes)) if p else None
+
+    def recent(self, limit: int = 20) -> list[dict]:
+        return [p.as_dict(list(self.nodes)) for p in list(self.propagations.values())[-limit:]][::-1]
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self._subscribers.discard(queue)
+
+    async def wait_for(self, txid: int, timeout: float) -> dict | None:
+        """Wait until every node has ``txid``; the propagation record either way."""
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while True:
+                record = self.propagation(txid)
+                if record and record["complete"]:
+                    return record
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return record
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    return self.propagation(txid)
+
+    # -- internals -----------------------------------------------------------
+    def _oldest_missing_at(self, txid: int) -> float | None:
+        for p in self.propagations.values():
+            if p.txid > txid:
+                return p.committed_at
+        return None
+
+    async def _broadcast(self, event: str, data: dict) -> None:
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait((event, data))
+            except asyncio.QueueFull:  # a stalled client: drop it
+                self._subscribers.discard(queue)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _committed(self, txid: int, committed_at: float) -> None:
+        if txid <= self.primary_txid and txid in self.propagations:
+            return
+        self.primary_txid = max(self.primary_txid, txid)
+        if txid not in self.propagations:
+            self.propagations[txid] = Propagation(txid, committed_at)
+            while len(self.propagations) > HISTORY:
+                self.propagations.popitem(last=False)
+        # A node may have reported the TXID before the primary's event arrived.
+        for node in self.nodes.values():
+            if node.txid >= txid:
+                self.propagations[txid].arrivals.setdefault(node.name, time.time())
+        await self._broadcast("propagation", self.propagation(txid))
+
+    async def _advanced(self, name: str, txid: int, connected: bool = True, primary_reachable=None) -> None:
+        node = self.nodes[name]
+        now = time.time()
+        moved = txid > node.txid or connected != node.connected
+        node.txid = max(node.txid, txid)
+        node.connected = connected
+        if primary_reachable is not None:
+            node.primary_reachable = primary_reachable
+        node.updated_at = now
+        touched = []
+        for p in self.propagations.values():
+            if p.txid <= node.txid and name not in p.arrivals:
+                p.arrivals[name] = now
+                touched.append(p)
+        if moved or touched:
+            await self._broadcast("node", node.as_dict(self.primary_txid, self._oldest_missing_at(node.txid)))
+        for p in touched:
+            await self._broadcast("propagation", p.as_dict(list(self.nodes)))
+
+    async def _follow_primary(self) -> None:
+        async for db, txid, ts in _tx_events(self.public_litefs_url, self.reconnect):
+            if db == "public.db":
+                await self._committed(txid, ts or time.time())
+
+    async def _check_node(self, address: ReadNodeAddress, client: httpx.AsyncClient) -> bool:
+        try:
+            status = (await client.get(f"{address.url}/-/replication.json")).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        node = self.nodes[address.name]
+        await self._advanced(address.name, status["txid"], node.connected, status.get("primary_reachable"))
+        return True
+
+    async def _poll_node(self, address: ReadNodeAddress, interval: float = 5.0) -> None:
+        # Events carry each transaction; this catches what they cannot (a
+        # snapshot after a long outage, the node's link to the primary).
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                await self._check_node(address, client)
+                await asyncio.sleep(interval)
+
+    async def _follow_node(self, address: ReadNodeAddress) -> None:
+        async def on_connect():
+            node = self.nodes[address.name]
+            node.connected = True
+            await self._broadcast("node", node.as_dict(self.primary_txid, self._oldest_missing_at(node.txid)))
+            # Where is it now? Its Datasette may still be starting: retry
+            # briefly, beside the event stream rather than in its way.
+            async def locate():
+                async with httpx.AsyncClient(timeout=2) as client:
+                    for _ in range(50):
+                        if await self._check_node(address, client):
+                            return
+                        await asyncio.sleep(0.2)
+
+            self._tasks.append(asyncio.create_task(locate()))
+
+        async def on_disconnect():
+            node = self.nodes[address.name]
+            if node.connected:
+                node.connected = False
+                await self._broadcast("node", node.as_dict(self.primary_txid, self._oldest_missing_at(node.txid)))
+
+        async for db, txid, _ in _tx_events(address.litefs_url, self.reconnect, on_connect, on_disconnect):
+            if db == "public.db":
+                await self._advanced(address.name, txid)
+
+
+async def _tx_events(url: str, reconnect: float, on_connect=None, on_disconnect=None):
+    """(db, txid, committed_at) for every ``tx`` event of a LiteFS node,
+    reconnecting for ever."""
+    while True:
+        try:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client:
+                async with client.stream("GET", f"{url}/events") as response:
+                    response.raise_for_status()
+                    if on_connect:
+                        await on_connect()
+                    async for line in response.aiter_lines():
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        if event.get("type") != "tx":
+                            continue
+                        data = event.get("data") or {}
+                        yield event.get("db", ""), int(data["txID"], 16), _parse_ts(data.get("timestamp"))
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        if on_disconnect:
+            await on_disconnect()
+        await asyncio.sleep(reconnect)
+
+
+def _parse_ts(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,50 @@
+"""The primary's settings, from environment variables with defaults that make
+the local cluster work. The supervisor sets them for every process it starts."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+
+
+@dataclass(frozen=True)
+class ReadNodeAddress:
+    """Where the primary finds one read node: its Datasette (for
+    ``/-/replication.json``) and its LiteFS HTTP API (for ``/events``)."""
+
+    name: str
+    url: str
+    litefs_url: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_db: str
+    public_db: str
+    watermark_file: str
+    public_litefs_url: str
+    datasette_url: str
+    read_nodes: tuple[ReadNodeAddress, ...]
+
+    @property
+    def secret(self) -> str:
+        # Read when needed, never stored in a settings dump.
+        secret = os.environ.get("DATASETTE_SECRET")
+        if not secret:
+            raise RuntimeError("DATASETTE_SECRET is not set: tokens cannot be checked")
+        return secret
+
+
+@cache
+def settings() -> Settings:
+    nodes = json.loads(os.environ.get("BROADSHEET_READ_NODES", "[]"))
+    return Settings(
+        data_db=os.environ.get("BROADSHEET_DATA_DB", "/litefs/private/data.db"),
+        public_db=os.environ.get("BROADSHEET_PUBLIC_DB", "/litefs/public/public.db"),
+        watermark_file=os.environ.get("BROADSHEET_WATERMARK", "/var/lib/broadsheet/publisher-watermark.json"),
+        public_litefs_url=os.environ.get("BROADSHEET_PUBLIC_LITEFS_URL", "http://127.0.0.1:20203"),
+        datasette_url=os.environ.get("BROADSHEET_DATASETTE_URL", "http://127.0.0.1:8001"),
+        read_nodes=tuple(ReadNodeAddress(**n) for n in nodes),
+    )

@@ -1,0 +1,48 @@
+"""A read node's replication status, read from its LiteFS mount."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from broadsheet.litefs import Pos
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    node: str
+    txid: int
+    checksum: str
+    primary: str | None  # the primary's hostname while connected to it
+    primary_reachable: bool
+    # Milliseconds since this node last heard from the primary (LiteFS's
+    # ``.lag`` file); None before the first sync.
+    lag_ms: int | None
+    checked_at: str
+
+    @classmethod
+    def read(cls, db_path: Path, node: str) -> "ReplicaStatus":
+        mount = db_path.parent
+        pos = Pos.read(db_path)
+        try:
+            primary = (mount / ".primary").read_text().strip() or None
+        except OSError:
+            primary = None
+        try:
+            lag = int((mount / ".lag").read_text().strip())
+            lag_ms = None if lag < 0 or lag >= 2**31 - 1 else lag  # MaxInt32: never synced
+        except (OSError, ValueError):
+            lag_ms = None
+        return cls(
+            node=node,
+            txid=pos.txid,
+            checksum=f"{pos.checksum:016x}",
+            primary=primary,
+            primary_reachable=primary is not None,
+            lag_ms=lag_ms,
+            checked_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)

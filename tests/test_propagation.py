@@ -1,0 +1,114 @@
+"""Watching a publish reach every read node: the control plane's records,
+its server-sent events, the CLI, and a node that falls behind."""
+
+import queue
+import threading
+
+from click.testing import CliRunner
+
+from broadsheet.cli import cli
+from broadsheet.client import ControlClient
+from conftest import create_table, rows, wait_until
+from primary import state
+
+
+def test_publish_yields_a_propagation_record_for_every_node(cluster, control):
+    create_table(cluster, "dispatches", [{"id": 1, "text": "first"}])
+    result = control.publish("dispatches")
+    assert result["changed"] and result["public_txid"] >= 1
+    record = control.propagation(result["public_txid"], wait=10)
+    assert record["complete"]
+    assert sorted(n["name"] for n in record["nodes"]) == [n.name for n in cluster.replicas]
+    for arrival in record["nodes"]:
+        assert arrival["arrived"] and arrival["ms"] is not None and 0 <= arrival["ms"] < 10_000
+
+
+def test_event_stream_delivers_propagation(cluster, control, db):
+    events: queue.Queue = queue.Queue()
+
+    def follow():
+        try:
+            for event in control.events():
+                events.put(event)
+        except Exception as exc:  # the stream closes when the test ends
+            events.put(("error", {"error": repr(exc)}))
+
+    threading.Thread(target=follow, daemon=True).start()
+    first = events.get(timeout=10)
+    assert first[0] == "node"  # the stream opens with every node's position
+
+    with state.immediate(db):
+        db.execute("INSERT INTO airports (faa, name) VALUES ('SSE', 'Event Stream Field')")
+    wait_until(lambda: rows(cluster.replicas[0].url, "airports", faa="SSE"))
+    txid = cluster.public_pos().txid
+
+    def complete_record():
+        while True:
+            event, data = events.get(timeout=10)
+            if event == "propagation" and data["txid"] == txid and data["complete"]:
+                return data
+
+    record = complete_record()
+    assert {n["name"] for n in record["nodes"] if n["arrived"]} == {n.name for n in cluster.replicas}
+
+
+def test_cli_watch_prints_arrivals(cluster, token, db):
+    url = cluster.primary.control_url
+    with state.immediate(db):
+        db.execute("INSERT INTO airports (faa, name) VALUES ('CLI', 'Watch Field')")
+    wait_until(lambda: rows(cluster.replicas[-1].url, "airports", faa="CLI"))
+    txid = cluster.public_pos().txid
+    # watch follows live events: change the row again while it runs.
+    output = {}
+
+    def run():
+        output["result"] = CliRunner().invoke(cli, ["watch", "--url", url, "--token", token, "--until", str(txid + 1)])
+
+    baseline = subscribers(url)
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_until(lambda: subscribers(url) > baseline, timeout=10, message="watch connected")
+    with state.immediate(db):
+        db.execute("UPDATE airports SET name = 'Watch Field 2' WHERE faa = 'CLI'")
+    thread.join(30)
+    result = output["result"]
+    assert result.exit_code == 0, result.output
+    line = [l for l in result.output.splitlines() if l.startswith(f"txid {txid + 1}:")][-1]
+    for node in cluster.replicas:
+        assert f"{node.name} ✓" in line
+
+
+def subscribers(url) -> int:
+    import httpx
+
+    return httpx.get(f"{url}/health", timeout=5).json()["subscribers"]
+
+
+def test_stopped_node_shows_behind_then_catches_up(new_cluster):
+    cluster = new_cluster(replicas=2)
+    from broadsheet.cli import _mint_token
+
+    control = ControlClient(cluster.primary.control_url, _mint_token(cluster.primary.secret(), "tester"))
+    late = cluster.replicas[1]
+    wait_until(lambda: all(n["connected"] for n in control.nodes()), message="nodes connected")
+
+    cluster.stop_replica(late)
+    wait_until(lambda: not _node(control, late.name)["connected"], message="node seen as down")
+    create_table(cluster, "breaking", [{"id": 1, "text": "news"}])
+    result = control.publish("breaking")
+    txid = result["public_txid"]
+    record = control.propagation(txid, wait=2)
+    arrivals = {n["name"]: n["arrived"] for n in record["nodes"]}
+    assert arrivals == {cluster.replicas[0].name: True, late.name: False}
+    node = _node(control, late.name)
+    assert node["behind_txids"] >= 1 and node["lag_ms"] > 0
+
+    cluster.start_replica(late)
+    record = control.propagation(txid, wait=30)
+    assert record["complete"]
+    wait_until(lambda: _node(control, late.name)["behind_txids"] == 0, message="caught up")
+    assert rows(late.url, "breaking")[0]["text"] == "news"
+
+
+def _node(control, name):
+    return next(n for n in control.nodes() if n["name"] == name)

@@ -1,0 +1,121 @@
+"""Schema changes, full-text search and views of published tables reach every
+read node."""
+
+import httpx
+import pytest
+import sqlite_utils
+
+from broadsheet.client import ControlError
+from conftest import create_table, rows, status, wait_until
+from primary import state
+
+
+def columns(node_url: str, table: str) -> list[str]:
+    return httpx.get(f"{node_url}/public/{table}.json?_size=1&_extra=columns", timeout=5).json()["columns"]
+
+
+def test_schema_changes_propagate(cluster, control, db):
+    create_table(cluster, "stories", [{"id": i, "title": f"story {i}", "words": i * 100} for i in range(1, 11)])
+    published = control.publish("stories")
+    cluster.wait_for_replicas(published["public_txid"])
+
+    # New column, then rows that use it.
+    with state.immediate(db):
+        db.execute("ALTER TABLE stories ADD COLUMN section TEXT")
+        db.execute("UPDATE stories SET section = 'news' WHERE id <= 5")
+    for node in cluster.replicas:
+        wait_until(lambda: "section" in columns(node.url, "stories"), message=f"new column on {node.name}")
+        wait_until(lambda: len(rows(node.url, "stories", section="news")) == 5)
+
+    # New index.
+    with state.immediate(db):
+        db.execute("CREATE INDEX stories_section ON stories (section)")
+    cluster_index = lambda node: httpx.get(  # noqa: E731
+        f"{node.url}/public/-/query.json",
+        params={"sql": "select name from sqlite_master where type = 'index' and name = 'stories_section'"},
+        timeout=5,
+    ).json()["rows"]
+    for node in cluster.replicas:
+        wait_until(lambda: cluster_index(node), message=f"index on {node.name}")
+
+    # Column rename.
+    with state.immediate(db):
+        db.execute("ALTER TABLE stories RENAME COLUMN words TO word_count")
+    for node in cluster.replicas:
+        wait_until(lambda: "word_count" in columns(node.url, "stories"), message=f"rename on {node.name}")
+        assert "words" not in columns(node.url, "stories")
+        assert rows(node.url, "stories", id=3)[0]["word_count"] == 300
+
+    # Column drop, through sqlite-utils' transform (which rebuilds the table,
+    # and with it the publisher's triggers).
+    with state.immediate(db):
+        db.execute("DROP INDEX stories_section")
+    sqlite_utils.Database(cluster.primary.data_db)["stories"].transform(drop={"section"})
+    for node in cluster.replicas:
+        wait_until(lambda: "section" not in columns(node.url, "stories"), message=f"drop column on {node.name}")
+        assert len(rows(node.url, "stories")) == 10
+
+    # Later row changes still arrive after the rebuild.
+    with state.immediate(db):
+        db.execute("UPDATE stories SET title = 'rewritten' WHERE id = 1")
+    for node in cluster.replicas:
+        wait_until(lambda: rows(node.url, "stories", id=1)[0]["title"] == "rewritten")
+
+
+def test_full_text_search_works_on_read_nodes(cluster, control):
+    db = sqlite_utils.Database(cluster.primary.data_db)
+    db["articles"].insert_all(
+        [
+            {"id": 1, "title": "LiteFS replicates SQLite", "body": "pages shipped as LTX files"},
+            {"id": 2, "title": "Datasette serves JSON", "body": "and HTML for every table"},
+        ],
+        pk="id",
+    )
+    db["articles"].enable_fts(["title", "body"], create_triggers=True)
+    db.close()
+    control.publish("articles")
+    for node in cluster.replicas:
+        wait_until(lambda: status(node.url, "/public/articles.json") == 200)
+        found = rows(node.url, "articles", _search="LTX")
+        assert [r["id"] for r in found] == [1]
+        # the full-text table itself is not a public table of its own
+        assert status(node.url, "/public/articles_fts.json") == 403
+
+    # New rows are searchable on the read nodes too.
+    db = sqlite_utils.Database(cluster.primary.data_db)
+    db["articles"].insert({"id": 3, "title": "Bookmarks", "body": "read your own LTX writes"})
+    db.close()
+    for node in cluster.replicas:
+        wait_until(lambda: [r["id"] for r in rows(node.url, "articles", _search="LTX")] == [1, 3])
+
+
+def test_view_of_published_tables_can_be_published(cluster, control, db):
+    create_table(cluster, "teams", [{"id": 1, "name": "Data"}, {"id": 2, "name": "Desk"}])
+    create_table(cluster, "salaries", [{"id": 1, "team_id": 1, "amount": 123456}])
+    with state.immediate(db):
+        db.execute("CREATE VIEW team_names AS SELECT name FROM teams")
+        db.execute("CREATE VIEW team_pay AS SELECT teams.name, salaries.amount FROM teams JOIN salaries ON salaries.team_id = teams.id")
+
+    # A view that reads a private table cannot be published…
+    with pytest.raises(ControlError) as err:
+        control.publish("team_names")
+    assert err.value.status == 409 and "teams" in err.value.message
+
+    control.publish("teams")
+    published = control.publish("team_names")
+    cluster.wait_for_replicas(published["public_txid"])
+    for node in cluster.replicas:
+        assert [r["name"] for r in rows(node.url, "team_names")] == ["Data", "Desk"]
+
+    with pytest.raises(ControlError) as err:
+        control.publish("team_pay")
+    assert err.value.status == 409 and "salaries" in err.value.message
+    for node in cluster.replicas:
+        assert status(node.url, "/public/team_pay.json") == 403
+        assert b"123456" not in node.public_db.read_bytes()
+
+    # Unpublishing a table takes down the views that read it.
+    unpublished = control.publish("teams", public=False)
+    cluster.wait_for_replicas(unpublished["public_txid"])
+    for node in cluster.replicas:
+        assert status(node.url, "/public/team_names.json") == 403
