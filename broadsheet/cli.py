@@ -232,6 +232,96 @@ def watch(root, url, token, until_txid):
         pass
 
 
+@cli.command("import")
+@cluster_dir
+@data_db_option
+@click.argument("table")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=False))
+@click.option("--csv", "fmt", flag_value="csv", help="PATH is CSV (default: by extension).")
+@click.option("--json", "fmt", flag_value="json", help="PATH is a JSON array of objects.")
+@click.option("--nl", "fmt", flag_value="nl", help="PATH is newline-delimited JSON.")
+@click.option("--pk", help="Primary key column when creating the table.")
+@click.option("--replace", is_flag=True, help="Replace rows whose primary key already exists.")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+def import_(root, data_db, table, path, fmt, pk, replace, batch_size):
+    """Import CSV or JSON rows into TABLE of data.db (private until published)."""
+    import sqlite_utils
+    from sqlite_utils.utils import Format, rows_from_file
+
+    from .names import is_internal
+
+    if is_internal(table):
+        raise click.ClickException(f"{table!r} is an internal table")
+    fmt = fmt or {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "nl", ".ndjson": "nl"}.get(
+        Path(path).suffix.lower()
+    )
+    if fmt is None:
+        raise click.ClickException("Cannot tell the format from the file name: pass --csv, --json or --nl")
+    formats = {"csv": Format.CSV, "json": Format.JSON, "nl": Format.NL}
+    size = Path(path).stat().st_size
+    db = sqlite_utils.Database(_data_db(root, data_db))
+    db.execute("PRAGMA busy_timeout = 10000")
+    try:
+        with open(path, "rb") as raw, click.progressbar(length=size, label=f"importing {table}", file=sys.stderr) as bar:
+            tracked = _Progress(raw, bar)
+            try:
+                rows, _ = rows_from_file(tracked, format=formats[fmt])
+                if fmt == "csv":
+                    rows = ({k: _typed(v) for k, v in row.items()} for row in rows)
+                db[table].insert_all(rows, pk=pk, alter=True, replace=replace, batch_size=batch_size)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise click.ClickException(f"{path}: {exc}")
+    finally:
+        db.close()
+    click.echo(f"{table}: {_count(_data_db(root, data_db), table)} rows")
+
+
+class _Progress:
+    """A binary file that advances a progress bar as it is read."""
+
+    def __init__(self, raw, bar):
+        self.raw, self.bar = raw, bar
+
+    def read(self, n=-1):
+        data = self.raw.read(n)
+        self.bar.update(len(data))
+        return data
+
+    def readline(self, *args):
+        line = self.raw.readline(*args)
+        self.bar.update(len(line))
+        return line
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+def _typed(value):
+    """CSV cells that look like numbers become numbers, as sqlite-utils'
+    --detect-types would do."""
+    if not isinstance(value, str) or value == "":
+        return value if value != "" else None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _count(db_path: str, table: str) -> int:
+    from primary import state
+
+    conn = state.connect(db_path, readonly=True)
+    try:
+        return conn.execute(f"SELECT count(*) FROM {_q(table)}").fetchone()[0]
+    finally:
+        conn.close()
+
+
 @cli.command()
 @cluster_dir
 def status(root):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Annotated, AsyncIterator
 
@@ -20,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from broadsheet.litefs import Pos
 
-from . import state
+from . import publishing, state
 from .auth import NotAuthenticated, actor_from
 from .propagation import Tracker
 from .settings import settings
@@ -151,18 +150,6 @@ def _connect(readonly: bool = False):
     return state.connect(settings().data_db, readonly=readonly)
 
 
-async def wait_published(private_txid: int, timeout: float) -> state.Watermark | None:
-    """Wait until the publisher has reflected data.db TXID ``private_txid``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        mark = state.Watermark.read(settings().watermark_file)
-        if mark is not None and mark.private_txid >= private_txid:
-            return mark
-        if time.monotonic() > deadline:
-            return mark
-        await asyncio.sleep(0.005)
-
-
 @app.get("/health", response_model=Health, tags=["health"])
 async def health(request: Request) -> Health:
     conf = settings()
@@ -195,53 +182,16 @@ async def list_tables(actor: Actor) -> list[TableInfo]:
 
 
 async def _flip(table: str, public: bool, actor: dict, wait: bool, timeout: float) -> FlipResult:
-    conn = _connect()
     try:
-        flip = await asyncio.to_thread(state.set_public, conn, table, public, _actor_label(actor))
+        outcome = await publishing.flip(table, public, publishing.actor_label(actor), wait, timeout)
     except state.PublishError as exc:
         raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
-    finally:
-        conn.close()
-    private_txid = Pos.read(settings().data_db).txid
-    public_txid = None
-    if wait:
-        mark = await wait_published(private_txid, timeout)
-        if mark is None or mark.private_txid < private_txid:
-            raise HTTPException(
-                504,
-                {
-                    "ok": False,
-                    "error": f"the publisher has not reached data.db TXID {private_txid} within {timeout:g}s",
-                    "table": table,
-                },
-            )
-        public_txid = mark.public_txid
-        if flip.changed and flip.audit_id is not None:
-            await asyncio.to_thread(_record_txids, flip.audit_id, private_txid, public_txid)
+    except publishing.PublishTimeout as exc:
+        raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": table})
     return FlipResult(
-        table=table,
-        public=public,
-        changed=flip.changed,
-        private_txid=private_txid,
-        public_txid=public_txid,
-        propagation=f"/publishes/{public_txid}" if public_txid else None,
+        **vars(outcome),
+        propagation=f"/publishes/{outcome.public_txid}" if outcome.public_txid else None,
     )
-
-
-def _record_txids(audit_id: int, private_txid: int, public_txid: int) -> None:
-    conn = _connect()
-    try:
-        with state.immediate(conn):
-            conn.execute(
-                "UPDATE _public_audit_log SET private_txid = ?, public_txid = ? WHERE id = ?",
-                (private_txid, public_txid, audit_id),
-            )
-    finally:
-        conn.close()
-
-
-def _actor_label(actor: dict) -> str:
-    return str(actor.get("id") or json.dumps(actor))
 
 
 WaitQuery = Annotated[bool, Query(description="Wait for the publisher and return the public TXID")]
@@ -291,7 +241,7 @@ async def bookmark(
     """The public TXID that holds everything up to a data.db TXID, waiting
     (bounded) for the publisher if it is not there yet."""
     wanted = Pos.read(settings().data_db).txid if private_txid is None else private_txid
-    mark = await wait_published(wanted, timeout)
+    mark = await publishing.wait_published(wanted, timeout)
     if mark is None or mark.private_txid < wanted:
         raise HTTPException(504, {"ok": False, "error": f"data.db TXID {wanted} not published within {timeout:g}s"})
     return Bookmark(private_txid=wanted, public_txid=mark.public_txid)

@@ -17,6 +17,14 @@ from broadsheet.supervisor import Service
 
 from .settings import ReadNodeAddress
 
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def hash_password(password: str) -> str:
+    from datasette_auth_passwords.utils import hash_password as hash_
+
+    return hash_(password)
+
 
 @dataclass
 class PrimaryNode:
@@ -83,6 +91,35 @@ class PrimaryNode:
             self.secret_file.write_text(secrets.token_hex(32))
         return self.secret_file.read_text().strip()
 
+    @property
+    def password_file(self) -> Path:
+        return self.root / "team-password"
+
+    def team_password(self) -> str:
+        """The local cluster's browser login (user ``team``): made on first
+        start; Datasette sees only its hash."""
+        if not self.password_file.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.password_file.touch(mode=0o600)
+            self.password_file.write_text(secrets.token_urlsafe(12))
+        return self.password_file.read_text().strip()
+
+    def datasette_config(self) -> Path:
+        path = self.root / "datasette.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "plugins": {
+                        "datasette-auth-passwords": {
+                            "team_password_hash": {"$env": "BROADSHEET_TEAM_PASSWORD_HASH"},
+                        }
+                    }
+                },
+                indent=2,
+            )
+        )
+        return path
+
     def env(self) -> dict[str, str]:
         """Settings for the primary's own processes (see primary/settings.py)."""
         return {
@@ -119,9 +156,11 @@ class PrimaryNode:
                     sys.executable, "-m", "primary.serve", "serve", str(self.data_db),
                     "--host", "127.0.0.1", "--port", str(self.port),
                     "--default-deny",
+                    "--config", str(self.datasette_config()),
+                    "--template-dir", str(TEMPLATES),
                 ],
-                env=self.env(),
-                ready=lambda: httpx.get(f"{self.url}/-/versions.json", timeout=1).status_code in (200, 403),
+                env={**self.env(), "BROADSHEET_TEAM_PASSWORD_HASH": hash_password(self.team_password())},
+                ready=lambda: httpx.get(f"{self.url}/-/login", timeout=1).status_code == 200,
                 restart=True,
             ),
             self.control_service(),

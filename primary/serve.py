@@ -2,7 +2,7 @@
 
 from broadsheet.datasette_launcher import launch
 
-PLUGINS: list[str] = []
+PLUGINS = ["primary.plugin", "datasette_auth_passwords"]
 
 if __name__ == "__main__":
     import sys

@@ -25,7 +25,7 @@ def test_sample_public_table_is_served_and_private_one_is_not(cluster):
         assert status(node.url, "/public/planes.json") == 403
         assert status(node.url, "/public/planes") == 403
     # The team's own Datasette is closed to anonymous visitors.
-    assert status(cluster.primary.url, "/data/planes.json") == 403
+    assert status(cluster.primary.url, "/data/planes.json") == 401
 
 
 def test_private_litefs_listens_on_loopback_and_no_read_node_joins_it(cluster):

@@ -1,0 +1,282 @@
+"""The team's Datasette plugin, on the primary.
+
+- Team members (any actor with an id: a signed ``dstok_`` token or a password
+  login) may do everything Datasette offers on data.db, including its JSON
+  write API, except write to broadsheet's own ``_public_*`` tables. Anonymous
+  visitors get nothing (Datasette runs with ``--default-deny``).
+- "Make public" / "Make private" table actions in the style of
+  datasette-public, with a confirmation page protected by Datasette's CSRF
+  check, that show the public TXID and where the table is live.
+- Publish and unpublish are Datasette events (``track_event``).
+- Write API responses carry ``Broadsheet-Private-Txid``; send
+  ``Broadsheet-Wait: public`` to also get ``Broadsheet-Public-Txid``, the
+  public.db TXID that holds the write (a bookmark for read nodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from datasette import Forbidden, hookimpl
+from datasette.events import Event
+from datasette.permissions import PermissionSQL
+from datasette.utils import tilde_decode, tilde_encode
+from datasette.utils.asgi import Response
+
+from broadsheet.litefs import Pos
+from broadsheet.names import INTERNAL_PREFIXES
+
+from . import publishing, state
+from .settings import settings
+
+WRITE_ACTIONS = {"insert-row", "update-row", "delete-row", "drop-table", "alter-table"}
+MAX_BODY = int(os.environ.get("BROADSHEET_MAX_BODY", str(10 * 1024 * 1024)))
+
+
+@dataclass
+class PublishTableEvent(Event):
+    """Event name: ``broadsheet-publish``. A team member made a table public."""
+
+    name = "broadsheet-publish"
+    database: str
+    table: str
+    private_txid: int
+    public_txid: int | None
+
+
+@dataclass
+class UnpublishTableEvent(Event):
+    """Event name: ``broadsheet-unpublish``. A team member made a table private."""
+
+    name = "broadsheet-unpublish"
+    database: str
+    table: str
+    private_txid: int
+    public_txid: int | None
+
+
+@hookimpl
+def register_events(datasette):
+    return [PublishTableEvent, UnpublishTableEvent]
+
+
+def _is_team(actor) -> bool:
+    return isinstance(actor, dict) and bool(actor.get("id"))
+
+
+def _data_db_name() -> str:
+    return Path(settings().data_db).stem
+
+
+@hookimpl
+def permission_resources_sql(datasette, actor, action):
+    if not _is_team(actor):
+        return None
+    rules = [PermissionSQL.allow(reason="broadsheet: team member")]
+    if action in WRITE_ACTIONS:
+        # The audit log and publish state change only through broadsheet.
+        # (This SQL runs against Datasette's internal catalog.)
+        rules.append(
+            PermissionSQL(
+                sql="SELECT database_name AS parent, table_name AS child, 0 AS allow,"
+                " 'broadsheet: internal table' AS reason FROM catalog_tables"
+                " WHERE database_name = :bs_db AND (table_name LIKE '\\_public\\_%' ESCAPE '\\'"
+                " OR table_name LIKE 'sqlite\\_%' ESCAPE '\\')",
+                params={"bs_db": _data_db_name()},
+            )
+        )
+    return rules
+
+
+ANONYMOUS_POSTS = {"/-/login"}
+AUTH_HEADERS = [(b"www-authenticate", b'Bearer realm="broadsheet"')]
+
+
+@hookimpl
+def forbidden(datasette, request, message):
+    """Anonymous requests: a 401 a client can act on, or the login page."""
+    if request.actor:
+        return None
+    if _wants_json(request):
+        return Response.json(
+            {"ok": False, "status": 401, "errors": ["Authentication required: send Authorization: Bearer dstok_…"]},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="broadsheet"'},
+        )
+    return Response.redirect(datasette.urls.path("/-/login"))
+
+
+async def _json(send, status: int, error: str, headers: list | None = None) -> None:
+    body = json.dumps({"ok": False, "status": status, "error": error, "errors": [error]}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json; charset=utf-8"), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _wants_json(request) -> bool:
+    return (
+        request.method != "GET"
+        or request.path.endswith(".json")
+        or "/-/" in request.path
+        or "application/json" in request.headers.get("accept", "")
+    )
+
+
+@hookimpl
+def table_actions(datasette, actor, database, table, request):
+    if not _is_team(actor) or database != _data_db_name() or table.startswith(INTERNAL_PREFIXES):
+        return None
+
+    async def inner():
+        conn = state.connect(settings().data_db, readonly=True)
+        try:
+            public = table in state.public_tables(conn)
+        finally:
+            conn.close()
+        return [
+            {
+                "href": datasette.urls.path(f"/-/broadsheet/visibility/{tilde_encode(database)}/{tilde_encode(table)}"),
+                "label": "Make private" if public else "Make public",
+                "description": "Stop serving it from the read nodes and erase it there"
+                if public
+                else "Serve it, and only it, from every read node",
+            }
+        ]
+
+    return inner
+
+
+@hookimpl
+def register_routes(datasette):
+    return [(r"^/-/broadsheet/visibility/(?P<database>[^/]+)/(?P<table>[^/]+)$", visibility)]
+
+
+async def visibility(datasette, request):
+    """Confirm (GET) and carry out (POST) making a table public or private."""
+    if not _is_team(request.actor):
+        raise Forbidden("Log in as a team member to change what is public")
+    database = tilde_decode(request.url_vars["database"])
+    table = tilde_decode(request.url_vars["table"])
+    if database != _data_db_name():
+        raise Forbidden(f"Only tables of {_data_db_name()} can be published")
+    context = {"database": database, "table": table, "outcome": None, "error": None, "live": []}
+    if request.method == "POST":
+        form = await request.post_vars()
+        operation = form.get("operation")
+        if operation not in ("publish", "unpublish"):
+            context["error"] = "Choose publish or unpublish"
+        else:
+            try:
+                outcome = await publishing.flip(
+                    table, operation == "publish", publishing.actor_label(request.actor), wait=True
+                )
+            except (state.PublishError, publishing.PublishTimeout) as exc:
+                context["error"] = exc.message
+            else:
+                context["outcome"] = outcome
+                event = PublishTableEvent if outcome.public else UnpublishTableEvent
+                await datasette.track_event(
+                    event(
+                        actor=request.actor,
+                        database=database,
+                        table=table,
+                        private_txid=outcome.private_txid,
+                        public_txid=outcome.public_txid,
+                    )
+                )
+                if outcome.public_txid is not None:
+                    context["live"] = await _where_live(table, outcome.public_txid)
+    conn = state.connect(settings().data_db, readonly=True)
+    try:
+        context["public"] = table in state.public_tables(conn)
+        context["exists"] = table in state.user_tables(conn) + state.views(conn)
+        cursor = conn.execute(
+            "SELECT timestamp, actor, operation, private_txid, public_txid FROM _public_audit_log"
+            " WHERE table_name = ? ORDER BY id DESC LIMIT 20",
+            (table,),
+        )
+        context["audit"] = [dict(zip(("timestamp", "actor", "operation", "private_txid", "public_txid"), r)) for r in cursor]
+    finally:
+        conn.close()
+    if not context["exists"] and not context["public"] and context["outcome"] is None:
+        context["error"] = context["error"] or f"Table {table!r} does not exist"
+    context["watch_url"] = os.environ.get("BROADSHEET_CONTROL_URL", "") + "/watch"
+    status = 400 if context["error"] and request.method == "POST" else 200
+    return Response.html(
+        await datasette.render_template("broadsheet_visibility.html", context, request=request), status=status
+    )
+
+
+async def _where_live(table: str, txid: int, timeout: float = 3.0) -> list[dict]:
+    """Each read node, and whether it has public TXID ``txid`` yet (waiting
+    a little for it, since propagation takes milliseconds)."""
+
+    async def check(client, node):
+        deadline = asyncio.get_running_loop().time() + timeout
+        status = None
+        while True:
+            try:
+                status = (await client.get(f"{node.url}/-/replication.json")).json()
+                if status["txid"] >= txid:
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        return {
+            "name": node.name,
+            "url": f"{node.url}/public/{tilde_encode(table)}",
+            "txid": status["txid"] if status else None,
+            "live": bool(status and status["txid"] >= txid),
+        }
+
+    async with httpx.AsyncClient(timeout=2) as client:
+        return list(await asyncio.gather(*(check(client, n) for n in settings().read_nodes)))
+
+
+@hookimpl
+def asgi_wrapper(datasette):
+    def wrap(app):
+        async def primary(scope, receive, send):
+            if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+                return await app(scope, receive, send)
+            headers = {k.lower(): v for k, v in scope.get("headers", [])}
+            if (
+                b"authorization" not in headers
+                and b"ds_actor=" not in headers.get(b"cookie", b"")
+                and scope["path"] not in ANONYMOUS_POSTS
+            ):
+                return await _json(send, 401, "Authentication required: send Authorization: Bearer dstok_…", AUTH_HEADERS)
+            length = headers.get(b"content-length", b"0")
+            if length.isdigit() and int(length) > MAX_BODY:
+                return await _json(send, 413, f"Request body over {MAX_BODY} bytes: send rows in batches")
+            wait_public = headers.get(b"broadsheet-wait", b"").lower() == b"public"
+
+            async def send_with_txids(message):
+                if message["type"] == "http.response.start" and message["status"] < 400:
+                    # The write (if any) has committed by the time the response starts.
+                    private_txid = Pos.read(settings().data_db).txid
+                    extra = [(b"broadsheet-private-txid", str(private_txid).encode())]
+                    if wait_public:
+                        mark = await publishing.wait_published(private_txid, 10.0)
+                        if mark is not None and mark.private_txid >= private_txid:
+                            extra.append((b"broadsheet-public-txid", str(mark.public_txid).encode()))
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+                await send(message)
+
+            await app(scope, receive, send_with_txids)
+
+        return primary
+
+    return wrap

@@ -1,0 +1,79 @@
+"""Flipping a table, as every team interface does it (the Datasette table
+action, the control plane, the CLI): one data.db transaction with an audit
+entry, then a bounded wait for the publisher, so that the caller learns the
+public TXID that holds the change."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from broadsheet.litefs import Pos
+
+from . import state
+from .settings import settings
+
+
+class PublishTimeout(Exception):
+    status = 504
+
+    def __init__(self, private_txid: int, timeout: float):
+        self.message = f"the publisher has not reached data.db TXID {private_txid} within {timeout:g}s"
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    table: str
+    public: bool
+    changed: bool
+    private_txid: int
+    public_txid: int | None
+
+
+async def wait_published(private_txid: int, timeout: float) -> state.Watermark | None:
+    """Wait until the publisher has reflected data.db TXID ``private_txid``;
+    the watermark either way (None if the publisher never ran)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mark = state.Watermark.read(settings().watermark_file)
+        if (mark is not None and mark.private_txid >= private_txid) or time.monotonic() > deadline:
+            return mark
+        await asyncio.sleep(0.005)
+
+
+async def flip(table: str, public: bool, actor: str, wait: bool = True, timeout: float = 10.0) -> Outcome:
+    """Raises state.PublishError for a table that cannot be flipped, and
+    PublishTimeout if the publisher does not get there in time."""
+    conn = state.connect(settings().data_db)
+    try:
+        result = await asyncio.to_thread(state.set_public, conn, table, public, actor)
+    finally:
+        conn.close()
+    # Read after our commit: at least our transaction's TXID.
+    private_txid = Pos.read(settings().data_db).txid
+    if not wait:
+        return Outcome(table, public, result.changed, private_txid, None)
+    mark = await wait_published(private_txid, timeout)
+    if mark is None or mark.private_txid < private_txid:
+        raise PublishTimeout(private_txid, timeout)
+    if result.changed and result.audit_id is not None:
+        await asyncio.to_thread(_record_txids, result.audit_id, private_txid, mark.public_txid)
+    return Outcome(table, public, result.changed, private_txid, mark.public_txid)
+
+
+def _record_txids(audit_id: int, private_txid: int, public_txid: int) -> None:
+    conn = state.connect(settings().data_db)
+    try:
+        with state.immediate(conn):
+            conn.execute(
+                "UPDATE _public_audit_log SET private_txid = ?, public_txid = ? WHERE id = ?",
+                (private_txid, public_txid, audit_id),
+            )
+    finally:
+        conn.close()
+
+
+def actor_label(actor: dict) -> str:
+    return str(actor.get("id") or actor)
