@@ -117,6 +117,14 @@ class Supervisor:
         )
         self._procs[service.name] = proc
         self._expected_exit.discard(service.name)
+        if service.mount is not None:
+            subprocess.Popen(
+                [sys.executable, "-m", "broadsheet.janitor", str(os.getpid()), str(proc.pid), str(service.mount)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         threading.Thread(target=self._pump, args=(service.name, proc.stdout), daemon=True).start()
         self.log("supervisor", f"started {service.name} (pid {proc.pid})")
         if service.ready is not None:
