@@ -12,8 +12,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import TextIO
 
-import httpx
-
 from primary import state
 from primary.node import PrimaryNode
 from primary.settings import ReadNodeAddress
@@ -190,9 +188,3 @@ def load_state(root: Path) -> dict:
         raise FileNotFoundError(f"no running cluster in {root} (start one with: broadsheet up)")
     return json.loads(path.read_text())
 
-
-def primary_datasette_ok(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/-/versions.json", timeout=1).status_code < 500
-    except httpx.HTTPError:
-        return False

@@ -190,10 +190,6 @@ class Supervisor:
         if service is not None and service.mount is not None:
             litefs.unmount(service.mount)
 
-    def restart(self, name: str) -> None:
-        self.stop(name)
-        self.start(self._services[name])
-
     def stop_all(self) -> None:
         self._closing = True
         for name in reversed(list(self._procs)):

@@ -198,9 +198,16 @@ WaitQuery = Annotated[bool, Query(description="Wait for the publisher and return
 TimeoutQuery = Annotated[float, Query(gt=0, le=60, description="Seconds to wait for the publisher")]
 
 
-@tables.post("/{table}/publish", response_model=FlipResult, responses={504: {"model": Error}})
+@tables.post(
+    "/{table}/publish",
+    response_model=FlipResult,
+    responses={400: {"model": Error}, 409: {"model": Error}, 504: {"model": Error}},
+)
 async def publish(table: str, actor: Actor, wait: WaitQuery = True, timeout: TimeoutQuery = 10) -> FlipResult:
-    """Make a table public. Idempotent: ``changed`` says whether it was private."""
+    """Make a table (or a view over public tables) public. Idempotent:
+    ``changed`` says whether it was private. 404: no such table; 403: an
+    internal table; 409: a view that reads private tables; 400: a virtual
+    table; 504: the publisher did not get there within ``timeout``."""
     return await _flip(table, True, actor, wait, timeout)
 
 

@@ -12,6 +12,7 @@ served.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 from dataclasses import dataclass
@@ -51,17 +52,20 @@ class Listing:
     full_text: tuple[str, ...] = ()
 
 
-_listing_cache: dict[str, tuple[str, Listing]] = {}
+_listing_cache: dict[str, tuple[Pos, Listing]] = {}
+
+
+# The position a request is served at: read once per request by the ASGI
+# wrapper and reused by every permission check the request makes.
+_request_pos: contextvars.ContextVar[Pos | None] = contextvars.ContextVar("broadsheet_pos", default=None)
 
 
 async def listing(db) -> Listing:
     """Cached per LiteFS position: the ``-pos`` file changes with every
     applied transaction, and reading it is cheaper than a query."""
-    try:
-        with open(f"{db.path}-pos") as fp:
-            pos = fp.read()
-    except OSError:
-        pos = None
+    pos = _request_pos.get() or Pos.read(db.path)
+    if pos.txid == 0:
+        pos = None  # not on LiteFS (or nothing replicated yet): do not cache
     cached = _listing_cache.get(db.name)
     if pos is not None and cached is not None and cached[0] == pos:
         return cached[1]
@@ -133,16 +137,14 @@ def asgi_wrapper(datasette):
                 return await app(scope, receive, send)
             if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
                 return await _respond(send, 405, refusal, [(b"allow", b"GET, HEAD, OPTIONS")])
-            table = await _unlisted_table(datasette, scope["path"])
-            if table is not None:
-                message = f"Table {table!r} is not public on this node."
-                return await _respond(send, 403, _error(403, message))
             db = _public_db(datasette)
             try:
                 wanted = bookmark(scope)
             except ValueError as exc:
                 return await _respond(send, 400, _error(400, str(exc)))
             pos = Pos.read(db.path) if db is not None else Pos(0)
+            # Wait for the bookmark first: a table published at TXID N is
+            # listed only from N on.
             if wanted is not None and pos.txid < wanted:
                 pos = await wait_for_txid(db.path, wanted, conf.bookmark_timeout)
                 if pos.txid < wanted:
@@ -153,6 +155,11 @@ def asgi_wrapper(datasette):
                     return await _respond(
                         send, 504, _error(504, message, txid=pos.txid, wanted=wanted), [(b"retry-after", b"1")]
                     )
+            _request_pos.set(pos)
+            table = await _unlisted_table(datasette, scope["path"])
+            if table is not None:
+                message = f"Table {table!r} is not public on this node."
+                return await _respond(send, 403, _error(403, message))
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
             if etag in _if_none_match(scope):
                 return await _respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)

@@ -21,28 +21,38 @@ def test_bookmark_waits_for_a_txid_the_node_does_not_have_yet(new_cluster):
     conn = state.connect(str(cluster.primary.data_db))
     with state.immediate(conn):
         conn.execute("INSERT INTO airports (faa, name) VALUES ('BKM', 'Bookmark Field')")
+        conn.execute("CREATE TABLE fresh (id INTEGER PRIMARY KEY, text TEXT)")
+        conn.execute("INSERT INTO fresh VALUES (1, 'just published')")
+    state.set_public(conn, "fresh", True, actor="test")
     conn.close()
 
-    result = {}
+    results = {}
 
-    def read():
+    def read(key, path, params):
         started = time.monotonic()
-        result["response"] = httpx.get(
-            f"{node.url}/public/airports.json", params={"faa": "BKM", "_txid": txid + 1, "_shape": "objects"}, timeout=30
-        )
-        result["waited"] = time.monotonic() - started
+        results[key] = httpx.get(f"{node.url}{path}", params={**params, "_txid": txid + 1, "_shape": "objects"}, timeout=30)
+        results[key + "-waited"] = time.monotonic() - started
 
-    reader = threading.Thread(target=read)
-    reader.start()
-    time.sleep(0.5)  # the reader is now waiting on the node
-    assert "response" not in result
-    sup.start(sup._services["publisher"])  # the write gets published, the node catches up
-    reader.join(30)
-    response = result["response"]
+    readers = [
+        threading.Thread(target=read, args=("row", "/public/airports.json", {"faa": "BKM"})),
+        # A table that becomes public at TXID txid + 1 is not a 403 for a
+        # reader holding that bookmark: the node waits, then serves it.
+        threading.Thread(target=read, args=("table", "/public/fresh.json", {})),
+    ]
+    for reader in readers:
+        reader.start()
+    time.sleep(0.5)  # the readers are now waiting on the node
+    assert "row" not in results and "table" not in results
+    sup.start(sup._services["publisher"])  # the writes get published, the node catches up
+    for reader in readers:
+        reader.join(30)
+    response = results["row"]
     assert response.status_code == 200
     assert [r["name"] for r in response.json()["rows"]] == ["Bookmark Field"]
     assert int(response.headers["broadsheet-txid"]) >= txid + 1
-    assert result["waited"] >= 0.5
+    assert results["row-waited"] >= 0.5
+    assert results["table"].status_code == 200
+    assert [r["text"] for r in results["table"].json()["rows"]] == ["just published"]
 
 
 def test_bookmark_header_and_impossible_txid(cluster):
