@@ -123,6 +123,16 @@ async def _visible(client: httpx.AsyncClient, url: str, rid: int, started: float
         await asyncio.sleep(0.002)
 
 
+async def _applied(node, after: int, started: float, timeout: float = 10) -> float:
+    """Milliseconds until LiteFS on ``node`` has applied a TXID past ``after``
+    (its -pos file, read at 1 ms intervals: no HTTP in the way)."""
+    while Pos.read(node.public_db).txid <= after:
+        if time.perf_counter() - started > timeout:
+            return float("inf")
+        await asyncio.sleep(0.001)
+    return (time.perf_counter() - started) * 1000
+
+
 async def _propagation(bench: Bench, table: str, writes: int, first_id: int, nodes=None):
     """Insert ``writes`` rows one at a time through the write API; for each,
     the milliseconds until it shows in the JSON of every read node, and (the
@@ -131,11 +141,13 @@ async def _propagation(bench: Bench, table: str, writes: int, first_id: int, nod
     per_node: dict[str, list[float]] = {n.name: [] for n in nodes}
     baseline: list[float] = []
     inserts: list[float] = []
+    applied: list[float] = []
     team = httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {bench.token}"})
     public = httpx.AsyncClient(timeout=10)  # read nodes know no tokens
     async with team, public:
         for i in range(writes):
             rid = first_id + i
+            before = max(Pos.read(n.public_db).txid for n in nodes)
             started = time.perf_counter()
             r = await team.post(f"{bench.cluster.primary.url}/data/{table}/-/insert",
                                 json={"row": {"id": rid, "text": f"write {rid}"}})
@@ -144,11 +156,15 @@ async def _propagation(bench: Bench, table: str, writes: int, first_id: int, nod
             times = await asyncio.gather(
                 *(_visible(public, f"{n.url}/public/{table}.json", rid, started) for n in nodes),
                 _visible(team, f"{bench.cluster.primary.url}/data/{table}.json", rid, started),
+                *(_applied(n, before, started) for n in nodes),
             )
+            applied.extend(times[len(nodes) + 1:])
+            times = times[: len(nodes) + 1]
             for n, t in zip(nodes, times):
                 per_node[n.name].append(t)
             baseline.append(times[-1])
     per_node["_insert_request"] = inserts
+    per_node["_applied"] = applied
     return per_node, baseline
 
 
@@ -158,6 +174,7 @@ def bench_propagation(bench: Bench) -> None:
     bench.control.publish("pings")
     per_node, baseline = asyncio.run(_propagation(bench, "pings", writes, 1))
     inserts = per_node.pop("_insert_request")
+    applied = per_node.pop("_applied")
     all_ms = [t for ts in per_node.values() for t in ts]
     details = {
         name: {"p50_ms": pct(ts, 50), "p99_ms": pct(ts, 99), "max_ms": max(ts)} for name, ts in per_node.items()
@@ -170,6 +187,9 @@ def bench_propagation(bench: Bench) -> None:
                      "insert→visible on the primary", "p50 ≤ 100 ms", p50 <= 100, details))
     bench.add(Result("propagation", "p99 insert→visible on a read node", p99, "ms", pct(baseline, 99),
                      "insert→visible on the primary", "p99 ≤ 300 ms", p99 <= 300, {}))
+    bench.add(Result("propagation", "p50 insert→applied by a read node's LiteFS", pct(applied, 50), "ms",
+                     pct(inserts, 50), "the insert request alone", "", None,
+                     {"p99_ms": pct(applied, 99), "max_ms": max(applied)}))
 
 
 def bench_fanout(bench: Bench) -> None:
@@ -183,6 +203,7 @@ def bench_fanout(bench: Bench) -> None:
         bench.cluster.wait_for_replicas(timeout=60)
         per_node, baseline = asyncio.run(_propagation(bench, "fanout", writes, first, bench.cluster.replicas[:target]))
         per_node.pop("_insert_request")
+        per_node.pop("_applied")
         first += writes
         all_ms = [t for ts in per_node.values() for t in ts]
         bench.add(Result("fan-out", f"p50 propagation, {target} read node(s)", pct(all_ms, 50), "ms",

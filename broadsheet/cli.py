@@ -132,10 +132,14 @@ def _control(root: Path, url: str | None, token: str | None):
 
 def _mint_token(secret: str, actor: str, expires_after: int | None = None) -> str:
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from primary import auth
 
-    return asyncio.run(auth.create_token(actor, expires_after, secret=secret))
+    # A thread of its own, so that this works even where an event loop is
+    # already running (a test driving a browser, a notebook).
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, auth.create_token(actor, expires_after, secret=secret)).result()
 
 
 control_options = [

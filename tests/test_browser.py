@@ -78,3 +78,28 @@ def test_anonymous_browser_is_sent_to_login(cluster, browser):
     page = browser.new_page()
     page.goto(f"{cluster.primary.url}/data/planes")
     assert page.url.endswith("/-/login")
+
+
+def test_watch_page_shows_a_publish_arriving_on_every_node(cluster, browser, control, db):
+    """The live propagation page on the primary, signed in with the same
+    login cookie as the team's Datasette."""
+    from primary import state
+
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{cluster.primary.url}/-/login")
+    page.fill("input[name=username]", "team")
+    page.fill("input[name=password]", cluster.primary.team_password())
+    page.click("input[type=submit]")
+    page.goto(f"{cluster.primary.control_url}/watch")
+    expect(page.locator("#conn")).to_have_text("live")
+    for node in cluster.replicas:
+        expect(page.locator(f'tr[data-node="{node.name}"]')).to_contain_text("connected")
+
+    with state.immediate(db):
+        db.execute("INSERT INTO airports (faa, name) VALUES ('WCH', 'Watched Field')")
+    wait_until(lambda: cluster.public_pos().txid > 0)
+    txid = control._call("GET", "/bookmarks")["public_txid"]
+    row = page.locator(f'tr[data-txid="{txid}"]')
+    for node in cluster.replicas:
+        expect(row).to_contain_text(f"{node.name} ✓")
