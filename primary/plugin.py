@@ -29,6 +29,7 @@ from datasette.utils import tilde_decode, tilde_encode
 from datasette.utils.asgi import Response
 
 from broadsheet.litefs import Pos
+from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES
 
 from . import publishing, state
@@ -63,6 +64,14 @@ class UnpublishTableEvent(Event):
 @hookimpl
 def register_events(datasette):
     return [PublishTableEvent, UnpublishTableEvent]
+
+
+@hookimpl
+def track_event(datasette, event):
+    # Every Datasette event (logins, writes, publishes) goes to the process
+    # log, one JSON line each, for whoever reads the logs.
+    actor = event.actor.get("id") if isinstance(event.actor, dict) else None
+    log("event", json.dumps({"event": event.name, "actor": actor, **event.properties()}, default=str))
 
 
 def _is_team(actor) -> bool:

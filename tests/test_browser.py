@@ -55,6 +55,10 @@ def test_make_public_and_private_from_the_table_actions_menu(cluster, browser, t
     # The audit log on the page names who did it.
     expect(page.locator("table.rows-and-columns")).to_contain_text("team")
 
+    # Publishing is a Datasette event, which the primary logs.
+    events = (cluster.supervisor.log_dir / "primary-datasette.log").read_text()
+    assert '"event": "broadsheet-publish", "actor": "team"' in events and '"table": "planes"' in events
+
     visitor = browser.new_page()  # an anonymous visitor: no cookies
     response = visitor.goto(f"{node.url}/public/planes?_txid={txid}")
     assert response.status == 200

@@ -51,6 +51,28 @@ def test_token_write_reaches_every_read_node_once_public(cluster, token, control
         assert [r["id"] for r in got["rows"]] == [2]
 
 
+def test_update_alter_and_drop_through_the_write_api(cluster, token, control):
+    api(cluster, token, "/-/create", {"table": "drafts", "pk": "id", "rows": [{"id": 1, "title": "draft"}]})
+    control.publish("drafts")
+    updated = api(cluster, token, "/drafts/1/-/update", {"update": {"title": "final"}}, **{"Broadsheet-Wait": "public"})
+    assert updated.status_code == 200, updated.text
+    txid = int(updated.headers["broadsheet-public-txid"])
+    for node in cluster.replicas:
+        got = httpx.get(f"{node.url}/public/drafts.json?_shape=objects&_txid={txid}", timeout=10).json()
+        assert got["rows"] == [{"id": 1, "title": "final"}]
+
+    altered = api(cluster, token, "/drafts/-/alter", {"operations": [{"op": "add_column", "args": {"name": "words", "type": "integer"}}]})
+    assert altered.status_code == 200, altered.text
+    for node in cluster.replicas:
+        wait_until(lambda: "words" in rows(node.url, "drafts")[0], message=f"new column on {node.name}")
+
+    dropped = api(cluster, token, "/drafts/-/drop", {"confirm": True})
+    assert dropped.status_code == 200, dropped.text
+    for node in cluster.replicas:
+        wait_until(lambda: httpx.get(f"{node.url}/public/drafts.json", timeout=5).status_code == 403)
+    assert "drafts" not in {t["table"] for t in control.tables()}
+
+
 def test_dclient_inserts_rows_that_reach_read_nodes(cluster, token, control, tmp_path):
     csv = tmp_path / "birds.csv"
     csv.write_text("id,name,count\n1,robin,3\n2,wren,5\n3,kestrel,1\n")
