@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .cluster import LocalCluster, load_state
+from .names import quote
 
 DEFAULT_DIR = ".cluster"
 
@@ -72,6 +73,8 @@ def down(root):
     deadline = time.monotonic() + 60
     while (Path(root) / "cluster.json").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+    if (Path(root) / "cluster.json").exists():
+        raise click.ClickException(f"the cluster (pid {info['pid']}) has not stopped after 60s; see {info['logs']}")
     click.echo("stopped")
 
 
@@ -97,21 +100,12 @@ def tables(root, data_db, as_json):
 
     conn = state.connect(_data_db(root, data_db), readonly=True)
     public = set(state.public_tables(conn))
-    rows = [
-        {"table": t, "public": t in public, "rows": conn.execute(f"SELECT count(*) FROM {_q(t)}").fetchone()[0]}
-        for t in state.user_tables(conn)
-    ]
+    rows = [{"table": t, "public": t in public, "rows": _count(conn, t)} for t in state.user_tables(conn)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         click.echo(f"{'public ' if row['public'] else 'private'}  {row['rows']:>9}  {row['table']}")
-
-
-def _q(name: str) -> str:
-    from .names import quote
-
-    return quote(name)
 
 
 def _control(root: Path, url: str | None, token: str | None):
@@ -277,7 +271,13 @@ def import_(root, data_db, table, path, fmt, pk, replace, batch_size):
                 raise click.ClickException(f"{path}: {exc}")
     finally:
         db.close()
-    click.echo(f"{table}: {_count(_data_db(root, data_db), table)} rows")
+    from primary import state
+
+    conn = state.connect(_data_db(root, data_db), readonly=True)
+    try:
+        click.echo(f"{table}: {_count(conn, table)} rows")
+    finally:
+        conn.close()
 
 
 class _Progress:
@@ -316,14 +316,8 @@ def _typed(value):
     return value
 
 
-def _count(db_path: str, table: str) -> int:
-    from primary import state
-
-    conn = state.connect(db_path, readonly=True)
-    try:
-        return conn.execute(f"SELECT count(*) FROM {_q(table)}").fetchone()[0]
-    finally:
-        conn.close()
+def _count(conn, table: str) -> int:
+    return conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0]
 
 
 @cli.command()

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from conftest import rows, wait_until
+from conftest import wait_until
 from primary import state
 
 

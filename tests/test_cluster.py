@@ -1,5 +1,6 @@
 """Bringing a cluster up and down."""
 
+import json
 import os
 import signal
 import subprocess
@@ -72,6 +73,21 @@ def test_up_prints_urls_and_ctrl_c_stops_everything(tmp_path):
         assert replica_url in text
         assert httpx.get(f"{replica_url}/public/airports.json", timeout=5).status_code == 200
         assert all(_ours(root))
+
+        # The CLI finds this cluster through --dir.
+        def bs(*args):
+            done = subprocess.run([sys.executable, "-m", "broadsheet.cli", *args, "--dir", str(root)],
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        tables = {t["table"]: t for t in json.loads(bs("tables", "--json"))}
+        assert tables["airports"]["public"] and not tables["planes"]["public"]
+        assert tables["planes"]["rows"] == 3322
+        published = bs("publish", "planes", "--watch")
+        assert "planes is now public" in published and "replica-1 ✓" in published
+        assert httpx.get(f"{replica_url}/public/planes.json", timeout=5).status_code == 200
+        assert "replica-1 public.db txid" in bs("status")
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(60)
         assert proc.returncode == 0

@@ -2,7 +2,6 @@
 
 import time
 
-import httpx
 
 from broadsheet.litefs import Pos
 from conftest import count, rows, status, wait_until

@@ -1,10 +1,9 @@
 """Publishing and unpublishing tables, and writes reaching every read node."""
 
-import pytest
 
 from broadsheet.cli import cli
 from click.testing import CliRunner
-from conftest import create_table, file_bytes, rows, status, wait_until
+from conftest import create_table, rows, status, wait_until
 from primary import state
 
 
