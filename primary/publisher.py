@@ -135,6 +135,7 @@ class Publisher:
         if key == self._maintained:
             return
         with state.immediate(conn):
+            self._follow_renames(conn)
             self._forget_dropped(conn)
             published = self._publishable(conn, "main")
             wanted = {(name, table) for table in published for name in _trigger_names(table).values()}
@@ -157,9 +158,33 @@ class Publisher:
         self._maintained = (conn.execute("PRAGMA schema_version").fetchone()[0], tuple(published))
 
     @staticmethod
+    def _follow_renames(conn: apsw.Connection) -> None:
+        # ALTER TABLE … RENAME TO (Datasette's rename_table too) carries a
+        # table's triggers along: one of ours whose name says table X but
+        # which now sits on table Y means X was renamed to Y, and the table
+        # stays public under its new name.
+        prefix = f"{TRIGGER_PREFIX}ins_"
+        listed = {t for (t,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES}")}
+        existing = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for name, table in conn.execute(
+            "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+            (len(prefix), prefix),
+        ).fetchall():
+            old = name[len(prefix):]
+            if old != table and old in listed and old not in existing and table not in listed:
+                conn.execute(f"UPDATE {PUBLIC_TABLES} SET table_name = ? WHERE table_name = ?", (table, old))
+                actor = f"broadsheet:publisher ({old!r} renamed to {table!r})"
+                conn.executemany(
+                    "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name) VALUES (?, ?, ?, ?)",
+                    [(state.now(), actor, "unpublish", old), (state.now(), actor, "publish", table)],
+                )
+                listed = (listed - {old}) | {table}
+                log("publisher", f"{old!r} was renamed to {table!r}; it stays public under its new name")
+
+    @staticmethod
     def _forget_dropped(conn: apsw.Connection) -> None:
-        # A published table that is dropped (or renamed) stops being public,
-        # so that a new table created under its name starts out private.
+        # A published table that is dropped stops being public, so that a new
+        # table created under its name starts out private.
         existing = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         for (table,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES}").fetchall():
             if table not in existing:

@@ -119,3 +119,26 @@ def test_view_of_published_tables_can_be_published(cluster, control, db):
     cluster.wait_for_replicas(unpublished["public_txid"])
     for node in cluster.replicas:
         assert status(node.url, "/public/team_names.json") == 403
+
+
+def test_renamed_table_stays_public_under_its_new_name(cluster, control, token, db):
+    create_table(cluster, "columns_v1", [{"id": 1, "text": "by-line"}])
+    control.publish("columns_v1")
+    # Datasette's own alter API, as a team member would rename it.
+    renamed = httpx.post(
+        f"{cluster.primary.url}/data/columns_v1/-/alter",
+        json={"operations": [{"op": "rename_table", "args": {"to": "columns_v2"}}]},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert renamed.status_code == 200, renamed.text
+    for node in cluster.replicas:
+        wait_until(lambda: status(node.url, "/public/columns_v2.json") == 200, message=f"new name on {node.name}")
+        assert status(node.url, "/public/columns_v1.json") == 403
+        assert rows(node.url, "columns_v2") == [{"id": 1, "text": "by-line"}]
+    assert "columns_v2" in state.public_tables(db) and "columns_v1" not in state.public_tables(db)
+    # Writes under the new name keep arriving.
+    with state.immediate(db):
+        db.execute("INSERT INTO columns_v2 VALUES (2, 'second')")
+    for node in cluster.replicas:
+        wait_until(lambda: len(rows(node.url, "columns_v2")) == 2)
