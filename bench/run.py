@@ -295,9 +295,7 @@ def _publisher_cpu(bench: Bench) -> float:
 
 
 def _ltx_bytes(bench: Bench, txid: int) -> int:
-    node = bench.cluster.replicas[0]
-    path = node.root / "litefs" / "dbs" / "public.db" / "ltx" / f"{txid:016x}-{txid:016x}.ltx"
-    return path.stat().st_size
+    return bench.cluster.replicas[0].ltx_path(txid).stat().st_size
 
 
 def bench_incremental(bench: Bench) -> None:

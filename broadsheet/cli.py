@@ -120,8 +120,13 @@ def _control(root: Path, url: str | None, token: str | None):
             raise click.ClickException(f"{exc}; or pass --url and --token")
         url = url or info["primary"]["control"]
         if token is None:
-            token = _mint_token(Path(info["primary"]["secret_file"]).read_text().strip(), "cli")
+            token = _mint_token(_local_secret(info), "cli")
     return ControlClient(url, token)
+
+
+def _local_secret(info: dict) -> str:
+    """The local cluster's shared secret (see PrimaryNode.secret)."""
+    return Path(info["primary"]["secret_file"]).read_text().strip()
 
 
 def _mint_token(secret: str, actor: str, expires_after: int | None = None) -> str:
@@ -200,7 +205,7 @@ def create_token(root, actor, expires_after, secret):
     and the control plane."""
     if not secret:
         try:
-            secret = Path(load_state(root)["primary"]["secret_file"]).read_text().strip()
+            secret = _local_secret(load_state(root))
         except FileNotFoundError as exc:
             raise click.ClickException(f"{exc}; or pass --secret / set DATASETTE_SECRET")
     click.echo(_mint_token(secret, actor, expires_after))
@@ -244,7 +249,7 @@ def watch(root, url, token, until_txid):
 def import_(root, data_db, table, path, fmt, pk, replace, batch_size):
     """Import CSV or JSON rows into TABLE of data.db (private until published)."""
     import sqlite_utils
-    from sqlite_utils.utils import Format, rows_from_file
+    from sqlite_utils.utils import Format, TypeTracker, rows_from_file
 
     from .names import is_internal
 
@@ -261,23 +266,21 @@ def import_(root, data_db, table, path, fmt, pk, replace, batch_size):
     db.execute("PRAGMA busy_timeout = 10000")
     try:
         with open(path, "rb") as raw, click.progressbar(length=size, label=f"importing {table}", file=sys.stderr) as bar:
-            tracked = _Progress(raw, bar)
             try:
-                rows, _ = rows_from_file(tracked, format=formats[fmt])
+                rows, _ = rows_from_file(_Progress(raw, bar), format=formats[fmt])
+                tracker = None
                 if fmt == "csv":
-                    rows = ({k: _typed(v) for k, v in row.items()} for row in rows)
+                    # sqlite-utils' --detect-types: every cell arrives as text.
+                    tracker = TypeTracker()
+                    rows = tracker.wrap({k: (None if v == "" else v) for k, v in row.items()} for row in rows)
                 db[table].insert_all(rows, pk=pk, alter=True, replace=replace, batch_size=batch_size)
+                if tracker is not None:
+                    db[table].transform(types=tracker.types)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise click.ClickException(f"{path}: {exc}")
+        click.echo(f"{table}: {db[table].count} rows")
     finally:
         db.close()
-    from primary import state
-
-    conn = state.connect(_data_db(root, data_db), readonly=True)
-    try:
-        click.echo(f"{table}: {_count(conn, table)} rows")
-    finally:
-        conn.close()
 
 
 class _Progress:
@@ -301,19 +304,6 @@ class _Progress:
 
     def __getattr__(self, name):
         return getattr(self.raw, name)
-
-
-def _typed(value):
-    """CSV cells that look like numbers become numbers, as sqlite-utils'
-    --detect-types would do."""
-    if not isinstance(value, str) or value == "":
-        return value if value != "" else None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 def _count(conn, table: str) -> int:

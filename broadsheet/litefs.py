@@ -3,6 +3,7 @@ stream, and the environment that drives the shared ``litefs.yml``."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -61,7 +62,32 @@ class TxEvent:
 
     db: str
     pos: Pos
-    timestamp: str
+    committed_at: float | None  # seconds since the epoch, from the LTX header
+
+    @classmethod
+    def parse(cls, line: str) -> "TxEvent | None":
+        """A TxEvent from one line of the stream; None for a blank line or
+        another kind of event (``init``, ``primaryChange``)."""
+        if not line.strip():
+            return None
+        event = json.loads(line)
+        if event.get("type") != "tx":
+            return None
+        data = event.get("data") or {}
+        return cls(
+            db=event.get("db", ""),
+            pos=Pos(int(data["txID"], 16), int(data.get("postApplyChecksum") or "0", 16)),
+            committed_at=_timestamp(data.get("timestamp")),
+        )
+
+
+def _timestamp(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def events(url: str, timeout: float = 5.0) -> Iterator[TxEvent | None]:
@@ -75,18 +101,8 @@ def events(url: str, timeout: float = 5.0) -> Iterator[TxEvent | None]:
         with client.stream("GET", f"{url}/events") as response:
             response.raise_for_status()
             for line in response.iter_lines():
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                if event.get("type") == "tx":
-                    data = event.get("data") or {}
-                    yield TxEvent(
-                        db=event.get("db", ""),
-                        pos=Pos(int(data["txID"], 16), int(data.get("postApplyChecksum", "0"), 16)),
-                        timestamp=data.get("timestamp", ""),
-                    )
-                else:
-                    yield None
+                if line.strip():
+                    yield TxEvent.parse(line)
 
 
 @dataclass(frozen=True)

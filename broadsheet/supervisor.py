@@ -164,16 +164,13 @@ class Supervisor:
 
     def crash(self, name: str) -> None:
         """SIGKILL a process as a crash would, and let the watcher deal with it."""
-        proc = self._procs.get(name)
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            self.log("supervisor", f"crashed {name} (SIGKILL)")
+        self._stop(name, 10.0, kill=True, expected=False)
 
-    def _stop(self, name: str, timeout: float, kill: bool) -> None:
+    def _stop(self, name: str, timeout: float, kill: bool, expected: bool = True) -> None:
         proc = self._procs.get(name)
         service = self._services.get(name)
-        self._expected_exit.add(name)
+        if expected:
+            self._expected_exit.add(name)
         if proc is not None and proc.poll() is None:
             sig = signal.SIGKILL if kill else (service.stop_signal if service else signal.SIGTERM)
             try:

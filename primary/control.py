@@ -228,13 +228,7 @@ audit = APIRouter(tags=["audit"], responses=ERRORS)
 async def audit_log(actor: Actor, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditEntry]:
     conn = _connect(readonly=True)
     try:
-        cursor = conn.execute(
-            "SELECT id, timestamp, actor, operation, table_name, private_txid, public_txid"
-            " FROM _public_audit_log ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        names = [d[0] for d in cursor.getdescription()]
-        return [AuditEntry(**dict(zip(names, row))) for row in cursor]
+        return [AuditEntry(**entry) for entry in state.audit_entries(conn, limit=limit)]
     finally:
         conn.close()
 
@@ -248,9 +242,10 @@ async def bookmark(
     """The public TXID that holds everything up to a data.db TXID, waiting
     (bounded) for the publisher if it is not there yet."""
     wanted = Pos.read(settings().data_db).txid if private_txid is None else private_txid
-    mark = await publishing.wait_published(wanted, timeout)
-    if mark is None or mark.private_txid < wanted:
-        raise HTTPException(504, {"ok": False, "error": f"data.db TXID {wanted} not published within {timeout:g}s"})
+    try:
+        mark = await publishing.wait_published(wanted, timeout)
+    except publishing.PublishTimeout as exc:
+        raise HTTPException(exc.status, {"ok": False, "error": exc.message})
     return Bookmark(private_txid=wanted, public_txid=mark.public_txid)
 
 

@@ -85,11 +85,7 @@ class PrimaryNode:
     def secret(self) -> str:
         """The one secret every process that signs or checks tokens shares.
         Made on first start, kept beside the node's data, never in the repo."""
-        if not self.secret_file.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.secret_file.touch(mode=0o600)
-            self.secret_file.write_text(secrets.token_hex(32))
-        return self.secret_file.read_text().strip()
+        return _private_file(self.secret_file, lambda: secrets.token_hex(32))
 
     @property
     def password_file(self) -> Path:
@@ -98,11 +94,7 @@ class PrimaryNode:
     def team_password(self) -> str:
         """The local cluster's browser login (user ``team``): made on first
         start; Datasette sees only its hash."""
-        if not self.password_file.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.password_file.touch(mode=0o600)
-            self.password_file.write_text(secrets.token_urlsafe(12))
-        return self.password_file.read_text().strip()
+        return _private_file(self.password_file, lambda: secrets.token_urlsafe(12))
 
     def datasette_config(self) -> Path:
         path = self.root / "datasette.json"
@@ -178,6 +170,15 @@ class PrimaryNode:
             ready=lambda: httpx.get(f"{self.control_url}/health", timeout=1).status_code == 200,
             restart=True,
         )
+
+
+def _private_file(path: Path, make) -> str:
+    """The contents of a file only root may read, made with ``make()`` if absent."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(make())
+    return path.read_text().strip()
 
 
 def _litefs_service(name: str, fs: MountConfig) -> Service:

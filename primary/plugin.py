@@ -15,9 +15,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from datasette.permissions import PermissionSQL
 from datasette.utils import tilde_decode, tilde_encode
 from datasette.utils.asgi import Response
 
+from broadsheet.asgi import JSON, error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES
@@ -36,7 +36,6 @@ from . import publishing, state
 from .settings import settings
 
 WRITE_ACTIONS = {"insert-row", "update-row", "delete-row", "drop-table", "alter-table"}
-MAX_BODY = int(os.environ.get("BROADSHEET_MAX_BODY", str(10 * 1024 * 1024)))
 
 
 @dataclass
@@ -93,16 +92,16 @@ def permission_resources_sql(datasette, actor, action):
         rules.append(
             PermissionSQL(
                 sql="SELECT database_name AS parent, table_name AS child, 0 AS allow,"
-                " 'broadsheet: internal table' AS reason FROM catalog_tables"
-                " WHERE database_name = :bs_db AND (table_name LIKE '\\_public\\_%' ESCAPE '\\'"
-                " OR table_name LIKE 'sqlite\\_%' ESCAPE '\\')",
-                params={"bs_db": _data_db_name()},
+                " 'broadsheet: internal table' AS reason FROM catalog_tables, json_each(:bs_prefixes)"
+                " WHERE database_name = :bs_db AND lower(substr(table_name, 1, length(value))) = value",
+                params={"bs_db": _data_db_name(), "bs_prefixes": json.dumps(INTERNAL_PREFIXES)},
             )
         )
     return rules
 
 
 ANONYMOUS_POSTS = {"/-/login"}
+AUTH_REQUIRED = "Authentication required: send Authorization: Bearer dstok_…"
 AUTH_HEADERS = [(b"www-authenticate", b'Bearer realm="broadsheet"')]
 
 
@@ -112,24 +111,13 @@ def forbidden(datasette, request, message):
     if request.actor:
         return None
     if _wants_json(request):
-        return Response.json(
-            {"ok": False, "status": 401, "errors": ["Authentication required: send Authorization: Bearer dstok_…"]},
+        return Response(
+            error_body(401, AUTH_REQUIRED),
             status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="broadsheet"'},
+            headers={k.decode(): v.decode() for k, v in AUTH_HEADERS},
+            content_type=JSON.decode(),
         )
     return Response.redirect(datasette.urls.path("/-/login"))
-
-
-async def _json(send, status: int, error: str, headers: list | None = None) -> None:
-    body = json.dumps({"ok": False, "status": status, "error": error, "errors": [error]}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json; charset=utf-8"), *(headers or [])],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def _wants_json(request) -> bool:
@@ -204,54 +192,49 @@ async def visibility(datasette, request):
                     )
                 )
                 if outcome.public_txid is not None:
-                    context["live"] = await _where_live(table, outcome.public_txid)
+                    context["live"] = await _where_live(datasette, request.actor, table, outcome.public_txid)
     conn = state.connect(settings().data_db, readonly=True)
     try:
         context["public"] = table in state.public_tables(conn)
         context["exists"] = table in state.user_tables(conn) + state.views(conn)
-        cursor = conn.execute(
-            "SELECT timestamp, actor, operation, private_txid, public_txid FROM _public_audit_log"
-            " WHERE table_name = ? ORDER BY id DESC LIMIT 20",
-            (table,),
-        )
-        context["audit"] = [dict(zip(("timestamp", "actor", "operation", "private_txid", "public_txid"), r)) for r in cursor]
+        context["audit"] = state.audit_entries(conn, table=table, limit=20)
     finally:
         conn.close()
     if not context["exists"] and not context["public"] and context["outcome"] is None:
         context["error"] = context["error"] or f"Table {table!r} does not exist"
-    context["watch_url"] = os.environ.get("BROADSHEET_CONTROL_URL", "") + "/watch"
+    context["watch_url"] = f"{settings().control_url}/watch"
     status = 400 if context["error"] and request.method == "POST" else 200
     return Response.html(
         await datasette.render_template("broadsheet_visibility.html", context, request=request), status=status
     )
 
 
-async def _where_live(table: str, txid: int, timeout: float = 3.0) -> list[dict]:
-    """Each read node, and whether it has public TXID ``txid`` yet (waiting
-    a little for it, since propagation takes milliseconds)."""
-
-    async def check(client, node):
-        deadline = asyncio.get_running_loop().time() + timeout
-        status = None
-        while True:
-            try:
-                status = (await client.get(f"{node.url}/-/replication.json")).json()
-                if status["txid"] >= txid:
-                    break
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.02)
-        return {
+async def _where_live(datasette, actor: dict, table: str, txid: int, timeout: float = 3.0) -> list[dict]:
+    """Each read node, and whether it has public TXID ``txid`` yet, from the
+    control plane's propagation record (waiting a little for it, since
+    propagation takes milliseconds)."""
+    token = await datasette.create_token(actor["id"], expires_after=60)
+    arrivals = {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout + 2) as client:
+            response = await client.get(
+                f"{settings().control_url}/publishes/{txid}",
+                params={"wait": timeout},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        if response.status_code == 200:
+            arrivals = {a["name"]: a for a in response.json()["nodes"]}
+    except httpx.HTTPError:
+        pass  # the control plane is down: every node shows as unknown
+    return [
+        {
             "name": node.name,
             "url": f"{node.url}/public/{tilde_encode(table)}",
-            "txid": status["txid"] if status else None,
-            "live": bool(status and status["txid"] >= txid),
+            "live": bool(arrivals.get(node.name, {}).get("arrived")),
+            "ms": arrivals.get(node.name, {}).get("ms"),
         }
-
-    async with httpx.AsyncClient(timeout=2) as client:
-        return list(await asyncio.gather(*(check(client, n) for n in settings().read_nodes)))
+        for node in settings().read_nodes
+    ]
 
 
 @hookimpl
@@ -266,10 +249,11 @@ def asgi_wrapper(datasette):
                 and b"ds_actor=" not in headers.get(b"cookie", b"")
                 and scope["path"] not in ANONYMOUS_POSTS
             ):
-                return await _json(send, 401, "Authentication required: send Authorization: Bearer dstok_…", AUTH_HEADERS)
+                return await respond(send, 401, error_body(401, AUTH_REQUIRED), AUTH_HEADERS)
             length = headers.get(b"content-length", b"0")
-            if length.isdigit() and int(length) > MAX_BODY:
-                return await _json(send, 413, f"Request body over {MAX_BODY} bytes: send rows in batches")
+            if length.isdigit() and int(length) > settings().max_body:
+                message = f"Request body over {settings().max_body} bytes: send rows in batches"
+                return await respond(send, 413, error_body(413, message))
             wait_public = headers.get(b"broadsheet-wait", b"").lower() == b"public"
 
             async def send_with_txids(message):
@@ -278,8 +262,8 @@ def asgi_wrapper(datasette):
                     private_txid = Pos.read(settings().data_db).txid
                     extra = [(b"broadsheet-private-txid", str(private_txid).encode())]
                     if wait_public:
-                        mark = await publishing.wait_published(private_txid, 10.0)
-                        if mark is not None and mark.private_txid >= private_txid:
+                        with contextlib.suppress(publishing.PublishTimeout):
+                            mark = await publishing.wait_published(private_txid, 10.0)
                             extra.append((b"broadsheet-public-txid", str(mark.public_txid).encode()))
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
                 await send(message)

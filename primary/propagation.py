@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
-import json
 import time
 from dataclasses import dataclass, field
 
 import httpx
+
+from broadsheet.litefs import TxEvent
 
 from .settings import ReadNodeAddress
 
@@ -97,10 +98,10 @@ class Tracker:
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._follow_primary()))
+        self._spawn(self._follow_primary())
         for address in self.addresses.values():
-            self._tasks.append(asyncio.create_task(self._follow_node(address)))
-            self._tasks.append(asyncio.create_task(self._poll_node(address)))
+            self._spawn(self._follow_node(address))
+            self._spawn(self._poll_node(address))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -109,7 +110,7 @@ class Tracker:
 
     # -- what the API serves -------------------------------------------------
     def node_list(self) -> list[dict]:
-        return [n.as_dict(self.primary_txid, self._oldest_missing_at(n.txid)) for n in self.nodes.values()]
+        return [self._node_dict(n) for n in self.nodes.values()]
 
     def propagation(self, txid: int) -> dict | None:
         p = self.propagations.get(txid)
@@ -147,6 +148,13 @@ class Tracker:
                     return self.propagation(txid)
 
     # -- internals -----------------------------------------------------------
+    def _node_dict(self, node: NodePosition) -> dict:
+        return node.as_dict(self.primary_txid, self._oldest_missing_at(node.txid))
+
+    def _spawn(self, coro) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.create_task(coro))
+
     def _oldest_missing_at(self, txid: int) -> float | None:
         for p in self.propagations.values():
             if p.txid > txid:
@@ -191,14 +199,14 @@ class Tracker:
                 p.arrivals[name] = now
                 touched.append(p)
         if moved or touched:
-            await self._broadcast("node", node.as_dict(self.primary_txid, self._oldest_missing_at(node.txid)))
+            await self._broadcast("node", self._node_dict(node))
         for p in touched:
             await self._broadcast("propagation", p.as_dict(list(self.nodes)))
 
     async def _follow_primary(self) -> None:
-        async for db, txid, ts in _tx_events(self.public_litefs_url, self.reconnect):
-            if db == "public.db":
-                await self._committed(txid, ts or time.time())
+        async for event in _tx_events(self.public_litefs_url, self.reconnect):
+            if event.db == "public.db":
+                await self._committed(event.pos.txid, event.committed_at or time.time())
 
     async def _check_node(self, address: ReadNodeAddress, client: httpx.AsyncClient) -> bool:
         try:
@@ -221,7 +229,7 @@ class Tracker:
         async def on_connect():
             node = self.nodes[address.name]
             node.connected = True
-            await self._broadcast("node", node.as_dict(self.primary_txid, self._oldest_missing_at(node.txid)))
+            await self._broadcast("node", self._node_dict(node))
             # Where is it now? Its Datasette may still be starting: retry
             # briefly, beside the event stream rather than in its way.
             async def locate():
@@ -231,22 +239,21 @@ class Tracker:
                             return
                         await asyncio.sleep(0.2)
 
-            self._tasks.append(asyncio.create_task(locate()))
+            self._spawn(locate())
 
         async def on_disconnect():
             node = self.nodes[address.name]
             if node.connected:
                 node.connected = False
-                await self._broadcast("node", node.as_dict(self.primary_txid, self._oldest_missing_at(node.txid)))
+                await self._broadcast("node", self._node_dict(node))
 
-        async for db, txid, _ in _tx_events(address.litefs_url, self.reconnect, on_connect, on_disconnect):
-            if db == "public.db":
-                await self._advanced(address.name, txid)
+        async for event in _tx_events(address.litefs_url, self.reconnect, on_connect, on_disconnect):
+            if event.db == "public.db":
+                await self._advanced(address.name, event.pos.txid)
 
 
 async def _tx_events(url: str, reconnect: float, on_connect=None, on_disconnect=None):
-    """(db, txid, committed_at) for every ``tx`` event of a LiteFS node,
-    reconnecting for ever."""
+    """Every ``tx`` event of a LiteFS node, reconnecting for ever."""
     while True:
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client:
@@ -255,24 +262,10 @@ async def _tx_events(url: str, reconnect: float, on_connect=None, on_disconnect=
                     if on_connect:
                         await on_connect()
                     async for line in response.aiter_lines():
-                        if not line.strip():
-                            continue
-                        event = json.loads(line)
-                        if event.get("type") != "tx":
-                            continue
-                        data = event.get("data") or {}
-                        yield event.get("db", ""), int(data["txID"], 16), _parse_ts(data.get("timestamp"))
+                        if (event := TxEvent.parse(line)) is not None:
+                            yield event
         except (httpx.HTTPError, ValueError, KeyError):
             pass
         if on_disconnect:
             await on_disconnect()
         await asyncio.sleep(reconnect)
-
-
-def _parse_ts(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

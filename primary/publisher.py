@@ -14,7 +14,6 @@ are first published or their schema changes.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import traceback
@@ -29,12 +28,8 @@ from broadsheet.log import log
 from broadsheet.names import PUBLIC_TABLES, is_internal, literal, quote
 
 from . import state
+from .settings import settings
 
-# public.db's page size, fixed when it is created. 16 KiB pages make a large
-# first publish about 40% faster than SQLite's default 4 KiB (a quarter of the
-# FUSE writes and LTX page headers), while a one-row change still ships a
-# few pages: see bench/ and the README.
-PAGE_SIZE = int(os.environ.get("BROADSHEET_PAGE_SIZE", "16384"))
 TRIGGER_PREFIX = "_public_trg_"
 FTS_TRIGGER_PREFIX = "_public_fts_"
 
@@ -65,6 +60,7 @@ class _Plan:
     rows: dict[str, list[int]] = field(default_factory=dict)
     max_change: int | None = None
     public_tables_changed: bool = False
+    schema_version: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -85,7 +81,7 @@ class Publisher:
         self.writer = state.connect(self.data_db)
         state.ensure_schema(self.writer)
         self.conn = state.connect(self.public_db)
-        self.conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new public.db
+        self.conn.execute(f"PRAGMA page_size={settings().page_size}")  # takes effect only on a new public.db
         self.conn.execute("PRAGMA journal_mode=WAL")
         # Freed pages are zeroed: an unpublished table's bytes leave public.db
         # (and the LTX that ships the change) in the cycle that drops it.
@@ -101,6 +97,8 @@ class Publisher:
         # Tables whose change log has a gap (their triggers were missing, as
         # after DROP TABLE + CREATE TABLE): copied whole in the next cycle.
         self._force_copy: set[str] = set()
+        # data.db's schema_version when public.db last matched it.
+        self._synced_schema: int | None = None
 
     def close(self) -> None:
         self.conn.close()
@@ -174,10 +172,8 @@ class Publisher:
             if old != table and old in listed and old not in existing and table not in listed:
                 conn.execute(f"UPDATE {PUBLIC_TABLES} SET table_name = ? WHERE table_name = ?", (table, old))
                 actor = f"broadsheet:publisher ({old!r} renamed to {table!r})"
-                conn.executemany(
-                    "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name) VALUES (?, ?, ?, ?)",
-                    [(state.now(), actor, "unpublish", old), (state.now(), actor, "publish", table)],
-                )
+                state.audit(conn, "unpublish", old, actor)
+                state.audit(conn, "publish", table, actor)
                 listed = (listed - {old}) | {table}
                 log("publisher", f"{old!r} was renamed to {table!r}; it stays public under its new name")
 
@@ -189,10 +185,7 @@ class Publisher:
         for (table,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES}").fetchall():
             if table not in existing:
                 conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-                conn.execute(
-                    "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name) VALUES (?, ?, ?, ?)",
-                    (state.now(), "broadsheet:publisher (table was dropped)", "unpublish", table),
-                )
+                state.audit(conn, "unpublish", table, "broadsheet:publisher (table was dropped)")
                 log("publisher", f"{table!r} no longer exists in data.db; it is no longer public")
 
     @staticmethod
@@ -225,6 +218,7 @@ class Publisher:
             plan = self._plan()  # the first read of src starts its snapshot
             if plan.empty:
                 conn.execute("ROLLBACK")
+                self._synced_schema = plan.schema_version
                 self._trim(plan.max_change)
                 self._advance(before.txid)
                 return None
@@ -233,6 +227,7 @@ class Publisher:
             conn.execute("COMMIT")
             commit_ms = (time.perf_counter() - commit_started) * 1000
             self._force_copy.difference_update(plan.copy)
+            self._synced_schema = plan.schema_version
         except BaseException:
             if not conn.getautocommit():
                 conn.execute("ROLLBACK")
@@ -264,14 +259,17 @@ class Publisher:
         conn = self.conn
         published = self._publishable(conn, "src")
         plan = _Plan(published=published)
-        present = [n for (n,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type = 'table'")]
-        present = [n for n in present if n != PUBLIC_TABLES and n in _top_level_tables(conn, "main")]
-        plan.drop = [t for t in present if t not in published]
+        present = _top_level_tables(conn, "main") - {PUBLIC_TABLES}
+        plan.drop = sorted(present - set(published))
+        # Schemas need comparing only when data.db's has changed since the
+        # last cycle: public.db's changes only through the publisher.
+        plan.schema_version = conn.execute("PRAGMA src.schema_version").fetchone()[0]
+        schema_changed = plan.schema_version != self._synced_schema
         for table in published:
             if (
                 table not in present
                 or table in self._force_copy
-                or _signature(conn, "src", table) != _signature(conn, "main", table)
+                or (schema_changed and _signature(conn, "src", table) != _signature(conn, "main", table))
             ):
                 plan.copy.append(table)
         plan.max_change = conn.execute("SELECT max(id) FROM src._public_changes").fetchone()[0]

@@ -32,14 +32,16 @@ class Outcome:
     public_txid: int | None
 
 
-async def wait_published(private_txid: int, timeout: float) -> state.Watermark | None:
-    """Wait until the publisher has reflected data.db TXID ``private_txid``;
-    the watermark either way (None if the publisher never ran)."""
+async def wait_published(private_txid: int, timeout: float) -> state.Watermark:
+    """Wait until the publisher has reflected data.db TXID ``private_txid``
+    and return its watermark; PublishTimeout if it has not within ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         mark = state.Watermark.read(settings().watermark_file)
-        if (mark is not None and mark.private_txid >= private_txid) or time.monotonic() > deadline:
+        if mark is not None and mark.private_txid >= private_txid:
             return mark
+        if time.monotonic() > deadline:
+            raise PublishTimeout(private_txid, timeout)
         await asyncio.sleep(0.005)
 
 
@@ -56,8 +58,6 @@ async def flip(table: str, public: bool, actor: str, wait: bool = True, timeout:
     if not wait:
         return Outcome(table, public, result.changed, private_txid, None)
     mark = await wait_published(private_txid, timeout)
-    if mark is None or mark.private_txid < private_txid:
-        raise PublishTimeout(private_txid, timeout)
     if result.changed and result.audit_id is not None:
         await asyncio.to_thread(_record_txids, result.audit_id, private_txid, mark.public_txid)
     return Outcome(table, public, result.changed, private_txid, mark.public_txid)
@@ -66,11 +66,7 @@ async def flip(table: str, public: bool, actor: str, wait: bool = True, timeout:
 def _record_txids(audit_id: int, private_txid: int, public_txid: int) -> None:
     conn = state.connect(settings().data_db)
     try:
-        with state.immediate(conn):
-            conn.execute(
-                "UPDATE _public_audit_log SET private_txid = ?, public_txid = ? WHERE id = ?",
-                (private_txid, public_txid, audit_id),
-            )
+        state.audit_txids(conn, audit_id, private_txid, public_txid)
     finally:
         conn.close()
 

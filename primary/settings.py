@@ -26,7 +26,10 @@ class Settings:
     watermark_file: str
     public_litefs_url: str
     datasette_url: str
+    control_url: str
     read_nodes: tuple[ReadNodeAddress, ...]
+    max_body: int  # largest write request, bytes
+    page_size: int  # of a new public.db
 
     @property
     def secret(self) -> str:
@@ -46,5 +49,11 @@ def settings() -> Settings:
         watermark_file=os.environ.get("BROADSHEET_WATERMARK", "/var/lib/broadsheet/publisher-watermark.json"),
         public_litefs_url=os.environ.get("BROADSHEET_PUBLIC_LITEFS_URL", "http://127.0.0.1:20203"),
         datasette_url=os.environ.get("BROADSHEET_DATASETTE_URL", "http://127.0.0.1:8001"),
+        control_url=os.environ.get("BROADSHEET_CONTROL_URL", "http://127.0.0.1:8004"),
         read_nodes=tuple(ReadNodeAddress(**n) for n in nodes),
+        max_body=int(os.environ.get("BROADSHEET_MAX_BODY", str(10 * 1024 * 1024))),
+        # 16 KiB pages make a large first publish about 40% faster than
+        # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),
+        # while a one-row change still ships a few pages: see bench/.
+        page_size=int(os.environ.get("BROADSHEET_PAGE_SIZE", "16384")),
     )

@@ -204,8 +204,8 @@ def set_public(conn: apsw.Connection, table: str, public: bool, actor: str | Non
     """Make ``table`` public or private in one data.db transaction, with an
     audit log entry. Idempotent: flipping to the current state changes nothing."""
     check_name(table)
-    ensure_schema(conn)
     with immediate(conn):
+        conn.execute(SCHEMA)  # a data.db that broadsheet has not touched yet
         if public:
             check_publishable(conn, table)
         elif is_internal(table):
@@ -219,12 +219,39 @@ def set_public(conn: apsw.Connection, table: str, public: bool, actor: str | Non
             conn.execute(f"INSERT INTO {PUBLIC_TABLES} (table_name) VALUES (?)", (table,))
         else:
             conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-        conn.execute(
-            "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name) VALUES (?, ?, ?, ?)",
-            (now(), actor, "publish" if public else "unpublish", table),
-        )
-        audit_id = conn.last_insert_rowid()
+        audit_id = audit(conn, "publish" if public else "unpublish", table, actor)
     return Flip(table, public, changed=True, audit_id=audit_id)
+
+
+def audit(conn: apsw.Connection, operation: str, table: str, actor: str | None) -> int:
+    """Append to ``_public_audit_log`` (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name) VALUES (?, ?, ?, ?)",
+        (now(), actor, operation, table),
+    )
+    return conn.last_insert_rowid()
+
+
+def audit_txids(conn: apsw.Connection, audit_id: int, private_txid: int, public_txid: int) -> None:
+    """Record which data.db and public.db TXIDs an audited flip reached."""
+    with immediate(conn):
+        conn.execute(
+            "UPDATE _public_audit_log SET private_txid = ?, public_txid = ? WHERE id = ?",
+            (private_txid, public_txid, audit_id),
+        )
+
+
+AUDIT_COLUMNS = ("id", "timestamp", "actor", "operation", "table_name", "private_txid", "public_txid")
+
+
+def audit_entries(conn: apsw.Connection, table: str | None = None, limit: int = 100) -> list[dict]:
+    """The newest audit log entries, for every table or one."""
+    where, params = ("WHERE table_name = ?", (table,)) if table is not None else ("", ())
+    cursor = conn.execute(
+        f"SELECT {', '.join(AUDIT_COLUMNS)} FROM _public_audit_log {where} ORDER BY id DESC LIMIT ?",
+        (*params, limit),
+    )
+    return [dict(zip(AUDIT_COLUMNS, row)) for row in cursor]
 
 
 @dataclass(frozen=True)

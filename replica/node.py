@@ -43,6 +43,10 @@ class ReadNode:
     def public_db(self) -> Path:
         return self.root / "mnt" / "public.db"
 
+    def ltx_path(self, txid: int) -> Path:
+        """The LTX file (in LiteFS's data directory) that brought TXID ``txid``."""
+        return self.litefs.data_dir / "dbs" / "public.db" / "ltx" / f"{txid:016x}-{txid:016x}.ltx"
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -25,6 +25,7 @@ from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
 
 from broadsheet import fts
+from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
@@ -129,19 +130,19 @@ async def replication_status(datasette, request):
 @hookimpl
 def asgi_wrapper(datasette):
     conf = settings()
-    refusal = json.dumps({"ok": False, "errors": [conf.write_error]}).encode()
+    refusal = error_body(405, conf.write_error)
 
     def wrap(app):
         async def read_node(scope, receive, send):
             if scope["type"] != "http":
                 return await app(scope, receive, send)
             if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-                return await _respond(send, 405, refusal, [(b"allow", b"GET, HEAD, OPTIONS")])
+                return await respond(send, 405, refusal, [(b"allow", b"GET, HEAD, OPTIONS")])
             db = _public_db(datasette)
             try:
                 wanted = bookmark(scope)
             except ValueError as exc:
-                return await _respond(send, 400, _error(400, str(exc)))
+                return await respond(send, 400, error_body(400, str(exc)))
             pos = Pos.read(db.path) if db is not None else Pos(0)
             # Wait for the bookmark first: a table published at TXID N is
             # listed only from N on.
@@ -152,17 +153,17 @@ def asgi_wrapper(datasette):
                         f"This read node has public TXID {pos.txid}; TXID {wanted} did not arrive"
                         f" within {conf.bookmark_timeout:g}s. Retry, or ask another node."
                     )
-                    return await _respond(
-                        send, 504, _error(504, message, txid=pos.txid, wanted=wanted), [(b"retry-after", b"1")]
+                    return await respond(
+                        send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), [(b"retry-after", b"1")]
                     )
             _request_pos.set(pos)
             table = await _unlisted_table(datasette, scope["path"])
             if table is not None:
                 message = f"Table {table!r} is not public on this node."
-                return await _respond(send, 403, _error(403, message))
+                return await respond(send, 403, error_body(403, message))
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
             if etag in _if_none_match(scope):
-                return await _respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
+                return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
 
             async def send_with_cache_headers(message):
                 if message["type"] == "http.response.start":
@@ -225,10 +226,6 @@ def _cache_headers(etag: bytes, pos: Pos, conf: "Settings") -> list:
     ]
 
 
-def _error(status: int, message: str, **extra) -> bytes:
-    return json.dumps({"ok": False, "status": status, "error": message, **extra}).encode()
-
-
 async def _unlisted_table(datasette, path: str) -> str | None:
     """The table a /db/table... path names, if that table is not public.
 
@@ -252,11 +249,3 @@ async def _unlisted_table(datasette, path: str) -> str | None:
 
 def _visible(listed: Listing) -> list[str]:
     return [*listed.tables, *listed.full_text]
-
-
-async def _respond(
-    send, status: int, body: bytes, headers: list | None = None, content_type: bytes | None = b"application/json; charset=utf-8"
-) -> None:
-    base = [(b"content-type", content_type)] if content_type else []
-    await send({"type": "http.response.start", "status": status, "headers": [*base, *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})

@@ -12,9 +12,7 @@ ROWS = 200_000
 
 def ltx_size(node, txid: int) -> int:
     """Bytes of the LTX file that carried ``txid`` to a read node."""
-    name = f"{txid:016x}-{txid:016x}.ltx"
-    path = node.root / "litefs" / "dbs" / "public.db" / "ltx" / name
-    return path.stat().st_size
+    return node.ltx_path(txid).stat().st_size
 
 
 def test_one_row_update_in_200k_row_table_ships_a_small_ltx(cluster, control, db):
