@@ -25,7 +25,7 @@ import apsw
 from broadsheet import fts
 from broadsheet.litefs import Pos, TxEvent, events
 from broadsheet.log import log
-from broadsheet.names import PUBLIC_TABLES, is_internal, literal, quote
+from broadsheet.names import PUBLIC_TABLES, literal, quote
 
 from . import state
 from .settings import settings
@@ -107,12 +107,8 @@ class Publisher:
     # -- triggers on data.db -----------------------------------------------
     def _publishable(self, conn: apsw.Connection, schema: str) -> list[str]:
         listed = [r[0] for r in conn.execute(f"SELECT table_name FROM {schema}.{PUBLIC_TABLES} ORDER BY table_name")]
-        real = {
-            name
-            for name, sql in conn.execute(f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table'")
-            if not sql.upper().startswith("CREATE VIRTUAL")
-        }
-        return [t for t in listed if t in real and not is_internal(t)]
+        tables = set(state.user_tables(conn, schema))
+        return [t for t in listed if t in tables]
 
     def _publishable_views(self, conn: apsw.Connection, schema: str, tables: list[str]) -> list[str]:
         """Listed views that read nothing but published tables."""
@@ -259,7 +255,7 @@ class Publisher:
         conn = self.conn
         published = self._publishable(conn, "src")
         plan = _Plan(published=published)
-        present = _top_level_tables(conn, "main") - {PUBLIC_TABLES}
+        present = set(state.user_tables(conn, "main"))
         plan.drop = sorted(present - set(published))
         # Schemas need comparing only when data.db's has changed since the
         # last cycle: public.db's changes only through the publisher.
@@ -366,17 +362,6 @@ def _fts_companions(conn: apsw.Connection, schema: str, table: str) -> list[tupl
         )
         if fts.content_table(sql) == table
     ]
-
-
-def _top_level_tables(conn: apsw.Connection, schema: str) -> set[str]:
-    """Tables that are not full-text companions or their shadow tables."""
-    rows = list(conn.execute(f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table'"))
-    virtual = [n for n, sql in rows if sql and sql.upper().startswith("CREATE VIRTUAL")]
-    hidden = set(virtual)
-    for n, _ in rows:
-        if any(n.startswith(v + "_") for v in virtual):
-            hidden.add(n)
-    return {n for n, _ in rows} - hidden
 
 
 def _signature(conn: apsw.Connection, schema: str, table: str) -> list[tuple]:

@@ -111,25 +111,23 @@ def ensure_schema(conn: apsw.Connection) -> None:
         conn.execute(SCHEMA)
 
 
+SHADOW_SUFFIXES = ("_data", "_idx", "_content", "_docsize", "_config", "_segments", "_segdir", "_stat")
+
+
 def user_tables(conn: apsw.Connection, schema: str = "main") -> list[str]:
-    """Tables a team can publish: not internal, not virtual-table shadows."""
-    rows = conn.execute(
-        f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'table' ORDER BY name"
-    ).fetchall()
-    names = [name for (name,) in rows]
-    shadows = _shadow_tables(conn, schema, names)
-    return [n for n in names if not is_internal(n) and n not in shadows]
-
-
-def _shadow_tables(conn: apsw.Connection, schema: str, names: list[str]) -> set[str]:
-    virtual = [
-        name
-        for (name,) in conn.execute(
-            f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"
-        )
+    """A team's own tables, the ones that can be published: not internal, not
+    virtual (full-text tables follow the table they index), not a virtual
+    table's shadow tables."""
+    rows = conn.execute(f"SELECT name, sql FROM {quote(schema)}.sqlite_master WHERE type = 'table' ORDER BY name")
+    rows = rows.fetchall()
+    virtual = [n for n, sql in rows if sql and sql.upper().startswith("CREATE VIRTUAL")]
+    return [
+        n
+        for n, _ in rows
+        if not is_internal(n)
+        and n not in virtual
+        and not any(n.startswith(v + "_") and n.endswith(SHADOW_SUFFIXES) for v in virtual)
     ]
-    suffixes = ("_data", "_idx", "_content", "_docsize", "_config", "_segments", "_segdir", "_stat")
-    return {n for n in names for v in virtual if n != v and n.startswith(v + "_") and n.endswith(suffixes)}
 
 
 def views(conn: apsw.Connection, schema: str = "main") -> list[str]:

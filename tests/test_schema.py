@@ -145,3 +145,15 @@ def test_renamed_table_stays_public_under_its_new_name(cluster, control, token, 
         db.execute("INSERT INTO columns_v2 VALUES (2, 'second')")
     for node in cluster.replicas:
         wait_until(lambda: len(rows(node.url, "columns_v2")) == 2)
+
+
+def test_a_full_text_table_is_not_published_on_its_own(cluster, control):
+    db = sqlite_utils.Database(cluster.primary.data_db)
+    db["memos"].insert({"id": 1, "body": "indexed"}, pk="id")
+    db["memos"].enable_fts(["body"], create_triggers=True)
+    db.close()
+    for name in ("memos_fts", "memos_fts_data"):
+        with pytest.raises(ControlError) as err:
+            control.publish(name)
+        assert err.value.status == 400 and "published with the table they index" in err.value.message
+    assert "memos_fts" not in {t["table"] for t in control.tables()}
