@@ -187,6 +187,9 @@ def bench_propagation(bench: Bench) -> None:
                      "insert→visible on the primary", "p50 ≤ 100 ms", p50 <= 100, details))
     bench.add(Result("propagation", "p99 insert→visible on a read node", p99, "ms", pct(baseline, 99),
                      "insert→visible on the primary", "p99 ≤ 300 ms", p99 <= 300, {}))
+    for name, ts in per_node.items():
+        bench.add(Result("propagation", f"{name}: p50 (p99 {pct(ts, 99):.0f} ms, max {max(ts):.0f} ms)",
+                         pct(ts, 50), "ms", pct(baseline, 50), "insert→visible on the primary", "", None, {}))
     bench.add(Result("propagation", "p50 insert→applied by a read node's LiteFS", pct(applied, 50), "ms",
                      pct(inserts, 50), "the insert request alone", "", None,
                      {"p99_ms": pct(applied, 99), "max_ms": max(applied)}))
