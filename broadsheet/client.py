@@ -27,7 +27,12 @@ class ControlClient:
         return {"Authorization": f"Bearer {self.token}"}
 
     def _call(self, method: str, path: str, **kwargs):
-        response = httpx.request(method, f"{self.url}{path}", headers=self._headers(), timeout=self.timeout, **kwargs)
+        try:
+            response = httpx.request(
+                method, f"{self.url}{path}", headers=self._headers(), timeout=self.timeout, **kwargs
+            )
+        except httpx.HTTPError as exc:
+            raise ControlError(0, f"cannot reach the control plane at {self.url}: {exc}") from None
         if response.status_code >= 400:
             try:
                 message = response.json().get("error") or response.text
@@ -42,6 +47,9 @@ class ControlClient:
     def publish(self, table: str, public: bool = True) -> dict:
         verb = "publish" if public else "unpublish"
         return self._call("POST", f"/tables/{_segment(table)}/{verb}")
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
 
     def nodes(self) -> list[dict]:
         return self._call("GET", "/nodes")

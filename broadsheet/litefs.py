@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +16,34 @@ from typing import Iterator
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-LITEFS_YML = ROOT / "litefs.yml"
+from .config import http_url, split_addr
+
+# The top-level litefs.yml, packaged with broadsheet (a link in the source
+# tree, a copy in a wheel), so that an installed broadsheet has it too.
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "litefs.yml"
 
 
 def litefs_binary() -> str:
-    """The LiteFS binary: $BROADSHEET_LITEFS, ./bin/litefs, or litefs on PATH."""
+    """The LiteFS binary: ``$BROADSHEET_LITEFS``, else ``litefs`` beside the
+    running Python (a virtualenv's ``bin/``, where ``scripts/setup`` links
+    it), else ``litefs`` on ``PATH``."""
     if env := os.environ.get("BROADSHEET_LITEFS"):
         return env
-    local = ROOT / "bin" / "litefs"
-    if local.exists():
-        return str(local)
-    return "litefs"
+    beside = Path(sys.executable).parent / "litefs"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("litefs")
+    if found is None:
+        raise FileNotFoundError(
+            "no litefs binary: set BROADSHEET_LITEFS, or build it with scripts/setup"
+        )
+    return found
+
+
+def litefs_config() -> Path:
+    """The ``litefs.yml`` every LiteFS process runs with:
+    ``$BROADSHEET_LITEFS_CONFIG``, else the one packaged with broadsheet."""
+    return Path(os.environ.get("BROADSHEET_LITEFS_CONFIG") or PACKAGED_CONFIG)
 
 
 @dataclass(frozen=True, order=True)
@@ -136,11 +154,12 @@ class MountConfig:
         }
 
     def argv(self) -> list[str]:
-        return [litefs_binary(), "mount", "-config", str(LITEFS_YML)]
+        return [litefs_binary(), "mount", "-config", str(litefs_config())]
 
     @property
     def url(self) -> str:
-        return f"http://{self.http_addr}"
+        """This LiteFS's HTTP API as processes on the same node reach it."""
+        return http_url(*split_addr(self.http_addr, "LITEFS_HTTP_ADDR"))
 
 
 def _bool(value: bool) -> str:

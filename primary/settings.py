@@ -17,6 +17,8 @@ class ReadNodeAddress:
     name: str
     url: str
     litefs_url: str
+    region: str = ""
+    public_url: str = ""  # how visitors reach it, when the node says
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class Settings:
     datasette_url: str
     control_url: str
     read_nodes: tuple[ReadNodeAddress, ...]
+    read_nodes_dns: str | None  # a name that resolves to every read node
+    read_node_port: int  # their Datasette, on each address the name resolves to
+    read_node_litefs_port: int  # their LiteFS API, likewise
+    discovery_interval: float  # seconds between two look-ups of read_nodes_dns
     max_body: int  # largest write request, bytes
     page_size: int  # of a new public.db
 
@@ -51,6 +57,10 @@ def settings() -> Settings:
         datasette_url=os.environ.get("BROADSHEET_DATASETTE_URL", "http://127.0.0.1:8001"),
         control_url=os.environ.get("BROADSHEET_CONTROL_URL", "http://127.0.0.1:8004"),
         read_nodes=tuple(ReadNodeAddress(**n) for n in nodes),
+        read_nodes_dns=os.environ.get("BROADSHEET_READ_NODES_DNS") or None,
+        read_node_port=int(os.environ.get("BROADSHEET_READ_NODE_PORT") or "8001"),
+        read_node_litefs_port=int(os.environ.get("BROADSHEET_READ_NODE_LITEFS_PORT") or "20202"),
+        discovery_interval=float(os.environ.get("BROADSHEET_DISCOVERY_INTERVAL") or "2"),
         max_body=int(os.environ.get("BROADSHEET_MAX_BODY", str(10 * 1024 * 1024))),
         # 16 KiB pages make a large first publish about 40% faster than
         # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),

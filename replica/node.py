@@ -1,42 +1,105 @@
 """A read node: a LiteFS replica of the public cluster and a Datasette that
-serves its public.db with --default-deny and the read-node rule."""
+serves its public.db with --default-deny and the read-node rule.
+
+``broadsheet replica`` runs it from environment variables alone
+(``ReadNode.from_env``); the local cluster builds the same environment for
+each of its read nodes and starts the same services.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import httpx
 
+from broadsheet.config import Env, http_url, split_addr
 from broadsheet.litefs import MountConfig, is_mounted, wait_for_file
 from broadsheet.supervisor import Service
+
+# How long a read node that has never synced waits for its first public.db.
+FIRST_SYNC_TIMEOUT = 60.0
+
+
+def default_name(environ: Mapping[str, str]) -> str:
+    """A name that stays the node's across restarts: the Fly machine id, else
+    the host name (a container's id)."""
+    return environ.get("FLY_MACHINE_ID") or os.uname().nodename
 
 
 @dataclass
 class ReadNode:
+    """Everything a read node runs, and where. Each field is one environment
+    variable (see ``from_env``)."""
+
     name: str
-    root: Path
-    port: int
-    litefs_port: int
+    root: Path  # LiteFS data and mount: a volume that outlives restarts
     primary_public_url: str  # the public cluster's primary: the only LiteFS it joins
+    host: str = "127.0.0.1"  # where Datasette listens (the node's public face)
+    port: int = 8001
+    litefs_addr: str = "127.0.0.1:20202"  # LiteFS's API: never published
     primary_hostname: str = "primary"
     primary_team_url: str = ""  # named in the error a write attempt gets
+    public_url: str = ""  # how visitors reach this node, if known
+    region: str = ""
     compress: bool = True
+    retention: str = "10m"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ReadNode":
+        environ = os.environ if environ is None else environ
+        env = Env(environ)
+        node = cls(
+            name=env.str("BROADSHEET_NODE_NAME", default_name(environ)),
+            root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
+            primary_public_url=env.str("BROADSHEET_PRIMARY_LITEFS_URL", "http://primary:20203"),
+            host=env.str("BROADSHEET_HOST", "127.0.0.1"),
+            port=env.port("BROADSHEET_PORT", 8001),
+            litefs_addr=env.str("BROADSHEET_LITEFS_ADDR", "127.0.0.1:20202"),
+            primary_hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
+            primary_team_url=env.str("BROADSHEET_PRIMARY_URL", ""),
+            public_url=env.str("BROADSHEET_PUBLIC_URL", ""),
+            region=env.str("BROADSHEET_REGION", environ.get("FLY_REGION", "")),
+            compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
+            retention=env.str("BROADSHEET_LTX_RETENTION", "10m"),
+        )
+        split_addr(node.litefs_addr, "BROADSHEET_LITEFS_ADDR")
+        return node
+
+    def to_env(self) -> dict[str, str]:
+        """The environment ``from_env`` reads back as this node."""
+        return {
+            "BROADSHEET_NODE_NAME": self.name,
+            "BROADSHEET_ROOT": str(self.root),
+            "BROADSHEET_PRIMARY_LITEFS_URL": self.primary_public_url,
+            "BROADSHEET_HOST": self.host,
+            "BROADSHEET_PORT": str(self.port),
+            "BROADSHEET_LITEFS_ADDR": self.litefs_addr,
+            "BROADSHEET_PRIMARY_HOSTNAME": self.primary_hostname,
+            "BROADSHEET_PRIMARY_URL": self.primary_team_url,
+            "BROADSHEET_PUBLIC_URL": self.public_url,
+            "BROADSHEET_REGION": self.region,
+            "BROADSHEET_LTX_COMPRESS": "true" if self.compress else "false",
+            "BROADSHEET_LTX_RETENTION": self.retention,
+        }
 
     @property
     def litefs(self) -> MountConfig:
         return MountConfig(
             mount_dir=self.root / "mnt",
             data_dir=self.root / "litefs",
-            http_addr=f"127.0.0.1:{self.litefs_port}",
+            http_addr=self.litefs_addr,
             primary_url=self.primary_public_url,
             primary_hostname=self.primary_hostname,
             candidate=False,
             # Serve what is on disk while the primary is unreachable.
             skip_sync=True,
             compress=self.compress,
+            retention=self.retention,
         )
 
     @property
@@ -49,7 +112,8 @@ class ReadNode:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """This node's Datasette, as seen from this machine."""
+        return http_url(self.host, self.port)
 
     @property
     def litefs_service(self) -> str:
@@ -58,6 +122,15 @@ class ReadNode:
     @property
     def datasette_service(self) -> str:
         return f"{self.name}-datasette"
+
+    @property
+    def banner(self) -> str:
+        return f"read node {self.name} is up: {self.url}/public, following {self.primary_public_url}"
+
+    def start(self, supervisor) -> None:
+        """Start LiteFS, then (once public.db has arrived) Datasette."""
+        for service in self.services():
+            supervisor.start(service)
 
     def services(self) -> list[Service]:
         fs = self.litefs
@@ -75,20 +148,28 @@ class ReadNode:
                 name=self.datasette_service,
                 argv=[
                     sys.executable, "-m", "replica.serve", "serve", str(self.public_db),
-                    "--host", "127.0.0.1", "--port", str(self.port),
+                    "--host", self.host, "--port", str(self.port),
                     "--default-deny",
                     "--setting", "default_allow_sql", "on",
                     "--setting", "sql_time_limit_ms", "1000",
                 ],
-                env={"BROADSHEET_PRIMARY_URL": self.primary_team_url, "BROADSHEET_NODE_NAME": self.name},
+                env={
+                    "BROADSHEET_PRIMARY_URL": self.primary_team_url,
+                    "BROADSHEET_NODE_NAME": self.name,
+                    "BROADSHEET_REGION": self.region,
+                    "BROADSHEET_PUBLIC_URL": self.public_url,
+                },
                 # A node that has never synced has no public.db yet: Datasette
                 # starts once the first LTX has arrived.
-                prepare=lambda: wait_for_file(self.public_db, timeout=60) or _no_db(self),
+                prepare=lambda: wait_for_file(self.public_db, timeout=FIRST_SYNC_TIMEOUT) or _no_db(self),
                 ready=lambda: httpx.get(f"{self.url}/-/versions.json", timeout=1).status_code == 200,
+                ready_timeout=FIRST_SYNC_TIMEOUT,
                 restart=True,
             ),
         ]
 
 
 def _no_db(node: ReadNode) -> None:
-    raise RuntimeError(f"{node.name}: public.db did not arrive from {node.primary_public_url} within 60s")
+    raise RuntimeError(
+        f"{node.name}: public.db did not arrive from {node.primary_public_url} within {FIRST_SYNC_TIMEOUT:.0f}s"
+    )

@@ -123,7 +123,8 @@ async def replication_status(datasette, request):
     """This node's replication state, for people, load balancers and the
     primary's propagation tracker."""
     db = _public_db(datasette)
-    status = ReplicaStatus.read(Path(db.path), node=settings().node_name)
+    conf = settings()
+    status = ReplicaStatus.read(Path(db.path), node=conf.node_name, region=conf.region, url=conf.public_url)
     return Response.json(status.as_dict())
 
 

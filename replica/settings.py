@@ -18,6 +18,8 @@ BUILD = f"{datasette.__version__}-{getattr(broadsheet, '__version__', '0')}".rep
 @dataclass(frozen=True)
 class Settings:
     node_name: str
+    region: str
+    public_url: str  # how visitors reach this node, when the node knows
     primary_url: str
     bookmark_timeout: float
     cache_max_age: int
@@ -34,7 +36,9 @@ class Settings:
 @cache
 def settings() -> Settings:
     return Settings(
-        node_name=os.environ.get("BROADSHEET_NODE_NAME", os.uname().nodename),
+        node_name=os.environ.get("BROADSHEET_NODE_NAME") or os.uname().nodename,
+        region=os.environ.get("BROADSHEET_REGION", ""),
+        public_url=os.environ.get("BROADSHEET_PUBLIC_URL", ""),
         primary_url=os.environ.get("BROADSHEET_PRIMARY_URL", ""),
         bookmark_timeout=float(os.environ.get("BROADSHEET_BOOKMARK_TIMEOUT", "5")),
         cache_max_age=int(os.environ.get("BROADSHEET_CACHE_MAX_AGE", "1")),

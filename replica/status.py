@@ -12,6 +12,8 @@ from broadsheet.litefs import Pos
 @dataclass(frozen=True)
 class ReplicaStatus:
     node: str
+    region: str
+    url: str  # how visitors reach this node, when it knows ("" otherwise)
     txid: int
     checksum: str
     primary: str | None  # the primary's hostname while connected to it
@@ -22,7 +24,7 @@ class ReplicaStatus:
     checked_at: str
 
     @classmethod
-    def read(cls, db_path: Path, node: str) -> "ReplicaStatus":
+    def read(cls, db_path: Path, node: str, region: str = "", url: str = "") -> "ReplicaStatus":
         mount = db_path.parent
         pos = Pos.read(db_path)
         try:
@@ -36,6 +38,8 @@ class ReplicaStatus:
             lag_ms = None
         return cls(
             node=node,
+            region=region,
+            url=url,
             txid=pos.txid,
             checksum=f"{pos.checksum:016x}",
             primary=primary,

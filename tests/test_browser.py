@@ -38,7 +38,7 @@ def test_make_public_and_private_from_the_table_actions_menu(cluster, browser, t
 
     page.goto(f"{cluster.primary.url}/-/login")
     page.fill("input[name=username]", "team")
-    page.fill("input[name=password]", cluster.primary.team_password())
+    page.fill("input[name=password]", cluster.primary.team_password)
     page.click("input[type=submit]")
 
     page.goto(f"{cluster.primary.url}/data/planes")
@@ -93,7 +93,7 @@ def test_watch_page_shows_a_publish_arriving_on_every_node(cluster, browser, con
     page.set_default_timeout(15_000)
     page.goto(f"{cluster.primary.url}/-/login")
     page.fill("input[name=username]", "team")
-    page.fill("input[name=password]", cluster.primary.team_password())
+    page.fill("input[name=password]", cluster.primary.team_password)
     page.click("input[type=submit]")
     page.goto(f"{cluster.primary.control_url}/watch")
     expect(page.locator("#conn")).to_have_text("live")

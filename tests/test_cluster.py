@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -87,7 +88,9 @@ def test_up_prints_urls_and_ctrl_c_stops_everything(tmp_path):
         published = bs("publish", "planes", "--watch")
         assert "planes is now public" in published and "replica-1 ✓" in published
         assert httpx.get(f"{replica_url}/public/planes.json", timeout=5).status_code == 200
-        assert "replica-1 public.db txid" in bs("status")
+        shown = bs("status")
+        primary_txid = re.search(r"^primary\s+public.db txid (\d+)", shown, re.M).group(1)
+        assert re.search(rf"^replica-1\s+public.db txid {primary_txid}\s+behind 0 .* connected", shown, re.M), shown
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(60)
         assert proc.returncode == 0

@@ -1,0 +1,119 @@
+"""Running a node's role as a plain server would: ``broadsheet primary`` and
+``broadsheet replica``, configured by environment variables alone, the
+primary finding its read node by DNS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broadsheet.cluster import free_port
+from conftest import wait_until
+
+
+def run_role(role: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    # Nothing inherited that could configure it behind the test's back.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("BROADSHEET_", "DATASETTE_", "LITEFS_"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "broadsheet.cli", role],
+        env={**base, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def test_roles_run_from_the_environment_and_find_each_other_by_dns(tmp_path):
+    secret = "s" * 64
+    team, control, public_litefs, read_port, read_litefs = (free_port() for _ in range(5))
+    primary = run_role("primary", {
+        "DATASETTE_SECRET": secret,
+        "BROADSHEET_ROOT": str(tmp_path / "primary"),
+        "BROADSHEET_PORT": str(team),
+        "BROADSHEET_CONTROL_PORT": str(control),
+        "BROADSHEET_PRIVATE_LITEFS_PORT": str(free_port()),
+        "BROADSHEET_PUBLIC_LITEFS_ADDR": f"127.0.0.1:{public_litefs}",
+        "BROADSHEET_SAMPLE": "true",
+        # "localhost" resolves to this machine: the read node below is there.
+        "BROADSHEET_READ_NODES_DNS": "localhost",
+        "BROADSHEET_READ_NODE_PORT": str(read_port),
+        "BROADSHEET_READ_NODE_LITEFS_PORT": str(read_litefs),
+        "BROADSHEET_DISCOVERY_INTERVAL": "0.5",
+    }, tmp_path / "primary.log")
+    replica = None
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{control}/health").status_code == 200,
+                   timeout=120, message="primary up")
+        replica = run_role("replica", {
+            "BROADSHEET_ROOT": str(tmp_path / "replica"),
+            "BROADSHEET_NODE_NAME": "edge-1",
+            "BROADSHEET_REGION": "ams",
+            "BROADSHEET_PORT": str(read_port),
+            "BROADSHEET_LITEFS_ADDR": f"127.0.0.1:{read_litefs}",
+            "BROADSHEET_PRIMARY_LITEFS_URL": f"http://127.0.0.1:{public_litefs}",
+        }, tmp_path / "replica.log")
+        airports = f"http://127.0.0.1:{read_port}/public/airports.json?_size=1"
+        wait_until(lambda: httpx.get(airports).status_code == 200, timeout=120, message="read node serving")
+        assert httpx.get(f"http://127.0.0.1:{read_port}/public/planes.json").status_code == 403
+
+        from broadsheet.cli import _mint_token
+
+        headers = {"Authorization": f"Bearer {_mint_token(secret, 'tester')}"}
+
+        def discovered():
+            nodes = httpx.get(f"http://127.0.0.1:{control}/nodes", headers=headers).json()
+            return nodes if [(n["name"], n["region"], n["connected"]) for n in nodes] == [("edge-1", "ams", True)] else None
+
+        wait_until(discovered, timeout=30, message="edge-1 discovered by DNS")
+        # A flip reaches it, and the propagation record names it.
+        flip = httpx.post(f"http://127.0.0.1:{control}/tables/planes/publish", headers=headers, timeout=30).json()
+        record = httpx.get(f"http://127.0.0.1:{control}/publishes/{flip['public_txid']}",
+                           params={"wait": 10}, headers=headers, timeout=30).json()
+        assert record["complete"] and [n["name"] for n in record["nodes"]] == ["edge-1"]
+
+        # The node stops while its name still resolves: it shows as
+        # unreachable within seconds. (A node whose address leaves DNS leaves
+        # the list: the container test scales down.)
+        assert stop(replica) == 0
+        wait_until(lambda: [n["connected"] for n in httpx.get(f"http://127.0.0.1:{control}/nodes",
+                                                             headers=headers).json()] == [False],
+                   timeout=30, message="edge-1 shown unreachable")
+    finally:
+        if replica is not None:
+            stop(replica)
+        assert stop(primary) == 0, (tmp_path / "primary.log").read_text()[-3000:]
+    with open("/proc/mounts") as fp:
+        assert str(tmp_path) not in fp.read()
+
+
+@pytest.mark.parametrize(
+    "role, env, message",
+    [
+        ("primary", {}, "DATASETTE_SECRET is not set"),
+        ("primary", {"DATASETTE_SECRET": "x", "BROADSHEET_PORT": "eighty"}, "BROADSHEET_PORT must be an integer"),
+        ("primary", {"DATASETTE_SECRET": "x", "BROADSHEET_READ_NODES": "{"}, "BROADSHEET_READ_NODES must be a JSON list"),
+        ("primary", {"DATASETTE_SECRET": "x", "BROADSHEET_PUBLIC_LITEFS_ADDR": "nowhere"}, "must be host:port"),
+        ("replica", {"BROADSHEET_PORT": "70000"}, "BROADSHEET_PORT must be a TCP port"),
+        ("replica", {"BROADSHEET_LTX_COMPRESS": "maybe"}, "BROADSHEET_LTX_COMPRESS must be true or false"),
+    ],
+)
+def test_a_bad_setting_is_named_and_nothing_starts(tmp_path, role, env, message):
+    log = tmp_path / "out.log"
+    proc = run_role(role, {"BROADSHEET_ROOT": str(tmp_path / "node"), **env}, log)
+    assert proc.wait(30) != 0
+    assert message in log.read_text()
+    assert not (tmp_path / "node").exists()
