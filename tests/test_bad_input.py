@@ -78,6 +78,8 @@ def _airports(db):
         ("/airports/-/insert", {"rows": [{"faa": "BAD"}]}, None, False, 401, "Authentication required"),
         ("/airports/-/insert", {"rows": [{"faa": "BAD"}]}, None, "dstok_forged.signature", 401, "Invalid token"),
         ("/airports/-/insert", None, b'{"rows": [' + b'{"faa": "X"},' * 1_000_000 + b'{}]}', True, 413, "over"),
+        ("/airports/-/insert", None, b'{"rows": [' + b"[" * 50_000 + b"]" * 50_000 + b"]}", True, 400, "nested deeper"),
+        ("/airports/-/insert", None, b'{"rows": [{"no_such_column": "' + b"[" * 5000 + b'"}]}', True, 400, "no_such_column"),
     ],
 )
 def test_write_api_bad_input(cluster, db, token, path, body, content, use_token, status, message):
