@@ -56,5 +56,28 @@ async def actor_from(authorization: str | None, cookies: dict[str, str]) -> dict
     raise NotAuthenticated("A team token is required: Authorization: Bearer dstok_…")
 
 
+_checker: Datasette | None = None
+
+
+async def may_publish(actor: dict, table: str) -> bool:
+    """Whether ``actor`` may flip ``table``: Datasette's answer for the
+    broadsheet-publish action, with the team's plugin rules and the token's
+    restrictions, exactly as the team's Datasette would give it. (The plugin
+    is registered in this process only when this is first asked, so that a
+    process that merely signs tokens loads no plugin.)"""
+    global _checker
+    from . import plugin
+
+    if _checker is None:
+        from datasette.plugins import pm
+
+        if not pm.is_registered(plugin):
+            pm.register(plugin, name="primary.plugin")
+        checker = Datasette(secret=settings().secret)
+        await checker.invoke_startup()
+        _checker = checker
+    return await plugin.may_publish(_checker, actor, table)
+
+
 async def create_token(actor_id: str, expires_after: int | None = None, secret: str | None = None) -> str:
     return await datasette(secret).create_token(actor_id, expires_after=expires_after)

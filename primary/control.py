@@ -20,7 +20,8 @@ from pydantic import BaseModel, Field
 from broadsheet.litefs import Pos
 
 from . import publishing, state
-from .auth import NotAuthenticated, actor_from
+from .auth import NotAuthenticated, actor_from, may_publish
+from .plugin import publish_forbidden
 from .discovery import Discovery
 from .propagation import Tracker
 from .settings import settings
@@ -191,6 +192,8 @@ async def list_tables(actor: Actor) -> list[TableInfo]:
 
 
 async def _flip(table: str, public: bool, actor: dict, wait: bool, timeout: float) -> FlipResult:
+    if not await may_publish(actor, table):
+        raise HTTPException(403, {"ok": False, "error": publish_forbidden(table), "table": table})
     try:
         outcome = await publishing.flip(table, public, publishing.actor_label(actor), wait, timeout)
     except state.PublishError as exc:

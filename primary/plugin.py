@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 from datasette import Forbidden, hookimpl
 from datasette.events import Event
-from datasette.permissions import PermissionSQL
+from datasette.permissions import Action, PermissionSQL
+from datasette.resources import TableResource
 from datasette.utils import tilde_decode, tilde_encode
 from datasette.utils.asgi import Response
 
@@ -37,6 +38,33 @@ from . import publishing, state
 from .settings import settings
 
 WRITE_ACTIONS = {"insert-row", "update-row", "delete-row", "drop-table", "alter-table"}
+
+# Making a table public (or private again) is a Datasette action, so that
+# Datasette's permissions and token restrictions decide who may do it,
+# wherever the flip starts: the table action here, the control plane.
+PUBLISH_ACTION = "broadsheet-publish"
+
+
+@hookimpl
+def register_actions(datasette):
+    return [
+        Action(
+            name=PUBLISH_ACTION,
+            abbr="bp",
+            description="Make a table public on the read nodes, or private again",
+            resource_class=TableResource,
+        )
+    ]
+
+
+async def may_publish(datasette, actor, table: str) -> bool:
+    return await datasette.allowed(
+        action=PUBLISH_ACTION, resource=TableResource(_data_db_name(), table), actor=actor
+    )
+
+
+def publish_forbidden(table: str) -> str:
+    return f"This actor may not make {table!r} public or private (the {PUBLISH_ACTION} action)"
 
 
 @dataclass
@@ -72,6 +100,31 @@ def track_event(datasette, event):
     # log, one JSON line each, for whoever reads the logs.
     actor = event.actor.get("id") if isinstance(event.actor, dict) else None
     log("event", json.dumps({"event": event.name, "actor": actor, **event.properties()}, default=str))
+    if event.name == "alter-table" and event.database == _data_db_name() and _is_team(event.actor):
+        return _republish_rebuilt(event.table, event.actor)
+    return None
+
+
+async def _republish_rebuilt(table: str, actor: dict) -> None:
+    """Datasette's alter-table may rebuild a table (create, copy, drop,
+    rename), which the publisher cannot tell from a table dropped and created
+    again: it makes a public one private. The team member who altered it
+    meant to keep it: publish it again in their name, once the publisher has
+    seen the alteration."""
+    private_txid = Pos.read(settings().data_db).txid
+    try:
+        await publishing.wait_published(private_txid, 10.0)
+    except publishing.PublishTimeout:
+        return
+    conn = state.connect(settings().data_db)
+    try:
+        newest = state.audit_entries(conn, table=table, limit=1)
+        rebuilt = newest and newest[0]["operation"] == "unpublish" and newest[0]["actor"] == state.REBUILT_ACTOR
+        if not rebuilt or table not in state.user_tables(conn):
+            return
+    finally:
+        conn.close()
+    await publishing.flip(table, True, f"{publishing.actor_label(actor)} (alter-table)", wait=False)
 
 
 def _is_team(actor) -> bool:
@@ -136,6 +189,8 @@ def table_actions(datasette, actor, database, table, request):
         return None
 
     async def inner():
+        if not await may_publish(datasette, actor, table):
+            return []
         conn = state.connect(settings().data_db, readonly=True)
         try:
             public = table in state.public_tables(conn)
@@ -167,6 +222,8 @@ async def visibility(datasette, request):
     table = tilde_decode(request.url_vars["table"])
     if database != _data_db_name():
         raise Forbidden(f"Only tables of {_data_db_name()} can be published")
+    if not await may_publish(datasette, request.actor, table):
+        raise Forbidden(publish_forbidden(table))
     context = {"database": database, "table": table, "outcome": None, "error": None, "live": []}
     if request.method == "POST":
         form = await request.post_vars()
