@@ -61,6 +61,7 @@ class _Plan:
     max_change: int | None = None
     public_tables_changed: bool = False
     schema_version: int | None = None
+    rebuilt: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -71,6 +72,17 @@ class _Plan:
 
 def _trigger_names(table: str) -> dict[str, str]:
     return {op: f"{TRIGGER_PREFIX}{op}_{table}" for op in ("ins", "upd", "del")}
+
+
+def _has_triggers(conn: apsw.Connection, schema: str, table: str) -> bool:
+    """Whether ``table`` still carries every change-log trigger of ours."""
+    found = {
+        n
+        for (n,) in conn.execute(
+            f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,)
+        )
+    }
+    return set(_trigger_names(table).values()) <= found
 
 
 class Publisher:
@@ -131,6 +143,7 @@ class Publisher:
         with state.immediate(conn):
             self._follow_renames(conn)
             self._forget_dropped(conn)
+            self._forget_rebuilt(conn)
             published = self._publishable(conn, "main")
             wanted = {(name, table) for table in published for name in _trigger_names(table).values()}
             existing = set(
@@ -183,6 +196,21 @@ class Publisher:
                 conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
                 state.audit(conn, "unpublish", table, "broadsheet:publisher (table was dropped)")
                 log("publisher", f"{table!r} no longer exists in data.db; it is no longer public")
+
+    def _forget_rebuilt(self, conn: apsw.Connection) -> None:
+        # Our triggers go with the table they sit on. A published table that
+        # public.db already holds but that has lost them is not the table that
+        # was published: dropped and created again under its name (in one
+        # transaction or between two cycles), or rebuilt by a schema tool.
+        # Fail closed: it is private until someone publishes it again
+        # (Datasette's alter-table does so for its own rebuilds, see
+        # primary/plugin.py).
+        copied = set(state.user_tables(self.conn, "main"))
+        for table in self._publishable(conn, "main"):
+            if table in copied and not _has_triggers(conn, "main", table):
+                conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+                state.audit(conn, "unpublish", table, state.REBUILT_ACTOR)
+                log("publisher", f"{table!r} was re-created or rebuilt under its name; it is private until published again")
 
     @staticmethod
     def _create_triggers(conn: apsw.Connection, table: str) -> None:
@@ -243,6 +271,9 @@ class Publisher:
         )
         self._record(cycle, plan.max_change)
         self._advance(before.txid, public.txid)
+        if plan.rebuilt:
+            self._maintained = None
+            self.maintain_triggers()  # audits and unlists them
         return cycle
 
     def _advance(self, private_txid: int, public_txid: int | None = None) -> None:
@@ -253,9 +284,14 @@ class Publisher:
 
     def _plan(self) -> _Plan:
         conn = self.conn
-        published = self._publishable(conn, "src")
-        plan = _Plan(published=published)
         present = set(state.user_tables(conn, "main"))
+        published = self._publishable(conn, "src")
+        # The identity check again, inside this cycle's snapshot: a table
+        # re-created after maintain_triggers looked is left out (so dropped
+        # from public.db), and made private right after the cycle.
+        rebuilt = [t for t in published if t in present and not _has_triggers(conn, "src", t)]
+        published = [t for t in published if t not in rebuilt]
+        plan = _Plan(published=published, rebuilt=rebuilt)
         plan.drop = sorted(present - set(published))
         # Schemas need comparing only when data.db's has changed since the
         # last cycle: public.db's changes only through the publisher.

@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS _public_cycles (
 """
 
 
+# The audit actor of a table that the publisher made private because its
+# identity changed (dropped and re-created, or rebuilt, under its name).
+REBUILT_ACTOR = "broadsheet:publisher (table re-created or rebuilt; publish it again)"
+
+
 class PublishError(Exception):
     """A publish or unpublish request that cannot be carried out. ``status`` is
     the HTTP status a client should see."""

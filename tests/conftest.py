@@ -102,11 +102,17 @@ def status(node_url: str, path: str) -> int:
     return httpx.get(f"{node_url}{path}", timeout=5).status_code
 
 
-def create_table(cluster, name: str, rows_: list[dict], pk: str = "id") -> None:
-    """Create a table in data.db the way a team member's script would."""
+def team_db(cluster) -> sqlite_utils.Database:
+    """data.db as a team member's script opens it (with sqlite-utils)."""
     db = sqlite_utils.Database(cluster.primary.data_db)
     # The publisher writes its bookkeeping to data.db too: wait for it.
     db.execute("PRAGMA busy_timeout = 10000")
+    return db
+
+
+def create_table(cluster, name: str, rows_: list[dict], pk: str = "id") -> None:
+    """Create a table in data.db the way a team member's script would."""
+    db = team_db(cluster)
     db[name].insert_all(rows_, pk=pk)
     db.close()
 

@@ -1,9 +1,10 @@
 """Publishing and unpublishing tables, and writes reaching every read node."""
 
+import pytest
+from click.testing import CliRunner
 
 from broadsheet.cli import cli
-from click.testing import CliRunner
-from conftest import create_table, rows, status, wait_until
+from conftest import create_table, file_bytes, rows, status, wait_until
 from primary import state
 
 
@@ -79,3 +80,33 @@ def test_dropping_a_published_table_makes_its_name_private(cluster, db):
     for node in cluster.replicas:
         assert status(node.url, "/public/ephemeral.json") == 403
         assert b"NEW-PRIVATE-ROW" not in node.public_db.read_bytes()
+
+
+@pytest.mark.parametrize("same_schema", [True, False], ids=["same schema", "new schema"])
+def test_a_table_recreated_under_a_published_name_is_private(cluster, db, same_schema):
+    """DROP TABLE + CREATE TABLE + INSERT in one data.db transaction: the new
+    table is not the one that was published. It fails closed: private on
+    every node, its rows in no byte of any read node, an audit entry."""
+    name = f"reborn_{int(same_schema)}"
+    marker = f"REBORN-PRIVATE-ROW-{int(same_schema)}"
+    create_table(cluster, name, [{"id": 1, "v": "published"}])
+    publish(cluster, name)
+    for node in cluster.replicas:
+        wait_until(lambda: status(node.url, f"/public/{name}.json") == 200)
+    columns = "id INTEGER PRIMARY KEY, v TEXT" if same_schema else "id INTEGER PRIMARY KEY, v TEXT, extra TEXT"
+    with state.immediate(db):
+        db.execute(f"DROP TABLE {name}")
+        db.execute(f"CREATE TABLE {name} ({columns})")
+        db.execute(f"INSERT INTO {name} (id, v) VALUES (1, ?), (2, ?)", (marker, marker))
+    wait_until(lambda: name not in state.public_tables(db), message=f"{name} unlisted")
+    newest = state.audit_entries(db, table=name, limit=1)[0]
+    assert (newest["operation"], newest["actor"]) == ("unpublish", state.REBUILT_ACTOR)
+    cluster.wait_for_replicas()
+    for node in cluster.replicas:
+        assert status(node.url, f"/public/{name}.json") == 403
+        for path, data in file_bytes(node.root):
+            assert marker.encode() not in data, path
+    # Publishing it again is a human's decision, and then it is served.
+    publish(cluster, name)
+    for node in cluster.replicas:
+        wait_until(lambda: len(rows(node.url, name)) == 2, message=f"{name} republished on {node.name}")

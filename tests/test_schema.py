@@ -6,7 +6,7 @@ import pytest
 import sqlite_utils
 
 from broadsheet.client import ControlError
-from conftest import create_table, rows, status, wait_until
+from conftest import create_table, rows, status, team_db, wait_until
 from primary import state
 
 
@@ -46,13 +46,21 @@ def test_schema_changes_propagate(cluster, control, db):
         assert "words" not in columns(node.url, "stories")
         assert rows(node.url, "stories", id=3)[0]["word_count"] == 300
 
-    # Column drop, through sqlite-utils' transform (which rebuilds the table,
-    # and with it the publisher's triggers).
+    # Column drop, through sqlite-utils' transform from a script: it rebuilds
+    # the table (create, copy, drop, rename), which the publisher cannot tell
+    # from a new table under the old name, so the table fails closed until
+    # someone publishes it again.
     with state.immediate(db):
         db.execute("DROP INDEX stories_section")
-    sqlite_utils.Database(cluster.primary.data_db)["stories"].transform(drop={"section"})
+    team_db(cluster)["stories"].transform(drop={"section"})
+    wait_until(lambda: "stories" not in state.public_tables(db), message="rebuilt stories made private")
+    assert state.audit_entries(db, table="stories", limit=1)[0]["actor"] == state.REBUILT_ACTOR
     for node in cluster.replicas:
-        wait_until(lambda: "section" not in columns(node.url, "stories"), message=f"drop column on {node.name}")
+        wait_until(lambda: status(node.url, "/public/stories.json") == 403, message=f"stories private on {node.name}")
+    control.publish("stories")
+    for node in cluster.replicas:
+        wait_until(lambda: status(node.url, "/public/stories.json") == 200, message=f"stories back on {node.name}")
+        assert "section" not in columns(node.url, "stories")
         assert len(rows(node.url, "stories")) == 10
 
     # Later row changes still arrive after the rebuild.
@@ -63,7 +71,7 @@ def test_schema_changes_propagate(cluster, control, db):
 
 
 def test_full_text_search_works_on_read_nodes(cluster, control):
-    db = sqlite_utils.Database(cluster.primary.data_db)
+    db = team_db(cluster)
     db["articles"].insert_all(
         [
             {"id": 1, "title": "LiteFS replicates SQLite", "body": "pages shipped as LTX files"},
@@ -82,7 +90,7 @@ def test_full_text_search_works_on_read_nodes(cluster, control):
         assert status(node.url, "/public/articles_fts.json") == 403
 
     # New rows are searchable on the read nodes too.
-    db = sqlite_utils.Database(cluster.primary.data_db)
+    db = team_db(cluster)
     db["articles"].insert({"id": 3, "title": "Bookmarks", "body": "read your own LTX writes"})
     db.close()
     for node in cluster.replicas:
@@ -148,7 +156,7 @@ def test_renamed_table_stays_public_under_its_new_name(cluster, control, token, 
 
 
 def test_a_full_text_table_is_not_published_on_its_own(cluster, control):
-    db = sqlite_utils.Database(cluster.primary.data_db)
+    db = team_db(cluster)
     db["memos"].insert({"id": 1, "body": "indexed"}, pk="id")
     db["memos"].enable_fts(["body"], create_triggers=True)
     db.close()
@@ -157,3 +165,28 @@ def test_a_full_text_table_is_not_published_on_its_own(cluster, control):
             control.publish(name)
         assert err.value.status == 400 and "published with the table they index" in err.value.message
     assert "memos_fts" not in {t["table"] for t in control.tables()}
+
+
+def test_datasette_alter_table_keeps_a_public_table_public(cluster, control, token, db):
+    """Datasette's own alter-table rebuilds the table for a column drop; the
+    team member who altered it meant to keep it public: it is published again
+    in their name (audit-logged), and later writes keep arriving."""
+    create_table(cluster, "columns_alter", [{"id": i, "text": f"row {i}", "scratch": "x"} for i in range(1, 4)])
+    control.publish("columns_alter")
+    altered = httpx.post(
+        f"{cluster.primary.url}/data/columns_alter/-/alter",
+        json={"operations": [{"op": "drop_column", "args": {"name": "scratch"}}]},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert altered.status_code == 200, altered.text
+    for node in cluster.replicas:
+        wait_until(lambda: "scratch" not in columns(node.url, "columns_alter"), timeout=15,
+                   message=f"column dropped on {node.name}")
+    assert "columns_alter" in state.public_tables(db)
+    actors = [e["actor"] for e in state.audit_entries(db, table="columns_alter", limit=3)]
+    assert actors[0] == "tester (alter-table)" or actors[0] == "tester", actors
+    with state.immediate(db):
+        db.execute("INSERT INTO columns_alter (id, text) VALUES (4, 'after the alter')")
+    for node in cluster.replicas:
+        wait_until(lambda: len(rows(node.url, "columns_alter")) == 4, message=f"later write on {node.name}")
