@@ -260,6 +260,78 @@ def create_token(root, actor, expires_after, secret):
     click.echo(_mint_token(secret, actor, expires_after))
 
 
+@cli.group()
+def user():
+    """Team members who log in to the team's Datasette with a password."""
+
+
+def _team(root: Path, team_db: str | None):
+    """The primary's team store: --team-db, else BROADSHEET_ROOT's (as in a
+    container), else the local cluster's."""
+    from primary.team import Team
+
+    if not team_db:
+        if root_env := os.environ.get("BROADSHEET_ROOT"):
+            team_db = str(Path(root_env) / "team.db")
+        else:
+            from .cluster import load_state
+
+            try:
+                team_db = str(Path(load_state(root)["primary"]["secret_file"]).parent / "team.db")
+            except FileNotFoundError as exc:
+                raise click.ClickException(f"{exc}; or pass --team-db")
+    return Team(team_db)
+
+
+team_db_option = click.option(
+    "--team-db", envvar="BROADSHEET_TEAM_DB", help="The primary's team.db (default: BROADSHEET_ROOT's, or the local cluster's)."
+)
+
+
+@user.command("add")
+@cluster_dir
+@team_db_option
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of prompting.")
+def user_add(root, team_db, name, password_stdin):
+    """Add team member NAME (asks for a password)."""
+    from primary.team import TeamError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        _team(root, team_db).add_user(name, password)
+    except TeamError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"{name} can now log in")
+
+
+@user.command("remove")
+@cluster_dir
+@team_db_option
+@click.argument("name")
+def user_remove(root, team_db, name):
+    """Remove team member NAME and end their sessions."""
+    from primary.team import TeamError
+
+    try:
+        _team(root, team_db).remove_user(name)
+    except TeamError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"{name} removed; their sessions have ended")
+
+
+@user.command("list")
+@cluster_dir
+@team_db_option
+def user_list(root, team_db):
+    """List team members who can log in with a password."""
+    for name in _team(root, team_db).users():
+        click.echo(name)
+
+
 @cli.command()
 @cluster_dir
 @with_control

@@ -15,6 +15,7 @@ from datasette.app import Datasette  # noqa: E402
 from datasette.tokens import TokenInvalid  # noqa: E402
 
 from .settings import settings  # noqa: E402
+from .team import team  # noqa: E402
 
 _instances: dict[str, Datasette] = {}
 
@@ -52,6 +53,9 @@ async def actor_from(authorization: str | None, cookies: dict[str, str]) -> dict
         # Datasette's own cookie check; it reads nothing but request.cookies.
         actor = actor_from_request(ds, SimpleNamespace(cookies=cookies))
         if actor:
+            # Only while its session lives: /-/logout ends it here too.
+            if not team().live(actor.get("sid"), actor.get("id")):
+                raise NotAuthenticated("This login session has ended: log in again")
             return actor
     raise NotAuthenticated("A team token is required: Authorization: Bearer dstok_…")
 

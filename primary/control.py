@@ -13,10 +13,12 @@ import json
 from pathlib import Path
 from typing import Annotated, AsyncIterator
 
+from datasette.csrf import CrossOriginProtectionMiddleware
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 
 from . import publishing, state
@@ -136,6 +138,23 @@ app = FastAPI(
 )
 
 
+class CrossOriginProtection(CrossOriginProtectionMiddleware):
+    """Datasette's own CSRF defence (Sec-Fetch-Site, else Origin against
+    Host; Bearer tokens exempt), on the control plane too: a login cookie
+    travels with a form another site posts here. Refusals are JSON, like
+    every other error of this API."""
+
+    def __init__(self, app):
+        super().__init__(app, datasette=None)
+
+    async def _forbid(self, send, reason):
+        message = f"Cross-site request refused: {reason}. Scripts send Authorization: Bearer instead of a cookie."
+        await respond(send, 403, error_body(403, message))
+
+
+app.add_middleware(CrossOriginProtection)
+
+
 @app.exception_handler(HTTPException)
 async def http_error(request: Request, exc: HTTPException):
     body = exc.detail if isinstance(exc.detail, dict) else {"ok": False, "error": str(exc.detail)}
@@ -144,9 +163,10 @@ async def http_error(request: Request, exc: HTTPException):
 
 async def team_actor(request: Request) -> dict:
     try:
-        return await actor_from(request.headers.get("authorization"), dict(request.cookies))
+        actor = await actor_from(request.headers.get("authorization"), dict(request.cookies))
     except NotAuthenticated as exc:
         raise HTTPException(401, {"ok": False, "error": exc.message}, headers={"WWW-Authenticate": "Bearer"})
+    return actor
 
 
 Actor = Annotated[dict, Depends(team_actor)]

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import httpx
 from datasette import Forbidden, hookimpl
-from datasette.events import Event
+from datasette.events import Event, LoginEvent
 from datasette.permissions import Action, PermissionSQL
 from datasette.resources import TableResource
 from datasette.utils import tilde_decode, tilde_encode
@@ -34,7 +35,7 @@ from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES
 
-from . import publishing, state
+from . import publishing, state, team
 from .settings import settings
 
 WRITE_ACTIONS = {"insert-row", "update-row", "delete-row", "drop-table", "alter-table"}
@@ -102,6 +103,8 @@ def track_event(datasette, event):
     log("event", json.dumps({"event": event.name, "actor": actor, **event.properties()}, default=str))
     if event.name == "alter-table" and event.database == _data_db_name() and _is_team(event.actor):
         return _republish_rebuilt(event.table, event.actor)
+    if event.name == "logout" and isinstance(event.actor, dict):
+        team.team().logout(event.actor.get("sid"))
     return None
 
 
@@ -211,7 +214,66 @@ def table_actions(datasette, actor, database, table, request):
 
 @hookimpl
 def register_routes(datasette):
-    return [(r"^/-/broadsheet/visibility/(?P<database>[^/]+)/(?P<table>[^/]+)$", visibility)]
+    return [
+        (r"^/-/broadsheet/visibility/(?P<database>[^/]+)/(?P<table>[^/]+)$", visibility),
+        (r"^/-/login$", login),
+    ]
+
+
+async def login(datasette, request):
+    """Named team members sign in with a password (primary/team.py): a
+    session per login, ended everywhere by /-/logout, and a brake on
+    guessing (429 with Retry-After)."""
+    context = {"error": None, "username": "", "next": request.args.get("next") or ""}
+    status = 200
+    headers = {}
+    if request.method == "POST":
+        form = await request.post_vars()
+        name, password = form.get("username") or "", form.get("password") or ""
+        context.update(username=name, next=form.get("next") or "")
+        client = (request.scope.get("client") or ("unknown",))[0]
+        try:
+            session = await asyncio.to_thread(team.team().login, name, password, client)
+        except team.Throttled as exc:
+            context["error"], status, headers = str(exc), 429, {"Retry-After": str(exc.retry_after)}
+        except team.TeamError as exc:
+            context["error"], status = str(exc), 401
+        else:
+            target = context["next"] if context["next"].startswith("/") and not context["next"].startswith("//") else "/"
+            response = Response.redirect(target)
+            actor = {"id": name, "sid": session}
+            datasette.set_actor_cookie(response, actor, expire_after=team.SESSION_SECONDS)
+            await datasette.track_event(LoginEvent(actor=actor))
+            return response
+    html = await datasette.render_template("broadsheet_login.html", context, request=request)
+    return Response.html(html, status=status, headers=headers)
+
+
+def _session_is_live(datasette, cookie: str) -> bool:
+    """Whether a ``ds_actor`` cookie belongs to a live team session. A cookie
+    without a session (signed by hand with the secret) is not one."""
+    try:
+        actor = datasette.unsign(cookie, "actor").get("a") or {}
+    except Exception:
+        return False
+    return isinstance(actor, dict) and team.team().live(actor.get("sid"), actor.get("id"))
+
+
+def _without_dead_login(datasette, scope):
+    """The request as Datasette should see it: a login cookie whose session
+    has ended (logged out elsewhere, user removed) is dropped, so the request
+    is anonymous."""
+    headers = scope.get("headers", [])
+    cookie_header = next((v for k, v in headers if k.lower() == b"cookie"), b"")
+    if b"ds_actor=" not in cookie_header:
+        return scope
+    cookies = [c.strip() for c in cookie_header.split(b";")]
+    actor = next((c[len(b"ds_actor="):] for c in cookies if c.startswith(b"ds_actor=")), b"")
+    if _session_is_live(datasette, actor.decode("latin-1").strip('"')):
+        return scope
+    kept = b"; ".join(c for c in cookies if not c.startswith(b"ds_actor="))
+    headers = [(k, v) for k, v in headers if k.lower() != b"cookie"] + ([(b"cookie", kept)] if kept else [])
+    return {**scope, "headers": headers}
 
 
 async def visibility(datasette, request):
@@ -376,6 +438,8 @@ def replay(body: bytes):
 def asgi_wrapper(datasette):
     def wrap(app):
         async def primary(scope, receive, send):
+            if scope["type"] == "http":
+                scope = _without_dead_login(datasette, scope)
             if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
                 return await app(scope, receive, send)
             headers = {k.lower(): v for k, v in scope.get("headers", [])}

@@ -2,7 +2,9 @@
 
 from broadsheet.datasette_launcher import launch
 
-PLUGINS = ["primary.plugin", "datasette_auth_passwords"]
+# Logins are primary.plugin's own (named users, sessions, a throttle:
+# primary/team.py), not datasette-auth-passwords', whose hashes it reads.
+PLUGINS = ["primary.plugin"]
 
 if __name__ == "__main__":
     import sys

@@ -34,6 +34,7 @@ class Settings:
     read_node_port: int  # their Datasette, on each address the name resolves to
     read_node_litefs_port: int  # their LiteFS API, likewise
     discovery_interval: float  # seconds between two look-ups of read_nodes_dns
+    team_db: str  # team members, their sessions, failed logins (primary/team.py)
     max_body: int  # largest write request, bytes
     page_size: int  # of a new public.db
 
@@ -49,10 +50,13 @@ class Settings:
 @cache
 def settings() -> Settings:
     nodes = json.loads(os.environ.get("BROADSHEET_READ_NODES", "[]"))
+    watermark = os.environ.get("BROADSHEET_WATERMARK", "/var/lib/broadsheet/publisher-watermark.json")
     return Settings(
         data_db=os.environ.get("BROADSHEET_DATA_DB", "/litefs/private/data.db"),
         public_db=os.environ.get("BROADSHEET_PUBLIC_DB", "/litefs/public/public.db"),
-        watermark_file=os.environ.get("BROADSHEET_WATERMARK", "/var/lib/broadsheet/publisher-watermark.json"),
+        watermark_file=watermark,
+        # Beside the node's other private state, off the LiteFS mounts.
+        team_db=os.environ.get("BROADSHEET_TEAM_DB") or os.path.join(os.path.dirname(watermark), "team.db"),
         public_litefs_url=os.environ.get("BROADSHEET_PUBLIC_LITEFS_URL", "http://127.0.0.1:20203"),
         datasette_url=os.environ.get("BROADSHEET_DATASETTE_URL", "http://127.0.0.1:8001"),
         control_url=os.environ.get("BROADSHEET_CONTROL_URL", "http://127.0.0.1:8004"),
