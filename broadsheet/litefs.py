@@ -139,6 +139,9 @@ class MountConfig:
     skip_sync: bool = False
     compress: bool = True
     retention: str = "10m"
+    # LiteFS's default is a minute; a few seconds keeps the window in which
+    # erased rows linger in LTX files close to ``retention`` itself.
+    retention_monitor_interval: str = "5s"
 
     def env(self) -> dict[str, str]:
         return {
@@ -151,6 +154,7 @@ class MountConfig:
             "LITEFS_SKIP_SYNC": _bool(self.skip_sync),
             "LITEFS_COMPRESS": _bool(self.compress),
             "LITEFS_RETENTION": self.retention,
+            "LITEFS_RETENTION_MONITOR_INTERVAL": self.retention_monitor_interval,
         }
 
     def argv(self) -> list[str]:

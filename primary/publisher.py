@@ -64,6 +64,11 @@ class _Plan:
     rebuilt: list[str] = field(default_factory=list)
 
     @property
+    def erases(self) -> bool:
+        """Whether the cycle takes data out of public.db that must not linger."""
+        return bool(self.drop)
+
+    @property
     def empty(self) -> bool:
         return not (
             self.drop or self.copy or self.rows or self.public_tables_changed or self.drop_views or self.create_views
@@ -249,6 +254,12 @@ class Publisher:
             rows_changed = self._apply(plan)
             commit_started = time.perf_counter()
             conn.execute("COMMIT")
+            if plan.erases:
+                # The cycle's pages, zeroed by secure_delete, are in the WAL;
+                # the pages they replace are in older WAL frames. Checkpoint
+                # and truncate it, so that public.db's WAL on the primary
+                # holds no erased row after this cycle.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             commit_ms = (time.perf_counter() - commit_started) * 1000
             self._force_copy.difference_update(plan.copy)
             self._synced_schema = plan.schema_version

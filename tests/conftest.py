@@ -113,7 +113,12 @@ def team_db(cluster) -> sqlite_utils.Database:
 def create_table(cluster, name: str, rows_: list[dict], pk: str = "id") -> None:
     """Create a table in data.db the way a team member's script would."""
     db = team_db(cluster)
+    # Take the write lock up front: a deferred transaction that reads the
+    # schema first fails at once (no busy wait) if the publisher commits in
+    # between.
+    db.execute("BEGIN IMMEDIATE")
     db[name].insert_all(rows_, pk=pk)
+    db.conn.commit()
     db.close()
 
 
