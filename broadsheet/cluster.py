@@ -108,6 +108,9 @@ class LocalCluster:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
+        # Outside the try: a directory another live `up` runs must not be
+        # touched, not even its cluster.json.
+        self.supervisor.claim(self.root)
         try:
             self.primary.start(self.supervisor)
             for node in self.replicas:
@@ -126,8 +129,10 @@ class LocalCluster:
         self.supervisor.stop(node.litefs_service, kill=kill)
 
     def stop(self) -> None:
+        ours = self.supervisor.root is not None
         self.supervisor.stop_all()
-        (self.root / CLUSTER_FILE).unlink(missing_ok=True)
+        if ours:
+            (self.root / CLUSTER_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> "LocalCluster":
         self.start()

@@ -6,6 +6,12 @@ mount are still closing their files, and nobody is left to retry. One janitor
 per mount watches the supervisor and LiteFS from its own session, and once
 both are gone it unmounts, lazily, what is left.
 
+When LiteFS dies while its supervisor lives, the janitor leaves at once
+without unmounting: the supervisor cleans up and starts a new LiteFS (with a
+new janitor) on the same mount point, which this one must not touch. A
+janitor still waiting when a new supervisor claims the directory is killed
+by it (``Supervisor.claim``) for the same reason.
+
     python -m broadsheet.janitor SUPERVISOR_PID LITEFS_PID MOUNT
 """
 
@@ -33,7 +39,7 @@ def main(supervisor: int, litefs: int, mount: str, poll: float = 0.25) -> None:
     while alive(supervisor) and alive(litefs):
         time.sleep(poll)
     if alive(supervisor):
-        return  # LiteFS stopped while its supervisor lives: the supervisor cleans up.
+        return  # LiteFS stopped while its supervisor lives: the supervisor cleans up (and may remount).
     deadline = time.monotonic() + 15
     while alive(litefs) and time.monotonic() < deadline:
         time.sleep(poll)

@@ -1,9 +1,22 @@
 """One place that starts, watches and stops every process of a node or a
-local cluster, and logs their output in one format."""
+local cluster, and logs their output in one format.
+
+What heals what: the supervisor restarts a process that exits on its own
+(``Service.restart``), and with it every process that uses it
+(``Service.depends_on``): those stop first and start again, in order, once
+it is ready. A LiteFS crash thus becomes: its dead mount unmounted, LiteFS
+started on the same data, then the Datasette or publisher that had the
+database open. What the supervisor cannot do, should it die itself, is left
+to the kernel (``PR_SET_PDEATHSIG``), to one janitor per mount
+(``broadsheet/janitor.py``), to the next supervisor on the same directory
+(``Supervisor.claim``), and in a container to its restart policy.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -18,14 +31,26 @@ from . import litefs
 
 _PR_SET_PDEATHSIG = 1
 
+# Every process a supervisor starts carries the directory it claimed in its
+# environment, so that the next supervisor on that directory can tell a
+# crashed predecessor's orphans from anyone else's processes.
+SUPERVISOR_ENV = "BROADSHEET_SUPERVISOR"
+PID_FILE = "supervisor.pid"
 
-def _die_with_parent() -> None:
-    # A child outlives a supervisor killed with SIGKILL unless the kernel is
-    # told to signal it; LiteFS unmounts cleanly on SIGTERM.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+
+def _die_with(supervisor: int) -> Callable[[], None]:
+    def preexec() -> None:
+        # A child outlives a supervisor killed with SIGKILL unless the kernel is
+        # told to signal it; LiteFS unmounts cleanly on SIGTERM. (The signal
+        # follows the thread that forked: see Supervisor._watch.)
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+        if os.getppid() != supervisor:  # it died before the prctl: nobody would signal us
+            os._exit(1)
+
+    return preexec
 
 
 class StartError(RuntimeError):
@@ -50,6 +75,10 @@ class Service:
     ready_timeout: float = 60.0
     # Start it again should it exit on its own (crash, OOM kill, …).
     restart: bool = False
+    # The services this one uses for as long as it runs (a mount it keeps
+    # databases open on): it starts after them, and whenever one of them is
+    # restarted it is stopped before and started again after.
+    depends_on: tuple[str, ...] = ()
 
 
 class Supervisor:
@@ -57,14 +86,20 @@ class Supervisor:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.echo = echo
+        self.root: Path | None = None  # the directory this supervisor claimed
+        self._claim_fd: int | None = None
         self._procs: dict[str, subprocess.Popen] = {}
         self._services: dict[str, Service] = {}
         self._lock = threading.Lock()
         self._expected_exit: set[str] = set()
+        self._started_at: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}  # when an exited service may start again
+        self._delay: dict[str, float] = {}  # its backoff
         self._watcher: threading.Thread | None = None
         self._closing = False
-        # Held while starting or stopping, so the watcher never restarts a
-        # process in the middle of a deliberate stop.
+        self._stopped = False
+        # Held while starting, stopping or healing, so the watcher never
+        # restarts a process in the middle of a deliberate stop.
         self._lifecycle = threading.RLock()
 
     # -- logging ---------------------------------------------------------
@@ -91,13 +126,69 @@ class Supervisor:
         except FileNotFoundError:
             return ""
 
+    # -- the directory it runs in ----------------------------------------
+    def claim(self, root: Path) -> None:
+        """Make ``root`` (a node's or a local cluster's directory) this
+        supervisor's alone, and clear what a crashed predecessor left there.
+
+        The supervisor holds a lock on ``root/supervisor.pid`` for as long as
+        it lives, and the kernel drops it however the process ends. While a
+        live supervisor holds it, StartError names that process. Otherwise
+        any predecessor is gone, and so must be what it left: the processes
+        it started (their environment names ``root``: LiteFS, Datasette, the
+        janitors, which would otherwise unmount the new mounts) are killed,
+        and every mount under ``root`` is unmounted. Claiming a directory
+        inside the one already claimed does nothing.
+        """
+        root = Path(root).resolve()
+        if self.root is not None:
+            if root == self.root or self.root in root.parents:
+                return
+            raise StartError(f"this supervisor runs {self.root}, not {root}")
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / PID_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StartError(
+                f"{root} is in use by a running broadsheet (pid {holder}); stop it first"
+                f" (kill -TERM {holder}, or broadsheet down for a local cluster)"
+            ) from None
+        predecessor = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.root, self._claim_fd = root, fd
+        orphans, mounts = processes_of(root), _mounts_under(root)
+        if orphans or mounts:
+            self.log(
+                "supervisor",
+                f"clearing what a crashed supervisor (pid {predecessor or 'unknown'}) left in {root}:"
+                f" {len(orphans)} processes {orphans}, {len(mounts)} mounts",
+            )
+            _kill(orphans)
+            for mount in sorted(mounts, reverse=True):
+                litefs.unmount(mount)
+            stuck = [str(pid) for pid in orphans if _exists(pid)] + [m for m in mounts if litefs.is_mounted(m)]
+            if stuck:
+                raise StartError(f"cannot clear {root}: still there after SIGKILL and unmount: {', '.join(stuck)}")
+
+    def _release(self) -> None:
+        if self._claim_fd is not None:
+            os.close(self._claim_fd)
+            self.root = self._claim_fd = None
+
+    def _marked(self, env: dict[str, str]) -> dict[str, str]:
+        return {**env, SUPERVISOR_ENV: str(self.root)} if self.root is not None else env
+
     # -- lifecycle -------------------------------------------------------
     def start(self, service: Service) -> None:
         with self._lifecycle:
             self._start(service)
 
     def _start(self, service: Service) -> None:
-        if service.name in self._procs and self._procs[service.name].poll() is None:
+        if self.running(service.name):
             raise StartError(f"{service.name} is already running")
         self._services[service.name] = service
         if service.mount is not None:
@@ -105,7 +196,7 @@ class Supervisor:
             service.mount.mkdir(parents=True, exist_ok=True)
         if service.prepare is not None:
             service.prepare()
-        env = {**os.environ, **service.env, "PYTHONUNBUFFERED": "1"}
+        env = self._marked({**os.environ, **service.env, "PYTHONUNBUFFERED": "1"})
         proc = subprocess.Popen(
             service.argv,
             env=env,
@@ -113,13 +204,16 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with(os.getpid()),
         )
         self._procs[service.name] = proc
+        self._started_at[service.name] = time.monotonic()
+        self._retry_at.pop(service.name, None)
         self._expected_exit.discard(service.name)
         if service.mount is not None:
             subprocess.Popen(
                 [sys.executable, "-m", "broadsheet.janitor", str(os.getpid()), str(proc.pid), str(service.mount)],
+                env=self._marked(dict(os.environ)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -138,6 +232,8 @@ class Supervisor:
                     f"{service.name} exited with {proc.returncode} before it was ready:\n"
                     + self.log_tail(service.name)
                 )
+            if self._closing:
+                raise StartError(f"{service.name}: stopping before it was ready")
             try:
                 if service.ready():
                     return
@@ -156,15 +252,63 @@ class Supervisor:
         proc = self._procs.get(name)
         return proc.pid if proc is not None else None
 
+    def pids(self) -> dict[str, int]:
+        """Every running process by name, in the order they were started."""
+        return {name: proc.pid for name, proc in list(self._procs.items()) if proc.poll() is None}
+
+    def dependents(self, name: str) -> list[str]:
+        """The services that use ``name``, directly or through another, in
+        the order they were started."""
+        using = {name}
+        grew = True
+        while grew:
+            grew = False
+            for other, service in self._services.items():
+                if other not in using and using.intersection(service.depends_on):
+                    using.add(other)
+                    grew = True
+        return [other for other in self._procs if other in using and other != name]
+
     def stop(self, name: str, timeout: float = 15.0, kill: bool = False) -> None:
-        """Stop one process (SIGKILL at once when ``kill``, as a crash would)
-        and unmount its FUSE mount if it left one."""
+        """Stop one process (SIGKILL at once when ``kill``) and unmount its
+        FUSE mount if it left one. What uses it is left running: stop that
+        first."""
         with self._lifecycle:
             self._stop(name, timeout, kill)
 
-    def crash(self, name: str) -> None:
-        """SIGKILL a process as a crash would, and let the watcher deal with it."""
-        self._stop(name, 10.0, kill=True, expected=False)
+    def restart(self, name: str) -> None:
+        """Start ``name`` again, and what uses it: its running dependents stop
+        (last started first), its mount is cleaned, it starts and becomes
+        ready, then they start again in order."""
+        with self._lifecycle:
+            self._restart(name)
+
+    def _restart(self, name: str) -> None:
+        dependents = [d for d in self.dependents(name) if d not in self._expected_exit]
+        if dependents:
+            self.log("supervisor", f"restarting {name}, and with it {', '.join(dependents)}")
+        # Not deliberate stops: should the restart fail, the watcher brings
+        # them back once what they use runs again. A short grace: on a dead
+        # mount there is nothing left to finish cleanly (SQLite can spend its
+        # whole busy timeout failing to close a database there).
+        for dependent in reversed(dependents):
+            self._stop(dependent, 2.0, kill=False, expected=False)
+        self._stop(name, 5.0, kill=False, expected=False)
+        self._start(self._services[name])
+        for dependent in dependents:
+            if not self.running(dependent):
+                self._start(self._services[dependent])
+
+    def crash(self, name: str) -> int:
+        """SIGKILL a process as a crash would, leave the rest to the watcher,
+        and return the pid it had."""
+        proc = self._procs[name]
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+        return proc.pid
 
     def _stop(self, name: str, timeout: float, kill: bool, expected: bool = True) -> None:
         proc = self._procs.get(name)
@@ -189,45 +333,119 @@ class Supervisor:
 
     def stop_all(self) -> None:
         self._closing = True
-        for name in reversed(list(self._procs)):
-            self.stop(name)
+        with self._lifecycle:
+            for name in reversed(list(self._procs)):
+                self._stop(name, 15.0, kill=False)
+            self._stopped = True
+            self._release()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(5)
 
     def unexpected_exits(self) -> list[tuple[str, int]]:
         return [
             (name, proc.returncode)
-            for name, proc in self._procs.items()
+            for name, proc in list(self._procs.items())
             if proc.poll() is not None and name not in self._expected_exit
         ]
 
     def watch(self, interval: float = 0.2) -> None:
         """Watch processes in the background: restart those that want it when
-        they exit on their own, and report the others."""
+        they exit on their own (with what depends on them), and report the
+        others."""
         if self._watcher is not None:
             return
-        self._watcher = threading.Thread(target=self._watch, args=(interval,), daemon=True)
+        self._watcher = threading.Thread(target=self._watch, args=(interval,), daemon=True, name="supervisor")
         self._watcher.start()
 
     def _watch(self, interval: float) -> None:
-        reported: set[str] = set()
-        backoff: dict[str, float] = {}
-        while not self._closing:
-            for name, code in self.unexpected_exits():
-                service = self._services[name]
-                if service.restart and not self._closing:
-                    delay = backoff.get(name, 0.25)
-                    self.log("supervisor", f"{name} exited with {code}; restarting in {delay:g}s")
-                    time.sleep(delay)
-                    backoff[name] = min(delay * 2, 10.0)
+        # This thread forks every process it restarts, and the kernel sends
+        # the parent-death signal when the forking *thread* ends: so it must
+        # outlive them all, until stop_all has stopped every one.
+        while not self._stopped:
+            with self._lifecycle:
+                if not self._closing:
                     try:
-                        with self._lifecycle:
-                            if not self._closing and name not in self._expected_exit:
-                                self.start(service)
-                    except Exception as exc:
-                        self.log("supervisor", f"restarting {name} failed: {exc}")
-                elif name not in reported:
-                    reported.add(name)
-                    self.log("supervisor", f"{name} exited with {code}; see {self.log_dir / (name + '.log')}")
+                        self._heal()
+                    except Exception as exc:  # keep watching whatever happens
+                        self.log("supervisor", f"watcher: {exc!r}")
             time.sleep(interval)
+
+    def _heal(self) -> None:
+        for name, code in self.unexpected_exits():
+            if self.running(name) or name in self._expected_exit:
+                continue  # brought back (or stopped) by an earlier restart in this pass
+            service = self._services[name]
+            now = time.monotonic()
+            if name not in self._retry_at:  # newly exited
+                if not service.restart:
+                    self._retry_at[name] = float("inf")
+                    self.log("supervisor", f"{name} exited with {code}; see {self.log_dir / (name + '.log')}")
+                    continue
+                self._retry_at[name] = now + self._backoff(name, now - self._started_at.get(name, now))
+                self.log("supervisor", f"{name} exited with {code}; restarting in {self._delay[name]:g}s")
+            if now < self._retry_at[name]:
+                continue
+            if any(not self.running(dep) for dep in service.depends_on):
+                continue  # it comes back with what it uses
+            try:
+                self._restart(name)
+            except Exception as exc:
+                self._retry_at[name] = time.monotonic() + self._backoff(name, 0.0)
+                self.log("supervisor", f"restarting {name} failed: {exc}; next try in {self._delay[name]:g}s")
+
+    def _backoff(self, name: str, ran: float) -> float:
+        """The wait before restarting ``name``, which ran ``ran`` seconds:
+        short after a long run, doubling (up to 10 s) while it keeps failing."""
+        delay = 0.25 if ran > 30 else min(self._delay.get(name, 0.125) * 2, 10.0)
+        self._delay[name] = delay
+        return delay
+
+
+def processes_of(root: Path) -> list[int]:
+    """The processes a supervisor of ``root`` started, and their children,
+    found by the mark in their environment."""
+    mine = f"{SUPERVISOR_ENV}={Path(root).resolve()}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fp:
+                env = fp.read().split(b"\0")
+        except OSError:
+            continue
+        if mine in env:
+            found.append(int(entry.name))
+    return found
+
+
+def _mounts_under(root: Path) -> list[str]:
+    with open("/proc/mounts") as fp:
+        points = [line.split()[1] for line in fp]
+    return [p for p in points if p == str(root) or p.startswith(f"{root}/")]
+
+
+def _kill(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGKILL: their supervisor is gone, so they have crashed in all but
+    name, and a crash is what every process here is built to survive. It
+    also ends a stopped process, which SIGTERM would not."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_exists(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _exists(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, waiting for its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fp:
+            return fp.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ESRCH)
 
 
 def run_until_signalled(start: Callable[[], None], stop: Callable[[], None], on_up: Callable[[], None]) -> int:

@@ -218,6 +218,7 @@ class PrimaryNode:
         """Start every process of the primary, in order: both LiteFS mounts,
         then data.db's publish state (and sample data on a first start), then
         the publisher, the team's Datasette and the control plane."""
+        supervisor.claim(self.root)
         for service in self.litefs_services():
             supervisor.start(service)
         self.init_data_db(supervisor)
@@ -256,6 +257,8 @@ class PrimaryNode:
                 ],
                 ready=lambda: self.public_db.exists(),
                 restart=True,
+                # It keeps both databases open.
+                depends_on=("private-litefs", "public-litefs"),
             ),
             Service(
                 name="primary-datasette",
@@ -269,6 +272,7 @@ class PrimaryNode:
                 env={**self.env(), "BROADSHEET_TEAM_PASSWORD_HASH": self.password_hash()},
                 ready=lambda: httpx.get(f"{self.url}/-/login", timeout=1).status_code == 200,
                 restart=True,
+                depends_on=("private-litefs",),
             ),
             self.control_service(),
         ]
@@ -292,6 +296,8 @@ def _bool(value: bool) -> str:
 
 
 def _litefs_service(name: str, fs: MountConfig) -> Service:
+    # Restarted should it die: the supervisor unmounts what it left, starts
+    # it on the same data, then restarts what depends on it.
     return Service(
         name=name,
         argv=fs.argv(),
@@ -300,4 +306,5 @@ def _litefs_service(name: str, fs: MountConfig) -> Service:
         prepare=lambda: fs.data_dir.mkdir(parents=True, exist_ok=True),
         ready=lambda: is_mounted(fs.mount_dir) and httpx.get(f"{fs.url}/info", timeout=1).status_code == 200,
         stop_signal=signal.SIGINT,
+        restart=True,
     )

@@ -21,6 +21,8 @@ from broadsheet.config import Env, http_url, split_addr
 from broadsheet.litefs import MountConfig, is_mounted, wait_for_file
 from broadsheet.supervisor import Service
 
+from .settings import Settings
+
 # How long a read node that has never synced waits for its first public.db.
 FIRST_SYNC_TIMEOUT = 60.0
 
@@ -68,6 +70,9 @@ class ReadNode:
             retention=env.str("BROADSHEET_LTX_RETENTION", "10m"),
         )
         split_addr(node.litefs_addr, "BROADSHEET_LITEFS_ADDR")
+        # The Datasette it starts reads the rest (bookmark and SQL limits):
+        # a bad value stops the node here, with the variable's name.
+        Settings.from_env(environ)
         return node
 
     def to_env(self) -> dict[str, str]:
@@ -129,6 +134,7 @@ class ReadNode:
 
     def start(self, supervisor) -> None:
         """Start LiteFS, then (once public.db has arrived) Datasette."""
+        supervisor.claim(self.root)
         for service in self.services():
             supervisor.start(service)
 
@@ -143,6 +149,7 @@ class ReadNode:
                 ready=lambda: is_mounted(fs.mount_dir) and httpx.get(f"{fs.url}/info", timeout=1).status_code == 200,
                 prepare=lambda: fs.data_dir.mkdir(parents=True, exist_ok=True),
                 stop_signal=signal.SIGINT,
+                restart=True,
             ),
             Service(
                 name=self.datasette_service,
@@ -154,6 +161,7 @@ class ReadNode:
                     "--setting", "sql_time_limit_ms", "1000",
                 ],
                 env={
+                    "BROADSHEET_PUBLIC_DB": str(self.public_db),
                     "BROADSHEET_PRIMARY_URL": self.primary_team_url,
                     "BROADSHEET_NODE_NAME": self.name,
                     "BROADSHEET_REGION": self.region,
@@ -165,6 +173,8 @@ class ReadNode:
                 ready=lambda: httpx.get(f"{self.url}/-/versions.json", timeout=1).status_code == 200,
                 ready_timeout=FIRST_SYNC_TIMEOUT,
                 restart=True,
+                # It keeps public.db open: a new mount needs a new Datasette.
+                depends_on=(self.litefs_service,),
             ),
         ]
 
