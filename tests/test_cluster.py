@@ -6,12 +6,17 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 
+from broadsheet.cli import _mint_token
 from broadsheet.cluster import load_state
+from broadsheet.supervisor import processes_of
 from conftest import rows, status, wait_until
+from primary import state
+from fault_tools import WriteStream, create_stream_table, ids_in, kill_everything, started_in
 
 
 def test_every_read_node_answers_versions(cluster):
@@ -50,24 +55,9 @@ def _ours(root):
 
 def test_up_prints_urls_and_ctrl_c_stops_everything(tmp_path):
     root = tmp_path / "up"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "broadsheet.cli", "up", "--dir", str(root), "--replicas", "1", "--port", "19301"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _up(root, 19301)
     try:
-        output = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            if "Ctrl-C stops" in line:
-                break
-        text = "".join(output)
+        text = _wait_up(proc)
         assert "broadsheet is up" in text, text[-3000:]
         info = load_state(root)
         replica_url = info["replicas"][0]["datasette"]
@@ -120,8 +110,97 @@ def test_killed_supervisor_takes_its_processes_with_it(tmp_path):
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-        from broadsheet.litefs import unmount
-
-        for mount in _ours(root)[0]:
-            unmount(mount)
+        kill_everything(root)
     assert _ours(root) == ([], [])
+
+
+def _up(root, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "broadsheet.cli", "up", "--dir", str(root), "--replicas", "1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_up(proc: subprocess.Popen, timeout: float = 120) -> str:
+    """What `up` printed until it was up; the rest of its output is read (and
+    dropped) from then on, so that a full pipe never blocks it."""
+    output = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if "Ctrl-C stops" in line:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return "".join(output)
+    raise AssertionError("`up` did not come up:\n" + "".join(output)[-3000:])
+
+
+def test_up_again_after_a_crashed_up_clears_what_it_left(tmp_path):
+    """kill -9 of `broadsheet up` at a bad moment (a read node's LiteFS
+    stalled, so the SIGTERM the kernel sends cannot end it; the janitors
+    gone too), in the middle of a stream of team writes: `up` again on the
+    same directory stops the leftovers, unmounts what they left and comes up
+    with every acknowledged write. While an `up` runs, another on its
+    directory refuses, naming it."""
+    root = (tmp_path / "again").resolve()
+    first = _up(root, 19501)
+    again = None
+    try:
+        _wait_up(first)
+        info = load_state(root)
+        refused = subprocess.run(
+            [sys.executable, "-m", "broadsheet.cli", "up", "--dir", str(root), "--port", "19601"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert refused.returncode != 0
+        assert f"in use by a running broadsheet (pid {first.pid})" in refused.stderr, refused.stderr
+        assert load_state(root) == info  # the running one is untouched
+
+        data_db = info["primary"]["data_db"]
+        create_stream_table(data_db, "stream")
+        conn = state.connect(data_db)
+        state.set_public(conn, "stream", True, actor="test")
+        conn.close()
+        token = _mint_token(open(info["primary"]["secret_file"]).read().strip(), "tester")
+        with WriteStream(info["primary"]["datasette"], token, "stream") as stream:
+            wait_until(lambda: len(stream.acked) >= 10, message="writes flowing")
+            left = processes_of(root)
+            [stalled] = started_in(root, f"LITEFS_DIR={root}/replica-1/mnt")
+            for pid in started_in(root, "broadsheet.janitor"):
+                os.kill(pid, signal.SIGKILL)
+            os.kill(stalled, signal.SIGSTOP)
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait()
+            crashed_at = time.monotonic()
+            assert stalled in processes_of(root)
+
+            again = _up(root, 19501)
+            _wait_up(again)
+            back = time.monotonic() - crashed_at
+            assert not set(left) & set(processes_of(root)), "the crashed up's processes are still there"
+            wait_until(lambda: stream.acked_after(time.monotonic() - 0.5), timeout=30, message="writes flowing again")
+        print(f"\nup again after kill -9 of up: serving after {back:.1f}s")
+        info = load_state(root)
+        assert info["pid"] == again.pid
+        replica = info["replicas"][0]
+        assert httpx.get(f"{replica['datasette']}/public/airports.json", timeout=5).status_code == 200
+        acked = stream.ids
+        assert acked <= ids_in(data_db, "stream")
+        wait_until(lambda: acked <= ids_in(replica["public_db"], "stream"), timeout=20,
+                   message="every acknowledged write on the read node")
+
+        os.killpg(again.pid, signal.SIGINT)
+        again.wait(60)
+        assert again.returncode == 0
+        wait_until(lambda: _ours(root)[0] == [] and processes_of(root) == [], timeout=10, message="nothing left")
+    finally:
+        for proc in (first, again):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        kill_everything(root)
