@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cache
+from typing import Mapping
 
 import datasette
 
 import broadsheet
+from broadsheet.config import ConfigError, Env
 
 # Part of every ETag, so that a deploy that changes pages invalidates them.
 BUILD = f"{datasette.__version__}-{getattr(broadsheet, '__version__', '0')}".replace('"', "")
@@ -23,6 +25,34 @@ class Settings:
     primary_url: str
     bookmark_timeout: float
     cache_max_age: int
+    # The one database this node serves (its LiteFS mount's public.db);
+    # Datasette refuses to start on anything else.
+    public_db: str = ""
+    # Requests parked on a bookmark at once; beyond it, 503.
+    max_bookmark_waits: int = 64
+    # Requests running visitors' SQL at once; beyond it, 429. Below
+    # Datasette's num_sql_threads (3), so table pages always find a thread.
+    max_sql_concurrency: int = 2
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = Env(environ)
+        timeout = env.str("BROADSHEET_BOOKMARK_TIMEOUT", "5")
+        try:
+            bookmark_timeout = float(timeout)
+        except ValueError:
+            raise ConfigError(f"BROADSHEET_BOOKMARK_TIMEOUT must be a number of seconds, not {timeout!r}") from None
+        return cls(
+            node_name=env.str("BROADSHEET_NODE_NAME", os.uname().nodename),
+            region=env.str("BROADSHEET_REGION", ""),
+            public_url=env.str("BROADSHEET_PUBLIC_URL", ""),
+            primary_url=env.str("BROADSHEET_PRIMARY_URL", ""),
+            bookmark_timeout=bookmark_timeout,
+            cache_max_age=env.int("BROADSHEET_CACHE_MAX_AGE", 1),
+            public_db=env.str("BROADSHEET_PUBLIC_DB", ""),
+            max_bookmark_waits=_at_least_one(env, "BROADSHEET_MAX_BOOKMARK_WAITS", 64),
+            max_sql_concurrency=_at_least_one(env, "BROADSHEET_MAX_SQL_CONCURRENCY", 2),
+        )
 
     @property
     def write_error(self) -> str:
@@ -33,13 +63,13 @@ class Settings:
         )
 
 
+def _at_least_one(env: Env, name: str, default: int) -> int:
+    value = env.int(name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, not {value}")
+    return value
+
+
 @cache
 def settings() -> Settings:
-    return Settings(
-        node_name=os.environ.get("BROADSHEET_NODE_NAME") or os.uname().nodename,
-        region=os.environ.get("BROADSHEET_REGION", ""),
-        public_url=os.environ.get("BROADSHEET_PUBLIC_URL", ""),
-        primary_url=os.environ.get("BROADSHEET_PRIMARY_URL", ""),
-        bookmark_timeout=float(os.environ.get("BROADSHEET_BOOKMARK_TIMEOUT", "5")),
-        cache_max_age=int(os.environ.get("BROADSHEET_CACHE_MAX_AGE", "1")),
-    )
+    return Settings.from_env()
