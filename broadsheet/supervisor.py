@@ -294,7 +294,13 @@ class Supervisor:
         for dependent in reversed(dependents):
             self._stop(dependent, 2.0, kill=False, expected=False)
         self._stop(name, 5.0, kill=False, expected=False)
-        self._start(self._services[name])
+        try:
+            self._start(self._services[name])
+        except StartError:
+            # Not ready in time (or stopping): stop it too, so that the
+            # watcher tries again from scratch.
+            self._stop(name, 5.0, kill=True, expected=False)
+            raise
         for dependent in dependents:
             if not self.running(dependent):
                 self._start(self._services[dependent])
@@ -406,8 +412,9 @@ def processes_of(root: Path) -> list[int]:
     found by the mark in their environment."""
     mine = f"{SUPERVISOR_ENV}={Path(root).resolve()}".encode()
     found = []
+    spared = _ancestors()  # this process and what started it, whatever their environment
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in spared:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as fp:
@@ -417,6 +424,18 @@ def processes_of(root: Path) -> list[int]:
         if mine in env:
             found.append(int(entry.name))
     return found
+
+
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as fp:
+                pid = int(fp.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
 
 
 def _mounts_under(root: Path) -> list[str]:
