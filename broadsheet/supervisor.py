@@ -288,11 +288,13 @@ class Supervisor:
         if dependents:
             self.log("supervisor", f"restarting {name}, and with it {', '.join(dependents)}")
         # Not deliberate stops: should the restart fail, the watcher brings
-        # them back once what they use runs again. A short grace: on a dead
-        # mount there is nothing left to finish cleanly (SQLite can spend its
-        # whole busy timeout failing to close a database there).
+        # them back once what they use runs again. After a crash, SIGKILL:
+        # on a dead mount nothing is left to finish cleanly, and a graceful
+        # stop only hangs (SQLite spends its busy timeout failing to close a
+        # database there); every process here is built to survive a kill.
+        crashed = not self.running(name)
         for dependent in reversed(dependents):
-            self._stop(dependent, 2.0, kill=False, expected=False)
+            self._stop(dependent, 5.0, kill=crashed, expected=False)
         self._stop(name, 5.0, kill=False, expected=False)
         try:
             self._start(self._services[name])
