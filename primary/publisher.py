@@ -28,7 +28,9 @@ from broadsheet.log import log
 from broadsheet.names import PUBLIC_TABLES, literal, quote
 
 from . import state
+from .projection import Projection, copied_signature, fts_companions, has_rowid, project
 from .settings import settings
+from .spec import SpecError
 
 TRIGGER_PREFIX = "_public_trg_"
 FTS_TRIGGER_PREFIX = "_public_fts_"
@@ -61,12 +63,19 @@ class _Plan:
     max_change: int | None = None
     public_tables_changed: bool = False
     schema_version: int | None = None
+    recopied: list[str] = field(default_factory=list)  # copied again over an existing copy
     rebuilt: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # listed, triggers not installed yet
+    unfit: dict[str, str] = field(default_factory=dict)  # table -> why its spec no longer fits
+    projections: dict[str, Projection] = field(default_factory=dict)
 
     @property
     def erases(self) -> bool:
-        """Whether the cycle takes data out of public.db that must not linger."""
-        return bool(self.drop)
+        """Whether the cycle takes data out of public.db that must not linger:
+        a table dropped or copied again (a narrower spec), or rows of a
+        filtered table changed (a row may have left the filter)."""
+        filtered = any(self.projections[t].spec.where for t in self.rows)
+        return bool(self.drop or self.recopied or filtered)
 
     @property
     def empty(self) -> bool:
@@ -114,8 +123,13 @@ class Publisher:
         # Tables whose change log has a gap (their triggers were missing, as
         # after DROP TABLE + CREATE TABLE): copied whole in the next cycle.
         self._force_copy: set[str] = set()
-        # data.db's schema_version when public.db last matched it.
+        # data.db's schema_version, and the public tables, when public.db
+        # last matched them (a projection depends on both: foreign keys to
+        # tables that are public).
         self._synced_schema: int | None = None
+        self._synced_published: tuple[str, ...] | None = None
+        # A cycle erased data and public.db's WAL has not been truncated yet.
+        self._checkpoint_due = False
 
     def close(self) -> None:
         self.conn.close()
@@ -149,6 +163,7 @@ class Publisher:
             self._follow_renames(conn)
             self._forget_dropped(conn)
             self._forget_rebuilt(conn)
+            self._forget_unfit(conn)
             published = self._publishable(conn, "main")
             wanted = {(name, table) for table in published for name in _trigger_names(table).values()}
             existing = set(
@@ -218,14 +233,30 @@ class Publisher:
                 log("publisher", f"{table!r} was re-created or rebuilt under its name; it is private until published again")
 
     @staticmethod
+    def _forget_unfit(conn: apsw.Connection) -> None:
+        # A spec that no longer fits its table (a listed, excluded or filtered
+        # column dropped or renamed) is never applied loosely: the table is
+        # private until someone publishes it with a spec that fits.
+        for table, spec in state.public_specs(conn).items():
+            if spec.whole or table not in state.user_tables(conn):
+                continue
+            try:
+                state.check_spec(conn, table, spec)
+            except state.PublishError as exc:
+                conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+                state.audit(conn, "unpublish", table, f"broadsheet:publisher (spec no longer fits: {exc.message})",
+                            spec_before=spec.to_json())
+                log("publisher", f"{table!r}: its publish spec no longer fits ({exc.message}); it is private")
+
+    @staticmethod
     def _create_triggers(conn: apsw.Connection, table: str) -> None:
         names = _trigger_names(table)
         for name in names.values():
             conn.execute(f"DROP TRIGGER IF EXISTS {quote(name)}")
         t, lit = quote(table), literal(table)
-        has_rowid = _has_rowid(conn, "main", table)
-        new = "new._rowid_" if has_rowid else "NULL"
-        old = "old._rowid_" if has_rowid else "NULL"
+        rowid = has_rowid(conn, "main", table)
+        new = "new._rowid_" if rowid else "NULL"
+        old = "old._rowid_" if rowid else "NULL"
         log_ = "INSERT INTO _public_changes (tbl, rid) VALUES"
         conn.execute(
             f"CREATE TRIGGER {quote(names['ins'])} AFTER INSERT ON {t} BEGIN {log_} ({lit}, {new}); END;"
@@ -247,22 +278,22 @@ class Publisher:
             plan = self._plan()  # the first read of src starts its snapshot
             if plan.empty:
                 conn.execute("ROLLBACK")
+                self.checkpoint()
                 self._synced_schema = plan.schema_version
+                self._synced_published = tuple(plan.published)
                 self._trim(plan.max_change)
-                self._advance(before.txid)
+                self._follow_up(plan, before.txid)
                 return None
             rows_changed = self._apply(plan)
             commit_started = time.perf_counter()
             conn.execute("COMMIT")
             if plan.erases:
-                # The cycle's pages, zeroed by secure_delete, are in the WAL;
-                # the pages they replace are in older WAL frames. Checkpoint
-                # and truncate it, so that public.db's WAL on the primary
-                # holds no erased row after this cycle.
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                self._checkpoint_due = True
+            self.checkpoint()
             commit_ms = (time.perf_counter() - commit_started) * 1000
             self._force_copy.difference_update(plan.copy)
             self._synced_schema = plan.schema_version
+            self._synced_published = tuple(plan.published)
         except BaseException:
             if not conn.getautocommit():
                 conn.execute("ROLLBACK")
@@ -281,11 +312,36 @@ class Publisher:
             commit_ms=commit_ms,
         )
         self._record(cycle, plan.max_change)
-        self._advance(before.txid, public.txid)
-        if plan.rebuilt:
-            self._maintained = None
-            self.maintain_triggers()  # audits and unlists them
+        self._follow_up(plan, before.txid, public.txid)
         return cycle
+
+    def _follow_up(self, plan: "_Plan", private_txid: int, public_txid: int | None = None) -> None:
+        """After a cycle: tables it left out are dealt with at once (rebuilt
+        or unfit ones made private and audit-logged, newly listed ones given
+        their triggers, which wakes the next cycle), and the watermark moves
+        only if nothing listed is still waiting to be copied, so that a
+        bookmark never points before a publish it promises."""
+        if plan.rebuilt or plan.unfit or plan.waiting:
+            self._maintained = None
+            self.maintain_triggers()
+        if not plan.waiting:
+            self._advance(private_txid, public_txid)
+
+    def checkpoint(self) -> None:
+        """After a cycle that erased data, its pages (zeroed by secure_delete)
+        are in the WAL, and the pages they replace in older WAL frames:
+        checkpoint and truncate the WAL so that public.db's WAL on the
+        primary holds no erased row. LiteFS may refuse while it reads the WAL
+        itself: then the next cycle (or idle pass) tries again. (main only:
+        data.db, attached read-only, cannot be checkpointed from here.)"""
+        if not self._checkpoint_due:
+            return
+        try:
+            busy, _, _ = self.conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)").fetchone()
+        except apsw.Error as exc:
+            log("publisher", f"WAL checkpoint deferred: {exc}")
+            return
+        self._checkpoint_due = bool(busy)
 
     def _advance(self, private_txid: int, public_txid: int | None = None) -> None:
         if self.watermark_file is not None:
@@ -300,19 +356,32 @@ class Publisher:
         # The identity check again, inside this cycle's snapshot: a table
         # re-created after maintain_triggers looked is left out (so dropped
         # from public.db), and made private right after the cycle.
-        rebuilt = [t for t in published if t in present and not _has_triggers(conn, "src", t)]
-        published = [t for t in published if t not in rebuilt]
-        plan = _Plan(published=published, rebuilt=rebuilt)
+        # A listed table without the change-log triggers was listed after
+        # maintain_triggers looked: it waits for them (copied next cycle).
+        untracked = [t for t in published if not _has_triggers(conn, "src", t)]
+        rebuilt = [t for t in untracked if t in present]
+        waiting = [t for t in untracked if t not in present]
+        published = [t for t in published if t not in untracked]
+        plan = _Plan(published=published, rebuilt=rebuilt, waiting=waiting)
+        specs = state.public_specs(conn, "src")
+        for table in list(published):
+            try:
+                plan.projections[table] = project(conn, table, specs[table], set(published))
+            except SpecError as exc:
+                plan.unfit[table] = str(exc)  # fail closed: left out, made private after the cycle
+        published = plan.published = [t for t in published if t not in plan.unfit]
         plan.drop = sorted(present - set(published))
         # Schemas need comparing only when data.db's has changed since the
-        # last cycle: public.db's changes only through the publisher.
+        # last cycle (public.db's changes only through the publisher), or
+        # which tables are public has (foreign keys follow them).
         plan.schema_version = conn.execute("PRAGMA src.schema_version").fetchone()[0]
-        schema_changed = plan.schema_version != self._synced_schema
+        recheck = plan.schema_version != self._synced_schema or tuple(published) != self._synced_published
         for table in published:
+            projection = plan.projections[table]
             if (
                 table not in present
                 or table in self._force_copy
-                or (schema_changed and _signature(conn, "src", table) != _signature(conn, "main", table))
+                or (recheck and projection.signature() != copied_signature(conn, table))
             ):
                 plan.copy.append(table)
         plan.max_change = conn.execute("SELECT max(id) FROM src._public_changes").fetchone()[0]
@@ -322,10 +391,12 @@ class Publisher:
             ):
                 if tbl in published and tbl not in plan.copy:
                     if rid is None:
-                        plan.copy.append(tbl)  # WITHOUT ROWID tables are re-copied whole
+                        # A WITHOUT ROWID table, or a new spec: copied whole.
+                        plan.copy.append(tbl)
                         plan.rows.pop(tbl, None)
                     else:
                         plan.rows.setdefault(tbl, []).append(rid)
+        plan.recopied = [t for t in plan.copy if t in present]
         plan.views = self._publishable_views(conn, "src", published)
         present_views = {name: sql for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'view'")}
         wanted_views = {v: _view_sql(conn, "src", v) for v in plan.views}
@@ -347,13 +418,13 @@ class Publisher:
         for table in plan.copy:
             started = time.perf_counter()
             _drop(conn, table)
-            copied = _copy_table(conn, table)
+            copied = _copy_table(conn, plan.projections[table])
             rows += copied
             log("publisher", f"copied {table!r}: {copied} rows in {(time.perf_counter() - started) * 1000:.0f} ms")
         for table, rids in plan.rows.items():
             try:
                 conn.execute("SAVEPOINT rows")
-                rows += _copy_rows(conn, table, rids)
+                rows += _copy_rows(conn, plan.projections[table], rids)
                 conn.execute("RELEASE rows")
             except apsw.ConstraintError:
                 # A REPLACE on data.db removed a row through a UNIQUE conflict
@@ -362,7 +433,7 @@ class Publisher:
                 conn.execute("RELEASE rows")
                 log("publisher", f"constraint conflict applying rows of {table!r}; copying it whole")
                 _drop(conn, table)
-                rows += _copy_table(conn, table)
+                rows += _copy_table(conn, plan.projections[table])
         for view in plan.create_views:
             conn.execute(_view_sql(conn, "src", view))
         if plan.public_tables_changed:
@@ -400,68 +471,30 @@ class Publisher:
 
 # -- table copying (on the publisher's public.db connection, src attached) ---
 
-def _fts_companions(conn: apsw.Connection, schema: str, table: str) -> list[tuple[str, str]]:
-    """External-content full-text tables that index ``table``: (name, sql)."""
-    return [
-        (name, sql)
-        for name, sql in conn.execute(
-            f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"
-        )
-        if fts.content_table(sql) == table
-    ]
-
-
-def _signature(conn: apsw.Connection, schema: str, table: str) -> list[tuple]:
-    rows = conn.execute(
-        f"SELECT type, name, sql FROM {schema}.sqlite_master WHERE tbl_name = ? AND type IN ('table', 'index')"
-        " AND sql IS NOT NULL ORDER BY type, name",
-        (table,),
-    ).fetchall()
-    return rows + [("fts", name, sql) for name, sql in _fts_companions(conn, schema, table)]
-
-
 def _view_sql(conn: apsw.Connection, schema: str, view: str) -> str:
     return conn.execute(f"SELECT sql FROM {schema}.sqlite_master WHERE type = 'view' AND name = ?", (view,)).fetchone()[0]
 
 
-def _has_rowid(conn: apsw.Connection, schema: str, table: str) -> bool:
-    try:
-        conn.execute(f"SELECT _rowid_ FROM {quote(schema)}.{quote(table)} LIMIT 0").fetchall()
-        return True
-    except apsw.SQLError:
-        return False
-
-
-def _columns(conn: apsw.Connection, schema: str, table: str) -> list[str]:
-    # hidden 2 and 3 are generated columns, which cannot be inserted into.
-    return [
-        name
-        for _, name, _, _, _, _, hidden in conn.execute(f"PRAGMA {quote(schema)}.table_xinfo({literal(table)})")
-        if hidden in (0, 1)
-    ]
-
-
 def _drop(conn: apsw.Connection, table: str) -> None:
-    for name, _ in _fts_companions(conn, "main", table):
+    for name, _ in fts_companions(conn, "main", table):
         conn.execute(f"DROP TABLE IF EXISTS main.{quote(name)}")
     conn.execute(f"DROP TABLE IF EXISTS main.{quote(table)}")
 
 
-def _copy_table(conn: apsw.Connection, table: str) -> int:
-    """Create ``table`` in public.db with data.db's schema and copy its rows,
-    then its indexes and full-text companions."""
-    (sql,) = conn.execute("SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-    conn.execute(sql)  # CREATE TABLE text is schema-unqualified: it lands in main
-    cols = ", ".join(quote(c) for c in _columns(conn, "src", table))
-    rowid = "_rowid_, " if _has_rowid(conn, "src", table) else ""
+def _copy_table(conn: apsw.Connection, projection: Projection) -> int:
+    """Create the table in public.db as its projection says and copy its
+    published rows, then its indexes and full-text companions."""
+    table = projection.table
+    conn.execute(projection.create_sql)  # schema-unqualified: it lands in main
+    cols = ", ".join(quote(c) for c in projection.columns)
+    rowid = "_rowid_, " if projection.has_rowid else ""
     t = quote(table)
-    conn.execute(f"INSERT INTO main.{t} ({rowid}{cols}) SELECT {rowid}{cols} FROM src.{t}")
+    where = f" WHERE 1{projection.filter_sql}" if projection.filter_sql else ""
+    conn.execute(f"INSERT INTO main.{t} ({rowid}{cols}) SELECT {rowid}{cols} FROM src.{t}{where}")
     count = conn.changes()
-    for (index_sql,) in conn.execute(
-        "SELECT sql FROM src.sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
-    ).fetchall():
+    for _, index_sql in projection.indexes:
         conn.execute(index_sql)
-    for name, fts_sql in _fts_companions(conn, "src", table):
+    for name, fts_sql in projection.full_text:
         conn.execute(fts_sql)
         conn.execute(f"INSERT INTO main.{quote(name)} ({quote(name)}) VALUES ('rebuild')")
         _create_fts_triggers(conn, table, name)
@@ -485,16 +518,16 @@ def _create_fts_triggers(conn: apsw.Connection, table: str, fts_table: str) -> N
     )
 
 
-def _copy_rows(conn: apsw.Connection, table: str, rids: list[int]) -> int:
-    """Make the given rows of public.db's ``table`` equal to data.db's: delete
-    them, then insert those that still exist."""
-    t = quote(table)
+def _copy_rows(conn: apsw.Connection, projection: Projection, rids: list[int]) -> int:
+    """Make the given rows of public.db's table equal to data.db's: delete
+    them, then insert those that still exist and pass the row filter."""
+    t = quote(projection.table)
     ids = json.dumps(sorted(set(rids)))
-    cols = ", ".join(quote(c) for c in _columns(conn, "src", table))
+    cols = ", ".join(quote(c) for c in projection.columns)
     conn.execute(f"DELETE FROM main.{t} WHERE _rowid_ IN (SELECT value FROM json_each(?))", (ids,))
     conn.execute(
         f"INSERT INTO main.{t} (_rowid_, {cols}) SELECT _rowid_, {cols} FROM src.{t}"
-        f" WHERE _rowid_ IN (SELECT value FROM json_each(?))",
+        f" WHERE _rowid_ IN (SELECT value FROM json_each(?)){projection.filter_sql}",
         (ids,),
     )
     return len(set(rids))
@@ -541,6 +574,7 @@ class Runner:
             self.wake.wait(self.poll_interval)
             pos = Pos.read(self.publisher.data_db)
             if not self.wake.is_set() and pos == last:
+                self.publisher.checkpoint()  # one deferred after an erasing cycle
                 continue
             self.wake.clear()
             last = pos

@@ -22,9 +22,12 @@ import apsw
 
 from broadsheet.names import PUBLIC_TABLES, is_internal, quote
 
+from .spec import PublishSpec, SpecError
+
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {PUBLIC_TABLES} (
-    table_name TEXT PRIMARY KEY
+    table_name TEXT PRIMARY KEY,
+    spec TEXT  -- a PublishSpec as JSON (primary/spec.py); NULL: the whole table
 );
 CREATE TABLE IF NOT EXISTS _public_audit_log (
     id INTEGER PRIMARY KEY,
@@ -33,7 +36,9 @@ CREATE TABLE IF NOT EXISTS _public_audit_log (
     operation TEXT NOT NULL CHECK (operation IN ('publish', 'unpublish')),
     table_name TEXT NOT NULL,
     private_txid INTEGER,
-    public_txid INTEGER
+    public_txid INTEGER,
+    spec_before TEXT,
+    spec_after TEXT
 );
 CREATE TABLE IF NOT EXISTS _public_changes (
     id INTEGER PRIMARY KEY,
@@ -110,10 +115,37 @@ def immediate(conn: apsw.Connection):
     conn.execute("COMMIT")
 
 
+# After the migrations below (it needs the spec column).
+TRIGGERS = f"""
+-- A new spec for a public table re-copies it whole, in the same snapshot as
+-- the change (NULL rowid: the whole table), however the publisher restarts.
+CREATE TRIGGER IF NOT EXISTS _public_spec_changed AFTER UPDATE OF spec ON {PUBLIC_TABLES}
+WHEN new.spec IS NOT old.spec
+BEGIN
+    INSERT INTO _public_changes (tbl, rid) VALUES (new.table_name, NULL);
+END;
+"""
+
+# Columns added since the first release, for a data.db made before them.
+MIGRATIONS = (
+    (PUBLIC_TABLES, "spec", "TEXT"),
+    ("_public_audit_log", "spec_before", "TEXT"),
+    ("_public_audit_log", "spec_after", "TEXT"),
+)
+
+
+def _migrate(conn: apsw.Connection) -> None:
+    conn.execute(SCHEMA)
+    for table, column, type_ in MIGRATIONS:
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({quote(table)})")}:
+            conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} {type_}")
+    conn.execute(TRIGGERS)
+
+
 def ensure_schema(conn: apsw.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     with immediate(conn):
-        conn.execute(SCHEMA)
+        _migrate(conn)
 
 
 SHADOW_SUFFIXES = ("_data", "_idx", "_content", "_docsize", "_config", "_segments", "_segdir", "_stat")
@@ -164,6 +196,14 @@ def public_tables(conn: apsw.Connection) -> list[str]:
     return [name for (name,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES} ORDER BY table_name")]
 
 
+def public_specs(conn: apsw.Connection, schema: str = "main") -> dict[str, PublishSpec]:
+    """Every public table (and view) with its spec."""
+    return {
+        name: PublishSpec.from_json(spec)
+        for name, spec in conn.execute(f"SELECT table_name, spec FROM {quote(schema)}.{PUBLIC_TABLES} ORDER BY table_name")
+    }
+
+
 def check_name(table: str) -> None:
     if not isinstance(table, str) or not table.strip():
         raise PublishError("Table name must be a non-empty string", table)
@@ -203,34 +243,82 @@ class Flip:
     audit_id: int | None = None
 
 
-def set_public(conn: apsw.Connection, table: str, public: bool, actor: str | None = None) -> Flip:
-    """Make ``table`` public or private in one data.db transaction, with an
-    audit log entry. Idempotent: flipping to the current state changes nothing."""
+def set_public(
+    conn: apsw.Connection, table: str, public: bool, actor: str | None = None, spec: PublishSpec | None = None
+) -> Flip:
+    """Make ``table`` public (as ``spec`` says: default the whole table) or
+    private, in one data.db transaction with an audit log entry. Idempotent:
+    flipping to the current state and spec changes nothing. Publishing a
+    public table with another spec changes its spec."""
     check_name(table)
+    spec = spec or PublishSpec()
     with immediate(conn):
-        conn.execute(SCHEMA)  # a data.db that broadsheet has not touched yet
+        _migrate(conn)  # a data.db that broadsheet has not touched yet
         if public:
             check_publishable(conn, table)
+            if not spec.whole:
+                if table in views(conn):
+                    raise PublishError("A view is published whole: it has no columns or rows to choose", table)
+                check_spec(conn, table, spec)
         elif is_internal(table):
             raise InternalTable(f"{table!r} is an internal table and is never public", table)
-        is_public = table in public_tables(conn)
+        current = public_specs(conn)
+        is_public = table in current
         if not public and not is_public and table not in user_tables(conn) + views(conn):
             raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
-        if is_public == public:
+        if is_public == public and (not public or current[table] == spec):
             return Flip(table, public, changed=False)
+        before = current[table].to_json() if is_public else None
         if public:
-            conn.execute(f"INSERT INTO {PUBLIC_TABLES} (table_name) VALUES (?)", (table,))
+            conn.execute(
+                f"INSERT INTO {PUBLIC_TABLES} (table_name, spec) VALUES (?, ?)"
+                " ON CONFLICT (table_name) DO UPDATE SET spec = excluded.spec",
+                (table, spec.to_json()),
+            )
         else:
             conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-        audit_id = audit(conn, "publish" if public else "unpublish", table, actor)
+        audit_id = audit(
+            conn, "publish" if public else "unpublish", table, actor,
+            spec_before=before, spec_after=spec.to_json() if public else None,
+        )
     return Flip(table, public, changed=True, audit_id=audit_id)
 
 
-def audit(conn: apsw.Connection, operation: str, table: str, actor: str | None) -> int:
+def check_spec(conn: apsw.Connection, table: str, spec: PublishSpec) -> None:
+    """PublishError (400) unless ``spec`` fits ``table`` now: its columns exist,
+    its row filter is a pure expression over them. The filter is checked by
+    SQLite itself, on a read-only connection of the standard library's
+    (which refuses more than one statement)."""
+    import sqlite3
+
+    xinfo = conn.execute(f"PRAGMA table_xinfo({quote(table)})").fetchall()
+    pk = [r[1] for r in xinfo if r[5]]
+    types = {r[1]: (r[2] or "").upper() for r in xinfo}
+    rowid_alias = pk[0] if len(pk) == 1 and types[pk[0]] == "INTEGER" else None
+    try:
+        spec.published_columns([r[1] for r in xinfo], {r[1] for r in xinfo if r[6] in (2, 3)}, rowid_alias)
+        checker = sqlite3.connect(f"file:{conn.filename}?mode=ro", uri=True)
+        try:
+            spec.check_where(checker, "main", table)
+        finally:
+            checker.close()
+    except SpecError as exc:
+        raise PublishError(str(exc), table) from None
+
+
+def audit(
+    conn: apsw.Connection,
+    operation: str,
+    table: str,
+    actor: str | None,
+    spec_before: str | None = None,
+    spec_after: str | None = None,
+) -> int:
     """Append to ``_public_audit_log`` (inside the caller's transaction)."""
     conn.execute(
-        "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name) VALUES (?, ?, ?, ?)",
-        (now(), actor, operation, table),
+        "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name, spec_before, spec_after)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (now(), actor, operation, table, spec_before, spec_after),
     )
     return conn.last_insert_rowid()
 
@@ -244,7 +332,9 @@ def audit_txids(conn: apsw.Connection, audit_id: int, private_txid: int, public_
         )
 
 
-AUDIT_COLUMNS = ("id", "timestamp", "actor", "operation", "table_name", "private_txid", "public_txid")
+AUDIT_COLUMNS = (
+    "id", "timestamp", "actor", "operation", "table_name", "private_txid", "public_txid", "spec_before", "spec_after",
+)
 
 
 def audit_entries(conn: apsw.Connection, table: str | None = None, limit: int = 100) -> list[dict]:

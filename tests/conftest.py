@@ -102,6 +102,18 @@ def status(node_url: str, path: str) -> int:
     return httpx.get(f"{node_url}{path}", timeout=5).status_code
 
 
+def settle(cluster, timeout: float = 10.0) -> None:
+    """Wait until the publisher has caught up with data.db (its watermark has
+    reached data.db's TXID), so that nothing is still on its way."""
+    from broadsheet.litefs import Pos
+
+    def caught_up():
+        mark = state.Watermark.read(cluster.primary.watermark_file)
+        return mark is not None and mark.private_txid >= Pos.read(cluster.primary.data_db).txid
+
+    wait_until(caught_up, timeout=timeout, message="the publisher caught up")
+
+
 def team_db(cluster) -> sqlite_utils.Database:
     """data.db as a team member's script opens it (with sqlite-utils)."""
     db = sqlite_utils.Database(cluster.primary.data_db)

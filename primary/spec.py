@@ -1,0 +1,193 @@
+"""What of a table is public: the publish spec.
+
+One value type, stored as JSON beside the table's name in data.db's
+``_public_tables`` (same snapshot as the data), passed unchanged through the
+CLI, the control plane, the table action and the publisher.
+
+- ``PublishSpec()``: the whole table; columns added later are published too.
+- ``columns``: exactly these columns; columns added later stay private.
+- ``exclude_columns``: every column but these; columns added later are
+  published.
+- ``where``: a row filter, an SQL expression over the table's own columns
+  (deterministic, built-in functions only, reading nothing else).
+
+A spec that no longer fits the table (a listed, excluded or filtered column
+dropped or renamed) is not applied loosely: the table fails closed, private
+until someone publishes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from broadsheet.names import quote
+
+# Deterministic built-in scalar functions a row filter may call. Anything
+# else (random(), date('now'), an application function, an unknown name) is
+# refused: the filter must give the same answer for a row whenever the
+# publisher evaluates it.
+FILTER_FUNCTIONS = frozenset(
+    """
+    abs char coalesce concat concat_ws format glob hex ifnull iif instr length like likelihood likely lower
+    ltrim max min nullif octet_length printf quote replace round rtrim sign substr substring trim typeof
+    unhex unicode unlikely upper
+    json json_array json_array_length json_extract json_object json_quote json_type json_valid
+    -> ->>
+    acos asin atan atan2 ceil ceiling cos degrees exp floor ln log log10 log2 mod pi pow power radians sin
+    sqrt tan trunc
+    """.split()
+)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be applied to its table; the message says why."""
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    columns: tuple[str, ...] | None = None
+    exclude_columns: tuple[str, ...] = ()
+    where: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "PublishSpec":
+        """From the JSON a client sends or data.db stores (None: whole table)."""
+        data = data or {}
+        if not isinstance(data, dict):
+            raise SpecError("A publish spec is an object: {columns, exclude_columns, where}")
+        unknown = set(data) - {"columns", "exclude_columns", "where"}
+        if unknown:
+            raise SpecError(f"Unknown spec field(s): {', '.join(sorted(unknown))}")
+        columns = data.get("columns")
+        exclude = data.get("exclude_columns") or []
+        where = data.get("where")
+        for name, value in (("columns", columns), ("exclude_columns", exclude)):
+            if value is not None and (
+                not isinstance(value, list) or not all(isinstance(c, str) and c for c in value)
+            ):
+                raise SpecError(f"{name} must be a list of column names")
+        if columns is not None and not columns:
+            raise SpecError("columns must name at least one column")
+        if columns is not None and exclude:
+            raise SpecError("Give columns or exclude_columns, not both")
+        if where is not None and (not isinstance(where, str) or not where.strip()):
+            raise SpecError("where must be a non-empty SQL expression")
+        return cls(
+            columns=tuple(columns) if columns is not None else None,
+            exclude_columns=tuple(exclude),
+            where=where.strip() if where else None,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "PublishSpec":
+        return cls.from_dict(json.loads(text) if text else None)
+
+    def to_dict(self) -> dict:
+        data: dict = {}
+        if self.columns is not None:
+            data["columns"] = list(self.columns)
+        if self.exclude_columns:
+            data["exclude_columns"] = list(self.exclude_columns)
+        if self.where:
+            data["where"] = self.where
+        return data
+
+    def to_json(self) -> str | None:
+        """None for the whole table (stored as NULL)."""
+        data = self.to_dict()
+        return json.dumps(data, sort_keys=True) if data else None
+
+    @property
+    def whole(self) -> bool:
+        return self.columns is None and not self.exclude_columns and not self.where
+
+    @property
+    def partial_columns(self) -> bool:
+        return self.columns is not None or bool(self.exclude_columns)
+
+    def describe(self) -> str:
+        parts = []
+        if self.columns is not None:
+            parts.append("columns " + ", ".join(self.columns))
+        if self.exclude_columns:
+            parts.append("all columns but " + ", ".join(self.exclude_columns))
+        if self.where:
+            parts.append(f"rows where {self.where}")
+        return "; ".join(parts) or "the whole table"
+
+    # -- against a table -----------------------------------------------------
+    def published_columns(self, table_columns: list[str], generated: set[str], rowid_alias: str | None) -> list[str]:
+        """The columns of a table with ``table_columns`` that this spec
+        publishes, in table order. Raises SpecError if it no longer fits."""
+        missing = [c for c in (self.columns or ()) + self.exclude_columns if c not in table_columns]
+        if missing:
+            raise SpecError(f"No such column(s): {', '.join(map(repr, missing))}")
+        if self.whole:
+            return list(table_columns)
+        if rowid_alias is not None and rowid_alias in self.exclude_columns:
+            raise SpecError(
+                f"{rowid_alias!r} is the table's INTEGER PRIMARY KEY (its rowid, the row's identity on read"
+                " nodes) and cannot be excluded"
+            )
+        if self.columns is not None:
+            chosen = [c for c in table_columns if c in self.columns]
+            if rowid_alias is not None and rowid_alias not in chosen:
+                raise SpecError(
+                    f"{rowid_alias!r} is the table's INTEGER PRIMARY KEY (its rowid, the row's identity on read"
+                    " nodes) and must be one of the columns"
+                )
+        else:
+            chosen = [c for c in table_columns if c not in self.exclude_columns]
+        if self.partial_columns:
+            # A generated column's expression may read an excluded column.
+            chosen = [c for c in chosen if c not in generated]
+        if not chosen:
+            raise SpecError("The spec leaves no column to publish")
+        return chosen
+
+    def check_where(self, conn: sqlite3.Connection, schema: str, table: str) -> None:
+        """Refuse a row filter that is not a pure, deterministic expression
+        over ``table``'s own columns, asking SQLite: the statement is
+        prepared (never run) under an authorizer that sees every table,
+        column and function it would touch."""
+        if not self.where:
+            return
+        problems: list[str] = []
+        selects = 0
+
+        def authorizer(action, arg1, arg2, db_name, trigger):
+            nonlocal selects
+            if action == sqlite3.SQLITE_SELECT:
+                selects += 1
+                if selects > 1:
+                    problems.append("a subquery")
+                    return sqlite3.SQLITE_DENY
+                return sqlite3.SQLITE_OK
+            if action == sqlite3.SQLITE_READ:
+                if arg1 != table or db_name != schema:
+                    problems.append(f"another table ({arg1})")
+                    return sqlite3.SQLITE_DENY
+                return sqlite3.SQLITE_OK
+            if action == sqlite3.SQLITE_FUNCTION:
+                if arg2.lower() not in FILTER_FUNCTIONS:
+                    problems.append(f"the function {arg2}() (not a deterministic built-in)")
+                    return sqlite3.SQLITE_DENY
+                return sqlite3.SQLITE_OK
+            problems.append("something other than an expression")
+            return sqlite3.SQLITE_DENY
+
+        conn.set_authorizer(authorizer)
+        try:
+            conn.execute(f"SELECT 1 FROM {quote(schema)}.{quote(table)} WHERE ({self.where}) LIMIT 0").fetchall()
+        except (sqlite3.Error, sqlite3.Warning) as exc:
+            if "one statement" in str(exc):
+                raise SpecError("The row filter must be one SQL expression, not several statements") from None
+            if problems:
+                raise SpecError(f"The row filter may not use {problems[0]}") from None
+            raise SpecError(f"The row filter is not valid SQL here: {exc}") from None
+        finally:
+            conn.set_authorizer(None)
+        if problems:
+            raise SpecError(f"The row filter may not use {problems[0]}")
