@@ -144,13 +144,24 @@ def tables(root, data_db, as_json):
     from primary import state
 
     conn = state.connect(_data_db(root, data_db), readonly=True)
-    public = set(state.public_tables(conn))
-    rows = [{"table": t, "public": t in public, "rows": _count(conn, t)} for t in state.user_tables(conn)]
+    specs = state.public_specs(conn)
+    rows = [
+        {
+            "table": t,
+            "public": t in specs,
+            "spec": specs[t].to_dict() if t in specs else None,
+            "rows": _count(conn, t),
+        }
+        for t in state.user_tables(conn)
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        click.echo(f"{'public ' if row['public'] else 'private'}  {row['rows']:>9}  {row['table']}")
+        spec = specs.get(row["table"])
+        label = "private" if spec is None else ("public " if spec.whole else "partial")
+        detail = f"  ({spec.describe()})" if spec is not None and not spec.whole else ""
+        click.echo(f"{label}  {row['rows']:>9}  {row['table']}{detail}")
 
 
 def _control(root: Path, url: str | None, token: str | None):
@@ -200,6 +211,46 @@ def with_control(f):
     return f
 
 
+def _spec_options(f):
+    for option in reversed(
+        [
+            click.option("--columns", help="Publish exactly these columns (comma-separated); later ones stay private."),
+            click.option("--exclude-columns", help="Publish every column but these (comma-separated)."),
+            click.option("--where", help="Publish only the rows this SQL expression over the table's columns selects."),
+            click.option("--dry-run", is_flag=True, help="Show what would be published, change nothing."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _spec(columns: str | None, exclude_columns: str | None, where: str | None) -> dict:
+    split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
+    spec: dict = {}
+    if columns is not None:
+        spec["columns"] = split(columns)
+    if exclude_columns is not None:
+        spec["exclude_columns"] = split(exclude_columns)
+    if where is not None:
+        spec["where"] = where
+    return spec
+
+
+def describe_preview(p: dict) -> str:
+    lines = [
+        f"{p['table']}: {p['rows']} of {p['total_rows']} rows, {len(p['columns'])} columns"
+        f" ({', '.join(p['columns'])}), about {p['estimated_bytes']:,} bytes",
+    ]
+    if p["public_now"]:
+        lines.append(
+            f"  change: columns +[{', '.join(p['columns_added'])}] -[{', '.join(p['columns_removed'])}],"
+            f" rows +{p['rows_added']} -{p['rows_removed']}"
+        )
+    for row in p["sample"]:
+        lines.append("  " + json.dumps(row, ensure_ascii=False, default=str))
+    return "\n".join(lines)
+
+
 def _flip_command(name: str, public: bool, help: str):
     @cli.command(name, help=help)
     @cluster_dir
@@ -207,16 +258,26 @@ def _flip_command(name: str, public: bool, help: str):
     @click.option("--data-db", help="Flip directly in this data.db instead of through the control plane.")
     @click.option("--watch", "watch_", is_flag=True, help="Then wait until every read node has it.")
     @click.argument("table")
-    def command(root, url, token, data_db, watch_, table):
+    def command(root, url, token, data_db, watch_, table, columns=None, exclude_columns=None, where=None,
+                dry_run=False):
         from .client import ControlError, describe
 
         verb = "public" if public else "private"
+        spec = _spec(columns, exclude_columns, where)
         if data_db:
             from primary import state
+            from primary.preview import preview
+            from primary.spec import PublishSpec, SpecError
 
-            conn = state.connect(data_db)
+            conn = state.connect(data_db, readonly=dry_run)
             try:
-                flip = state.set_public(conn, table, public, actor="cli")
+                parsed = PublishSpec.from_dict(spec)
+                if dry_run:
+                    click.echo(describe_preview(preview(conn, table, parsed).as_dict()))
+                    return
+                flip = state.set_public(conn, table, public, actor="cli", spec=parsed)
+            except SpecError as exc:
+                raise click.ClickException(str(exc))
             except state.PublishError as exc:
                 raise click.ClickException(exc.message)
             finally:
@@ -225,7 +286,10 @@ def _flip_command(name: str, public: bool, help: str):
             return
         client = _control(root, url, token)
         try:
-            result = client.publish(table, public)
+            if dry_run:
+                click.echo(describe_preview(client.preview(table, spec)))
+                return
+            result = client.publish(table, public, spec)
         except ControlError as exc:
             raise click.ClickException(exc.message)
         click.echo(
@@ -235,10 +299,12 @@ def _flip_command(name: str, public: bool, help: str):
         if watch_ and result["public_txid"]:
             click.echo(describe(client.propagation(result["public_txid"], wait=10)))
 
+    if public:
+        command = _spec_options(command)
     return command
 
 
-publish = _flip_command("publish", True, "Make TABLE public.")
+publish = _flip_command("publish", True, "Make TABLE public: all of it, or the columns and rows the options choose.")
 unpublish = _flip_command("unpublish", False, "Make TABLE private again.")
 
 

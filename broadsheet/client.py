@@ -44,9 +44,14 @@ class ControlClient:
     def tables(self) -> list[dict]:
         return self._call("GET", "/tables")
 
-    def publish(self, table: str, public: bool = True) -> dict:
+    def publish(self, table: str, public: bool = True, spec: dict | None = None) -> dict:
+        """Flip ``table``; ``spec`` ({columns, exclude_columns, where}) says
+        what of it to publish (default: the whole table)."""
         verb = "publish" if public else "unpublish"
-        return self._call("POST", f"/tables/{_segment(table)}/{verb}")
+        return self._call("POST", f"/tables/{_segment(table)}/{verb}", json=spec or None)
+
+    def preview(self, table: str, spec: dict | None = None) -> dict:
+        return self._call("POST", f"/tables/{_segment(table)}/preview", json=spec or None)
 
     def health(self) -> dict:
         return self._call("GET", "/health")

@@ -16,7 +16,7 @@ from typing import Annotated, AsyncIterator
 from datasette.csrf import CrossOriginProtectionMiddleware
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
@@ -25,7 +25,9 @@ from . import publishing, state
 from .auth import NotAuthenticated, actor_from, may_publish
 from .plugin import publish_forbidden
 from .discovery import Discovery
+from .preview import preview
 from .propagation import Tracker
+from .spec import PublishSpec, SpecError
 from .settings import settings
 
 # -- models ---------------------------------------------------------------------
@@ -40,6 +42,45 @@ class Error(BaseModel):
 class TableInfo(BaseModel):
     table: str
     public: bool
+    spec: dict | None = Field(None, description="What of it is public ({} for the whole table); null when private")
+    partial: bool = Field(False, description="Public with chosen columns or a row filter")
+
+
+class SpecBody(BaseModel):
+    """What of a table to publish. No body, or an empty one: the whole table.
+    ``columns``: exactly these (columns added later stay private);
+    ``exclude_columns``: all but these (columns added later are published);
+    ``where``: a row filter, an SQL expression over the table's own columns."""
+
+    # Unknown fields reach PublishSpec, which names them in a 400.
+    model_config = ConfigDict(extra="allow")
+
+    columns: list[str] | None = None
+    exclude_columns: list[str] | None = None
+    where: str | None = None
+
+    def spec(self) -> PublishSpec:
+        try:
+            return PublishSpec.from_dict(self.model_dump(exclude_none=True))
+        except SpecError as exc:
+            raise HTTPException(400, {"ok": False, "error": str(exc)})
+
+
+class PreviewResult(BaseModel):
+    """What publishing with a spec would expose; nothing is changed."""
+
+    table: str
+    spec: dict
+    columns: list[str]
+    rows: int
+    total_rows: int
+    sample: list[dict]
+    estimated_bytes: int
+    public_now: bool
+    columns_added: list[str]
+    columns_removed: list[str]
+    rows_added: int
+    rows_removed: int
 
 
 class FlipResult(BaseModel):
@@ -64,6 +105,8 @@ class AuditEntry(BaseModel):
     table_name: str
     private_txid: int | None
     public_txid: int | None
+    spec_before: str | None = Field(None, description="The spec (JSON) before the change; null: private or whole")
+    spec_after: str | None = Field(None, description="The spec (JSON) after the change")
 
 
 class Bookmark(BaseModel):
@@ -205,17 +248,27 @@ tables = APIRouter(prefix="/tables", tags=["tables"], responses=ERRORS)
 async def list_tables(actor: Actor) -> list[TableInfo]:
     conn = _connect(readonly=True)
     try:
-        public = set(state.public_tables(conn))
-        return [TableInfo(table=t, public=t in public) for t in state.user_tables(conn)]
+        specs = state.public_specs(conn)
+        return [
+            TableInfo(
+                table=t,
+                public=t in specs,
+                spec=specs[t].to_dict() if t in specs else None,
+                partial=t in specs and not specs[t].whole,
+            )
+            for t in state.user_tables(conn)
+        ]
     finally:
         conn.close()
 
 
-async def _flip(table: str, public: bool, actor: dict, wait: bool, timeout: float) -> FlipResult:
+async def _flip(
+    table: str, public: bool, actor: dict, wait: bool, timeout: float, spec: PublishSpec | None = None
+) -> FlipResult:
     if not await may_publish(actor, table):
         raise HTTPException(403, {"ok": False, "error": publish_forbidden(table), "table": table})
     try:
-        outcome = await publishing.flip(table, public, publishing.actor_label(actor), wait, timeout)
+        outcome = await publishing.flip(table, public, publishing.actor_label(actor), wait, timeout, spec)
     except state.PublishError as exc:
         raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
     except publishing.PublishTimeout as exc:
@@ -235,12 +288,38 @@ TimeoutQuery = Annotated[float, Query(gt=0, le=60, description="Seconds to wait 
     response_model=FlipResult,
     responses={400: {"model": Error}, 409: {"model": Error}, 504: {"model": Error}},
 )
-async def publish(table: str, actor: Actor, wait: WaitQuery = True, timeout: TimeoutQuery = 10) -> FlipResult:
-    """Make a table (or a view over public tables) public. Idempotent:
-    ``changed`` says whether it was private. 404: no such table; 403: an
-    internal table; 409: a view that reads private tables; 400: a virtual
-    table; 504: the publisher did not get there within ``timeout``."""
-    return await _flip(table, True, actor, wait, timeout)
+async def publish(
+    table: str,
+    actor: Actor,
+    body: SpecBody | None = None,
+    wait: WaitQuery = True,
+    timeout: TimeoutQuery = 10,
+) -> FlipResult:
+    """Make a table (or a view over public tables) public: the whole table,
+    or the columns and rows the body chooses. Publishing a public table with
+    another spec changes its spec. Idempotent: ``changed`` says whether
+    anything changed. 404: no such table; 403: an internal table, or an
+    actor without the broadsheet-publish action; 409: a view that reads
+    private tables; 400: a virtual table, or a spec that does not fit (the
+    error says why); 504: the publisher did not get there within
+    ``timeout``."""
+    return await _flip(table, True, actor, wait, timeout, body.spec() if body else None)
+
+
+@tables.post("/{table}/preview", response_model=PreviewResult, responses={400: {"model": Error}})
+async def preview_publish(table: str, actor: Actor, body: SpecBody | None = None) -> PreviewResult:
+    """What publishing ``table`` with this spec would expose: the columns,
+    how many rows of the total, the first rows exactly as read nodes would
+    serve them, an estimate of the bytes, and for a public table what the
+    change adds and removes. Computed from data.db; changes nothing."""
+    spec = body.spec() if body else PublishSpec()
+    conn = _connect(readonly=True)
+    try:
+        return PreviewResult(**(await asyncio.to_thread(preview, conn, table, spec)).as_dict())
+    except state.PublishError as exc:
+        raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
+    finally:
+        conn.close()
 
 
 @tables.post("/{table}/unpublish", response_model=FlipResult, responses={504: {"model": Error}})

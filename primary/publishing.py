@@ -13,6 +13,7 @@ from broadsheet.litefs import Pos
 
 from . import state
 from .settings import settings
+from .spec import PublishSpec
 
 
 class PublishTimeout(Exception):
@@ -45,12 +46,19 @@ async def wait_published(private_txid: int, timeout: float) -> state.Watermark:
         await asyncio.sleep(0.005)
 
 
-async def flip(table: str, public: bool, actor: str, wait: bool = True, timeout: float = 10.0) -> Outcome:
-    """Raises state.PublishError for a table that cannot be flipped, and
-    PublishTimeout if the publisher does not get there in time."""
+async def flip(
+    table: str,
+    public: bool,
+    actor: str,
+    wait: bool = True,
+    timeout: float = 10.0,
+    spec: PublishSpec | None = None,
+) -> Outcome:
+    """Raises state.PublishError for a table (or spec) that cannot be
+    flipped, and PublishTimeout if the publisher does not get there in time."""
     conn = state.connect(settings().data_db)
     try:
-        result = await asyncio.to_thread(state.set_public, conn, table, public, actor)
+        result = await asyncio.to_thread(state.set_public, conn, table, public, actor, spec)
     finally:
         conn.close()
     # Read after our commit: at least our transaction's TXID.

@@ -147,13 +147,23 @@ class PublishSpec:
             raise SpecError("The spec leaves no column to publish")
         return chosen
 
-    def check_where(self, conn: sqlite3.Connection, schema: str, table: str) -> None:
+    def check_where(self, table: str, create_sql: str) -> None:
         """Refuse a row filter that is not a pure, deterministic expression
         over ``table``'s own columns, asking SQLite: the statement is
-        prepared (never run) under an authorizer that sees every table,
-        column and function it would touch."""
+        prepared against a copy of the table's schema in memory (so nothing
+        of data.db is touched, and the standard library's driver refuses a
+        second statement) under an authorizer that sees every table, column
+        and function it would touch."""
         if not self.where:
             return
+        conn = sqlite3.connect(":memory:")
+        try:
+            conn.execute(create_sql)
+            self._check_where(conn, "main", table)
+        finally:
+            conn.close()
+
+    def _check_where(self, conn: sqlite3.Connection, schema: str, table: str) -> None:
         problems: list[str] = []
         selects = 0
 
@@ -186,6 +196,10 @@ class PublishSpec:
                 raise SpecError("The row filter must be one SQL expression, not several statements") from None
             if problems:
                 raise SpecError(f"The row filter may not use {problems[0]}") from None
+            if str(exc).startswith("no such table: "):
+                # Only the table itself exists where the filter is checked.
+                other = str(exc).removeprefix("no such table: ")
+                raise SpecError(f"The row filter may not use another table ({other}), nor a subquery") from None
             raise SpecError(f"The row filter is not valid SQL here: {exc}") from None
         finally:
             conn.set_authorizer(None)

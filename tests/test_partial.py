@@ -1,0 +1,211 @@
+"""Publishing part of a table: chosen columns and rows. Excluded columns and
+filtered-out rows never leave the primary; the public copy is the projection;
+a spec that stops fitting fails closed; a foreign key never names a private
+table on a read node."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from broadsheet.cli import cli
+from broadsheet.client import ControlError
+from broadsheet.litefs import Pos
+from conftest import create_table, file_bytes, rows, settle, status, wait_until
+from primary import state
+from test_incremental import ltx_size
+from test_privacy import process_memory_contains
+
+EMAIL = "EXCLUDED-EMAIL-SENTINEL-5d1"
+NO_CONSENT = "FILTERED-ROW-SENTINEL-7e2"
+
+
+def people(n: int = 40) -> list[dict]:
+    return [
+        {
+            "id": i,
+            "name": f"person {i}" if i % 2 else f"{NO_CONSENT} {i}",
+            "city": "Leeds",
+            "email": f"{EMAIL} {i}",
+            "consent": i % 2,
+        }
+        for i in range(1, n + 1)
+    ]
+
+
+def projection(db, table: str, columns: list[str], where: str) -> list[dict]:
+    cols = ", ".join(columns)
+    return [dict(zip(columns, r)) for r in db.execute(f"SELECT {cols} FROM {table} WHERE {where} ORDER BY id")]
+
+
+def all_rows(node_url: str, table: str) -> list[dict]:
+    return rows(node_url, table, _size="max", _sort="id")
+
+
+def scan(cluster, needles: list[bytes]) -> list[str]:
+    """Every file and process of every read node that holds one of ``needles``."""
+    found = []
+    for node in cluster.replicas:
+        for path, data in file_bytes(node.root):
+            found += [f"{path}: {n!r}" for n in needles if n in data]
+        for service in (node.litefs_service, node.datasette_service):
+            found += [f"{service}: {n!r}" for n in process_memory_contains(cluster.supervisor.pid(service), needles)]
+    return found
+
+
+def test_excluded_columns_and_filtered_rows_never_reach_a_read_node(cluster, control, db):
+    create_table(cluster, "people", people())
+    result = control.publish("people", spec={"exclude_columns": ["email"], "where": "consent = 1"})
+    cluster.wait_for_replicas(result["public_txid"])
+    expected = projection(db, "people", ["id", "name", "city", "consent"], "consent = 1")
+    for node in cluster.replicas:
+        assert all_rows(node.url, "people") == expected
+    # A row that starts matching appears; one that stops matching goes.
+    with state.immediate(db):
+        db.execute("UPDATE people SET consent = 1, name = 'now public' WHERE id = 2")
+        db.execute("UPDATE people SET consent = 0 WHERE id = 3")
+    settle(cluster)
+    cluster.wait_for_replicas()
+    expected = projection(db, "people", ["id", "name", "city", "consent"], "consent = 1")
+    for node in cluster.replicas:
+        assert all_rows(node.url, "people") == expected
+    # Row 2's old name carried the marker: it was never public then.
+    assert scan(cluster, [EMAIL.encode(), f"{NO_CONSENT} 4".encode()]) == []
+    tables = {t["table"]: t for t in control.tables()}
+    assert tables["people"]["partial"] and tables["people"]["spec"] == {"exclude_columns": ["email"], "where": "consent = 1"}
+
+
+def test_narrowing_a_spec_erases_what_it_removes(cluster, control, db):
+    create_table(cluster, "staff", [{"id": i, "name": f"staff {i}", "phone": f"PHONE-NARROWED-{i}"} for i in range(1, 21)])
+    result = control.publish("staff")
+    cluster.wait_for_replicas(result["public_txid"])
+    assert any(b"PHONE-NARROWED-7" in data for _, data in file_bytes(cluster.replicas[0].public_db.parent))
+    result = control.publish("staff", spec={"columns": ["id", "name"]})
+    assert result["changed"]
+    cluster.wait_for_replicas(result["public_txid"])
+    for node in cluster.replicas:
+        assert all_rows(node.url, "staff")[0] == {"id": 1, "name": "staff 1"}
+        assert b"PHONE-NARROWED" not in node.public_db.read_bytes()
+    entry = state.audit_entries(db, table="staff", limit=1)[0]
+    assert (entry["spec_before"], entry["spec_after"]) == (None, '{"columns": ["id", "name"]}')
+    # An explicit column list does not publish a column added later.
+    with state.immediate(db):
+        db.execute("ALTER TABLE staff ADD COLUMN salary INTEGER")
+        db.execute("UPDATE staff SET salary = 99999 WHERE id = 1")
+    settle(cluster)
+    cluster.wait_for_replicas()
+    assert "salary" not in all_rows(cluster.replicas[0].url, "staff")[0]
+
+
+def test_a_row_moving_across_the_filter_ships_a_small_ltx(cluster, control, db):
+    with state.immediate(db):
+        db.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT, shown INTEGER, note TEXT)")
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)"
+            " INSERT INTO events SELECT i, 'kind-' || (i % 13), i % 2, hex(randomblob(16)) FROM n"
+        )
+    published = control.publish("events", spec={"where": "shown = 1"})
+    cluster.wait_for_replicas(published["public_txid"])
+    full_copy = ltx_size(cluster.replicas[0], published["public_txid"])
+    for change in ("UPDATE events SET shown = 1 WHERE id = 1000", "UPDATE events SET shown = 0 WHERE id = 1001"):
+        with state.immediate(db):
+            db.execute(change)
+        settle(cluster)
+        txid = Pos.read(cluster.primary.public_db).txid
+        cluster.wait_for_replicas(txid)
+        for node in cluster.replicas:
+            # A row entering a table copied in rowid order splits a full
+            # leaf page: a few 16 KiB pages, not the table.
+            size = ltx_size(node, txid)
+            assert size < 256 * 1024 and size * 20 < full_copy, (size, full_copy)
+    node = cluster.replicas[0]
+    assert rows(node.url, "events", id=1000)[0]["shown"] == 1
+    assert rows(node.url, "events", id=1001) == []
+    count = httpx.get(f"{node.url}/public/-/query.json", params={"sql": "select count(*) as n from events"},
+                      timeout=10).json()["rows"][0]["n"]
+    assert count == db.execute("SELECT count(*) FROM events WHERE shown = 1").fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"columns": ["id", "no_such_column"]}, "No such column"),
+        ({"columns": []}, "at least one column"),
+        ({"exclude_columns": ["id"]}, "INTEGER PRIMARY KEY"),
+        ({"where": "id IN (SELECT id FROM planes_secret)"}, "subquery"),
+        ({"where": "(SELECT count(*) FROM airports) > 0"}, "subquery"),
+        ({"where": "random() > 0"}, "random()"),
+        ({"where": "date('now') > '2020-01-01'"}, "date()"),
+        ({"where": "no_such_function(id)"}, "no such function"),
+        ({"where": "id = 1; DROP TABLE drafts_spec"}, "syntax error"),
+        ({"where": "id = = 1"}, "syntax error"),
+        ({"colums": ["id"]}, "Unknown spec field"),
+    ],
+)
+def test_a_bad_spec_is_a_clear_400_and_changes_nothing(cluster, control, db, spec, message):
+    if "drafts_spec" not in state.user_tables(db):
+        create_table(cluster, "drafts_spec", [{"id": 1, "title": "draft", "secret": "s"}])
+    settle(cluster)
+    before = (state.public_tables(db), state.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid)
+    with pytest.raises(ControlError) as exc:
+        control.publish("drafts_spec", spec=spec)
+    assert exc.value.status == 400 and message.lower() in exc.value.message.lower(), exc.value.message
+    with pytest.raises(ControlError):
+        control.preview("drafts_spec", spec)
+    assert (state.public_tables(db), state.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid) == before
+
+
+def test_a_filter_on_an_unpublished_column_is_allowed_and_previewed(cluster, control, db):
+    create_table(cluster, "members", [{"id": i, "name": f"member {i}", "consent": i % 3 == 0} for i in range(1, 31)])
+    spec = {"columns": ["id", "name"], "where": "consent = 1"}
+    preview = control.preview("members", spec)
+    assert (preview["rows"], preview["total_rows"], preview["columns"]) == (10, 30, ["id", "name"])
+    assert preview["sample"][0] == {"id": 3, "name": "member 3"}
+    assert preview["estimated_bytes"] > 0
+    assert "members" not in state.public_tables(db)  # a preview changes nothing
+    dry = CliRunner().invoke(cli, ["publish", "members", "--columns", "id,name", "--where", "consent = 1",
+                                   "--dry-run", "--data-db", str(cluster.primary.data_db)])
+    assert dry.exit_code == 0 and "10 of 30 rows" in dry.output, dry.output
+    assert "members" not in state.public_tables(db)
+    result = control.publish("members", spec=spec)
+    cluster.wait_for_replicas(result["public_txid"])
+    assert all_rows(cluster.replicas[0].url, "members") == projection(db, "members", ["id", "name"], "consent = 1")
+    # For a public table, the preview says what a change adds and removes.
+    change = control.preview("members", {"columns": ["id", "name", "consent"]})
+    assert change["columns_added"] == ["consent"] and change["rows_added"] == 20 and change["rows_removed"] == 0
+
+
+def test_a_schema_change_that_breaks_a_spec_makes_the_table_private(cluster, control, db):
+    create_table(cluster, "volunteers", [{"id": i, "name": f"v{i}", "region": "north", "notes": "n"} for i in range(1, 6)])
+    result = control.publish("volunteers", spec={"columns": ["id", "name", "region"]})
+    cluster.wait_for_replicas(result["public_txid"])
+    with state.immediate(db):
+        db.execute("ALTER TABLE volunteers RENAME COLUMN region TO area")
+    wait_until(lambda: "volunteers" not in state.public_tables(db), message="volunteers made private")
+    entry = state.audit_entries(db, table="volunteers", limit=1)[0]
+    assert entry["operation"] == "unpublish" and "spec no longer fits" in entry["actor"]
+    for node in cluster.replicas:
+        wait_until(lambda: status(node.url, "/public/volunteers.json") == 403, message=f"403 on {node.name}")
+
+
+def test_a_foreign_key_never_names_a_private_table_on_a_read_node(cluster, control, db):
+    with state.immediate(db):
+        db.execute("CREATE TABLE payroll_ledger_private (id INTEGER PRIMARY KEY, amount INTEGER)")
+        db.execute(
+            "CREATE TABLE shifts (id INTEGER PRIMARY KEY, day TEXT,"
+            " ledger_id INTEGER REFERENCES payroll_ledger_private (id))"
+        )
+        db.execute("INSERT INTO payroll_ledger_private VALUES (1, 100)")
+        db.execute("INSERT INTO shifts VALUES (1, 'monday', 1)")
+    result = control.publish("shifts")
+    cluster.wait_for_replicas(result["public_txid"])
+    name = "payroll_ledger_private"
+    for node in cluster.replicas:
+        for path in ("/public/shifts", "/public/shifts.json", "/public", "/public.json", "/public/shifts/1.json"):
+            assert name not in httpx.get(f"{node.url}{path}", timeout=10).text, path
+        schema = httpx.get(f"{node.url}/public/-/query.json",
+                           params={"sql": "select group_concat(sql) as s from sqlite_master"}, timeout=10).json()
+        assert name not in str(schema)
+        assert name.encode() not in node.public_db.read_bytes()
+        assert rows(node.url, "shifts") == [{"id": 1, "day": "monday", "ledger_id": 1}]
