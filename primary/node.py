@@ -47,7 +47,9 @@ class PrimaryNode:
     public_litefs_url: str = ""  # how read nodes reach it (default: from the address)
     hostname: str = "primary"  # the public cluster's primary, in the static lease
     compress: bool = True
-    retention: str = "10m"
+    # How long LTX files (which still hold rows a later cycle erased) are
+    # kept: a read node away longer than this catches up by snapshot.
+    retention: str = "1m"
     team_password: str | None = None  # the browser login "team" (or its hash below)
     team_password_hash: str | None = None
     read_nodes: list[ReadNodeAddress] = field(default_factory=list)
@@ -80,7 +82,7 @@ class PrimaryNode:
             public_litefs_url=env.str("BROADSHEET_PUBLIC_LITEFS_URL", ""),
             hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
             compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
-            retention=env.str("BROADSHEET_LTX_RETENTION", "10m"),
+            retention=env.str("BROADSHEET_LTX_RETENTION", "1m"),
             team_password=env.optional("BROADSHEET_TEAM_PASSWORD"),
             team_password_hash=env.optional("BROADSHEET_TEAM_PASSWORD_HASH"),
             read_nodes=nodes,

@@ -49,7 +49,9 @@ class ReadNode:
     public_url: str = ""  # how visitors reach this node, if known
     region: str = ""
     compress: bool = True
-    retention: str = "10m"
+    # A read node serves no history to anyone: it keeps LTX files (which
+    # still hold rows a later cycle erased) only briefly.
+    retention: str = "10s"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ReadNode":
@@ -67,7 +69,7 @@ class ReadNode:
             public_url=env.str("BROADSHEET_PUBLIC_URL", ""),
             region=env.str("BROADSHEET_REGION", environ.get("FLY_REGION", "")),
             compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
-            retention=env.str("BROADSHEET_LTX_RETENTION", "10m"),
+            retention=env.str("BROADSHEET_LTX_RETENTION", "10s"),
         )
         split_addr(node.litefs_addr, "BROADSHEET_LITEFS_ADDR")
         # The Datasette it starts reads the rest (bookmark and SQL limits):
