@@ -34,6 +34,7 @@ class Projection:
     indexes: tuple[tuple[str, str], ...]  # (name, CREATE INDEX …)
     full_text: tuple[tuple[str, str], ...] = field(default=())  # (name, CREATE VIRTUAL TABLE …)
     has_rowid: bool = True
+    visible: tuple[str, ...] = ()  # every column the copy has (generated ones too)
 
     @property
     def filter_sql(self) -> str:
@@ -95,7 +96,7 @@ def project(conn: apsw.Connection, table: str, spec: PublishSpec, public: set[st
                 (table,),
             )
         )
-        return Projection(table, spec, insertable, create_sql, indexes, tuple(fts_tables), rowid)
+        return Projection(table, spec, insertable, create_sql, indexes, tuple(fts_tables), rowid, tuple(published))
 
     chosen = set(published)
     definitions = []
@@ -137,7 +138,9 @@ def project(conn: apsw.Connection, table: str, spec: PublishSpec, public: set[st
         indexes.append((index, f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(index)} ON {quote(table)} ({cols})"))
     # A generated column kept here is a plain column of the copy: its values
     # are copied, its expression (which may read anything) is not.
-    return Projection(table, spec, tuple(published), create_sql, tuple(sorted(indexes)), tuple(fts_tables), rowid)
+    return Projection(
+        table, spec, tuple(published), create_sql, tuple(sorted(indexes)), tuple(fts_tables), rowid, tuple(published)
+    )
 
 
 def fts_companions(conn: apsw.Connection, schema: str, table: str) -> list[tuple[str, str]]:

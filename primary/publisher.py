@@ -141,11 +141,14 @@ class Publisher:
         tables = set(state.user_tables(conn, schema))
         return [t for t in listed if t in tables]
 
-    def _publishable_views(self, conn: apsw.Connection, schema: str, tables: list[str]) -> list[str]:
-        """Listed views that read nothing but published tables."""
+    def _publishable_views(self, conn: apsw.Connection, schema: str, projections: dict[str, Projection]) -> list[str]:
+        """Listed views that compile against the public copies: they read
+        nothing but published columns of published tables (so their text
+        names nothing private either)."""
         listed = [r[0] for r in conn.execute(f"SELECT table_name FROM {schema}.{PUBLIC_TABLES} ORDER BY table_name")]
         candidates = set(state.views(conn, schema)) & set(listed)
-        return [v for v in sorted(candidates) if state.view_reads(conn, schema, v) <= set(tables)]
+        public = {t: list(p.visible) for t, p in projections.items()}
+        return [v for v in sorted(candidates) if not state.private_reads(state.view_columns(conn, schema, v), public)]
 
     def maintain_triggers(self) -> None:
         """Install change-log triggers on every published table and remove them
@@ -397,7 +400,7 @@ class Publisher:
                     else:
                         plan.rows.setdefault(tbl, []).append(rid)
         plan.recopied = [t for t in plan.copy if t in present]
-        plan.views = self._publishable_views(conn, "src", published)
+        plan.views = self._publishable_views(conn, "src", {t: plan.projections[t] for t in published})
         present_views = {name: sql for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'view'")}
         wanted_views = {v: _view_sql(conn, "src", v) for v in plan.views}
         # Stale views go before the tables change; new ones come after.

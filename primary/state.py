@@ -171,15 +171,16 @@ def views(conn: apsw.Connection, schema: str = "main") -> list[str]:
     return [n for (n,) in conn.execute(f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'view' ORDER BY name")]
 
 
-def view_reads(conn: apsw.Connection, schema: str, view: str) -> set[str]:
-    """The tables a view reads, through any views it uses, as SQLite itself
-    resolves them: an authorizer records every table read while the query is
-    prepared (EXPLAIN: prepared, never run)."""
-    reads: set[str] = set()
+def view_columns(conn: apsw.Connection, schema: str, view: str) -> dict[str, set[str]]:
+    """The tables a view reads, through any views it uses, with the columns
+    it reads of each, as SQLite itself resolves them: an authorizer records
+    every column read while the query is prepared (EXPLAIN: prepared, never
+    run)."""
+    reads: dict[str, set[str]] = {}
 
     def authorizer(op, p1, p2, dbname, source):
         if op == apsw.SQLITE_READ and p1 and not p1.startswith("sqlite_"):
-            reads.add(p1)
+            reads.setdefault(p1, set()).add(p2 or "")
         return apsw.SQLITE_OK
 
     previous = conn.authorizer
@@ -189,7 +190,30 @@ def view_reads(conn: apsw.Connection, schema: str, view: str) -> set[str]:
     finally:
         conn.authorizer = previous
     # Reads are reported for the views' own columns too: keep the tables.
-    return reads - set(views(conn, schema))
+    for name in views(conn, schema):
+        reads.pop(name, None)
+    return reads
+
+
+def view_reads(conn: apsw.Connection, schema: str, view: str) -> set[str]:
+    """The tables a view reads, through any views it uses."""
+    return set(view_columns(conn, schema, view))
+
+
+ROWID_NAMES = {"", "rowid", "_rowid_", "oid"}
+
+
+def private_reads(reads: dict[str, set[str]], public: dict[str, list[str]]) -> list[str]:
+    """What of ``reads`` (table -> columns) is not in ``public`` (table ->
+    published columns): the view cannot be published while it reads any."""
+    missing = []
+    for table, columns in sorted(reads.items()):
+        if table not in public:
+            missing.append(repr(table))
+            continue
+        shown = set(public[table]) | ROWID_NAMES
+        missing += [f"{table}.{c}" for c in sorted(columns) if c.lower() not in shown and c not in shown]
+    return missing
 
 
 def public_tables(conn: apsw.Connection) -> list[str]:
@@ -217,10 +241,16 @@ def check_publishable(conn: apsw.Connection, table: str) -> None:
     if is_internal(table):
         raise InternalTable(f"{table!r} is an internal table and can never be made public", table)
     if table in views(conn):
-        private = sorted(view_reads(conn, "main", table) - set(public_tables(conn)))
+        public = {}
+        for name, spec in public_specs(conn).items():
+            try:
+                public[name] = spec_columns(conn, name, spec) if name not in views(conn) else []
+            except SpecError:
+                pass  # a spec that no longer fits publishes nothing
+        private = private_reads(view_columns(conn, "main", table), public)
         if private:
             raise DependsOnPrivate(
-                f"View {table!r} reads private table(s) {', '.join(map(repr, private))}: publish those first", table
+                f"View {table!r} reads what is not public: {', '.join(private)}: publish that first", table
             )
         return
     if table not in user_tables(conn):

@@ -209,3 +209,20 @@ def test_a_foreign_key_never_names_a_private_table_on_a_read_node(cluster, contr
         assert name not in str(schema)
         assert name.encode() not in node.public_db.read_bytes()
         assert rows(node.url, "shifts") == [{"id": 1, "day": "monday", "ledger_id": 1}]
+
+
+def test_a_view_is_published_only_if_it_reads_nothing_private(cluster, control, db):
+    create_table(cluster, "donors", [{"id": i, "name": f"donor {i}", "iban": f"IBAN-VIEW-SENTINEL-{i}"} for i in range(1, 4)])
+    with state.immediate(db):
+        db.execute("CREATE VIEW donor_names AS SELECT id, name FROM donors")
+        db.execute("CREATE VIEW donor_accounts AS SELECT name, iban FROM donors")
+    result = control.publish("donors", spec={"exclude_columns": ["iban"]})
+    cluster.wait_for_replicas(result["public_txid"])
+    with pytest.raises(ControlError) as exc:
+        control.publish("donor_accounts")
+    assert exc.value.status == 409 and "donors.iban" in exc.value.message
+    result = control.publish("donor_names")
+    cluster.wait_for_replicas(result["public_txid"])
+    node = cluster.replicas[0]
+    assert rows(node.url, "donor_names") == [{"id": i, "name": f"donor {i}"} for i in range(1, 4)]
+    assert b"iban" not in node.public_db.read_bytes().lower()
