@@ -308,6 +308,50 @@ publish = _flip_command("publish", True, "Make TABLE public: all of it, or the c
 unpublish = _flip_command("unpublish", False, "Make TABLE private again.")
 
 
+@cli.command()
+@cluster_dir
+@with_control
+@click.option("--data-db", help="Set it directly in this data.db instead of through the control plane.")
+@click.argument("table", required=False)
+@click.option("--title")
+@click.option("--description")
+@click.option("--license", "license_")
+@click.option("--license-url")
+@click.option("--source")
+@click.option("--source-url")
+def meta(root, url, token, data_db, table, title, description, license_, license_url, source, source_url):
+    """Show or set the metadata read nodes show: of the public instance, or of
+    TABLE (shown while it is public). An empty value clears a field."""
+    values = {
+        k: v
+        for k, v in dict(title=title, description=description, license=license_, license_url=license_url,
+                         source=source, source_url=source_url).items()
+        if v is not None
+    }
+    if data_db:
+        from primary import state
+
+        conn = state.connect(data_db)
+        try:
+            if values:
+                click.echo(json.dumps(state.set_metadata(conn, table or state.INSTANCE, values), indent=2))
+            else:
+                click.echo(json.dumps(state.metadata(conn), indent=2))
+        except state.PublishError as exc:
+            raise click.ClickException(exc.message)
+        finally:
+            conn.close()
+        return
+    from .client import ControlError
+
+    client = _control(root, url, token)
+    try:
+        result = client.set_metadata(table, values) if values else client.metadata()
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+    click.echo(json.dumps(result, indent=2))
+
+
 @cli.command("create-token")
 @cluster_dir
 @click.argument("actor")

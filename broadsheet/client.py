@@ -50,6 +50,14 @@ class ControlClient:
         verb = "publish" if public else "unpublish"
         return self._call("POST", f"/tables/{_segment(table)}/{verb}", json=spec or None)
 
+    def set_metadata(self, table: str | None, values: dict) -> dict:
+        """Set the instance's metadata (``table`` None) or a table's."""
+        path = "/metadata" if table is None else f"/tables/{_segment(table)}/metadata"
+        return self._call("PUT", path, json=values)
+
+    def metadata(self) -> dict:
+        return self._call("GET", "/metadata")
+
     def preview(self, table: str, spec: dict | None = None) -> dict:
         return self._call("POST", f"/tables/{_segment(table)}/preview", json=spec or None)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 INTERNAL_PREFIXES = ("_public_", "sqlite_")
 
 PUBLIC_TABLES = "_public_tables"
+# Replicated too: the instance's and the public tables' titles, licenses, sources.
+PUBLIC_METADATA = "_public_metadata"
 
 
 def is_internal(name: str) -> bool:

@@ -328,7 +328,68 @@ async def unpublish(table: str, actor: Actor, wait: WaitQuery = True, timeout: T
     return await _flip(table, False, actor, wait, timeout)
 
 
+class Metadata(BaseModel):
+    """Shown on read nodes where Datasette shows metadata: for the instance,
+    and for each public table. A field set to null (or "") is cleared."""
+
+    model_config = ConfigDict(extra="allow")  # unknown fields: a 400 that names them
+
+    title: str | None = None
+    description: str | None = None
+    license: str | None = None
+    license_url: str | None = None
+    source: str | None = None
+    source_url: str | None = None
+
+
+class MetadataAll(BaseModel):
+    instance: dict
+    tables: dict[str, dict]
+
+
+def _set_metadata(table: str, body: Metadata) -> dict:
+    conn = _connect()
+    try:
+        return state.set_metadata(conn, table, body.model_dump(exclude_unset=True))
+    except state.PublishError as exc:
+        raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
+    finally:
+        conn.close()
+
+
+@tables.put("/{table}/metadata", response_model=dict, responses={400: {"model": Error}})
+async def set_table_metadata(table: str, body: Metadata, actor: Actor) -> dict:
+    """Set a table's title, description, license, license_url, source,
+    source_url (merged with what it has). Shown on read nodes while the
+    table is public, updated without a restart."""
+    if not await may_publish(actor, table):
+        raise HTTPException(403, {"ok": False, "error": publish_forbidden(table), "table": table})
+    return await asyncio.to_thread(_set_metadata, table, body)
+
+
 app.include_router(tables)
+
+metadata_router = APIRouter(tags=["metadata"], responses=ERRORS)
+
+
+@metadata_router.get("/metadata", response_model=MetadataAll)
+async def get_metadata(actor: Actor) -> MetadataAll:
+    conn = _connect(readonly=True)
+    try:
+        rows = state.metadata(conn)
+    finally:
+        conn.close()
+    return MetadataAll(instance=rows.pop(state.INSTANCE, {}), tables=rows)
+
+
+@metadata_router.put("/metadata", response_model=dict, responses={400: {"model": Error}})
+async def set_instance_metadata(body: Metadata, actor: Actor) -> dict:
+    """Set the public instance's title, description, license, source and
+    their URLs (merged with what it has)."""
+    return await asyncio.to_thread(_set_metadata, state.INSTANCE, body)
+
+
+app.include_router(metadata_router)
 
 # -- audit and bookmarks -----------------------------------------------------------
 

@@ -25,7 +25,7 @@ import apsw
 from broadsheet import fts
 from broadsheet.litefs import Pos, TxEvent, events
 from broadsheet.log import log
-from broadsheet.names import PUBLIC_TABLES, literal, quote
+from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, literal, quote
 
 from . import state
 from .projection import Projection, copied_signature, fts_companions, has_rowid, project
@@ -62,6 +62,7 @@ class _Plan:
     rows: dict[str, list[int]] = field(default_factory=dict)
     max_change: int | None = None
     public_tables_changed: bool = False
+    metadata: dict | None = None  # the public metadata rows, when they changed
     schema_version: int | None = None
     recopied: list[str] = field(default_factory=list)  # copied again over an existing copy
     rebuilt: list[str] = field(default_factory=list)
@@ -80,7 +81,13 @@ class _Plan:
     @property
     def empty(self) -> bool:
         return not (
-            self.drop or self.copy or self.rows or self.public_tables_changed or self.drop_views or self.create_views
+            self.drop
+            or self.copy
+            or self.rows
+            or self.public_tables_changed
+            or self.drop_views
+            or self.create_views
+            or self.metadata is not None
         )
 
 
@@ -119,6 +126,12 @@ class Publisher:
         self.conn.execute("ATTACH ? AS src", (f"file:{self.data_db}?mode=ro",))
         with state.immediate(self.conn):
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_TABLES} (table_name TEXT PRIMARY KEY)")
+            # The instance's and the public tables' metadata, which read
+            # nodes show where Datasette shows metadata.
+            self.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_METADATA} (table_name TEXT PRIMARY KEY,"
+                f" {', '.join(f'{k} TEXT' for k in state.METADATA_FIELDS)})"
+            )
         self._maintained: tuple | None = None
         # Tables whose change log has a gap (their triggers were missing, as
         # after DROP TABLE + CREATE TABLE): copied whole in the next cycle.
@@ -408,6 +421,10 @@ class Publisher:
         plan.create_views = [v for v in plan.views if v in plan.drop_views or v not in present_views]
         current = [n for (n,) in conn.execute(f"SELECT table_name FROM main.{PUBLIC_TABLES} ORDER BY table_name")]
         plan.public_tables_changed = current != sorted(published + plan.views)
+        shown = {state.INSTANCE, *published, *plan.views}
+        wanted = {t: m for t, m in state.metadata(conn, "src").items() if t in shown and m}
+        if wanted != state.metadata(conn, "main"):
+            plan.metadata = wanted
         return plan
 
     def _apply(self, plan: _Plan) -> int:
@@ -439,6 +456,15 @@ class Publisher:
                 rows += _copy_table(conn, plan.projections[table])
         for view in plan.create_views:
             conn.execute(_view_sql(conn, "src", view))
+        if plan.metadata is not None:
+            conn.execute(f"DELETE FROM main.{PUBLIC_METADATA}")
+            for table, fields in plan.metadata.items():
+                keys = list(fields)
+                conn.execute(
+                    f"INSERT INTO main.{PUBLIC_METADATA} (table_name, {', '.join(keys)})"
+                    f" VALUES (?, {', '.join('?' for _ in keys)})",
+                    (table, *fields.values()),
+                )
         if plan.public_tables_changed:
             conn.execute(f"DELETE FROM main.{PUBLIC_TABLES}")
             conn.execute(
