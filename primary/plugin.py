@@ -4,9 +4,12 @@
   login) may do everything Datasette offers on data.db, including its JSON
   write API, except write to broadsheet's own ``_public_*`` tables. Anonymous
   visitors get nothing (Datasette runs with ``--default-deny``).
-- "Make public" / "Make private" table actions in the style of
-  datasette-public, with a confirmation page protected by Datasette's CSRF
-  check, that show the public TXID and where the table is live.
+- "Make public" / "Change what is public" / "Make private" table actions in
+  the style of datasette-public, leading to a page (protected by Datasette's
+  CSRF check) where the team ticks columns and types a row filter, previews
+  exactly what read nodes will serve, confirms, and sees the public TXID and
+  where the table is live.
+- A "public" or "partial" badge beside each public table's name.
 - Publish and unpublish are Datasette events (``track_event``).
 - Write API responses carry ``Broadsheet-Private-Txid``; send
   ``Broadsheet-Wait: public`` to also get ``Broadsheet-Public-Txid``, the
@@ -21,6 +24,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 from datasette import Forbidden, hookimpl
@@ -33,10 +37,12 @@ from datasette.utils.asgi import Response
 from broadsheet.asgi import JSON, error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.log import log
-from broadsheet.names import INTERNAL_PREFIXES
+from broadsheet.names import INTERNAL_PREFIXES, quote
 
 from . import publishing, state, team
+from .preview import Preview, preview
 from .settings import settings
+from .spec import PublishSpec, SpecError
 
 WRITE_ACTIONS = {"insert-row", "update-row", "delete-row", "drop-table", "alter-table"}
 
@@ -194,22 +200,95 @@ def table_actions(datasette, actor, database, table, request):
     async def inner():
         if not await may_publish(datasette, actor, table):
             return []
-        conn = state.connect(settings().data_db, readonly=True)
-        try:
-            public = table in state.public_tables(conn)
-        finally:
-            conn.close()
+        href = datasette.urls.path(f"/-/broadsheet/visibility/{tilde_encode(database)}/{tilde_encode(table)}")
+        if table not in _public_specs():
+            return [
+                {
+                    "href": href,
+                    "label": "Make public",
+                    "description": "Choose its columns and rows, preview them, and serve them from every read node",
+                }
+            ]
         return [
             {
-                "href": datasette.urls.path(f"/-/broadsheet/visibility/{tilde_encode(database)}/{tilde_encode(table)}"),
-                "label": "Make private" if public else "Make public",
-                "description": "Stop serving it from the read nodes and erase it there"
-                if public
-                else "Serve it, and only it, from every read node",
-            }
+                "href": href,
+                "label": "Change what is public",
+                "description": "Choose other columns or rows, and preview the change",
+            },
+            {
+                "href": href + "#make-private",
+                "label": "Make private",
+                "description": "Stop serving it from the read nodes and erase it there",
+            },
         ]
 
     return inner
+
+
+def _public_specs() -> dict[str, PublishSpec]:
+    conn = state.connect(settings().data_db, readonly=True)
+    try:
+        return state.public_specs(conn)
+    finally:
+        conn.close()
+
+
+BADGE_SCRIPT = """
+(() => {
+  const badges = %s;
+  const style = document.createElement("style");
+  // Specific enough to win over Datasette's own heading link styles.
+  style.textContent = "h1 a.broadsheet-badge, .db-table h3 a.broadsheet-badge, li a.broadsheet-badge {"
+    + " font-size: 0.6em; font-weight: normal; padding: 0.1em 0.6em; margin-left: 0.5em; border-radius: 0.8em;"
+    + " vertical-align: middle; text-decoration: none; color: #fff; background: #2a7d3f }"
+    + " h1 a.broadsheet-partial, .db-table h3 a.broadsheet-partial, li a.broadsheet-partial { background: #b36200 }";
+  document.head.appendChild(style);
+  const badge = (b) => {
+    const a = document.createElement("a");
+    a.className = "broadsheet-badge broadsheet-" + b.label;
+    a.textContent = b.label;
+    a.title = b.title;
+    a.href = b.href;
+    return a;
+  };
+  const onTablePage = %s;
+  if (onTablePage) {
+    const h1 = document.querySelector(".page-header h1");
+    if (h1 && badges[onTablePage]) h1.append(badge(badges[onTablePage]));
+    return;
+  }
+  document.querySelectorAll(".db-table h3 > a:first-child, #views + ul li > a:first-child").forEach((a) => {
+    if (Object.hasOwn(badges, a.textContent)) a.after(badge(badges[a.textContent]));
+  });
+})();
+"""
+
+
+@hookimpl
+def extra_body_script(datasette, database, table, view_name):
+    """A "public" or "partial" badge beside each public table's name on the
+    team's database page, and in a public table's page header (Datasette's
+    database.html has no per-table block a template could extend)."""
+    if database != _data_db_name() or view_name not in ("database", "table"):
+        return None
+    specs = _public_specs()
+    if view_name == "table" and table not in specs:
+        return None
+    badges = {
+        name: {
+            "label": "public" if spec.whole else "partial",
+            "title": f"Public: {spec.describe()}",
+            "href": datasette.urls.path(f"/-/broadsheet/visibility/{tilde_encode(database)}/{tilde_encode(name)}"),
+        }
+        for name, spec in specs.items()
+        if view_name == "database" or name == table
+    }
+    return BADGE_SCRIPT % (_script_json(badges), _script_json(table if view_name == "table" else None))
+
+
+def _script_json(value) -> str:
+    """JSON that is safe inside a <script> element."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 @hookimpl
@@ -276,8 +355,73 @@ def _without_dead_login(datasette, scope):
     return {**scope, "headers": headers}
 
 
+@dataclass(frozen=True)
+class SpecForm:
+    """The Make public page's form, and the PublishSpec it means: ticked
+    columns, a row filter, and whether columns added later stay private.
+
+    Everything ticked publishes the whole table (no column list), so that
+    columns added later are published too, unless ``freeze_columns`` asks
+    for an explicit list; some columns unticked publish all but those
+    (``exclude_columns``), or exactly the ticked ones with ``freeze_columns``.
+    """
+
+    ticked: tuple[str, ...]
+    where: str = ""
+    freeze_columns: bool = False
+
+    @classmethod
+    def from_post(cls, fields: dict[str, list[str]], rowid_alias: str | None) -> "SpecForm":
+        ticked = fields.get("columns", [])
+        # The INTEGER PRIMARY KEY's checkbox is disabled, so never sent.
+        if rowid_alias is not None and rowid_alias not in ticked:
+            ticked = [rowid_alias, *ticked]
+        return cls(tuple(ticked), (fields.get("where") or [""])[0].strip(), bool(fields.get("freeze_columns")))
+
+    @classmethod
+    def from_spec(cls, spec: PublishSpec, columns: list[str]) -> "SpecForm":
+        if spec.columns is not None:
+            ticked = [c for c in columns if c in spec.columns]
+        else:
+            ticked = [c for c in columns if c not in spec.exclude_columns]
+        return cls(tuple(ticked), spec.where or "", spec.columns is not None)
+
+    def spec(self, columns: list[str]) -> PublishSpec:
+        """Raises SpecError for a form no spec can come from (nothing ticked)."""
+        unticked = [c for c in columns if c not in self.ticked]
+        data: dict = {}
+        if self.freeze_columns:
+            data["columns"] = [c for c in columns if c in self.ticked] + [c for c in self.ticked if c not in columns]
+        elif unticked:
+            data["exclude_columns"] = unticked
+        if self.where:
+            data["where"] = self.where
+        return PublishSpec.from_dict(data)
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """What the page needs to know of a table to offer its columns."""
+
+    columns: list[str]
+    generated: set[str]
+    rowid_alias: str | None  # the INTEGER PRIMARY KEY, which every spec keeps
+
+    @classmethod
+    def read(cls, conn, table: str) -> "TableShape":
+        xinfo = conn.execute(f"PRAGMA table_xinfo({quote(table)})").fetchall()
+        pk = [r[1] for r in xinfo if r[5]]
+        alias = pk[0] if len(pk) == 1 and next(r[2] for r in xinfo if r[1] == pk[0]).upper() == "INTEGER" else None
+        return cls([r[1] for r in xinfo], {r[1] for r in xinfo if r[6] in (2, 3)}, alias)
+
+
 async def visibility(datasette, request):
-    """Confirm (GET) and carry out (POST) making a table public or private."""
+    """The Make public page. GET: the table's state, and a form to choose
+    its columns and rows (pre-filled with the current spec of a public
+    table). POST ``action=preview``: what that spec would publish, with a
+    Publish button that publishes exactly it. POST ``action=publish`` (or
+    no action, as scripts send it: the whole table) or
+    ``operation=unpublish``: the flip, its public TXID and where it is live."""
     if not _is_team(request.actor):
         raise Forbidden("Log in as a team member to change what is public")
     database = tilde_decode(request.url_vars["database"])
@@ -286,47 +430,95 @@ async def visibility(datasette, request):
         raise Forbidden(f"Only tables of {_data_db_name()} can be published")
     if not await may_publish(datasette, request.actor, table):
         raise Forbidden(publish_forbidden(table))
-    context = {"database": database, "table": table, "outcome": None, "error": None, "live": []}
-    if request.method == "POST":
-        form = await request.post_vars()
-        operation = form.get("operation")
-        if operation not in ("publish", "unpublish"):
-            context["error"] = "Choose publish or unpublish"
-        else:
-            try:
-                outcome = await publishing.flip(
-                    table, operation == "publish", publishing.actor_label(request.actor), wait=True
-                )
-            except (state.PublishError, publishing.PublishTimeout) as exc:
-                context["error"] = exc.message
-            else:
-                context["outcome"] = outcome
-                event = PublishTableEvent if outcome.public else UnpublishTableEvent
-                await datasette.track_event(
-                    event(
-                        actor=request.actor,
-                        database=database,
-                        table=table,
-                        private_txid=outcome.private_txid,
-                        public_txid=outcome.public_txid,
-                    )
-                )
-                if outcome.public_txid is not None:
-                    context["live"] = await _where_live(datasette, request.actor, table, outcome.public_txid)
+    context = {"database": database, "table": table, "outcome": None, "error": None, "live": [], "preview": None}
     conn = state.connect(settings().data_db, readonly=True)
     try:
-        context["public"] = table in state.public_tables(conn)
-        context["exists"] = table in state.user_tables(conn) + state.views(conn)
+        is_view = table in state.views(conn)
+        exists = is_view or table in state.user_tables(conn)
+        shape = TableShape.read(conn, table) if exists and not is_view else TableShape([], set(), None)
+        current = state.public_specs(conn).get(table)
+    finally:
+        conn.close()
+    form = SpecForm.from_spec(current or PublishSpec(), shape.columns)
+    if request.method == "POST":
+        fields = parse_qs((await request.post_body()).decode("utf-8"), keep_blank_values=True)
+        operation, action = (fields.get("operation") or [None])[0], (fields.get("action") or [None])[0]
+        if "action" in fields:
+            form = SpecForm.from_post(fields, shape.rowid_alias)
+        try:
+            if operation not in ("publish", "unpublish") or action not in (None, "preview", "publish"):
+                raise state.PublishError("Choose publish or unpublish, and preview or publish")
+            spec = form.spec(shape.columns) if action and operation == "publish" else PublishSpec()
+            if action == "preview":
+                context["preview"] = await asyncio.to_thread(_preview, table, spec)
+            else:
+                await _flip(datasette, request.actor, database, table, operation == "publish", spec, context)
+        except SpecError as exc:
+            context["error"] = str(exc)
+        except (state.PublishError, publishing.PublishTimeout) as exc:
+            context["error"] = exc.message
+    conn = state.connect(settings().data_db, readonly=True)
+    try:
+        current = state.public_specs(conn).get(table)
         context["audit"] = state.audit_entries(conn, table=table, limit=20)
     finally:
         conn.close()
-    if not context["exists"] and not context["public"] and context["outcome"] is None:
+    for entry in context["audit"]:
+        published = entry["operation"] == "publish"
+        entry["published"] = PublishSpec.from_json(entry["spec_after"]).describe() if published else None
+    if context["preview"] is not None:
+        context["sample"] = [[_cell(row[c]) for c in context["preview"].columns] for row in context["preview"].sample]
+    if context["outcome"] is not None:
+        form = SpecForm.from_spec(current or PublishSpec(), shape.columns)
+    if not exists and current is None and context["outcome"] is None:
         context["error"] = context["error"] or f"Table {table!r} does not exist"
-    context["watch_url"] = f"{settings().control_url}/watch"
+    context.update(
+        public=current is not None,
+        current=current,
+        exists=exists,
+        is_view=is_view,
+        form=form,
+        shape=shape,
+        watch_url=f"{settings().control_url}/watch",
+    )
     status = 400 if context["error"] and request.method == "POST" else 200
     return Response.html(
         await datasette.render_template("broadsheet_visibility.html", context, request=request), status=status
     )
+
+
+def _preview(table: str, spec: PublishSpec) -> Preview:
+    conn = state.connect(settings().data_db, readonly=True)
+    try:
+        return preview(conn, table, spec)
+    finally:
+        conn.close()
+
+
+def _cell(value) -> str:
+    """A sample value as Datasette's table page shows it."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return f"<Binary: {len(value):,} byte{'' if len(value) == 1 else 's'}>"
+    return str(value)
+
+
+async def _flip(datasette, actor: dict, database: str, table: str, public: bool, spec: PublishSpec, context: dict):
+    outcome = await publishing.flip(table, public, publishing.actor_label(actor), wait=True, spec=spec)
+    context["outcome"] = outcome
+    event = PublishTableEvent if outcome.public else UnpublishTableEvent
+    await datasette.track_event(
+        event(
+            actor=actor,
+            database=database,
+            table=table,
+            private_txid=outcome.private_txid,
+            public_txid=outcome.public_txid,
+        )
+    )
+    if outcome.public_txid is not None:
+        context["live"] = await _where_live(datasette, actor, table, outcome.public_txid)
 
 
 async def _where_live(datasette, actor: dict, table: str, txid: int, timeout: float = 3.0) -> list[dict]:

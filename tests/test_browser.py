@@ -1,13 +1,15 @@
 """A team member in a real browser (headless Chromium driven by Playwright):
-log in, make a private table public through the table actions menu, see it
-on a read node, make it private again and see the 403."""
+log in, make a private table public through the table actions menu (all of
+it, or chosen columns and rows after a preview), see it on a read node and
+a badge in the team's table list, make it private again and see the 403."""
 
 import re
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import status, wait_until
+from conftest import create_table, rows, status, wait_until
+from primary import state
 
 CHROMIUM = "/usr/bin/chromium"
 # As root, in a sandbox with no network but loopback.
@@ -30,22 +32,33 @@ def browser():
         browser.close()
 
 
-def test_make_public_and_private_from_the_table_actions_menu(cluster, browser, tmp_path):
+def team_page(cluster, browser):
+    """A page logged in as the team."""
     page = browser.new_page()
     page.set_default_timeout(15_000)
-    node = cluster.replicas[0]
-    assert status(node.url, "/public/planes") == 403
-
     page.goto(f"{cluster.primary.url}/-/login")
     page.fill("input[name=username]", "team")
     page.fill("input[name=password]", cluster.primary.team_password)
     page.click("input[type=submit]")
+    return page
 
-    page.goto(f"{cluster.primary.url}/data/planes")
+
+def open_table_action(page, cluster, table: str, action: str) -> None:
+    page.goto(f"{cluster.primary.url}/data/{table}")
     page.locator("summary", has_text="Table actions").click()
-    page.get_by_role("menuitem", name=re.compile("^Make public")).click()
+    page.get_by_role("menuitem", name=re.compile(f"^{action}")).click()
+
+
+def test_make_public_and_private_from_the_table_actions_menu(cluster, browser, tmp_path):
+    page = team_page(cluster, browser)
+    node = cluster.replicas[0]
+    assert status(node.url, "/public/planes") == 403
+
+    open_table_action(page, cluster, "planes", "Make public")
     expect(page.locator("h1")).to_contain_text("planes is private")
-    page.get_by_role("button", name="Make public").click()
+    page.get_by_role("button", name="Preview").click()
+    expect(page.locator(".broadsheet-preview-rows")).to_have_text(re.compile(r"^(\d+) of \1 rows$"))
+    page.get_by_role("button", name="Publish", exact=True).click()
 
     expect(page.locator(".broadsheet-outcome")).to_contain_text("is now public")
     txid = int(page.locator(".broadsheet-txid").inner_text())
@@ -53,7 +66,7 @@ def test_make_public_and_private_from_the_table_actions_menu(cluster, browser, t
     expect(page.locator(".broadsheet-live")).to_contain_text(f"✓ {node.name}")
     page.screenshot(path=str(tmp_path / "made-public.png"))
     # The audit log on the page names who did it.
-    expect(page.locator("table.rows-and-columns")).to_contain_text("team")
+    expect(page.locator("table.broadsheet-history")).to_contain_text("team")
 
     # Publishing is a Datasette event, which the primary logs.
     events = (cluster.supervisor.log_dir / "primary-datasette.log").read_text()
@@ -64,9 +77,7 @@ def test_make_public_and_private_from_the_table_actions_menu(cluster, browser, t
     assert response.status == 200
     expect(visitor.locator("table.rows-and-columns")).to_contain_text("N10156")
 
-    page.goto(f"{cluster.primary.url}/data/planes")
-    page.locator("summary", has_text="Table actions").click()
-    page.get_by_role("menuitem", name=re.compile("^Make private")).click()
+    open_table_action(page, cluster, "planes", "Make private")
     page.get_by_role("button", name="Make private").click()
     expect(page.locator(".broadsheet-outcome")).to_contain_text("is now private")
     private_txid = int(page.locator(".broadsheet-txid").inner_text())
@@ -76,6 +87,57 @@ def test_make_public_and_private_from_the_table_actions_menu(cluster, browser, t
     assert response.status == 403
     for other in cluster.replicas:
         wait_until(lambda: status(other.url, "/public/planes") == 403)
+
+
+EMAIL = "BROWSER-EXCLUDED-EMAIL-SENTINEL-8f4"
+
+
+def test_publish_chosen_columns_and_rows_after_a_preview(cluster, browser, db, tmp_path):
+    create_table(
+        cluster,
+        "helpers",
+        [{"id": i, "name": f"helper {i}", "city": "York", "email": f"{EMAIL} {i}", "consent": i % 2} for i in range(1, 41)],
+    )
+    create_table(cluster, "helpers_private", [{"id": 1, "note": "stays private"}])
+    page = team_page(cluster, browser)
+    open_table_action(page, cluster, "helpers", "Make public")
+    expect(page.locator("h1")).to_contain_text("helpers is private")
+    key = page.locator("input[name=columns][value=id]")
+    expect(key).to_be_checked()
+    expect(key).to_be_disabled()
+    page.get_by_role("checkbox", name="email", exact=True).uncheck()
+    page.get_by_label("Only rows where").fill("consent = 1")
+    page.get_by_role("button", name="Preview").click()
+
+    expect(page.locator(".broadsheet-preview-rows")).to_have_text("20 of 40 rows")
+    expect(page.locator(".broadsheet-preview-columns")).to_have_text("id, name, city, consent")
+    expect(page.locator(".broadsheet-sample tbody tr")).to_have_count(5)
+    expect(page.locator(".broadsheet-sample")).to_contain_text("helper 1")
+    expect(page.locator(".broadsheet-sample")).not_to_contain_text(EMAIL)
+    page.screenshot(path=str(tmp_path / "preview.png"), full_page=True)
+    assert "helpers" not in state.public_tables(db)  # nothing is public before the confirmation
+
+    page.get_by_role("button", name="Publish", exact=True).click()
+    expect(page.locator(".broadsheet-outcome")).to_contain_text("is now public")
+    txid = int(page.locator(".broadsheet-txid").inner_text())
+    expect(page.locator(".broadsheet-current-spec")).to_have_text("all columns but email; rows where consent = 1")
+
+    columns = ["id", "name", "city", "consent"]
+    expected = [dict(zip(columns, r)) for r in db.execute(f"SELECT {', '.join(columns)} FROM helpers WHERE consent = 1 ORDER BY id")]
+    served = rows(cluster.replicas[0].url, "helpers", _txid=txid, _size="max", _sort="id")
+    assert served == expected and len(served) == 20
+
+    # The team's own table list, and the table's page: a "partial" badge.
+    page.goto(f"{cluster.primary.url}/data")
+    listed = page.locator(".db-table", has=page.get_by_role("link", name="helpers", exact=True))
+    expect(listed.locator(".broadsheet-badge")).to_have_text("partial")
+    expect(page.locator(".db-table", has=page.get_by_role("link", name="airports", exact=True)).locator(
+        ".broadsheet-badge")).to_have_text("public")
+    expect(page.locator(".db-table", has=page.get_by_role("link", name="helpers_private", exact=True)).locator(
+        ".broadsheet-badge")).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "badges.png"), full_page=True)
+    page.goto(f"{cluster.primary.url}/data/helpers")
+    expect(page.locator(".page-header h1 .broadsheet-badge")).to_have_text("partial")
 
 
 def test_anonymous_browser_is_sent_to_login(cluster, browser):
@@ -89,12 +151,7 @@ def test_watch_page_shows_a_publish_arriving_on_every_node(cluster, browser, con
     login cookie as the team's Datasette."""
     from primary import state
 
-    page = browser.new_page()
-    page.set_default_timeout(15_000)
-    page.goto(f"{cluster.primary.url}/-/login")
-    page.fill("input[name=username]", "team")
-    page.fill("input[name=password]", cluster.primary.team_password)
-    page.click("input[type=submit]")
+    page = team_page(cluster, browser)
     page.goto(f"{cluster.primary.control_url}/watch")
     expect(page.locator("#conn")).to_have_text("live")
     for node in cluster.replicas:
