@@ -139,6 +139,15 @@ def test_publish_chosen_columns_and_rows_after_a_preview(cluster, browser, db, t
     page.goto(f"{cluster.primary.url}/data/helpers")
     expect(page.locator(".page-header h1 .broadsheet-badge")).to_have_text("partial")
 
+    # Changing it starts from what is public now.
+    open_table_action(page, cluster, "helpers", "Change what is public")
+    expect(page.locator("h1")).to_contain_text("helpers is public")
+    expect(page.get_by_role("checkbox", name="email", exact=True)).not_to_be_checked()
+    expect(page.get_by_role("checkbox", name="city", exact=True)).to_be_checked()
+    expect(page.get_by_label("Only rows where")).to_have_value("consent = 1")
+    expect(page.locator("table.broadsheet-history")).to_contain_text("all columns but email; rows where consent = 1")
+    page.screenshot(path=str(tmp_path / "change.png"), full_page=True)
+
 
 def test_anonymous_browser_is_sent_to_login(cluster, browser):
     page = browser.new_page()

@@ -132,3 +132,20 @@ def test_a_script_posting_operation_alone_publishes_the_whole_table(cluster, db,
     assert state.public_specs(db)["ui_whole"] == PublishSpec()
     response = team_page.post("/ui_whole", data={"operation": "unpublish"})
     assert response.status_code == 200 and "ui_whole" not in state.public_tables(db)
+
+
+def test_a_cross_site_form_cannot_publish_with_a_members_cookie(cluster, db):
+    """Datasette's own cross-origin check covers the page: a form on another
+    site, posted with a member's login cookie, gets 403."""
+    create_table(cluster, "ui_cross_site", people(3))
+    with httpx.Client(base_url=cluster.primary.url, timeout=30) as browser:
+        login = browser.post("/-/login", data={"username": "team", "password": cluster.primary.team_password})
+        assert login.status_code == 302
+        before = (state.public_tables(db), state.audit_entries(db, limit=3))
+        forged = browser.post(
+            "/-/broadsheet/visibility/data/ui_cross_site",
+            data={"operation": "publish", "action": "publish", "columns": COLUMNS},
+            headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://elsewhere.example"},
+        )
+        assert forged.status_code == 403
+        assert (state.public_tables(db), state.audit_entries(db, limit=3)) == before
