@@ -149,3 +149,22 @@ def test_a_cross_site_form_cannot_publish_with_a_members_cookie(cluster, db):
         )
         assert forged.status_code == 403
         assert (state.public_tables(db), state.audit_entries(db, limit=3)) == before
+
+
+def test_a_view_is_previewed_and_published_whole(cluster, db, team_page):
+    create_table(cluster, "ui_view_base", people(3))
+    with state.immediate(db):
+        db.execute("CREATE VIEW ui_high_airports AS SELECT faa, name, alt FROM airports WHERE alt > 5000")
+        db.execute("CREATE VIEW ui_private_view AS SELECT name FROM ui_view_base")
+    (high,) = db.execute("SELECT count(*) FROM ui_high_airports").fetchone()
+    page = team_page.get("/ui_high_airports")
+    assert "A view is published whole" in words(page) and 'name="columns"' not in page.text
+    preview = team_page.post("/ui_high_airports", data={"operation": "publish", "action": "preview"})
+    assert preview.status_code == 200, error_message(preview)
+    assert f"serve {high} of {high} rows and 3 columns (faa, name, alt)" in words(preview)
+    published = team_page.post("/ui_high_airports", data={"operation": "publish", "action": "publish"})
+    assert published.status_code == 200, error_message(published)
+    assert state.public_specs(db)["ui_high_airports"] == PublishSpec()
+    # A view over a private table: the preview already says so.
+    refused = team_page.post("/ui_private_view", data={"operation": "publish", "action": "preview"})
+    assert refused.status_code == 400 and "ui_view_base" in error_message(refused)
