@@ -91,6 +91,10 @@ class _Plan:
         )
 
 
+def cycle_log_path(watermark_file: str | Path) -> Path:
+    return Path(watermark_file).with_name("publisher-cycles.jsonl")
+
+
 def _trigger_names(table: str) -> dict[str, str]:
     return {op: f"{TRIGGER_PREFIX}{op}_{table}" for op in ("ins", "upd", "del")}
 
@@ -143,6 +147,16 @@ class Publisher:
         self._synced_published: tuple[str, ...] | None = None
         # A cycle erased data and public.db's WAL has not been truncated yet.
         self._checkpoint_due = False
+        # Change-log entries up to _processed are in public.db; those below
+        # _trimmed are deleted from data.db (never the newest: ids are
+        # max + 1, so deleting the last entry would let ids repeat). Trimming is a data.db commit of
+        # the publisher's own, so it happens rarely (TRIM_EVERY entries, or
+        # when idle for TRIM_IDLE seconds), not once per team write.
+        self._processed = 0
+        self._trimmed = 0
+        self._last_trim = time.monotonic()
+        # Beside the watermark, off the mounts (none in a bare test publisher).
+        self.cycle_log = state.CycleLog(cycle_log_path(watermark_file)) if watermark_file else None
 
     def close(self) -> None:
         self.conn.close()
@@ -195,8 +209,8 @@ class Publisher:
                     self._create_triggers(conn, table)
                     self._force_copy.add(table)
             conn.execute(
-                "DELETE FROM _public_changes WHERE tbl NOT IN (SELECT value FROM json_each(?))",
-                (json.dumps(published),),
+                "DELETE FROM _public_changes WHERE tbl NOT IN (SELECT value FROM json_each(?)) AND id < ?",
+                (json.dumps(published), self._processed),
             )
         self._maintained = (conn.execute("PRAGMA schema_version").fetchone()[0], tuple(published))
 
@@ -297,7 +311,7 @@ class Publisher:
                 self.checkpoint()
                 self._synced_schema = plan.schema_version
                 self._synced_published = tuple(plan.published)
-                self._trim(plan.max_change)
+                self._processed = max(self._processed, plan.max_change or 0)
                 self._follow_up(plan, before.txid)
                 return None
             rows_changed = self._apply(plan)
@@ -327,8 +341,10 @@ class Publisher:
             rows_changed=rows_changed,
             commit_ms=commit_ms,
         )
-        self._record(cycle, plan.max_change)
+        self._processed = max(self._processed, plan.max_change or 0)
+        self._record(cycle)
         self._follow_up(plan, before.txid, public.txid)
+        self.trim(idle=False)
         return cycle
 
     def _follow_up(self, plan: "_Plan", private_txid: int, public_txid: int | None = None) -> None:
@@ -403,7 +419,8 @@ class Publisher:
         plan.max_change = conn.execute("SELECT max(id) FROM src._public_changes").fetchone()[0]
         if plan.max_change is not None:
             for tbl, rid in conn.execute(
-                "SELECT tbl, rid FROM src._public_changes WHERE id <= ? ORDER BY id", (plan.max_change,)
+                "SELECT tbl, rid FROM src._public_changes WHERE id > ? AND id <= ? ORDER BY id",
+                (self._processed, plan.max_change),
             ):
                 if tbl in published and tbl not in plan.copy:
                     if rid is None:
@@ -473,29 +490,48 @@ class Publisher:
             )
         return rows
 
-    def _trim(self, max_change: int | None) -> None:
-        if max_change is not None:
-            with state.immediate(self.writer):
-                self.writer.execute("DELETE FROM _public_changes WHERE id <= ?", (max_change,))
+    TRIM_EVERY = 10_000
+    TRIM_IDLE = 30.0
 
-    def _record(self, cycle: Cycle, max_change: int | None) -> None:
+    def trim(self, idle: bool) -> bool:
+        """Delete change-log entries that are in public.db, when enough have
+        gathered (or, when ``idle``, after TRIM_IDLE seconds): one data.db
+        commit of the publisher's own for many team writes. Returns whether
+        it committed. The watermark moves past that commit, since it changes
+        nothing public."""
+        pending = self._processed - self._trimmed
+        due = pending >= self.TRIM_EVERY or (idle and pending > 0 and time.monotonic() - self._last_trim >= self.TRIM_IDLE)
+        if not due:
+            return False
+        mark = state.Watermark.read(self.watermark_file) if self.watermark_file else None
         with state.immediate(self.writer):
-            if max_change is not None:
-                self.writer.execute("DELETE FROM _public_changes WHERE id <= ?", (max_change,))
-            self.writer.execute(
-                "INSERT INTO _public_cycles (started_at, duration_ms, private_txid, public_txid,"
-                " tables_copied, tables_dropped, rows_changed) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    cycle.started_at,
-                    round(cycle.duration_ms, 3),
-                    cycle.private_txid,
-                    cycle.public_txid,
-                    len(cycle.tables_copied),
-                    len(cycle.tables_dropped),
-                    cycle.rows_changed,
-                ),
+            before = Pos.read(self.data_db).txid  # nobody else can commit now
+            # Strictly below: the newest processed entry stays, so that the
+            # next entry's id (max + 1) is above everything processed.
+            self.writer.execute("DELETE FROM _public_changes WHERE id < ?", (self._processed,))
+        after = Pos.read(self.data_db).txid
+        self._trimmed, self._last_trim = self._processed, time.monotonic()
+        self.own_txid = after if after == before + 1 else None
+        if self.own_txid is not None and mark is not None and mark.private_txid >= before:
+            self._advance(after, mark.public_txid)
+        return True
+
+    own_txid: int | None = None  # data.db TXID of the publisher's own last trim
+
+    def _record(self, cycle: Cycle) -> None:
+        if self.cycle_log is not None:
+            self.cycle_log.append(
+                {
+                    "started_at": cycle.started_at,
+                    "duration_ms": round(cycle.duration_ms, 3),
+                    "commit_ms": round(cycle.commit_ms, 3),
+                    "private_txid": cycle.private_txid,
+                    "public_txid": cycle.public_txid,
+                    "tables_copied": list(cycle.tables_copied),
+                    "tables_dropped": list(cycle.tables_dropped),
+                    "rows_changed": cycle.rows_changed,
+                }
             )
-            self.writer.execute("DELETE FROM _public_cycles WHERE id <= (SELECT max(id) FROM _public_cycles) - 10000")
 
 
 # -- table copying (on the publisher's public.db connection, src attached) ---
@@ -586,7 +622,12 @@ class Runner:
         while not self.stopped.is_set():
             try:
                 for event in events(self.litefs_url):
-                    if event is None or (isinstance(event, TxEvent) and event.db == self.db_name):
+                    if event is None or (
+                        isinstance(event, TxEvent)
+                        and event.db == self.db_name
+                        # Its own trim changes nothing public: no cycle for it.
+                        and event.pos.txid != self.publisher.own_txid
+                    ):
                         self.wake.set()
                     if self.stopped.is_set():
                         return
@@ -602,8 +643,9 @@ class Runner:
         while not self.stopped.is_set():
             self.wake.wait(self.poll_interval)
             pos = Pos.read(self.publisher.data_db)
-            if not self.wake.is_set() and pos == last:
+            if not self.wake.is_set() and (pos == last or pos.txid == self.publisher.own_txid):
                 self.publisher.checkpoint()  # one deferred after an erasing cycle
+                self.publisher.trim(idle=True)
                 continue
             self.wake.clear()
             last = pos
@@ -629,5 +671,3 @@ class Runner:
                     f" copied {list(cycle.tables_copied)},"
                     f" dropped {list(cycle.tables_dropped)})",
                 )
-                # The cycle's own record in data.db wakes us once more; that
-                # pass finds nothing to publish.

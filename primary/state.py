@@ -6,8 +6,8 @@ transactional snapshot (the datasette-public plugin's first design).
 - ``_public_changes``: rows changed in published tables, written by triggers the
   publisher installs, so every writer is captured, including ones that bypass
   broadsheet. The publisher deletes entries once they are in public.db.
-- ``_public_cycles``: one row per publish cycle: the data.db TXID it reflects
-  and the public.db TXID it produced.
+- ``_public_cycles``: no longer written (cycle records cost no data.db
+  commit now: see CycleLog); kept so that an older data.db still opens.
 """
 
 from __future__ import annotations
@@ -457,3 +457,53 @@ class Watermark:
         except (FileNotFoundError, ValueError):
             return None
         return cls(int(data["private_txid"]), int(data["public_txid"]))
+
+
+class CycleLog:
+    """The publisher's record of its cycles, one JSON line each, in a file
+    beside the watermark: writing it costs no data.db commit (a team write
+    is one commit, and wakes the publisher once). Keeps the newest
+    ``keep`` records."""
+
+    def __init__(self, path: str | os.PathLike, keep: int = 10_000):
+        self.path = str(path)
+        self.keep = keep
+        self._lines = self._count()
+
+    def _count(self) -> int:
+        try:
+            with open(self.path, "rb") as fp:
+                return sum(1 for _ in fp)
+        except FileNotFoundError:
+            return 0
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as fp:
+            fp.write(json.dumps(record) + "\n")
+        self._lines += 1
+        if self._lines > 2 * self.keep:
+            kept = self.read(self.keep)[::-1]
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as fp:
+                fp.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(tmp, self.path)
+            self._lines = len(kept)
+
+    @staticmethod
+    def read_file(path: str | os.PathLike, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` records, newest first."""
+        try:
+            with open(path) as fp:
+                lines = fp.readlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in reversed(lines[-limit:]):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut short by a crash
+        return records
+
+    def read(self, limit: int = 100) -> list[dict]:
+        return self.read_file(self.path, limit)

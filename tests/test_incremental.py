@@ -67,3 +67,35 @@ def test_writes_by_any_writer_are_captured_in_one_cycle(cluster, control, db):
     wait_until(lambda: [r["id"] for r in rows(node.url, "ledger")] == [2, 3, 4])
     assert rows(node.url, "ledger", id=2)[0]["amount"] == 21
     assert Pos.read(cluster.primary.public_db).txid == before + 1
+
+
+def test_one_team_write_is_one_data_db_commit(cluster, token, db):
+    """The publisher's bookkeeping (its cycle records, trimming the change
+    log) adds no data.db commit per write: N writes through the write API
+    move data.db's TXID by N (at most one more, should the publisher trim
+    its change log meanwhile), and every write reaches the read nodes."""
+    import httpx
+
+    from conftest import create_table, settle
+    from primary.publisher import cycle_log_path
+
+    create_table(cluster, "tally", [{"id": 0, "n": 0}])
+    state.set_public(db, "tally", True, actor="test")
+    settle(cluster)
+    before = Pos.read(cluster.primary.data_db).txid
+    cycles_before = len(state.CycleLog.read_file(cycle_log_path(cluster.primary.watermark_file), 10_000))
+    writes = 30
+    for i in range(1, writes + 1):
+        response = httpx.post(
+            f"{cluster.primary.url}/data/tally/-/insert", json={"row": {"id": i, "n": i}},
+            headers={"Authorization": f"Bearer {token}"}, timeout=30,
+        )
+        assert response.status_code == 201, response.text
+    settle(cluster)
+    commits = Pos.read(cluster.primary.data_db).txid - before
+    assert writes <= commits <= writes + 1, f"{commits} data.db commits for {writes} writes"
+    cluster.wait_for_replicas()
+    assert len(rows(cluster.replicas[0].url, "tally", _size="max")) == writes + 1
+    # The cycles are still recorded, beside the watermark.
+    cycles = state.CycleLog.read_file(cycle_log_path(cluster.primary.watermark_file), 10_000)
+    assert len(cycles) > cycles_before and cycles[0]["public_txid"] == Pos.read(cluster.primary.public_db).txid

@@ -1,0 +1,42 @@
+"""The publisher on plain files (no LiteFS): its change-log bookkeeping, fast."""
+
+from __future__ import annotations
+
+import apsw
+
+from primary import state
+from primary.publisher import Publisher
+
+
+def test_trimming_the_change_log_never_lets_change_ids_repeat(tmp_path):
+    """Trimming keeps the newest processed entry, so the next change's id
+    (max + 1) is above everything processed and no change is skipped."""
+    data, public = str(tmp_path / "data.db"), str(tmp_path / "public.db")
+    conn = state.connect(data)
+    state.ensure_schema(conn)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("INSERT INTO notes VALUES (1, 'one')")
+    state.set_public(conn, "notes", True, actor="test")
+    publisher = Publisher(data, public, tmp_path / "watermark.json")
+    publisher.TRIM_EVERY = 1
+    publisher.run_cycle()
+
+    def public_rows():
+        check = apsw.Connection(public, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            return check.execute("SELECT id, text FROM notes ORDER BY id").fetchall()
+        finally:
+            check.close()
+
+    for i in range(2, 6):
+        with state.immediate(conn):
+            conn.execute("INSERT INTO notes VALUES (?, ?)", (i, f"note {i}"))
+        publisher.run_cycle()  # trims after every cycle (TRIM_EVERY = 1)
+        assert public_rows()[-1] == (i, f"note {i}")
+        kept = conn.execute("SELECT count(*) FROM _public_changes").fetchone()[0]
+        assert kept == 1  # the newest processed entry only
+    # Cycle records go to a file beside the watermark, not to data.db.
+    assert state.CycleLog.read_file(tmp_path / "publisher-cycles.jsonl", 100)
+    assert conn.execute("SELECT count(*) FROM _public_cycles").fetchone()[0] == 0
+    publisher.close()
+    conn.close()
