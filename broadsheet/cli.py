@@ -453,7 +453,9 @@ def watch(root, url, token, until_txid):
     client = _control(root, url, token)
     try:
         for event, data in client.events():
-            if event == "node":
+            if event == "node" and data.get("left"):
+                click.echo(f"{data['name']}: left")
+            elif event == "node":
                 state_ = "connected" if data["connected"] else "UNREACHABLE"
                 click.echo(f"{data['name']}: txid {data['txid']} ({data['behind_txids']} behind, {state_})")
             elif event == "propagation":
