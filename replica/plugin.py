@@ -14,15 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 from datasette import hookimpl
+from datasette.database import QueryInterrupted
+from datasette.handle_exception import handle_exception as render_exception
 from datasette.permissions import PermissionSQL
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
+from datasette.views.base import DatasetteError
 
 from broadsheet import fts
 from broadsheet.asgi import error_body, respond
@@ -41,6 +45,30 @@ DATABASE_ACTIONS = {"view-database", "execute-sql"}
 
 def _public_databases(datasette) -> list:
     return [db for name, db in datasette.databases.items() if name != "_internal" and not db.is_memory]
+
+
+# Datasette's own message for a query cut at sql_time_limit_ms.
+TIME_LIMIT_MESSAGE = "SQL query took too long. The time limit is controlled by the sql_time_limit_ms setting."
+
+# SQLite's verdicts on the statement itself (unknown column, syntax, refused
+# by the sandbox, value too big): on a read node the statement's variable
+# parts are the visitor's. The rest (I/O, corruption, busy, ...) are ours.
+_STATEMENT_ERRORS = {"SQLITE_ERROR", "SQLITE_AUTH", "SQLITE_TOOBIG", "SQLITE_RANGE", "SQLITE_MISMATCH"}
+
+
+@hookimpl(tryfirst=True)
+def handle_exception(datasette, request, exception):
+    """A visitor's bad request is a 400, whichever page it reached: Datasette
+    turns these into 400s on its query page, but lets them escape as 500s
+    from table pages (``?_facet=`` of no column, a ``?_where=`` cut at the
+    time limit)."""
+    if isinstance(exception, QueryInterrupted):
+        error = DatasetteError(TIME_LIMIT_MESSAGE, title="SQL Interrupted", status=400)
+    elif isinstance(exception, sqlite3.Error) and getattr(exception, "sqlite_errorname", "") in _STATEMENT_ERRORS:
+        error = DatasetteError(str(exception), title="Invalid SQL", status=400)
+    else:
+        return None
+    return render_exception(datasette, request, error)
 
 
 @dataclass(frozen=True)
