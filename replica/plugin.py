@@ -33,6 +33,7 @@ from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
+from . import sandbox
 from .settings import BUILD, Settings, settings
 from .status import ReplicaStatus
 
@@ -45,6 +46,15 @@ DATABASE_ACTIONS = {"view-database", "execute-sql"}
 
 def _public_databases(datasette) -> list:
     return [db for name, db in datasette.databases.items() if name != "_internal" and not db.is_memory]
+
+
+@hookimpl
+def prepare_connection(conn, database, datasette):
+    # Every connection to a database visitors can query. (Datasette also
+    # prepares scratch connections of its own, such as the one /-/versions
+    # probes SQLite's features with.)
+    if database in {db.name for db in _public_databases(datasette)}:
+        sandbox.confine(conn)
 
 
 # Datasette's own message for a query cut at sql_time_limit_ms.

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -20,6 +22,15 @@ from datasette.app import Datasette
 from datasette.plugins import pm
 
 import replica.plugin
+from conftest import rows, team_db, wait_until
+from replica.sandbox import (
+    NAMING_PRAGMAS,
+    READABLE_PRAGMAS,
+    SAFE_FUNCTIONS,
+    SAFE_TABLE_FUNCTIONS,
+    SETTABLE_PRAGMAS,
+    confine,
+)
 from replica.settings import settings
 
 # Runs until Datasette's time limit cuts it.
@@ -91,6 +102,139 @@ async def get(ds, path, **params) -> httpx.Response:
     return await ds.client.get(path, params=params)
 
 
+# -- 1. the SQL sandbox --------------------------------------------------------
+
+
+def _call(name: str, narg: int, kind: str) -> str:
+    args = ", ".join(["NULL"] * max(narg, 1 if narg < 0 else 0))
+    return f'"{name}"({args})' + (" OVER ()" if kind == "w" else "")
+
+
+@in_loop
+async def test_every_function_outside_the_allowlist_is_refused(read_node):
+    ds = read_node()
+    # The functions the node's own connections have, as SQLite reports them.
+    listed = await get(ds, "/public/-/query.json", sql="select name, narg, type from pragma_function_list()", _shape="array")
+    assert listed.status_code == 200
+    functions = {(f["name"], f["narg"], f["type"]) for f in listed.json()}
+    refused = sorted(f for f in functions if f[0].lower() not in SAFE_FUNCTIONS)
+    assert {"fts3_tokenizer", "load_extension"} <= {name for name, _, _ in refused}
+    for name, narg, kind in refused:
+        call = _call(name, narg, kind)
+        for path, params in [
+            ("/public/-/query.json", {"sql": f"select {call}"}),
+            ("/public/docs.json", {"_where": f"{call} is null"}),
+        ]:
+            response = await get(ds, path, **params)
+            assert response.status_code == 400, (call, path, response.text)
+            assert "not authorized" in response.json()["error"], (call, response.text)
+    # What is allowed still works, through both doors.
+    ok = await get(ds, "/public/-/query.json", sql="select upper(title), json_array(id), count(*) over () from docs limit 1")
+    assert ok.status_code == 200
+    assert (await get(ds, "/public/docs.json", _where="length(title) > 4")).status_code == 200
+
+
+@in_loop
+async def test_fts3_tokenizer_can_neither_read_nor_plant_a_pointer(read_node):
+    ds = read_node()
+    for sql in [
+        "select fts3_tokenizer('simple')",  # the address of SQLite's tokenizer
+        "select fts3_tokenizer('simple', fts3_tokenizer('porter'))",  # plant one (a valid one, here)
+    ]:
+        response = await get(ds, "/public/-/query.json", sql=sql)
+        assert response.status_code == 400 and "fts3_tokenizer" in response.json()["error"]
+        assert "rows" not in response.json() or response.json()["rows"] == []
+    # Full-text search still uses its tokenizer.
+    found = await get(ds, "/public/docs.json", _search="hello", _shape="array", _size=3)
+    assert found.status_code == 200
+    assert [r["id"] for r in found.json()] == [1, 3, 5]
+
+
+@in_loop
+async def test_pragmas_and_table_functions_outside_the_allowlist_are_refused(read_node):
+    ds = read_node()
+    plain = sqlite3.connect(":memory:")
+    pragmas = [name for (name,) in plain.execute("select name from pragma_pragma_list")]
+    modules = [name for (name,) in plain.execute("select name from pragma_module_list")]
+    plain.close()
+    allowed = NAMING_PRAGMAS | READABLE_PRAGMAS | SETTABLE_PRAGMAS
+    refused = [p for p in pragmas if p not in allowed]
+    assert "compile_options" in refused and "mmap_size" in refused
+    # ?_where= reaches SQLite without Datasette's own pattern check, so this
+    # is the sandbox alone.
+    for pragma in refused:
+        response = await get(ds, "/public/docs.json", _where=f"exists (select 1 from pragma_{pragma})")
+        assert response.status_code == 400, (pragma, response.text)
+    # A pragma that may be read may not be set.
+    for sql in ["select * from pragma_page_size(1024)", "select * from pragma_max_page_count(1)"]:
+        response = await get(ds, "/public/docs.json", _where=f"exists ({sql})")
+        assert response.status_code == 400, (sql, response.text)
+    # dbstat (the file's pages) and sqlite_stmt (other visitors' SQL) among them.
+    assert {"dbstat", "sqlite_stmt"} <= set(modules)
+    for module in set(modules) - SAFE_TABLE_FUNCTIONS:
+        response = await get(ds, "/public/-/query.json", sql=f"select 1 from {module}")
+        assert response.status_code == 400, (module, response.text)
+    described = await get(
+        ds, "/public/-/query.json", sql="select name from pragma_table_info('docs') join json_each('[1]')", _shape="array"
+    )
+    assert [r["name"] for r in described.json()] == ["id", "title", "body"]
+
+
+def test_sandbox_refuses_attach_and_writes(public_db):
+    """The authorizer on its own, on a writable connection: no other
+    database, no write, whatever Datasette's checks in front of it let through."""
+    from replica.sandbox import confine
+
+    conn = sqlite3.connect(public_db)
+    confine(conn)
+    for sql in [
+        f"ATTACH DATABASE '{public_db}' AS other",
+        "INSERT INTO places (id, name) VALUES (99, 'nope')",
+        "UPDATE places SET name = 'nope'",
+        "DELETE FROM places",
+        "CREATE TABLE evil (id)",
+        "DROP TABLE hidden",
+        "PRAGMA writable_schema = 1",
+        "PRAGMA query_only = 0",
+        "VACUUM INTO '/tmp/copy.db'",
+    ]:
+        with pytest.raises(sqlite3.DatabaseError):
+            conn.execute(sql)
+    assert conn.execute("select count(*) from places").fetchone()[0] == 30
+    conn.close()
+
+
+@in_loop
+async def test_ordinary_pages_still_work_in_the_sandbox(read_node):
+    ds = read_node()
+    for path, params in [
+        ("/", {}),
+        ("/public", {}),
+        ("/public/docs", {}),
+        ("/public/docs", {"_search": "hello"}),
+        ("/public/places", {"_facet": "country"}),
+        ("/public/places", {"_where": "id > 3", "_sort_desc": "name"}),
+        ("/public/docs/3", {}),
+        ("/public/docs.csv", {}),
+        ("/public/-/query", {"sql": "select * from places"}),
+        ("/-/versions.json", {}),
+        ("/-/replication.json", {}),
+    ]:
+        response = await get(ds, path, **params)
+        assert response.status_code == 200, (path, params, response.text[:500])
+    facets = (await get(ds, "/public/places.json", _facet="country", _extra="suggested_facets")).json()
+    assert {r["value"]: r["count"] for r in facets["facet_results"]["results"]["country"]["results"]} == {
+        "uk": 10, "fr": 10, "de": 10,
+    }
+    suggested = (await get(ds, "/public/places.json", _extra="suggested_facets")).json()["suggested_facets"]
+    assert "country" in [s["name"] for s in suggested]
+    row = (await get(ds, "/public/docs/3.json", _shape="array")).json()
+    assert row == [{"id": 3, "title": "doc 3", "body": "hello world 3"}]
+    page = (await get(ds, "/public/places.json", _where="country = 'fr'", _size=2, _shape="objects")).json()
+    assert [r["country"] for r in page["rows"]] == ["fr", "fr"] and page["next"]
+    assert (await get(ds, "/public/hidden.json")).status_code == 403
+
+
 # -- 4. a visitor's mistakes are 4xx --------------------------------------------
 
 
@@ -108,3 +252,39 @@ async def test_bad_facet_and_slow_where_are_400s_not_500s(read_node):
             assert "Traceback" not in response.text and "File \"" not in response.text
     slow = await get(ds, "/public/places.json", _where=f"{ENDLESS} > 0")
     assert slow.json()["status"] == 400 and slow.json()["ok"] is False
+
+
+# -- the cluster: real LiteFS, real Datasette, real HTTP -----------------------------
+
+
+def test_fts3_tokenizer_burst_cannot_crash_a_read_node(cluster, control):
+    """The attack as an outside probe ran it: plant a tokenizer from a
+    made-up pointer on every SQL thread's connection, then search a
+    published FTS4 table (before the sandbox, a segfault)."""
+    db = team_db(cluster)
+    db["probe_docs"].insert_all(
+        [{"id": 1, "title": "LiteFS ships pages"}, {"id": 2, "title": "Datasette serves them"}], pk="id"
+    )
+    db["probe_docs"].enable_fts(["title"], fts_version="FTS4", create_triggers=True)
+    db.close()
+    control.publish("probe_docs")
+    node = cluster.replicas[0]
+    wait_until(lambda: httpx.get(f"{node.url}/public/probe_docs.json", timeout=5).status_code == 200)
+    pid = cluster.supervisor.pid(node.datasette_service)
+    query = f"{node.url}/public/-/query.json"
+
+    leak = httpx.get(query, params={"sql": "select hex(fts3_tokenizer('simple'))"}, timeout=5)
+    assert leak.status_code == 400 and "fts3_tokenizer" in leak.json()["error"] and not leak.json().get("rows")
+
+    def plant(_):
+        sql = "select fts3_tokenizer('simple', X'4141414141414141')"
+        return httpx.get(query, params={"sql": sql}, timeout=10).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        planted = list(pool.map(plant, range(48)))
+    # Refused by the sandbox, or (beyond the SQL slots) not even run.
+    assert 400 in planted and set(planted) <= {400, 429}
+    for _ in range(6):  # every SQL thread
+        assert [r["id"] for r in rows(node.url, "probe_docs", _search="pages")] == [1]
+    assert cluster.supervisor.running(node.datasette_service)
+    assert cluster.supervisor.pid(node.datasette_service) == pid, "the read node's Datasette was restarted"
