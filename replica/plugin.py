@@ -24,7 +24,7 @@ from datasette import hookimpl
 from datasette.database import QueryInterrupted
 from datasette.handle_exception import handle_exception as render_exception
 from datasette.permissions import PermissionSQL
-from datasette.utils import tilde_decode
+from datasette.utils import StartupError, tilde_decode
 from datasette.utils.asgi import Response
 from datasette.views.base import DatasetteError
 
@@ -46,6 +46,27 @@ DATABASE_ACTIONS = {"view-database", "execute-sql"}
 
 def _public_databases(datasette) -> list:
     return [db for name, db in datasette.databases.items() if name != "_internal" and not db.is_memory]
+
+
+@hookimpl
+def startup(datasette):
+    """Refuse to serve unless this is what a read node must be: deny by
+    default, and serve public.db alone. A read node without these would
+    serve whatever its databases hold to anyone."""
+    if not datasette.default_deny:
+        raise StartupError("broadsheet read node: Datasette must run with --default-deny")
+    dbs = _public_databases(datasette)
+    names = ", ".join(db.name for db in dbs) or "none"
+    if len(dbs) != 1:
+        raise StartupError(f"broadsheet read node: serve exactly one database, public.db (serving: {names})")
+    db, conf = dbs[0], settings()
+    if not conf.public_db:
+        raise StartupError("broadsheet read node: BROADSHEET_PUBLIC_DB (the LiteFS mount's public.db) is not set")
+    if Path(db.path).resolve() != Path(conf.public_db).resolve():
+        raise StartupError(f"broadsheet read node: serving {db.path}, but this node's public.db is {conf.public_db}")
+    if not db.is_mutable:
+        # An immutable database would never see the transactions LiteFS applies.
+        raise StartupError("broadsheet read node: public.db must be opened mutable (not with -i)")
 
 
 @hookimpl

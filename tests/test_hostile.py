@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -20,6 +22,7 @@ import pytest
 import sqlite_utils
 from datasette.app import Datasette
 from datasette.plugins import pm
+from datasette.utils import StartupError
 
 import replica.plugin
 from conftest import rows, team_db, wait_until
@@ -252,6 +255,54 @@ async def test_bad_facet_and_slow_where_are_400s_not_500s(read_node):
             assert "Traceback" not in response.text and "File \"" not in response.text
     slow = await get(ds, "/public/places.json", _where=f"{ENDLESS} > 0")
     assert slow.json()["status"] == 400 and slow.json()["ok"] is False
+
+
+# -- 5. start-up -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("without --default-deny", "--default-deny"),
+        ("with a second database", "exactly one database"),
+        ("on another file", "this node's public.db is"),
+        ("on public.db opened immutable", "mutable"),
+    ],
+)
+def test_read_node_refuses_to_start_unless_it_denies_by_default_and_serves_public_db_alone(
+    read_node, public_db, tmp_path, how, message
+):
+    other = str(build_public_db(tmp_path / "other.db"))
+    ds = {
+        "without --default-deny": lambda: read_node(default_deny=False),
+        "with a second database": lambda: read_node(files=[str(public_db), other]),
+        "on another file": lambda: read_node(files=[other]),
+        "on public.db opened immutable": lambda: read_node(files=[], immutables=[str(public_db)]),
+    }[how]()
+    with pytest.raises(StartupError, match=message):
+        asyncio.run(ds.invoke_startup())
+
+
+def test_read_node_starts_when_it_denies_by_default_and_serves_public_db(read_node):
+    asyncio.run(read_node().invoke_startup())
+
+
+def test_datasette_without_default_deny_exits_with_a_message(public_db, tmp_path):
+    """Through the read node's real entry point, as a deploy that dropped
+    the flag would start it."""
+    env = {"PATH": "/usr/bin:/bin", "BROADSHEET_PUBLIC_DB": str(public_db), "HOME": str(tmp_path)}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "replica.serve", "serve", str(public_db), "--port", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a read node without --default-deny started serving")
+    assert result.returncode != 0
+    assert "--default-deny" in result.stderr
 
 
 # -- the cluster: real LiteFS, real Datasette, real HTTP -----------------------------
