@@ -11,11 +11,10 @@ served.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import json
 import sqlite3
-import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -34,6 +33,7 @@ from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
 from . import sandbox
+from .position import PositionWatcher, TooManyWaits
 from .settings import BUILD, Settings, settings
 from .status import ReplicaStatus
 
@@ -46,6 +46,26 @@ DATABASE_ACTIONS = {"view-database", "execute-sql"}
 
 def _public_databases(datasette) -> list:
     return [db for name, db in datasette.databases.items() if name != "_internal" and not db.is_memory]
+
+
+@dataclass
+class Guards:
+    """What one read node shares between all its visitors' requests."""
+
+    position: PositionWatcher  # bookmark waits
+
+
+_guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def guards(datasette) -> Guards:
+    if datasette not in _guards:
+        conf = settings()
+        db = _public_db(datasette)
+        _guards[datasette] = Guards(
+            position=PositionWatcher(db.path if db is not None else "", conf.max_bookmark_waits),
+        )
+    return _guards[datasette]
 
 
 @hookimpl
@@ -67,6 +87,7 @@ def startup(datasette):
     if not db.is_mutable:
         # An immutable database would never see the transactions LiteFS applies.
         raise StartupError("broadsheet read node: public.db must be opened mutable (not with -i)")
+    guards(datasette)
 
 
 @hookimpl
@@ -183,7 +204,14 @@ async def replication_status(datasette, request):
     primary's propagation tracker."""
     db = _public_db(datasette)
     conf = settings()
-    status = ReplicaStatus.read(Path(db.path), node=conf.node_name, region=conf.region, url=conf.public_url)
+    node = guards(datasette)
+    status = ReplicaStatus.read(
+        Path(db.path),
+        node=conf.node_name,
+        region=conf.region,
+        url=conf.public_url,
+        bookmark_waits=node.position.waiting,
+    )
     return Response.json(status.as_dict())
 
 
@@ -199,23 +227,29 @@ def asgi_wrapper(datasette):
             if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
                 return await respond(send, 405, refusal, [(b"allow", b"GET, HEAD, OPTIONS")])
             db = _public_db(datasette)
+            node = guards(datasette)
             try:
                 wanted = bookmark(scope)
             except ValueError as exc:
                 return await respond(send, 400, error_body(400, str(exc)))
-            pos = Pos.read(db.path) if db is not None else Pos(0)
+            pos = node.position.current() if db is not None else Pos(0)
             # Wait for the bookmark first: a table published at TXID N is
             # listed only from N on.
             if wanted is not None and pos.txid < wanted:
-                pos = await wait_for_txid(db.path, wanted, conf.bookmark_timeout)
+                try:
+                    pos = await node.position.wait_for(wanted, conf.bookmark_timeout)
+                except TooManyWaits:
+                    message = (
+                        f"This read node has public TXID {pos.txid} and too many requests waiting for newer ones."
+                        f" Retry TXID {wanted} shortly, or ask another node."
+                    )
+                    return await respond(send, 503, error_body(503, message, txid=pos.txid, wanted=wanted), RETRY)
                 if pos.txid < wanted:
                     message = (
                         f"This read node has public TXID {pos.txid}; TXID {wanted} did not arrive"
                         f" within {conf.bookmark_timeout:g}s. Retry, or ask another node."
                     )
-                    return await respond(
-                        send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), [(b"retry-after", b"1")]
-                    )
+                    return await respond(send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), RETRY)
             _request_pos.set(pos)
             table = await _unlisted_table(datasette, scope["path"])
             if table is not None:
@@ -245,6 +279,9 @@ def asgi_wrapper(datasette):
     return wrap
 
 
+RETRY = [(b"retry-after", b"1")]
+
+
 def bookmark(scope) -> int | None:
     """The TXID a request asks to see at least: ``?_txid=N`` or the
     ``Broadsheet-Min-Txid`` header."""
@@ -259,16 +296,6 @@ def bookmark(scope) -> int | None:
     if txid < 0:
         raise ValueError(f"Bookmark must be a TXID (a non-negative integer), not {txid}")
     return txid
-
-
-async def wait_for_txid(db_path: str, wanted: int, timeout: float) -> Pos:
-    """Wait until LiteFS has applied TXID ``wanted`` (or ``timeout`` passes)."""
-    deadline = time.monotonic() + timeout
-    pos = Pos.read(db_path)
-    while pos.txid < wanted and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
-        pos = Pos.read(db_path)
-    return pos
 
 
 def _if_none_match(scope) -> list[bytes]:

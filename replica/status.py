@@ -22,9 +22,11 @@ class ReplicaStatus:
     # ``.lag`` file); None before the first sync.
     lag_ms: int | None
     checked_at: str
+    # Requests parked on a bookmark right now.
+    bookmark_waits: int = 0
 
     @classmethod
-    def read(cls, db_path: Path, node: str, region: str = "", url: str = "") -> "ReplicaStatus":
+    def read(cls, db_path: Path, node: str, region: str = "", url: str = "", **load: int) -> "ReplicaStatus":
         mount = db_path.parent
         pos = Pos.read(db_path)
         try:
@@ -46,6 +48,7 @@ class ReplicaStatus:
             primary_reachable=primary is not None,
             lag_ms=lag_ms,
             checked_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            **load,
         )
 
     def as_dict(self) -> dict:

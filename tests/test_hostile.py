@@ -15,6 +15,7 @@ import functools
 import sqlite3
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -25,7 +26,10 @@ from datasette.plugins import pm
 from datasette.utils import StartupError
 
 import replica.plugin
+from broadsheet.litefs import Pos
 from conftest import rows, team_db, wait_until
+from replica.plugin import guards
+from replica.position import PositionWatcher, TooManyWaits
 from replica.sandbox import (
     NAMING_PRAGMAS,
     READABLE_PRAGMAS,
@@ -51,6 +55,16 @@ def in_loop(test):
     return run
 
 
+async def eventually(condition, timeout: float = 10.0, message: str = "condition"):
+    """``conftest.wait_until`` for code on the event loop: poll without
+    blocking it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(0.005)
+
+
 def build_public_db(path):
     """A public.db as the publisher leaves it: two published tables (one with
     an FTS4 index), one that is not published, and ``_public_tables``."""
@@ -67,6 +81,12 @@ def build_public_db(path):
     db["_public_tables"].insert_all([{"table_name": "docs"}, {"table_name": "places"}], pk="table_name")
     db.close()
     return path
+
+
+def set_pos(db_path, txid: int) -> None:
+    """Move the position the way LiteFS does: its ``-pos`` file beside the database."""
+    with open(f"{db_path}-pos", "w") as fp:
+        fp.write(str(Pos(txid, 0xC0FFEE + txid)))
 
 
 @pytest.fixture
@@ -255,6 +275,66 @@ async def test_bad_facet_and_slow_where_are_400s_not_500s(read_node):
             assert "Traceback" not in response.text and "File \"" not in response.text
     slow = await get(ds, "/public/places.json", _where=f"{ENDLESS} > 0")
     assert slow.json()["status"] == 400 and slow.json()["ok"] is False
+
+
+# -- 2. bookmark waits ------------------------------------------------------------
+
+
+@in_loop
+async def test_position_watcher_wakes_every_waiter_and_keeps_time(public_db):
+    set_pos(public_db, 3)
+    watcher = PositionWatcher(public_db, max_waits=2)
+    assert watcher.current() == Pos(3, 0xC0FFEE + 3) and not watcher.polling
+    waiting = [asyncio.create_task(watcher.wait_for(4, 30)), asyncio.create_task(watcher.changed(watcher.current(), 30))]
+    await eventually(lambda: watcher.waiting == 2, message="both waiters parked")
+    assert watcher.polling
+    with pytest.raises(TooManyWaits):
+        await watcher.wait_for(5, 30)
+    set_pos(public_db, 4)
+    assert [pos.txid for pos in await asyncio.wait_for(asyncio.gather(*waiting), 1)] == [4, 4]
+    await eventually(lambda: not watcher.polling, message="the watcher to stop polling once nobody waits")
+    # A wait that times out returns the position it has, on time.
+    started = time.monotonic()
+    assert (await watcher.wait_for(99, 0.2)).txid == 4
+    assert 0.2 <= time.monotonic() - started < 0.4
+    # Already there: no wait at all.
+    assert (await watcher.wait_for(4, 0)).txid == 4
+
+
+@in_loop
+async def test_parked_bookmark_waits_are_capped_with_a_503(read_node, public_db):
+    set_pos(public_db, 1)
+    ds = read_node(BROADSHEET_MAX_BOOKMARK_WAITS=5, BROADSHEET_BOOKMARK_TIMEOUT=30)
+    parked = [asyncio.create_task(get(ds, "/public/docs.json", _txid=2, _size=1)) for _ in range(5)]
+    await eventually(lambda: guards(ds).position.waiting == 5, message="five parked waits")
+    refused = await get(ds, "/public/docs.json", _txid=2)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["wanted"] == 2 and refused.json()["txid"] == 1 and "Retry" in refused.json()["error"]
+    # Other visitors are served meanwhile, and the count is visible.
+    assert (await get(ds, "/public/docs.json", _size=1)).status_code == 200
+    assert (await get(ds, "/-/replication.json")).json()["bookmark_waits"] == 5
+    set_pos(public_db, 2)
+    served = await asyncio.wait_for(asyncio.gather(*parked), 2)
+    assert [r.status_code for r in served] == [200] * 5
+    assert {r.headers["broadsheet-txid"] for r in served} == {"2"}
+    assert guards(ds).position.waiting == 0
+
+
+@in_loop
+async def test_many_parked_waits_end_at_their_timeout(read_node, public_db):
+    set_pos(public_db, 1)
+    ds = read_node(BROADSHEET_MAX_BOOKMARK_WAITS=100, BROADSHEET_BOOKMARK_TIMEOUT=0.5)
+
+    async def timed():
+        started = time.monotonic()
+        response = await get(ds, "/public/docs.json", _txid=10**9, _size=1)
+        return response, time.monotonic() - started
+
+    results = await asyncio.gather(*(timed() for _ in range(80)))
+    assert {r.status_code for r, _ in results} == {504}
+    took = sorted(t for _, t in results)
+    assert took[0] >= 0.5 and took[-1] < 0.5 + 1.0, took
 
 
 # -- 5. start-up -------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""The replication position of a read node's public.db, watched once for
+everyone who waits on it.
+
+A visitor holding a bookmark ("at least TXID N") waits until LiteFS has
+applied N. LiteFS's ``-pos`` file cannot be watched with inotify through
+FUSE, so the watcher polls it: one task per node, one read per interval,
+however many visitors wait, and only while someone does. Every waiter sleeps
+on one event that the watcher sets when the position moves. Waits are
+bounded in time and in number: a node does not park more than
+``max_waits`` requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from broadsheet.litefs import Pos
+
+# How often the watcher reads the -pos file while anyone waits: a bookmark is
+# served at most this long after LiteFS has applied its TXID. (A read through
+# FUSE costs tens of microseconds; at 5 ms a node with waiters spends under 1%
+# of its event loop on them, however many there are.)
+POLL_INTERVAL = 0.005
+
+
+class TooManyWaits(Exception):
+    """Every parking place is taken: the caller should come back later."""
+
+
+class PositionWatcher:
+    """The LiteFS position of one database: ``current()`` now,
+    ``wait_for(txid, timeout)`` until it reaches a TXID, ``changed(since,
+    timeout)`` until it moves at all."""
+
+    def __init__(self, db_path: str | os.PathLike, max_waits: int, interval: float = POLL_INTERVAL):
+        self.db_path = db_path
+        self.max_waits = max_waits
+        self.interval = interval
+        self.waiting = 0
+        self._pos = Pos(0)
+        self._moved = asyncio.Event()
+        self._poller: asyncio.Task | None = None
+
+    @property
+    def polling(self) -> bool:
+        """Whether the watcher is reading the position file (only while
+        someone waits)."""
+        return self._poller is not None and not self._poller.done()
+
+    def current(self) -> Pos:
+        """The position LiteFS reports now (one read of the ``-pos`` file);
+        waiters are woken if it has moved."""
+        pos = Pos.read(self.db_path)
+        if pos != self._pos:
+            self._pos = pos
+            moved, self._moved = self._moved, asyncio.Event()
+            moved.set()
+        return pos
+
+    async def wait_for(self, txid: int, timeout: float) -> Pos:
+        """The position once its TXID is at least ``txid``, or when
+        ``timeout`` seconds have passed, whichever is first. Raises
+        ``TooManyWaits`` rather than park more than ``max_waits`` callers."""
+        return await self._wait(lambda pos: pos.txid >= txid, timeout)
+
+    async def changed(self, since: Pos, timeout: float) -> Pos:
+        """The position once it differs from ``since`` (or after ``timeout``)."""
+        return await self._wait(lambda pos: pos != since, timeout)
+
+    async def _wait(self, arrived, timeout: float) -> Pos:
+        pos = self.current()
+        if arrived(pos):
+            return pos
+        if self.waiting >= self.max_waits:
+            raise TooManyWaits(f"{self.waiting} requests are already waiting for this node's position")
+        deadline = time.monotonic() + timeout
+        self.waiting += 1
+        try:
+            self._watch()
+            while not arrived(self._pos):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._moved.wait(), remaining)
+                except TimeoutError:
+                    break
+        finally:
+            self.waiting -= 1
+        return self._pos
+
+    def _watch(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while self.waiting:
+            await asyncio.sleep(self.interval)
+            self.current()
