@@ -6,7 +6,11 @@ hook that allows ``view-table`` for every listed table. It reads the list from
 public.db itself (not from Datasette's internal database, which is not
 replicated). Datasette runs with ``--default-deny``, so whatever the rule does
 not allow is denied: even a table that reached public.db by mistake is not
-served.
+served. ``startup`` refuses to run otherwise.
+
+Visitors are anonymous and may be hostile: their SQL runs in a sandbox
+(``sandbox.py``), at most a few at a time (``custom_sql.py``), and bookmark
+waits share one position watcher with a cap (``position.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
 from . import sandbox
+from .custom_sql import Busy, Slots, runs_custom_sql
 from .position import PositionWatcher, TooManyWaits
 from .settings import BUILD, Settings, settings
 from .status import ReplicaStatus
@@ -53,6 +58,7 @@ class Guards:
     """What one read node shares between all its visitors' requests."""
 
     position: PositionWatcher  # bookmark waits
+    custom_sql: Slots  # visitors' own SQL
 
 
 _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -64,6 +70,7 @@ def guards(datasette) -> Guards:
         db = _public_db(datasette)
         _guards[datasette] = Guards(
             position=PositionWatcher(db.path if db is not None else "", conf.max_bookmark_waits),
+            custom_sql=Slots(conf.max_sql_concurrency),
         )
     return _guards[datasette]
 
@@ -211,6 +218,7 @@ async def replication_status(datasette, request):
         region=conf.region,
         url=conf.public_url,
         bookmark_waits=node.position.waiting,
+        custom_sql=node.custom_sql.taken,
     )
     return Response.json(status.as_dict())
 
@@ -228,6 +236,11 @@ def asgi_wrapper(datasette):
                 return await respond(send, 405, refusal, [(b"allow", b"GET, HEAD, OPTIONS")])
             db = _public_db(datasette)
             node = guards(datasette)
+            custom_sql = runs_custom_sql(scope["path"], scope.get("query_string", b""))
+            # Refused before any other work (reading the position, waiting
+            # for a bookmark), so that a flood of refusals costs little.
+            if custom_sql and node.custom_sql.full:
+                return await _too_busy(send, node.custom_sql)
             try:
                 wanted = bookmark(scope)
             except ValueError as exc:
@@ -272,7 +285,13 @@ def asgi_wrapper(datasette):
                     message = {**message, "headers": headers}
                 await send(message)
 
-            await app(scope, receive, send_with_cache_headers)
+            if not custom_sql:
+                return await app(scope, receive, send_with_cache_headers)
+            try:
+                with node.custom_sql.claim():
+                    return await app(scope, receive, send_with_cache_headers)
+            except Busy:  # taken while this request waited for its bookmark
+                return await _too_busy(send, node.custom_sql)
 
         return read_node
 
@@ -280,6 +299,14 @@ def asgi_wrapper(datasette):
 
 
 RETRY = [(b"retry-after", b"1")]
+
+
+async def _too_busy(send, slots: Slots) -> None:
+    message = (
+        f"This read node is already running {slots.limit} SQL queries from visitors."
+        " Retry shortly; table and row pages are not limited."
+    )
+    await respond(send, 429, error_body(429, message), RETRY)
 
 
 def bookmark(scope) -> int | None:

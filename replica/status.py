@@ -22,8 +22,9 @@ class ReplicaStatus:
     # ``.lag`` file); None before the first sync.
     lag_ms: int | None
     checked_at: str
-    # Requests parked on a bookmark right now.
+    # Requests parked on a bookmark, and running visitors' SQL, right now.
     bookmark_waits: int = 0
+    custom_sql: int = 0
 
     @classmethod
     def read(cls, db_path: Path, node: str, region: str = "", url: str = "", **load: int) -> "ReplicaStatus":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ from replica.sandbox import (
     SETTABLE_PRAGMAS,
     confine,
 )
-from replica.settings import settings
+from replica.settings import Settings, settings
 
 # Runs until Datasette's time limit cuts it.
 ENDLESS = "(with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c)"
@@ -337,6 +338,38 @@ async def test_many_parked_waits_end_at_their_timeout(read_node, public_db):
     assert took[0] >= 0.5 and took[-1] < 0.5 + 1.0, took
 
 
+# -- 3. custom SQL concurrency ------------------------------------------------------
+
+
+@in_loop
+async def test_custom_sql_beyond_its_slots_is_429_and_table_pages_get_through(read_node):
+    ds = read_node(BROADSHEET_MAX_SQL_CONCURRENCY=1)
+    slow = asyncio.create_task(get(ds, "/public/-/query.json", sql=f"select {ENDLESS}"))
+    await eventually(lambda: guards(ds).custom_sql.taken == 1, message="the slow query running")
+    for path, params in [
+        ("/public/-/query.json", {"sql": "select 1"}),
+        ("/public/-/query", {"sql": "select 1"}),
+        ("/public/places.json", {"_where": "id = 1"}),
+        ("/public/places/-/count", {"_where": "id = 1"}),
+    ]:
+        busy = await get(ds, path, **params)
+        assert busy.status_code == 429, (path, busy.text[:300])
+        assert busy.headers["retry-after"] == "1"
+        assert "Retry" in busy.json()["error"]
+    # Table and row pages, facets and search are not custom SQL.
+    for path, params in [
+        ("/public/places.json", {"_facet": "country"}),
+        ("/public/places/2.json", {}),
+        ("/public/docs.json", {"_search": "hello"}),
+    ]:
+        assert (await get(ds, path, **params)).status_code == 200
+    # /public.json?sql= only redirects to the query page: that is where it counts.
+    assert (await get(ds, "/public.json", sql="select 1")).status_code == 302
+    assert (await slow).status_code == 400  # cut at the time limit
+    assert guards(ds).custom_sql.taken == 0
+    assert (await get(ds, "/public/-/query.json", sql="select 1")).status_code == 200
+
+
 # -- 5. start-up -------------------------------------------------------------------
 
 
@@ -419,3 +452,83 @@ def test_fts3_tokenizer_burst_cannot_crash_a_read_node(cluster, control):
         assert [r["id"] for r in rows(node.url, "probe_docs", _search="pages")] == [1]
     assert cluster.supervisor.running(node.datasette_service)
     assert cluster.supervisor.pid(node.datasette_service) == pid, "the read node's Datasette was restarted"
+
+
+def test_parked_waits_and_slow_sql_leave_table_pages_fast(cluster):
+    """Issue 10's load, bounded: parked bookmark waits beyond the cap and
+    slow visitor SQL beyond its slots, while someone reads table pages. The
+    pages must stay close to their unloaded speed, measured here first."""
+    node = cluster.replicas[1]
+    conf = Settings.from_env()
+    page = f"{node.url}/public/airports.json"
+    far = cluster.public_pos().txid + 10**6
+    waits = conf.max_bookmark_waits + 16
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=waits + 64, max_keepalive_connections=waits + 64)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+            async def timed(request):
+                started = time.monotonic()
+                response = await request
+                return response, time.monotonic() - started
+
+            async def read_pages(n: int) -> list[float]:
+                took = []
+                for i in range(n):
+                    response, seconds = await timed(client.get(page, params={"_size": 20, "_next": str(i)}))
+                    assert response.status_code == 200
+                    took.append(seconds)
+                return took
+
+            async def load_stat(name: str) -> int:
+                return (await client.get(f"{node.url}/-/replication.json")).json()[name]
+
+            baseline = await read_pages(40)
+
+            parked = [
+                asyncio.create_task(timed(client.get(page, params={"_txid": far, "_size": 1})))
+                for _ in range(waits)
+            ]
+            deadline = time.monotonic() + 10
+            while await load_stat("bookmark_waits") < conf.max_bookmark_waits:
+                assert time.monotonic() < deadline, "the bookmark waits never parked"
+                await asyncio.sleep(0.02)
+
+            stop = asyncio.Event()
+            sql_statuses: list[tuple[int, str | None]] = []
+
+            async def hostile_sql():
+                while not stop.is_set():
+                    response = await client.get(f"{node.url}/public/-/query.json", params={"sql": f"select {ENDLESS}"})
+                    sql_statuses.append((response.status_code, response.headers.get("retry-after")))
+                    if response.status_code == 429:
+                        await asyncio.sleep(0.2)  # hostile, but not a tight loop on two cores
+
+            hostile = [asyncio.create_task(hostile_sql()) for _ in range(24)]
+            while await load_stat("custom_sql") < conf.max_sql_concurrency:
+                assert time.monotonic() < deadline, "the slow SQL never ran"
+                await asyncio.sleep(0.02)
+            loaded = await read_pages(40)
+            stop.set()
+            await asyncio.gather(*hostile)
+            return baseline, loaded, await asyncio.gather(*parked), sql_statuses
+
+    baseline, loaded, parked, sql_statuses = asyncio.run(scenario())
+    base_p50, load_p50 = statistics.median(baseline), statistics.median(loaded)
+    print(
+        f"\ntable page p50 {base_p50 * 1000:.1f} ms unloaded, {load_p50 * 1000:.1f} ms under load"
+        f" (max {max(loaded) * 1000:.1f} ms); {len(parked)} bookmark waits, {len(sql_statuses)} SQL requests"
+    )
+    assert load_p50 < 5 * base_p50 + 0.05
+
+    statuses = [r.status_code for r, _ in parked]
+    assert statuses.count(504) == conf.max_bookmark_waits and statuses.count(503) == waits - conf.max_bookmark_waits
+    assert all(r.headers["retry-after"] == "1" for r, _ in parked)
+    # The parked waits ended on time: none overran its own limit.
+    waited = [seconds for r, seconds in parked if r.status_code == 504]
+    assert min(waited) >= conf.bookmark_timeout and max(waited) < conf.bookmark_timeout + 1.5, max(waited)
+
+    refused = [retry for code, retry in sql_statuses if code == 429]
+    assert refused and set(refused) == {"1"}
+    assert {code for code, _ in sql_statuses} <= {400, 429}  # cut at the time limit, or refused
