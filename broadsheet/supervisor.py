@@ -441,9 +441,15 @@ def _ancestors() -> set[int]:
 
 
 def _mounts_under(root: Path) -> list[str]:
+    """FUSE mounts (LiteFS's) below ``root``: never ``root`` itself, nor any
+    other kind of mount there (in a container, ``root`` is a volume)."""
     with open("/proc/mounts") as fp:
-        points = [line.split()[1] for line in fp]
-    return [p for p in points if p == str(root) or p.startswith(f"{root}/")]
+        entries = [line.split() for line in fp]
+    return [
+        point
+        for _, point, fstype, *_ in entries
+        if point.startswith(f"{root}/") and fstype.split(".")[0] in ("fuse", "fuseblk")
+    ]
 
 
 def _kill(pids: list[int], timeout: float = 10.0) -> None:
