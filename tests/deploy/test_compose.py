@@ -304,6 +304,47 @@ def test_read_nodes_outlive_the_primary_and_catch_up(compose, token):
         assert all(n["behind_txids"] == 0 for n in c.get("/nodes").json())
 
 
+def test_a_killed_litefs_heals_inside_its_container(compose, token):
+    """kill -9 of LiteFS inside a container: the supervisor there (the
+    container's own process) unmounts, restarts LiteFS and what uses it; the
+    container itself keeps running."""
+    replica = compose.containers("replica")[0]
+    primary = compose.containers("primary")[0]
+    url = compose.host_url(replica)
+    started = {c: compose.docker("inspect", "-f", "{{.State.StartedAt}}", c).stdout for c in (replica, primary)}
+    litefs_pids = (
+        "import os, signal, sys\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try:\n"
+        "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if cmd.startswith(b'/opt/broadsheet/bin/litefs\\x00mount'):\n"
+        "        print(pid)\n"
+        "        if sys.argv[1:] == ['kill']:\n"
+        "            os.kill(int(pid), signal.SIGKILL)\n"
+    )
+    killed = {c: set(compose.exec(c, "python3", "-c", litefs_pids, "kill").stdout.split()) for c in (replica, primary)}
+    assert len(killed[replica]) == 1 and len(killed[primary]) == 2  # the primary runs both clusters
+    wait_until(lambda: status_code(f"{url}/public/notices.json") == 200, timeout=60, message="read node serving again")
+    wait_until(lambda: status_code(f"http://127.0.0.1:{compose.control_port}/health") == 200, timeout=60,
+               message="primary answering again")
+    with team(compose, token) as t:
+        r = wait_until(
+            lambda: (x := t.post("/data/notices/-/insert", headers={"Broadsheet-Wait": "public"},
+                                 json={"row": {"id": 500, "text": "after the kill"}})).status_code == 201 and x,
+            timeout=60, message="a write acknowledged after the kill",
+        )
+    txid = int(r.headers["broadsheet-public-txid"])
+    body = json_get(f"{url}/public/notices.json?_txid={txid}&_shape=objects")
+    assert "after the kill" in [row["text"] for row in body["rows"]]
+    for container, pids in killed.items():
+        now = set(compose.exec(container, "python3", "-c", litefs_pids).stdout.split())
+        assert len(now) == len(pids) and not now & pids  # new LiteFS processes, as many as before
+    for container, when in started.items():
+        assert compose.docker("inspect", "-f", "{{.State.StartedAt}}", container).stdout == when
+
+
 def test_a_read_node_that_leaves_is_dropped(compose, token):
     compose("up", "-d", "--no-recreate", "--scale", "replica=2", timeout=300)
     remaining = {compose.exec(c, "hostname").stdout.strip() for c in compose.containers("replica")}
