@@ -44,9 +44,10 @@ NAMING_PRAGMAS = frozenset(
     {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
 )
 # Pragmas that may be read but never given a value: with a value, a pragma
-# sets something. page_size is read by the FTS modules themselves.
+# sets something. The FTS modules read page_size (FTS3/4) and data_version
+# (FTS5) themselves.
 READABLE_PRAGMAS = frozenset(
-    {"database_list", "function_list", "max_page_count", "page_count", "page_size", "schema_version"}
+    {"data_version", "database_list", "function_list", "max_page_count", "page_count", "page_size", "schema_version"}
 )
 
 # Pragmas that may be set: Datasette wraps connections in sqlite-utils, which

@@ -67,8 +67,10 @@ async def eventually(condition, timeout: float = 10.0, message: str = "condition
 
 
 def build_public_db(path):
-    """A public.db as the publisher leaves it: two published tables (one with
-    an FTS4 index), one that is not published, and ``_public_tables``."""
+    """A public.db as the publisher leaves it: published tables with an FTS4
+    and an FTS5 index (their modules run SQL of their own on the sandboxed
+    connections), a published view, a table that is not published, and
+    ``_public_tables``."""
     db = sqlite_utils.Database(path)
     db["docs"].insert_all(
         [{"id": i, "title": f"doc {i}", "body": f"hello world {i}" if i % 2 else f"goodbye {i}"} for i in range(40)],
@@ -78,8 +80,10 @@ def build_public_db(path):
     db["places"].insert_all(
         [{"id": i, "name": f"place {i}", "country": ["uk", "fr", "de"][i % 3]} for i in range(30)], pk="id"
     )
+    db["places"].enable_fts(["name"], fts_version="FTS5")
+    db.create_view("countries", "select country, count(*) as places from places group by country")
     db["hidden"].insert({"id": 1, "secret": "never served"}, pk="id")
-    db["_public_tables"].insert_all([{"table_name": "docs"}, {"table_name": "places"}], pk="table_name")
+    db["_public_tables"].insert_all([{"table_name": t} for t in ("docs", "places", "countries")], pk="table_name")
     db.close()
     return path
 
@@ -236,6 +240,8 @@ async def test_ordinary_pages_still_work_in_the_sandbox(read_node):
         ("/public", {}),
         ("/public/docs", {}),
         ("/public/docs", {"_search": "hello"}),
+        ("/public/places", {"_search": "place"}),
+        ("/public/countries", {}),
         ("/public/places", {"_facet": "country"}),
         ("/public/places", {"_where": "id > 3", "_sort_desc": "name"}),
         ("/public/docs/3", {}),
@@ -252,6 +258,10 @@ async def test_ordinary_pages_still_work_in_the_sandbox(read_node):
     }
     suggested = (await get(ds, "/public/places.json", _extra="suggested_facets")).json()["suggested_facets"]
     assert "country" in [s["name"] for s in suggested]
+    found = (await get(ds, "/public/places.json", _search="place 7", _searchmode="raw", _shape="array")).json()
+    assert [r["id"] for r in found] == [7]
+    countries = (await get(ds, "/public/countries.json", _shape="array", _sort="country")).json()
+    assert countries == [{"country": c, "places": 10} for c in ("de", "fr", "uk")]
     row = (await get(ds, "/public/docs/3.json", _shape="array")).json()
     assert row == [{"id": 3, "title": "doc 3", "body": "hello world 3"}]
     page = (await get(ds, "/public/places.json", _where="country = 'fr'", _size=2, _shape="objects")).json()
