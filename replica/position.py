@@ -98,4 +98,9 @@ class PositionWatcher:
     async def _poll(self) -> None:
         while self.waiting:
             await asyncio.sleep(self.interval)
-            self.current()
+            try:
+                self.current()
+            except OSError:
+                # LiteFS is restarting and its mount answers nothing: keep
+                # watching, waiters keep their deadlines.
+                continue

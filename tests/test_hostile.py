@@ -313,6 +313,22 @@ async def test_position_watcher_wakes_every_waiter_and_keeps_time(public_db):
 
 
 @in_loop
+async def test_position_watcher_keeps_watching_while_the_position_cannot_be_read(public_db, tmp_path):
+    set_pos(public_db, 3)
+    watcher = PositionWatcher(public_db, max_waits=2)
+    waiting = asyncio.create_task(watcher.wait_for(4, 30))
+    await eventually(lambda: watcher.polling, message="the watcher polling")
+    pos_file = tmp_path / "public.db-pos"
+    pos_file.unlink()
+    pos_file.mkdir()  # what a dead FUSE mount does to a read: an OSError
+    await asyncio.sleep(watcher.interval * 4)
+    assert not waiting.done() and watcher.polling
+    pos_file.rmdir()
+    set_pos(public_db, 4)
+    assert (await asyncio.wait_for(waiting, 1)).txid == 4
+
+
+@in_loop
 async def test_parked_bookmark_waits_are_capped_with_a_503(read_node, public_db):
     set_pos(public_db, 1)
     ds = read_node(BROADSHEET_MAX_BOOKMARK_WAITS=5, BROADSHEET_BOOKMARK_TIMEOUT=30)
