@@ -36,7 +36,7 @@ from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
-from . import sandbox
+from . import metadata, sandbox
 from .custom_sql import Busy, Slots, runs_custom_sql
 from .position import PositionWatcher, TooManyWaits
 from .settings import BUILD, Settings, settings
@@ -264,6 +264,8 @@ def asgi_wrapper(datasette):
                     )
                     return await respond(send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), RETRY)
             _request_pos.set(pos)
+            if db is not None:
+                await metadata.sync(datasette, db, pos)  # the team's titles and licenses, at this TXID
             table = await _unlisted_table(datasette, scope["path"])
             if table is not None:
                 message = f"Table {table!r} is not public on this node."

@@ -54,3 +54,27 @@ def test_bad_metadata_is_refused(cluster, control, db, table, values, message):
         control.set_metadata(table, values)
     assert exc.value.status in (400, 404) and message in exc.value.message
     assert state.metadata(db) == before
+
+
+def test_read_nodes_show_metadata_where_datasette_does(cluster, control, db):
+    create_table(cluster, "gazette", [{"id": 1, "headline": "hello"}])
+    control.publish("gazette")
+    control.set_metadata(None, {"title": "The Public Gazette", "license": "ODbL",
+                                "license_url": "https://opendatacommons.org/licenses/odbl/"})
+    control.set_metadata("gazette", {"description": "Every headline we printed", "source": "The newsroom"})
+    settle(cluster)
+    cluster.wait_for_replicas()
+    for node in cluster.replicas:
+        index = httpx.get(f"{node.url}/", timeout=10).text
+        assert "The Public Gazette" in index and "ODbL" in index
+        page = httpx.get(f"{node.url}/public/gazette", timeout=10).text
+        assert "Every headline we printed" in page and "The newsroom" in page
+        assert httpx.get(f"{node.url}/.json", timeout=10).json()["metadata"]["title"] == "The Public Gazette"
+        table = httpx.get(f"{node.url}/public/gazette.json?_extra=metadata", timeout=10).json()
+        assert table["metadata"]["description"] == "Every headline we printed"
+    # Changed without a restart.
+    control.set_metadata("gazette", {"description": "Every headline, revised"})
+    settle(cluster)
+    cluster.wait_for_replicas()
+    for node in cluster.replicas:
+        assert "Every headline, revised" in httpx.get(f"{node.url}/public/gazette", timeout=10).text

@@ -1,0 +1,55 @@
+"""The team's metadata (title, description, license, source and their URLs),
+replicated in public.db's ``_public_metadata``, shown where Datasette shows
+metadata: on the index page and in ``/-/metadata.json`` for the instance
+(and the database), on table pages and their JSON for each public table.
+
+Datasette keeps metadata in its internal database; a read node copies the
+replicated rows there whenever its position moves, so a change the team
+makes shows without a restart, and nothing stays of a table that is no
+longer public (the publisher replicates metadata for public tables only).
+"""
+
+from __future__ import annotations
+
+from broadsheet.litefs import Pos
+from broadsheet.names import PUBLIC_METADATA
+
+FIELDS = ("title", "description", "license", "license_url", "source", "source_url")
+
+_synced: dict[str, Pos] = {}  # database name -> the position last copied
+
+
+async def sync(datasette, db, pos: Pos) -> None:
+    """Copy ``_public_metadata`` into Datasette's metadata if ``pos`` is new."""
+    if pos.txid == 0 or _synced.get(db.name) == pos:
+        return
+    try:
+        rows = (await db.execute(f"SELECT table_name, {', '.join(FIELDS)} FROM {PUBLIC_METADATA}")).rows
+    except Exception:
+        rows = []  # public.db from before metadata, or not replicated yet
+    instance = {}
+    resources = []
+    for row in rows:
+        fields = {k: row[k] for k in FIELDS if row[k]}
+        if row["table_name"] == "":
+            instance = fields
+        else:
+            resources += [(row["table_name"], k, v) for k, v in fields.items()]
+
+    def write(conn):
+        conn.execute("DELETE FROM metadata_instance")
+        conn.execute("DELETE FROM metadata_databases WHERE database_name = ?", [db.name])
+        conn.execute("DELETE FROM metadata_resources WHERE database_name = ?", [db.name])
+        conn.executemany("INSERT INTO metadata_instance (key, value) VALUES (?, ?)", list(instance.items()))
+        # The one database is the instance: the same title and license there.
+        conn.executemany(
+            "INSERT INTO metadata_databases (database_name, key, value) VALUES (?, ?, ?)",
+            [(db.name, k, v) for k, v in instance.items()],
+        )
+        conn.executemany(
+            "INSERT INTO metadata_resources (database_name, resource_name, key, value) VALUES (?, ?, ?, ?)",
+            [(db.name, table, k, v) for table, k, v in resources],
+        )
+
+    await datasette.get_internal_database().execute_write_fn(write)
+    _synced[db.name] = pos
