@@ -9,6 +9,9 @@
   CSRF check) where the team ticks columns and types a row filter, previews
   exactly what read nodes will serve, confirms, and sees the public TXID and
   where the table is live.
+- A "What read nodes show" form on that page for the table's metadata
+  (title, description, license, source, with URLs), and the same form for
+  the public instance at ``/-/broadsheet/metadata``.
 - A "public" or "partial" badge beside each public table's name.
 - Publish and unpublish are Datasette events (``track_event``).
 - Write API responses carry ``Broadsheet-Private-Txid``; send
@@ -30,7 +33,7 @@ import httpx
 from datasette import Forbidden, hookimpl
 from datasette.events import Event, LoginEvent
 from datasette.permissions import Action, PermissionSQL
-from datasette.resources import TableResource
+from datasette.resources import DatabaseResource, TableResource
 from datasette.utils import tilde_decode, tilde_encode
 from datasette.utils.asgi import Response
 
@@ -295,6 +298,8 @@ def _script_json(value) -> str:
 def register_routes(datasette):
     return [
         (r"^/-/broadsheet/visibility/(?P<database>[^/]+)/(?P<table>[^/]+)$", visibility),
+        (r"^/-/broadsheet/metadata/(?P<database>[^/]+)/(?P<table>[^/]+)$", table_metadata),
+        (r"^/-/broadsheet/metadata$", instance_metadata),
         (r"^/-/login$", login),
     ]
 
@@ -415,13 +420,9 @@ class TableShape:
         return cls([r[1] for r in xinfo], {r[1] for r in xinfo if r[6] in (2, 3)}, alias)
 
 
-async def visibility(datasette, request):
-    """The Make public page. GET: the table's state, and a form to choose
-    its columns and rows (pre-filled with the current spec of a public
-    table). POST ``action=preview``: what that spec would publish, with a
-    Publish button that publishes exactly it. POST ``action=publish`` (or
-    no action, as scripts send it: the whole table) or
-    ``operation=unpublish``: the flip, its public TXID and where it is live."""
+async def _publishable_table(datasette, request) -> tuple[str, str]:
+    """The database and table a Make public request names, once its actor
+    may publish that table (else Forbidden)."""
     if not _is_team(request.actor):
         raise Forbidden("Log in as a team member to change what is public")
     database = tilde_decode(request.url_vars["database"])
@@ -430,6 +431,28 @@ async def visibility(datasette, request):
         raise Forbidden(f"Only tables of {_data_db_name()} can be published")
     if not await may_publish(datasette, request.actor, table):
         raise Forbidden(publish_forbidden(table))
+    return database, table
+
+
+async def visibility(datasette, request):
+    """The Make public page. GET: the table's state, and a form to choose
+    its columns and rows (pre-filled with the current spec of a public
+    table). POST ``action=preview``: what that spec would publish, with a
+    Publish button that publishes exactly it. POST ``action=publish`` (or
+    no action, as scripts send it: the whole table) or
+    ``operation=unpublish``: the flip, its public TXID and where it is live."""
+    database, table = await _publishable_table(datasette, request)
+    fields = None
+    if request.method == "POST":
+        fields = parse_qs((await request.post_body()).decode("utf-8"), keep_blank_values=True)
+    return await _visibility_page(datasette, request, database, table, fields=fields)
+
+
+async def _visibility_page(
+    datasette, request, database: str, table: str, fields: dict | None = None, metadata: MetadataForm | None = None
+) -> Response:
+    """The Make public page, after the publish form's POST ``fields`` (if
+    any) or with what became of saving the table's ``metadata``."""
     context = {"database": database, "table": table, "outcome": None, "error": None, "live": [], "preview": None}
     conn = state.connect(settings().data_db, readonly=True)
     try:
@@ -440,8 +463,7 @@ async def visibility(datasette, request):
     finally:
         conn.close()
     form = SpecForm.from_spec(current or PublishSpec(), shape.columns)
-    if request.method == "POST":
-        fields = parse_qs((await request.post_body()).decode("utf-8"), keep_blank_values=True)
+    if fields is not None:
         operation, action = (fields.get("operation") or [None])[0], (fields.get("action") or [None])[0]
         if "action" in fields:
             form = SpecForm.from_post(fields, shape.rowid_alias)
@@ -461,6 +483,7 @@ async def visibility(datasette, request):
     try:
         current = state.public_specs(conn).get(table)
         context["audit"] = state.audit_entries(conn, table=table, limit=20)
+        metadata = metadata or MetadataForm(state.metadata(conn).get(table, {}))
     finally:
         conn.close()
     for entry in context["audit"]:
@@ -480,10 +503,117 @@ async def visibility(datasette, request):
         form=form,
         shape=shape,
         watch_url=f"{settings().control_url}/watch",
+        metadata_form=metadata,
+        metadata_action=datasette.urls.path(
+            f"/-/broadsheet/metadata/{tilde_encode(database)}/{tilde_encode(table)}#metadata"
+        ),
+        instance_metadata_url=(
+            datasette.urls.path("/-/broadsheet/metadata")
+            if await may_set_instance_metadata(datasette, request.actor)
+            else None
+        ),
     )
-    status = 400 if context["error"] and request.method == "POST" else 200
+    if metadata.error:
+        status = metadata.status
+    else:
+        status = 400 if context["error"] and request.method == "POST" else 200
     return Response.html(
         await datasette.render_template("broadsheet_visibility.html", context, request=request), status=status
+    )
+
+
+@dataclass(frozen=True)
+class MetadataForm:
+    """The "What read nodes show" form: the six metadata fields of a table
+    or of the instance (state.METADATA_FIELDS), and what became of saving
+    them: ``saved``, or the ``error`` (and its HTTP ``status``) with the
+    team's input kept to correct it."""
+
+    values: dict
+    saved: bool = False
+    error: str | None = None
+    status: int = 200
+
+    @classmethod
+    async def save(cls, request, table: str) -> "MetadataForm":
+        """Save the posted fields (merged, as the control plane's PUT does:
+        a field left out keeps its value, an empty one is cleared). A bad
+        value changes nothing."""
+        posted = {k: v.strip() for k, v in (await request.post_vars()).items() if k != "csrftoken"}
+        try:
+            return cls(await asyncio.to_thread(_set_metadata, table, posted), saved=True)
+        except state.PublishError as exc:
+            current = await asyncio.to_thread(_metadata_of, table)
+            return cls({**current, **posted}, error=exc.message, status=exc.status)
+
+
+@contextlib.contextmanager
+def _data_db(readonly: bool = False):
+    conn = state.connect(settings().data_db, readonly=readonly)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _set_metadata(table: str, values: dict) -> dict:
+    with _data_db() as conn:
+        return state.set_metadata(conn, table, values)
+
+
+def _metadata_of(table: str) -> dict:
+    with _data_db(readonly=True) as conn:
+        return state.metadata(conn).get(table, {})
+
+
+async def table_metadata(datasette, request):
+    """POST: save a table's metadata from the Make public page's "What
+    read nodes show" form, and show that page again with the outcome. Kept
+    apart from the publish flow: saving metadata flips nothing, and read
+    nodes show it while the table is public, from the next publish cycle."""
+    database, table = await _publishable_table(datasette, request)
+    if request.method != "POST":
+        return Response.redirect(
+            datasette.urls.path(f"/-/broadsheet/visibility/{tilde_encode(database)}/{tilde_encode(table)}")
+            + "#metadata"
+        )
+    metadata = await MetadataForm.save(request, table)
+    return await _visibility_page(datasette, request, database, table, metadata=metadata)
+
+
+async def may_set_instance_metadata(datasette, actor) -> bool:
+    """The instance's title, license and source head every read node's
+    pages, above every public table, so setting them takes
+    broadsheet-publish on data.db as a whole: a team member, or a token
+    allowed the action on every table or on the database. A token allowed
+    it on one table only, or restricted to viewing, may not."""
+    return _is_team(actor) and await datasette.allowed(
+        action=PUBLISH_ACTION, resource=DatabaseResource(_data_db_name()), actor=actor
+    )
+
+
+async def instance_metadata(datasette, request):
+    """The public instance's metadata page: GET the form pre-filled with
+    what is set, POST to save it (shown at the next publish cycle)."""
+    if not _is_team(request.actor):
+        raise Forbidden("Log in as a team member to change what read nodes show")
+    if not await may_set_instance_metadata(datasette, request.actor):
+        raise Forbidden(
+            f"This actor may not change the public instance's metadata (the {PUBLISH_ACTION} action on"
+            f" {_data_db_name()} as a whole)"
+        )
+    if request.method == "POST":
+        metadata = await MetadataForm.save(request, state.INSTANCE)
+    else:
+        metadata = MetadataForm(await asyncio.to_thread(_metadata_of, state.INSTANCE))
+    context = {
+        "metadata_form": metadata,
+        "metadata_action": datasette.urls.path("/-/broadsheet/metadata"),
+        "database": _data_db_name(),
+    }
+    return Response.html(
+        await datasette.render_template("broadsheet_metadata.html", context, request=request),
+        status=metadata.status if metadata.error else 200,
     )
 
 

@@ -1,10 +1,12 @@
 """A team member in a real browser (headless Chromium driven by Playwright):
 log in, make a private table public through the table actions menu (all of
 it, or chosen columns and rows after a preview), see it on a read node and
-a badge in the team's table list, make it private again and see the 403."""
+a badge in the team's table list, make it private again and see the 403;
+set what read nodes show of a table and see it there."""
 
 import re
 
+import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -147,6 +149,36 @@ def test_publish_chosen_columns_and_rows_after_a_preview(cluster, browser, db, t
     expect(page.get_by_label("Only rows where")).to_have_value("consent = 1")
     expect(page.locator("table.broadsheet-history")).to_contain_text("all columns but email; rows where consent = 1")
     page.screenshot(path=str(tmp_path / "change.png"), full_page=True)
+
+
+def test_set_what_read_nodes_show_from_the_make_public_page(cluster, browser, control, db, tmp_path):
+    create_table(cluster, "dispatches", [{"id": 1, "headline": "hello"}])
+    control.publish("dispatches")
+    page = team_page(cluster, browser)
+    open_table_action(page, cluster, "dispatches", "Change what is public")
+    expect(page.locator("#metadata h2")).to_have_text("What read nodes show")
+    page.get_by_label("Description").fill("Every dispatch, as filed")
+    page.get_by_label("Source", exact=True).fill("The wire desk")
+    page.get_by_label("Source URL").fill("https://example.org/wire")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator(".broadsheet-metadata-saved")).to_have_text("Saved: read nodes show it at the next publish cycle.")
+    expect(page.get_by_label("Description")).to_have_value("Every dispatch, as filed")
+    page.screenshot(path=str(tmp_path / "metadata.png"), full_page=True)
+    assert state.metadata(db)["dispatches"] == {
+        "description": "Every dispatch, as filed", "source": "The wire desk", "source_url": "https://example.org/wire",
+    }
+
+    visitor = browser.new_page()
+    for node in cluster.replicas:
+        wait_until(lambda node=node: "Every dispatch, as filed" in httpx.get(f"{node.url}/public/dispatches", timeout=5).text)
+    visitor.goto(f"{cluster.replicas[0].url}/public/dispatches")
+    footer = visitor.get_by_role("contentinfo")
+    expect(footer.get_by_role("link", name="The wire desk")).to_have_attribute("href", "https://example.org/wire")
+
+    # The instance's own, one link away.
+    page.get_by_role("link", name="its metadata page").click()
+    expect(page.locator("h1")).to_have_text("What read nodes show")
+    expect(page.get_by_label("Title")).to_be_visible()
 
 
 def test_anonymous_browser_is_sent_to_login(cluster, browser):
