@@ -31,14 +31,17 @@ class TooManyWaits(Exception):
 
 class PositionWatcher:
     """The LiteFS position of one database: ``current()`` now,
-    ``wait_for(txid, timeout)`` until it reaches a TXID, ``changed(since,
-    timeout)`` until it moves at all."""
+    ``wait_for(txid, timeout)`` until it reaches a TXID (a visitor's
+    bookmark: at most ``max_waits`` at once), ``changed(since, timeout)``
+    until it moves at all (for the node's own followers, which bound
+    themselves)."""
 
     def __init__(self, db_path: str | os.PathLike, max_waits: int, interval: float = POLL_INTERVAL):
         self.db_path = db_path
         self.max_waits = max_waits
         self.interval = interval
-        self.waiting = 0
+        self.waiting = 0  # bookmark waits
+        self.following = 0  # changed() callers
         self._pos = Pos(0)
         self._moved = asyncio.Event()
         self._poller: asyncio.Task | None = None
@@ -63,32 +66,39 @@ class PositionWatcher:
         """The position once its TXID is at least ``txid``, or when
         ``timeout`` seconds have passed, whichever is first. Raises
         ``TooManyWaits`` rather than park more than ``max_waits`` callers."""
-        return await self._wait(lambda pos: pos.txid >= txid, timeout)
-
-    async def changed(self, since: Pos, timeout: float) -> Pos:
-        """The position once it differs from ``since`` (or after ``timeout``)."""
-        return await self._wait(lambda pos: pos != since, timeout)
-
-    async def _wait(self, arrived, timeout: float) -> Pos:
-        pos = self.current()
-        if arrived(pos):
-            return pos
+        if self.current().txid >= txid:
+            return self._pos
         if self.waiting >= self.max_waits:
             raise TooManyWaits(f"{self.waiting} requests are already waiting for this node's position")
-        deadline = time.monotonic() + timeout
         self.waiting += 1
         try:
-            self._watch()
-            while not arrived(self._pos):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(self._moved.wait(), remaining)
-                except TimeoutError:
-                    break
+            return await self._until(lambda pos: pos.txid >= txid, timeout)
         finally:
             self.waiting -= 1
+
+    async def changed(self, since: Pos, timeout: float) -> Pos:
+        """The position once it differs from ``since`` (or after ``timeout``).
+        Not counted against ``max_waits``: it is for the node's own
+        followers (a stream, a cache), not for visitors."""
+        if self.current() != since:
+            return self._pos
+        self.following += 1
+        try:
+            return await self._until(lambda pos: pos != since, timeout)
+        finally:
+            self.following -= 1
+
+    async def _until(self, arrived, timeout: float) -> Pos:
+        deadline = time.monotonic() + timeout
+        self._watch()
+        while not arrived(self._pos):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._moved.wait(), remaining)
+            except TimeoutError:
+                break
         return self._pos
 
     def _watch(self) -> None:
@@ -96,7 +106,7 @@ class PositionWatcher:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self) -> None:
-        while self.waiting:
+        while self.waiting or self.following:
             await asyncio.sleep(self.interval)
             try:
                 self.current()

@@ -296,13 +296,17 @@ async def test_position_watcher_wakes_every_waiter_and_keeps_time(public_db):
     set_pos(public_db, 3)
     watcher = PositionWatcher(public_db, max_waits=2)
     assert watcher.current() == Pos(3, 0xC0FFEE + 3) and not watcher.polling
-    waiting = [asyncio.create_task(watcher.wait_for(4, 30)), asyncio.create_task(watcher.changed(watcher.current(), 30))]
-    await eventually(lambda: watcher.waiting == 2, message="both waiters parked")
+    since = watcher.current()
+    waiting = [asyncio.create_task(watcher.wait_for(txid, 30)) for txid in (4, 4)]
+    # Followers of every change (a stream, a cache) are not visitors' waits:
+    # they take none of the bookmark places.
+    waiting += [asyncio.create_task(watcher.changed(since, 30)) for _ in range(3)]
+    await eventually(lambda: (watcher.waiting, watcher.following) == (2, 3), message="every waiter parked")
     assert watcher.polling
     with pytest.raises(TooManyWaits):
         await watcher.wait_for(5, 30)
     set_pos(public_db, 4)
-    assert [pos.txid for pos in await asyncio.wait_for(asyncio.gather(*waiting), 1)] == [4, 4]
+    assert [pos.txid for pos in await asyncio.wait_for(asyncio.gather(*waiting), 1)] == [4] * 5
     await eventually(lambda: not watcher.polling, message="the watcher to stop polling once nobody waits")
     # A wait that times out returns the position it has, on time.
     started = time.monotonic()
