@@ -97,7 +97,7 @@ class LocalCluster:
             }
         )
         self.replicas.append(node)
-        self.primary.read_nodes.append(ReadNodeAddress(node.name, node.url, node.litefs.url))
+        self.primary.read_nodes.append(ReadNodeAddress(node.name, node.url))
         if start:
             self.start_replica(node)
             # The control plane learns of statically listed read nodes from

@@ -14,6 +14,7 @@ to the kernel (``PR_SET_PDEATHSIG``), to one janitor per mount
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -79,6 +80,10 @@ class Service:
     # databases open on): it starts after them, and whenever one of them is
     # restarted it is stopped before and started again after.
     depends_on: tuple[str, ...] = ()
+    # Send SIGINT after this many seconds of a stop: uvicorn (Datasette, the
+    # control plane) waits for open streams to end on the first signal and
+    # exits at once on a SIGINT after it. None: one signal, then SIGKILL.
+    force_after: float | None = None
 
 
 class Supervisor:
@@ -329,6 +334,12 @@ class Supervisor:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 pass
+            if not kill and service is not None and service.force_after is not None:
+                try:
+                    proc.wait(service.force_after)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGINT)  # open streams: stop without them
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:

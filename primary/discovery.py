@@ -32,10 +32,9 @@ class Discovery:
     """Turns a DNS name into read-node addresses, asking each new address
     who it is."""
 
-    def __init__(self, name: str, port: int, litefs_port: int):
+    def __init__(self, name: str, port: int):
         self.name = name
         self.port = port
-        self.litefs_port = litefs_port
         self._known: dict[str, ReadNodeAddress] = {}  # IP -> the node there
 
     async def nodes(self, client: httpx.AsyncClient) -> list[ReadNodeAddress]:
@@ -55,7 +54,6 @@ class Discovery:
             self._known[ip] = ReadNodeAddress(
                 name=name,
                 url=url,
-                litefs_url=http_url(ip, self.litefs_port),
                 region=status.get("region") or "",
                 public_url=status.get("url") or "",
             )

@@ -25,6 +25,10 @@ from .settings import ReadNodeAddress
 
 TEMPLATES = Path(__file__).parent / "templates"
 
+# Seconds a stopping uvicorn server may wait for open streams before it is
+# told again (and exits at once).
+UVICORN_GRACE = 2.0
+
 
 def hash_password(password: str) -> str:
     from datasette_auth_passwords.utils import hash_password as hash_
@@ -55,7 +59,6 @@ class PrimaryNode:
     read_nodes: list[ReadNodeAddress] = field(default_factory=list)
     read_nodes_dns: str | None = None  # a name that resolves to every read node
     read_node_port: int = 8001
-    read_node_litefs_port: int = 20202
     sample: bool = False  # load the sample tables into a new data.db
 
     @classmethod
@@ -70,7 +73,7 @@ class PrimaryNode:
         try:
             nodes = [ReadNodeAddress(**n) for n in json.loads(env.str("BROADSHEET_READ_NODES", "[]"))]
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"BROADSHEET_READ_NODES must be a JSON list of {{name, url, litefs_url}}: {exc}")
+            raise ConfigError(f"BROADSHEET_READ_NODES must be a JSON list of {{name, url}}: {exc}")
         node = cls(
             root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
             secret=secret,
@@ -88,7 +91,6 @@ class PrimaryNode:
             read_nodes=nodes,
             read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS"),
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
-            read_node_litefs_port=env.port("BROADSHEET_READ_NODE_LITEFS_PORT", 20202),
             sample=env.bool("BROADSHEET_SAMPLE", False),
         )
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
@@ -111,7 +113,6 @@ class PrimaryNode:
             "BROADSHEET_READ_NODES": json.dumps([asdict(n) for n in self.read_nodes]),
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
-            "BROADSHEET_READ_NODE_LITEFS_PORT": str(self.read_node_litefs_port),
             "BROADSHEET_SAMPLE": _bool(self.sample),
         }
         if self.team_password:
@@ -208,7 +209,6 @@ class PrimaryNode:
             "BROADSHEET_READ_NODES": json.dumps([asdict(n) for n in self.read_nodes]),
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
-            "BROADSHEET_READ_NODE_LITEFS_PORT": str(self.read_node_litefs_port),
         }
 
     @property
@@ -275,6 +275,7 @@ class PrimaryNode:
                 ready=lambda: httpx.get(f"{self.url}/-/login", timeout=1).status_code == 200,
                 restart=True,
                 depends_on=("private-litefs",),
+                force_after=UVICORN_GRACE,
             ),
             self.control_service(),
         ]
@@ -290,6 +291,7 @@ class PrimaryNode:
             env=self.env(),
             ready=lambda: httpx.get(f"{self.control_url}/health", timeout=1).status_code == 200,
             restart=True,
+            force_after=UVICORN_GRACE,  # its event streams (/events, /watch) never end by themselves
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -287,22 +288,13 @@ class Tracker:
                 await asyncio.sleep(interval)
 
     async def _follow_node(self, address: ReadNodeAddress) -> None:
+        # The node's position stream (its Datasette's, so that its LiteFS
+        # API can stay on loopback): one JSON line now, then one per TXID.
         async def on_connect():
             node = self.nodes.get(address.name)
-            if node is None:
-                return
-            node.connected = True
-            await self._broadcast("node", self._node_dict(node))
-            # Where is it now? Its Datasette may still be starting: retry
-            # briefly, beside the event stream rather than in its way.
-            async def locate():
-                async with httpx.AsyncClient(timeout=2) as client:
-                    for _ in range(50):
-                        if await self._check_node(address, client):
-                            return
-                        await asyncio.sleep(0.2)
-
-            self._spawn(locate())
+            if node is not None and not node.connected:
+                node.connected = True
+                await self._broadcast("node", self._node_dict(node))
 
         async def on_disconnect():
             node = self.nodes.get(address.name)
@@ -310,23 +302,36 @@ class Tracker:
                 node.connected = False
                 await self._broadcast("node", self._node_dict(node))
 
-        async for event in _tx_events(address.litefs_url, self.reconnect, on_connect, on_disconnect):
-            if event.db == "public.db":
-                await self._advanced(address.name, event.pos.txid)
+        # Keep-alives every 15 s: 30 s of silence is a dead connection.
+        stream = _lines(f"{address.url}{POSITION_STREAM}", self.reconnect, on_connect, on_disconnect, read_timeout=30.0)
+        async for line in stream:
+            if line.strip():
+                await self._advanced(address.name, int(json.loads(line)["txid"]))
 
 
-async def _tx_events(url: str, reconnect: float, on_connect=None, on_disconnect=None):
+# A read node's position, as its Datasette streams it (replica/stream.py).
+POSITION_STREAM = "/-/replication/stream"
+
+
+async def _tx_events(url: str, reconnect: float):
     """Every ``tx`` event of a LiteFS node, reconnecting for ever."""
+    async for line in _lines(f"{url}/events", reconnect):
+        if (event := TxEvent.parse(line)) is not None:
+            yield event
+
+
+async def _lines(url: str, reconnect: float, on_connect=None, on_disconnect=None, read_timeout: float | None = None):
+    """Every line of a streamed response, reconnecting for ever; one silent
+    for ``read_timeout`` seconds counts as broken."""
     while True:
         try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=None)) as client:
-                async with client.stream("GET", f"{url}/events") as response:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=read_timeout)) as client:
+                async with client.stream("GET", url) as response:
                     response.raise_for_status()
                     if on_connect:
                         await on_connect()
                     async for line in response.aiter_lines():
-                        if (event := TxEvent.parse(line)) is not None:
-                            yield event
+                        yield line
         except (httpx.HTTPError, ValueError, KeyError):
             pass
         if on_disconnect:

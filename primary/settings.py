@@ -16,7 +16,7 @@ class ReadNodeAddress:
 
     name: str
     url: str
-    litefs_url: str
+    litefs_url: str = ""  # no longer used: read nodes stream their position from url
     region: str = ""
     public_url: str = ""  # how visitors reach it, when the node says
 
@@ -32,7 +32,6 @@ class Settings:
     read_nodes: tuple[ReadNodeAddress, ...]
     read_nodes_dns: str | None  # a name that resolves to every read node
     read_node_port: int  # their Datasette, on each address the name resolves to
-    read_node_litefs_port: int  # their LiteFS API, likewise
     discovery_interval: float  # seconds between two look-ups of read_nodes_dns
     team_db: str  # team members, their sessions, failed logins (primary/team.py)
     max_body: int  # largest write request, bytes
@@ -63,7 +62,6 @@ def settings() -> Settings:
         read_nodes=tuple(ReadNodeAddress(**n) for n in nodes),
         read_nodes_dns=os.environ.get("BROADSHEET_READ_NODES_DNS") or None,
         read_node_port=int(os.environ.get("BROADSHEET_READ_NODE_PORT") or "8001"),
-        read_node_litefs_port=int(os.environ.get("BROADSHEET_READ_NODE_LITEFS_PORT") or "20202"),
         discovery_interval=float(os.environ.get("BROADSHEET_DISCOVERY_INTERVAL") or "2"),
         max_body=int(os.environ.get("BROADSHEET_MAX_BODY", str(10 * 1024 * 1024))),
         # 16 KiB pages make a large first publish about 40% faster than

@@ -177,6 +177,8 @@ class ReadNode:
                 restart=True,
                 # It keeps public.db open: a new mount needs a new Datasette.
                 depends_on=(self.litefs_service,),
+                # The primary's position stream never ends by itself.
+                force_after=2.0,
             ),
         ]
 

@@ -36,7 +36,7 @@ from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
-from . import metadata, sandbox
+from . import metadata, sandbox, stream
 from .custom_sql import Busy, Slots, runs_custom_sql
 from .position import PositionWatcher, TooManyWaits
 from .settings import BUILD, Settings, settings
@@ -59,6 +59,7 @@ class Guards:
 
     position: PositionWatcher  # bookmark waits
     custom_sql: Slots  # visitors' own SQL
+    streams: stream.Streams  # the primary following this node's position
 
 
 _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -71,6 +72,7 @@ def guards(datasette) -> Guards:
         _guards[datasette] = Guards(
             position=PositionWatcher(db.path if db is not None else "", conf.max_bookmark_waits),
             custom_sql=Slots(conf.max_sql_concurrency),
+            streams=stream.Streams(conf.max_position_streams),
         )
     return _guards[datasette]
 
@@ -236,6 +238,8 @@ def asgi_wrapper(datasette):
                 return await respond(send, 405, refusal, [(b"allow", b"GET, HEAD, OPTIONS")])
             db = _public_db(datasette)
             node = guards(datasette)
+            if scope["path"] == stream.PATH and db is not None:
+                return await stream.serve(scope, receive, send, node.position, node.streams, conf.node_name)
             custom_sql = runs_custom_sql(scope["path"], scope.get("query_string", b""))
             # Refused before any other work (reading the position, waiting
             # for a bookmark), so that a flood of refusals costs little.

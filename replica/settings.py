@@ -33,6 +33,9 @@ class Settings:
     # Requests running visitors' SQL at once; beyond it, 429. Below
     # Datasette's num_sql_threads (3), so table pages always find a thread.
     max_sql_concurrency: int = 2
+    # Position streams (/-/replication/stream) at once; beyond it, 503. The
+    # primary's control plane needs one.
+    max_position_streams: int = 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -52,6 +55,7 @@ class Settings:
             public_db=env.str("BROADSHEET_PUBLIC_DB", ""),
             max_bookmark_waits=_at_least_one(env, "BROADSHEET_MAX_BOOKMARK_WAITS", 64),
             max_sql_concurrency=_at_least_one(env, "BROADSHEET_MAX_SQL_CONCURRENCY", 2),
+            max_position_streams=_at_least_one(env, "BROADSHEET_MAX_POSITION_STREAMS", 4),
         )
 
     @property

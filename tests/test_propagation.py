@@ -112,3 +112,37 @@ def test_stopped_node_shows_behind_then_catches_up(new_cluster):
 
 def _node(control, name):
     return next(n for n in control.nodes() if n["name"] == name)
+
+
+def test_a_read_node_streams_its_position_to_a_bounded_number_of_followers(cluster, db):
+    """/-/replication/stream (what the control plane follows, so that a read
+    node's LiteFS API can stay on loopback): one line now, one per new TXID;
+    past the node's limit, a 503 with Retry-After."""
+    import json
+
+    import httpx
+
+    from broadsheet.litefs import Pos
+    from conftest import create_table, settle
+
+    node = cluster.replicas[0]
+    with httpx.Client(timeout=httpx.Timeout(10, read=20)) as client:
+        with client.stream("GET", f"{node.url}/-/replication/stream") as response:
+            assert response.status_code == 200
+            lines = (json.loads(line) for line in response.iter_lines() if line.strip())
+            first = next(lines)
+            assert first["node"] == node.name and first["txid"] == Pos.read(node.public_db).txid
+            create_table(cluster, "streamed", [{"id": 1}])
+            state.set_public(db, "streamed", True, actor="test")
+            settle(cluster)
+            assert next(lines)["txid"] > first["txid"]
+        # The control plane holds one of the node's four places.
+        held = [client.stream("GET", f"{node.url}/-/replication/stream") for _ in range(3)]
+        opened = [h.__enter__() for h in held]
+        try:
+            assert [r.status_code for r in opened] == [200, 200, 200]
+            refused = client.get(f"{node.url}/-/replication/stream")
+            assert refused.status_code == 503 and refused.headers["retry-after"]
+        finally:
+            for h in held:
+                h.__exit__(None, None, None)

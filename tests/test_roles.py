@@ -51,7 +51,6 @@ def test_roles_run_from_the_environment_and_find_each_other_by_dns(tmp_path):
         # "localhost" resolves to this machine: the read node below is there.
         "BROADSHEET_READ_NODES_DNS": "localhost",
         "BROADSHEET_READ_NODE_PORT": str(read_port),
-        "BROADSHEET_READ_NODE_LITEFS_PORT": str(read_litefs),
         "BROADSHEET_DISCOVERY_INTERVAL": "0.5",
     }, tmp_path / "primary.log")
     replica = None

@@ -227,6 +227,16 @@ def test_a_read_node_cannot_reach_the_private_side(compose, token):
         assert compose.exec(container, "python3", "-c", probe, "primary", "20203").stdout.strip() == "open"
         # ... and the private cluster's refuses: it listens on the primary's loopback.
         assert compose.exec(container, "python3", "-c", probe, "primary", "20202").stdout.strip() == "refused"
+    # A read node's LiteFS API (it takes transactions and grants locks
+    # unauthenticated) listens on its own loopback: no other container, not
+    # even the primary, reaches it; the node itself does.
+    first, second = compose.containers("replica")[:2]
+    other = compose.exec(second, "python3", "-c", "import socket; print(socket.gethostbyname(socket.gethostname()))").stdout.strip()
+    primary = compose.containers("primary")[0]
+    for container in (first, primary):
+        assert compose.exec(container, "python3", "-c", probe, other, "20202").stdout.strip() == "refused"
+    assert compose.exec(second, "python3", "-c", probe, "127.0.0.1", "20202").stdout.strip() == "open"
+    for container in compose.containers("replica"):
         # data.db exists nowhere in a read-node container.
         found = compose.exec(
             container, "find", "/", "(", "-path", "/proc", "-o", "-path", "/sys", ")", "-prune",
