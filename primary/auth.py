@@ -63,24 +63,38 @@ async def actor_from(authorization: str | None, cookies: dict[str, str]) -> dict
 _checker: Datasette | None = None
 
 
-async def may_publish(actor: dict, table: str) -> bool:
-    """Whether ``actor`` may flip ``table``: Datasette's answer for the
-    broadsheet-publish action, with the team's plugin rules and the token's
-    restrictions, exactly as the team's Datasette would give it. (The plugin
-    is registered in this process only when this is first asked, so that a
-    process that merely signs tokens loads no plugin.)"""
+async def _checker_datasette() -> Datasette:
+    """A Datasette with the team's plugin registered (in this process only
+    when first asked, so that a process that merely signs tokens loads no
+    plugin): permission answers exactly as the team's Datasette gives them."""
     global _checker
-    from . import plugin
-
     if _checker is None:
         from datasette.plugins import pm
+
+        from . import plugin
 
         if not pm.is_registered(plugin):
             pm.register(plugin, name="primary.plugin")
         checker = Datasette(secret=settings().secret)
         await checker.invoke_startup()
         _checker = checker
-    return await plugin.may_publish(_checker, actor, table)
+    return _checker
+
+
+async def may_publish(actor: dict, table: str) -> bool:
+    """Whether ``actor`` may flip ``table``: Datasette's answer for the
+    broadsheet-publish action, with the team's plugin rules and the token's
+    restrictions."""
+    from . import plugin
+
+    return await plugin.may_publish(await _checker_datasette(), actor, table)
+
+
+async def may_set_instance_metadata(actor: dict) -> bool:
+    """The same rule as the team Datasette's instance metadata page."""
+    from . import plugin
+
+    return await plugin.may_set_instance_metadata(await _checker_datasette(), actor)
 
 
 async def create_token(actor_id: str, expires_after: int | None = None, secret: str | None = None) -> str:

@@ -22,7 +22,7 @@ from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 
 from . import publishing, state
-from .auth import NotAuthenticated, actor_from, may_publish
+from .auth import NotAuthenticated, actor_from, may_publish, may_set_instance_metadata
 from .plugin import publish_forbidden
 from .discovery import Discovery
 from .preview import preview
@@ -161,7 +161,7 @@ ERRORS = {401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error}}
 async def lifespan(app: FastAPI):
     conf = settings()
     discovery = (
-        Discovery(conf.read_nodes_dns, conf.read_node_port, conf.read_node_litefs_port)
+        Discovery(conf.read_nodes_dns, conf.read_node_port)
         if conf.read_nodes_dns
         else None
     )
@@ -385,7 +385,11 @@ async def get_metadata(actor: Actor) -> MetadataAll:
 @metadata_router.put("/metadata", response_model=dict, responses={400: {"model": Error}})
 async def set_instance_metadata(body: Metadata, actor: Actor) -> dict:
     """Set the public instance's title, description, license, source and
-    their URLs (merged with what it has)."""
+    their URLs (merged with what it has). 403 unless the actor may use the
+    broadsheet-publish action on the whole database."""
+    if not await may_set_instance_metadata(actor):
+        message = "This actor may not set the instance's metadata (broadsheet-publish on the whole database)"
+        raise HTTPException(403, {"ok": False, "error": message})
     return await asyncio.to_thread(_set_metadata, state.INSTANCE, body)
 
 

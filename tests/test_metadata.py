@@ -78,3 +78,16 @@ def test_read_nodes_show_metadata_where_datasette_does(cluster, control, db):
     cluster.wait_for_replicas()
     for node in cluster.replicas:
         assert "Every headline, revised" in httpx.get(f"{node.url}/public/gazette", timeout=10).text
+
+
+def test_a_restricted_token_cannot_set_the_instance_metadata(cluster, control, db):
+    from broadsheet.client import ControlClient
+    from test_permissions import restricted_token, viewer
+
+    before = state.metadata(db)
+    for restrictions in (viewer(), viewer().allow_resource("data", "airports", "broadsheet-publish")):
+        client = ControlClient(cluster.primary.control_url, restricted_token(cluster, restrictions))
+        with pytest.raises(ControlError) as exc:
+            client.set_metadata(None, {"title": "Not yours"})
+        assert exc.value.status == 403
+    assert state.metadata(db) == before
