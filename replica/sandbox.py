@@ -56,7 +56,9 @@ SETTABLE_PRAGMAS = frozenset({"recursive_triggers"})
 
 # Virtual table modules visitors may use by name as table functions. The
 # others (dbstat: the file's page layout; sqlite_stmt: the SQL of every
-# statement on the connection, other visitors' included) stay out.
+# statement on the connection, other visitors' included) stay out. (A
+# published table named exactly like a module, "dbstat" or "fts5", would be
+# refused too: the authorizer sees only the name.)
 SAFE_TABLE_FUNCTIONS = frozenset({"json_each", "json_tree"})
 
 # What a read-only statement does, as the authorizer reports it. Anything
