@@ -152,10 +152,10 @@ def test_publish_chosen_columns_and_rows_after_a_preview(cluster, browser, db, t
 
 
 def test_set_what_read_nodes_show_from_the_make_public_page(cluster, browser, control, db, tmp_path):
-    create_table(cluster, "dispatches", [{"id": 1, "headline": "hello"}])
-    control.publish("dispatches")
+    create_table(cluster, "wire_dispatches", [{"id": 1, "headline": "hello"}])
+    control.publish("wire_dispatches")
     page = team_page(cluster, browser)
-    open_table_action(page, cluster, "dispatches", "Change what is public")
+    open_table_action(page, cluster, "wire_dispatches", "Change what is public")
     expect(page.locator("#metadata h2")).to_have_text("What read nodes show")
     page.get_by_label("Description").fill("Every dispatch, as filed")
     page.get_by_label("Source", exact=True).fill("The wire desk")
@@ -164,14 +164,14 @@ def test_set_what_read_nodes_show_from_the_make_public_page(cluster, browser, co
     expect(page.locator(".broadsheet-metadata-saved")).to_have_text("Saved: read nodes show it at the next publish cycle.")
     expect(page.get_by_label("Description")).to_have_value("Every dispatch, as filed")
     page.screenshot(path=str(tmp_path / "metadata.png"), full_page=True)
-    assert state.metadata(db)["dispatches"] == {
+    assert state.metadata(db)["wire_dispatches"] == {
         "description": "Every dispatch, as filed", "source": "The wire desk", "source_url": "https://example.org/wire",
     }
 
     visitor = browser.new_page()
     for node in cluster.replicas:
-        wait_until(lambda node=node: "Every dispatch, as filed" in httpx.get(f"{node.url}/public/dispatches", timeout=5).text)
-    visitor.goto(f"{cluster.replicas[0].url}/public/dispatches")
+        wait_until(lambda node=node: "Every dispatch, as filed" in httpx.get(f"{node.url}/public/wire_dispatches", timeout=5).text)
+    visitor.goto(f"{cluster.replicas[0].url}/public/wire_dispatches")
     footer = visitor.get_by_role("contentinfo")
     expect(footer.get_by_role("link", name="The wire desk")).to_have_attribute("href", "https://example.org/wire")
 
