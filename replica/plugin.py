@@ -37,6 +37,7 @@ from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
 from . import metadata, sandbox, stream
+from .cache import ResponseCache
 from .custom_sql import Busy, Slots, runs_custom_sql
 from .position import PositionWatcher, TooManyWaits
 from .settings import BUILD, Settings, settings
@@ -60,6 +61,7 @@ class Guards:
     position: PositionWatcher  # bookmark waits
     custom_sql: Slots  # visitors' own SQL
     streams: stream.Streams  # the primary following this node's position
+    responses: ResponseCache  # whole responses at the current position
 
 
 _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -73,6 +75,7 @@ def guards(datasette) -> Guards:
             position=PositionWatcher(db.path if db is not None else "", conf.max_bookmark_waits),
             custom_sql=Slots(conf.max_sql_concurrency),
             streams=stream.Streams(conf.max_position_streams),
+            responses=ResponseCache(conf.cache_bytes, conf.cache_max_entry),
         )
     return _guards[datasette]
 
@@ -221,6 +224,7 @@ async def replication_status(datasette, request):
         url=conf.public_url,
         bookmark_waits=node.position.waiting,
         custom_sql=node.custom_sql.taken,
+        cache=node.responses.stats(),
     )
     return Response.json(status.as_dict())
 
@@ -277,6 +281,12 @@ def asgi_wrapper(datasette):
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
             if etag in _if_none_match(scope):
                 return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
+            # Looked up only now, past every rule, at the position it is keyed on.
+            key = None if custom_sql else node.responses.key(scope, pos)
+            if key is not None:
+                if (hit := node.responses.get(pos, key)) is not None:
+                    return await hit.replay(send)
+                send = node.responses.recording(pos, key, send)
 
             async def send_with_cache_headers(message):
                 if message["type"] == "http.response.start":

@@ -36,6 +36,10 @@ class Settings:
     # Position streams (/-/replication/stream) at once; beyond it, 503. The
     # primary's control plane needs one.
     max_position_streams: int = 4
+    # Whole responses kept in memory per position (replica/cache.py): at most
+    # this many bytes in all (0: none), and none bigger than the second.
+    cache_bytes: int = 64 * 1024 * 1024
+    cache_max_entry: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -56,6 +60,8 @@ class Settings:
             max_bookmark_waits=_at_least_one(env, "BROADSHEET_MAX_BOOKMARK_WAITS", 64),
             max_sql_concurrency=_at_least_one(env, "BROADSHEET_MAX_SQL_CONCURRENCY", 2),
             max_position_streams=_at_least_one(env, "BROADSHEET_MAX_POSITION_STREAMS", 4),
+            cache_bytes=_not_negative(env, "BROADSHEET_CACHE_BYTES", 64 * 1024 * 1024),
+            cache_max_entry=_not_negative(env, "BROADSHEET_CACHE_MAX_ENTRY", 1024 * 1024),
         )
 
     @property
@@ -71,6 +77,13 @@ def _at_least_one(env: Env, name: str, default: int) -> int:
     value = env.int(name, default)
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def _not_negative(env: Env, name: str, default: int) -> int:
+    value = env.int(name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be a number of bytes (0 or more), not {value}")
     return value
 
 

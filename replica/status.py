@@ -8,6 +8,8 @@ from pathlib import Path
 
 from broadsheet.litefs import Pos
 
+from .cache import CacheStats
+
 
 @dataclass(frozen=True)
 class ReplicaStatus:
@@ -25,9 +27,13 @@ class ReplicaStatus:
     # Requests parked on a bookmark, and running visitors' SQL, right now.
     bookmark_waits: int = 0
     custom_sql: int = 0
+    # The response cache's hits and misses since start, and what it holds.
+    cache: CacheStats | None = None
 
     @classmethod
-    def read(cls, db_path: Path, node: str, region: str = "", url: str = "", **load: int) -> "ReplicaStatus":
+    def read(
+        cls, db_path: Path, node: str, region: str = "", url: str = "", cache: CacheStats | None = None, **load: int
+    ) -> "ReplicaStatus":
         mount = db_path.parent
         pos = Pos.read(db_path)
         try:
@@ -49,6 +55,7 @@ class ReplicaStatus:
             primary_reachable=primary is not None,
             lag_ms=lag_ms,
             checked_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            cache=cache,
             **load,
         )
 

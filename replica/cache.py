@@ -1,0 +1,159 @@
+"""Whole responses a read node has served, kept in memory and served again
+without SQLite while the node's position stays where it was.
+
+public.db changes only when LiteFS applies a transaction, which moves the
+node's position (TXID and checksum). An anonymous GET's response is then a
+function of the request (its URL and the few headers Datasette reads) and
+that position, so the position is part of every key: the first request at a
+new position empties the cache, and an entry can never be served at a
+position other than the one it was made at.
+
+What is kept is bounded in bytes (least recently used goes first) and per
+response. What is not a function of (request, position) is never kept:
+requests with a cookie or credentials, responses that set a cookie or are
+not a 200, visitors' own SQL (the sandbox lets it call ``random()`` and
+``current_timestamp``), and the instance's ``/-/`` pages (process state such
+as ``/-/replication.json`` and ``/-/threads``). The read node's rules (405,
+the 403 for tables that are not public, bookmark waits, ETag/304) run before
+a lookup, at the same position as the key, so a hit can never get past them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from broadsheet.litefs import Pos
+
+# Request headers a response depends on: Datasette builds absolute URLs
+# (``next_url``, facet toggles) from Host, and answers JSON or HTML by Accept
+# (and Content-Type) on some pages.
+_VARIES_ON = (b"host", b"accept", b"content-type")
+# Requests that are an actor's, not the public's.
+_PERSONAL = (b"cookie", b"authorization")
+# Bytes of bookkeeping per entry on top of its key, headers and body
+# (objects, the OrderedDict's slot): an estimate, so that many tiny entries count.
+_OVERHEAD = 256
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One response as it was sent: status, headers, body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + _OVERHEAD
+
+    async def replay(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": list(self.headers)})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What ``/-/replication.json`` shows under ``cache``."""
+
+    hits: int
+    misses: int
+    bytes: int
+    entries: int
+    max_bytes: int
+
+
+class ResponseCache:
+    """At most ``max_bytes`` of responses of at most ``max_entry`` bytes
+    each, for one position at a time. ``max_bytes = 0`` turns it off."""
+
+    def __init__(self, max_bytes: int, max_entry: int):
+        self.max_bytes = max_bytes
+        self.max_entry = min(max_entry, max_bytes)
+        self.hits = 0
+        self.misses = 0
+        self.bytes = 0
+        self._pos: Pos | None = None
+        self._entries: OrderedDict[tuple, tuple[Stored, int]] = OrderedDict()  # key -> (response, bytes)
+
+    def key(self, scope, pos: Pos) -> tuple | None:
+        """The key of a request served at ``pos`` whose response may be
+        kept, else None. (At TXID 0 public.db is not on LiteFS, or nothing
+        has arrived yet: the position says nothing about the data.)"""
+        if not self.max_bytes or not pos.txid or scope["method"] != "GET" or scope["path"].startswith("/-/"):
+            return None
+        headers = dict((k.lower(), v) for k, v in scope.get("headers", []))
+        if any(name in headers for name in _PERSONAL):
+            return None
+        return (
+            scope.get("scheme", "http"),
+            scope.get("root_path", ""),
+            scope["path"],
+            scope.get("query_string", b""),
+            *(headers.get(name) for name in _VARIES_ON),
+        )
+
+    def get(self, pos: Pos, key: tuple) -> Stored | None:
+        """The response kept for ``key`` at ``pos``, if any."""
+        self._at(pos)
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[0]
+
+    def put(self, pos: Pos, key: tuple, stored: Stored) -> None:
+        # The key counts too: a visitor chooses its query string.
+        size = stored.size + sum(len(part) for part in key if part)
+        # A response made at a position the cache has since left is of no
+        # use to anyone (and must not stay under the new one).
+        if pos != self._pos or size > self.max_entry:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self._entries[key] = (stored, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.bytes -= evicted
+
+    def recording(self, pos: Pos, key: tuple, send):
+        """``send``, which also keeps the response under ``key`` at ``pos``
+        once it is complete, if it may be kept."""
+        started: dict = {}
+        chunks: list[bytes] = []
+        size = 0
+
+        async def record(message):
+            nonlocal size
+            await send(message)
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                if message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers):
+                    started.update(status=200, headers=tuple((bytes(k), bytes(v)) for k, v in headers))
+            elif message["type"] == "http.response.body" and started:
+                body = message.get("body", b"")
+                size += len(body)
+                if size > self.max_entry:
+                    started.clear()  # too big (a streamed CSV): stop holding it
+                    chunks.clear()
+                    return
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    self.put(pos, key, Stored(started["status"], started["headers"], b"".join(chunks)))
+
+        return record
+
+    def stats(self) -> CacheStats:
+        return CacheStats(self.hits, self.misses, self.bytes, len(self._entries), self.max_bytes)
+
+    def _at(self, pos: Pos) -> None:
+        """Move the cache to ``pos``: every entry of another position goes."""
+        if pos != self._pos:
+            self._pos = pos
+            self._entries.clear()
+            self.bytes = 0

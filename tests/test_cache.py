@@ -1,0 +1,277 @@
+"""A read node answers a repeated read from memory, and never past its TXID:
+the same bytes again while the position stays, the new data (or the 403)
+as soon as it moves, and nothing kept that is a visitor's own (cookies,
+credentials, their SQL) or the node's state (``/-/replication.json``).
+
+Two layers: the read node's Datasette in-process on a plain public.db (its
+position moved by hand, as LiteFS moves it), and the shared cluster.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import httpx
+import pytest
+
+from broadsheet.config import ConfigError
+from broadsheet.litefs import Pos
+from conftest import create_table, settle
+from primary import state
+from replica.cache import ResponseCache, Stored
+from replica.settings import Settings
+
+# The in-process read node and its public.db, as the hostile-visitor tests build them.
+from test_hostile import get, in_loop, public_db, read_node, set_pos  # noqa: F401
+
+# Positions of these tests' own: the node's listing of public tables is
+# remembered per position, across Datasette instances in one process.
+BASE = 7000
+
+
+async def cache_stats(ds) -> dict:
+    return (await get(ds, "/-/replication.json")).json()["cache"]
+
+
+# -- in-process ---------------------------------------------------------------------
+
+
+@in_loop
+async def test_a_repeated_read_is_served_from_memory_until_the_position_moves(read_node, public_db):
+    set_pos(public_db, BASE + 1)
+    ds = read_node()
+    first = await get(ds, "/public/docs.json", _size=3, _shape="objects")
+    assert first.status_code == 200
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (0, 1, 1)
+    assert len(first.content) < stats["bytes"] <= stats["max_bytes"] == 64 * 1024 * 1024
+    again = await get(ds, "/public/docs.json", _size=3, _shape="objects")
+    assert again.content == first.content and again.headers == first.headers
+    assert (await cache_stats(ds))["hits"] == 1
+    # Proof that SQLite was not asked: the file changes under the node, its
+    # position does not (LiteFS never does this), and the page stays.
+    conn = sqlite3.connect(public_db)
+    with conn:
+        conn.execute("UPDATE docs SET title = 'changed' WHERE id = 0")
+    conn.close()
+    assert (await get(ds, "/public/docs.json", _size=3, _shape="objects")).content == first.content
+    # The position moves: no older entry is served, the new data is.
+    set_pos(public_db, BASE + 2)
+    moved = await get(ds, "/public/docs.json", _size=3, _shape="objects")
+    assert moved.json()["rows"][0]["title"] == "changed"
+    assert moved.headers["broadsheet-txid"] == str(BASE + 2) and moved.headers["etag"] != first.headers["etag"]
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (2, 2, 1)
+    # HTML pages too.
+    page = await get(ds, "/public/docs")
+    assert (await get(ds, "/public/docs")).content == page.content
+    assert (await cache_stats(ds))["hits"] == 3
+
+
+@in_loop
+async def test_a_table_no_longer_public_is_403_though_its_page_was_cached(read_node, public_db):
+    set_pos(public_db, BASE + 11)
+    ds = read_node()
+    assert (await get(ds, "/public/places.json")).status_code == 200
+    assert (await get(ds, "/public/places.json")).status_code == 200
+    assert (await cache_stats(ds))["hits"] == 1
+    conn = sqlite3.connect(public_db)
+    with conn:
+        conn.execute("DELETE FROM _public_tables WHERE table_name = 'places'")
+    conn.close()
+    set_pos(public_db, BASE + 12)
+    for _ in range(2):
+        assert (await get(ds, "/public/places.json")).status_code == 403
+    assert (await cache_stats(ds))["hits"] == 1
+
+
+@in_loop
+async def test_what_is_never_kept(read_node, public_db):
+    set_pos(public_db, BASE + 21)
+    ds = read_node(BROADSHEET_CACHE_MAX_ENTRY=900)
+
+    async def twice(path, headers=None, **params):
+        for _ in range(2):
+            response = await ds.client.get(path, params=params, headers=headers or {})
+        return response
+
+    # A visitor's own: a cookie, credentials, their SQL (which may call random()).
+    assert (await twice("/public/docs.json", {"Cookie": "ds_actor=forged"}, _size=1)).status_code == 200
+    assert (await twice("/public/docs.json", {"Authorization": "Bearer dstok_nope"}, _size=1)).status_code in (
+        200, 401, 403,
+    )
+    assert (await twice("/public/docs.json", _where="id < 3")).status_code == 200
+    assert (await twice("/public/-/query.json", sql="select random()")).status_code == 200
+    # The node's own state.
+    await twice("/-/replication.json")
+    await twice("/-/versions.json")
+    # Anything but a 200: a table that is not public, a visitor's mistake.
+    assert (await twice("/public/hidden.json")).status_code == 403
+    assert (await twice("/public/places.json", _facet="no_such_column")).status_code == 400
+    # Bigger than BROADSHEET_CACHE_MAX_ENTRY (here 900 bytes): a streamed CSV, a big page.
+    big = await twice("/public/docs.csv", _stream="1", _size="max")
+    assert big.status_code == 200 and len(big.content) > 900
+    assert len((await twice("/public/docs.json", _size="max")).content) > 900
+    # HEAD is Datasette's.
+    await ds.client.head("/public/docs.json")
+    # Looked up (the 400s and the big ones: misses), never kept.
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["misses"], stats["entries"], stats["bytes"]) == (0, 6, 0, 0)
+    # While a small one is kept.
+    await twice("/public/countries.csv")
+    assert (await cache_stats(ds))["hits"] == 1
+
+
+@in_loop
+async def test_host_and_accept_are_part_of_the_key(read_node, public_db):
+    set_pos(public_db, BASE + 31)
+    ds = read_node()
+    pages = {}
+    for host in ("a.example", "b.example"):
+        for _ in range(2):
+            response = await ds.client.get("/public/docs.json?_size=2", headers={"Host": host})
+            pages[host] = response.json()["next_url"]
+    # Datasette builds its links from Host: each host gets its own.
+    assert pages["a.example"].startswith("http://a.example/") and pages["b.example"].startswith("http://b.example/")
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["entries"]) == (2, 2)
+    await ds.client.get("/public/docs.json?_size=2", headers={"Host": "a.example", "Accept": "application/json"})
+    assert (await cache_stats(ds))["entries"] == 3
+
+
+@in_loop
+async def test_bookmarks_and_etags_work_as_before(read_node, public_db):
+    set_pos(public_db, BASE + 41)
+    ds = read_node(BROADSHEET_BOOKMARK_TIMEOUT=0.3)
+    first = await get(ds, "/public/docs.json", _size=2)
+    # A bookmark the node has is served from memory at the node's position;
+    # one it does not have waits and times out, whatever is kept.
+    held = await ds.client.get("/public/docs.json?_size=2", headers={"Broadsheet-Min-Txid": str(BASE + 41)})
+    assert held.content == first.content and (await cache_stats(ds))["hits"] == 1
+    late = await ds.client.get("/public/docs.json?_size=2", headers={"Broadsheet-Min-Txid": str(BASE + 42)})
+    assert late.status_code == 504
+    # An ETag of this position is a 304 before any lookup.
+    not_modified = await ds.client.get("/public/docs.json?_size=2", headers={"If-None-Match": first.headers["etag"]})
+    assert not_modified.status_code == 304 and not_modified.content == b""
+    assert (await cache_stats(ds))["hits"] == 1
+    # Writes are still refused.
+    assert (await ds.client.post("/public/docs/-/insert", json={"row": {"id": 99}})).status_code == 405
+
+
+@in_loop
+async def test_a_cache_of_0_bytes_keeps_nothing(read_node, public_db):
+    set_pos(public_db, BASE + 51)
+    ds = read_node(BROADSHEET_CACHE_BYTES=0)
+    for _ in range(3):
+        assert (await get(ds, "/public/docs.json", _size=1)).status_code == 200
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (0, 0, 0)
+
+
+def test_least_recently_used_goes_first_and_old_positions_are_dropped():
+    entry = Stored(200, ((b"content-type", b"text/plain"),), b"x" * 1000)
+    size = entry.size + 1  # with its key, one letter
+    cache = ResponseCache(max_bytes=3 * size, max_entry=10**6)
+    here, later = Pos(5, 1), Pos(6, 2)
+    for key in ("a", "b", "c"):
+        assert cache.get(here, (key,)) is None
+        cache.put(here, (key,), entry)
+    assert cache.get(here, ("a",)) is entry  # now the most recent
+    cache.put(here, ("d",), entry)
+    assert cache.get(here, ("b",)) is None and cache.get(here, ("a",)) is entry
+    assert cache.stats().entries == 3 and cache.stats().bytes == 3 * size
+    # A response made before the cache moved on is not kept under any position.
+    assert cache.get(later, ("a",)) is None
+    cache.put(here, ("late",), entry)
+    assert cache.stats().entries == 0 and cache.get(later, ("late",)) is None
+    assert cache.get(here, ("late",)) is None
+
+
+@pytest.mark.parametrize("name", ["BROADSHEET_CACHE_BYTES", "BROADSHEET_CACHE_MAX_ENTRY"])
+def test_cache_settings_are_bytes(name):
+    assert Settings.from_env({name: "0"}) is not None
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: "-1"})
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: "64MiB"})
+
+
+# -- the cluster --------------------------------------------------------------------
+
+
+def _stats(node) -> dict:
+    return httpx.get(f"{node.url}/-/replication.json", timeout=5).json()["cache"]
+
+
+def _hit(node, path: str, **kwargs) -> tuple[httpx.Response, httpx.Response]:
+    """Two GETs of ``path`` at one position, the second a cache hit. (The
+    position may move between them: then try again.)"""
+    for _ in range(20):
+        first = httpx.get(f"{node.url}{path}", timeout=5, **kwargs)
+        hits = _stats(node)["hits"]
+        second = httpx.get(f"{node.url}{path}", timeout=5, **kwargs)
+        if first.headers["broadsheet-txid"] == second.headers["broadsheet-txid"]:
+            assert _stats(node)["hits"] == hits + 1
+            return first, second
+    raise AssertionError("the position never stayed still for two requests")
+
+
+@pytest.fixture(scope="module")
+def stories(cluster, control):
+    create_table(cluster, "cache_stories", [{"id": i, "headline": f"story {i}"} for i in range(20)])
+    control.publish("cache_stories")
+    cluster.wait_for_replicas()
+    return "cache_stories"
+
+
+def test_repeated_read_on_a_read_node_is_a_hit_with_the_same_bytes(cluster, stories):
+    for node in cluster.replicas:
+        first, second = _hit(node, f"/public/{stories}.json?_size=5")
+        assert second.status_code == 200 and second.content == first.content
+        assert second.headers["etag"] == first.headers["etag"]
+        stats = _stats(node)
+        assert stats["entries"] >= 1 and stats["bytes"] > len(first.content)
+
+
+def test_a_write_shows_on_the_next_read_never_the_cached_one(cluster, db, stories):
+    node = cluster.replicas[0]
+    path = f"/public/{stories}.json?id=3&_shape=objects"
+    before, _ = _hit(node, path)
+    assert before.json()["rows"][0]["headline"] == "story 3"
+    with state.immediate(db):
+        db.execute(f"UPDATE {stories} SET headline = 'story 3, updated' WHERE id = 3")
+    settle(cluster)
+    cluster.wait_for_replicas()
+    after = httpx.get(f"{node.url}{path}", timeout=5)
+    assert after.json()["rows"][0]["headline"] == "story 3, updated"
+    assert int(after.headers["broadsheet-txid"]) > int(before.headers["broadsheet-txid"])
+
+
+def test_an_unpublished_table_is_403_though_its_page_was_cached(cluster, control):
+    create_table(cluster, "cache_leaving", [{"id": 1, "headline": "soon private"}])
+    control.publish("cache_leaving")
+    cluster.wait_for_replicas()
+    for node in cluster.replicas:
+        _hit(node, "/public/cache_leaving.json")
+    control.publish("cache_leaving", public=False)
+    cluster.wait_for_replicas()
+    for node in cluster.replicas:
+        for path in ("/public/cache_leaving.json", "/public/cache_leaving"):
+            assert httpx.get(f"{node.url}{path}", timeout=5).status_code == 403
+
+
+def test_credentials_and_the_status_page_are_never_cached_and_304_still_works(cluster, stories):
+    node = cluster.replicas[1]
+    path = f"{node.url}/public/{stories}.json?_size=2"
+    _hit(node, f"/public/{stories}.json?_size=2")
+    before = _stats(node)
+    for headers in ({"Cookie": "ds_actor=forged"}, {"Authorization": "Bearer dstok_forged"}):
+        for _ in range(2):
+            httpx.get(path, headers=headers, timeout=5)
+    for _ in range(2):
+        httpx.get(f"{node.url}/-/replication.json", timeout=5)
+    after = _stats(node)
+    assert (after["hits"], after["misses"]) == (before["hits"], before["misses"])
+    etag = httpx.get(path, timeout=5).headers["etag"]
+    not_modified = httpx.get(path, headers={"If-None-Match": etag}, timeout=5)
+    assert not_modified.status_code == 304 and not_modified.content == b"" and not_modified.headers["etag"] == etag
