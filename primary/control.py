@@ -312,6 +312,8 @@ async def preview_publish(table: str, actor: Actor, body: SpecBody | None = None
     how many rows of the total, the first rows exactly as read nodes would
     serve them, an estimate of the bytes, and for a public table what the
     change adds and removes. Computed from data.db; changes nothing."""
+    if not await may_publish(actor, table):
+        raise HTTPException(403, {"ok": False, "error": publish_forbidden(table), "table": table})
     spec = body.spec() if body else PublishSpec()
     conn = _connect(readonly=True)
     try:

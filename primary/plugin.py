@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import re
+import time
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -111,32 +114,42 @@ def track_event(datasette, event):
     actor = event.actor.get("id") if isinstance(event.actor, dict) else None
     log("event", json.dumps({"event": event.name, "actor": actor, **event.properties()}, default=str))
     if event.name == "alter-table" and event.database == _data_db_name() and _is_team(event.actor):
-        return _republish_rebuilt(event.table, event.actor)
+        return _republish_rebuilt(datasette, event.table, event.actor)
     if event.name == "logout" and isinstance(event.actor, dict):
         team.team().logout(event.actor.get("sid"))
     return None
 
 
-async def _republish_rebuilt(table: str, actor: dict) -> None:
+async def _republish_rebuilt(datasette, table: str, actor: dict) -> None:
     """Datasette's alter-table may rebuild a table (create, copy, drop,
     rename), which the publisher cannot tell from a table dropped and created
     again: it makes a public one private. The team member who altered it
-    meant to keep it: publish it again in their name, once the publisher has
-    seen the alteration."""
+    meant to keep it: publish it again in their name, with the spec it had,
+    once the publisher has seen the alteration, if they may publish it and
+    the spec still fits the new schema (otherwise it stays private)."""
+    altered_at = time.time()
     private_txid = Pos.read(settings().data_db).txid
     try:
         await publishing.wait_published(private_txid, 10.0)
     except publishing.PublishTimeout:
         return
+    if not await may_publish(datasette, actor, table):
+        return
     conn = state.connect(settings().data_db)
     try:
         newest = state.audit_entries(conn, table=table, limit=1)
-        rebuilt = newest and newest[0]["operation"] == "unpublish" and newest[0]["actor"] == state.REBUILT_ACTOR
-        if not rebuilt or table not in state.user_tables(conn):
+        if not newest or (newest[0]["operation"], newest[0]["actor"]) != ("unpublish", state.REBUILT_ACTOR):
             return
+        made_private = datetime.datetime.fromisoformat(newest[0]["timestamp"]).timestamp()
+        if made_private < altered_at - 30 or table not in state.user_tables(conn):
+            return  # made private by an earlier rebuild, not by this alteration
+        spec = PublishSpec.from_json(newest[0]["spec_before"])
     finally:
         conn.close()
-    await publishing.flip(table, True, f"{publishing.actor_label(actor)} (alter-table)", wait=False)
+    try:
+        await publishing.flip(table, True, f"{publishing.actor_label(actor)} (alter-table)", wait=False, spec=spec)
+    except state.PublishError as exc:
+        log("primary", f"{table!r} stays private after the alteration: its spec no longer fits ({exc.message})")
 
 
 def _is_team(actor) -> bool:
@@ -346,17 +359,24 @@ def _session_is_live(datasette, cookie: str) -> bool:
 def _without_dead_login(datasette, scope):
     """The request as Datasette should see it: a login cookie whose session
     has ended (logged out elsewhere, user removed) is dropped, so the request
-    is anonymous."""
+    is anonymous. The cookie is read exactly as Datasette reads it (the last
+    Cookie header, parsed by SimpleCookie), and a dead one leaves a single
+    rebuilt Cookie header without it."""
     headers = scope.get("headers", [])
-    cookie_header = next((v for k, v in headers if k.lower() == b"cookie"), b"")
-    if b"ds_actor=" not in cookie_header:
+    cookie_headers = [v for k, v in headers if k.lower() == b"cookie"]
+    if not cookie_headers:
         return scope
-    cookies = [c.strip() for c in cookie_header.split(b";")]
-    actor = next((c[len(b"ds_actor="):] for c in cookies if c.startswith(b"ds_actor=")), b"")
-    if _session_is_live(datasette, actor.decode("latin-1").strip('"')):
-        return scope
-    kept = b"; ".join(c for c in cookies if not c.startswith(b"ds_actor="))
-    headers = [(k, v) for k, v in headers if k.lower() != b"cookie"] + ([(b"cookie", kept)] if kept else [])
+    jar = SimpleCookie()
+    try:
+        jar.load(cookie_headers[-1].decode("latin-1"))
+    except CookieError:
+        jar = SimpleCookie()
+    if "ds_actor" not in jar or _session_is_live(datasette, jar["ds_actor"].value):
+        if len(cookie_headers) == 1:
+            return scope
+    kept = "; ".join(f"{name}={morsel.coded_value}" for name, morsel in jar.items() if name != "ds_actor"
+                     or _session_is_live(datasette, morsel.value))
+    headers = [(k, v) for k, v in headers if k.lower() != b"cookie"] + ([(b"cookie", kept.encode("latin-1"))] if kept else [])
     return {**scope, "headers": headers}
 
 
@@ -706,7 +726,8 @@ async def read_body(receive, headers: dict, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            # Cut short: a truncated body (a form field, say) may still parse.
+            raise BadBody(400, "The request body ended before it was complete")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -63,10 +63,11 @@ def copied_signature(conn: apsw.Connection, table: str) -> list[tuple[str, str, 
     return sorted([*(tuple(r) for r in rows), *(("fts", n, s) for n, s in fts_companions(conn, "main", table))])
 
 
-def project(conn: apsw.Connection, table: str, spec: PublishSpec, public: set[str]) -> Projection:
-    """``table`` of ``src`` as ``spec`` publishes it, given the set of tables
-    that are public in this cycle. Raises SpecError if the spec no longer
-    fits the table."""
+def project(conn: apsw.Connection, table: str, spec: PublishSpec, public: dict[str, set[str]]) -> Projection:
+    """``table`` of ``src`` as ``spec`` publishes it, given the tables public
+    in this cycle with their published columns (a foreign key survives only
+    if everything it names is public). Raises SpecError if the spec no
+    longer fits the table."""
     xinfo = conn.execute(f"PRAGMA src.table_xinfo({literal(table)})").fetchall()
     all_columns = [row[1] for row in xinfo]
     generated = {row[1] for row in xinfo if row[6] in (2, 3)}
@@ -77,13 +78,13 @@ def project(conn: apsw.Connection, table: str, spec: PublishSpec, public: set[st
     published = spec.published_columns(all_columns, generated, rowid_alias)
     insertable = tuple(c for c in published if c not in generated)
     foreign_keys = _foreign_keys(conn, table)
-    private_targets = {fk["table"] for fk in foreign_keys} - public
+    shown = [fk for fk in foreign_keys if _names_only_public(conn, fk, public)]
     fts_tables = [
         (name, sql)
         for name, sql in fts_companions(conn, "src", table)
         if set(_fts_columns(conn, name)) <= set(published)
     ]
-    if spec.partial_columns is False and not private_targets:
+    if spec.partial_columns is False and len(shown) == len(foreign_keys):
         # Published whole and naming no private table: data.db's own schema.
         (create_sql,) = conn.execute(
             "SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?", (table,)
@@ -117,8 +118,8 @@ def project(conn: apsw.Connection, table: str, spec: PublishSpec, public: set[st
         definitions.append(f"PRIMARY KEY ({', '.join(map(quote, pk))})")
     elif not rowid:
         raise SpecError("A WITHOUT ROWID table can be published only with its whole primary key")
-    for fk in foreign_keys:
-        if fk["table"] in public and set(fk["from"]) <= chosen:
+    for fk in shown:
+        if set(fk["from"]) <= chosen:
             definitions.append(
                 f"FOREIGN KEY ({', '.join(map(quote, fk['from']))}) REFERENCES {quote(fk['table'])}"
                 + (f" ({', '.join(map(quote, fk['to']))})" if all(fk["to"]) else "")
@@ -156,6 +157,18 @@ def fts_companions(conn: apsw.Connection, schema: str, table: str) -> list[tuple
 
 def _fts_columns(conn: apsw.Connection, fts_table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA src.table_xinfo({literal(fts_table)})") if r[6] == 0]
+
+
+def _names_only_public(conn: apsw.Connection, fk: dict, public: dict[str, set[str]]) -> bool:
+    """Whether a foreign key names only what is public: its table, and the
+    columns it references there (the primary key when it names none)."""
+    target = fk["table"]
+    if target not in public:
+        return False
+    to = fk["to"] if all(fk["to"]) else [
+        r[1] for r in conn.execute(f"PRAGMA src.table_xinfo({literal(target)})") if r[5]
+    ]
+    return bool(to) and set(to) <= public[target]
 
 
 def _foreign_keys(conn: apsw.Connection, table: str) -> list[dict]:

@@ -127,6 +127,9 @@ class Publisher:
         # memory and writes each page once, rather than spilling mid-cycle.
         self.conn.execute("PRAGMA cache_size=-262144")
         self.conn.execute("PRAGMA temp_store=MEMORY")
+        # A row filter naming a column that is gone is an error, never the
+        # column's name as a string (SQLite's double-quoted-string fallback).
+        self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         self.conn.execute("ATTACH ? AS src", (f"file:{self.data_db}?mode=ro",))
         with state.immediate(self.conn):
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_TABLES} (table_name TEXT PRIMARY KEY)")
@@ -258,8 +261,9 @@ class Publisher:
         copied = set(state.user_tables(self.conn, "main"))
         for table in self._publishable(conn, "main"):
             if table in copied and not _has_triggers(conn, "main", table):
+                (spec,) = conn.execute(f"SELECT spec FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,)).fetchone()
                 conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-                state.audit(conn, "unpublish", table, state.REBUILT_ACTOR)
+                state.audit(conn, "unpublish", table, state.REBUILT_ACTOR, spec_before=spec)
                 log("publisher", f"{table!r} was re-created or rebuilt under its name; it is private until published again")
 
     @staticmethod
@@ -396,11 +400,17 @@ class Publisher:
         published = [t for t in published if t not in untracked]
         plan = _Plan(published=published, rebuilt=rebuilt, waiting=waiting)
         specs = state.public_specs(conn, "src")
-        for table in list(published):
+        columns: dict[str, set[str]] = {}
+        for table in published:
             try:
-                plan.projections[table] = project(conn, table, specs[table], set(published))
+                columns[table] = set(state.spec_columns(conn, table, specs[table], "src"))
             except SpecError as exc:
                 plan.unfit[table] = str(exc)  # fail closed: left out, made private after the cycle
+        for table in columns:
+            try:
+                plan.projections[table] = project(conn, table, specs[table], columns)
+            except SpecError as exc:
+                plan.unfit[table] = str(exc)
         published = plan.published = [t for t in published if t not in plan.unfit]
         plan.drop = sorted(present - set(published))
         # Schemas need comparing only when data.db's has changed since the

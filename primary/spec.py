@@ -19,8 +19,9 @@ until someone publishes it again.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
+
+import apsw
 
 from broadsheet.names import quote
 
@@ -39,6 +40,35 @@ FILTER_FUNCTIONS = frozenset(
     sqrt tan trunc
     """.split()
 )
+
+
+def _check_one_expression(text: str) -> None:
+    """One expression, so that ``AND (filter)`` means what it says wherever
+    the publisher puts it: outside quotes, parentheses balance and never
+    close more than they opened, and there is no comment or semicolon."""
+    depth, quote_char, i = 0, None, 0
+    while i < len(text):
+        c = text[i]
+        if quote_char:
+            if c == quote_char:
+                quote_char = None
+        elif c in "'\"`":
+            quote_char = c
+        elif c == "[":
+            quote_char = "]"
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                raise SpecError("The row filter closes a parenthesis it did not open")
+        elif c == ";":
+            raise SpecError("The row filter must be one SQL expression, not several statements")
+        elif text.startswith(("--", "/*"), i):
+            raise SpecError("The row filter may not contain a comment")
+        i += 1
+    if quote_char or depth:
+        raise SpecError("The row filter has an unclosed quote or parenthesis")
 
 
 class SpecError(ValueError):
@@ -147,61 +177,66 @@ class PublishSpec:
             raise SpecError("The spec leaves no column to publish")
         return chosen
 
-    def check_where(self, table: str, create_sql: str) -> None:
+    def check_where(self, table: str, columns: list[str]) -> None:
         """Refuse a row filter that is not a pure, deterministic expression
-        over ``table``'s own columns, asking SQLite: the statement is
-        prepared against a copy of the table's schema in memory (so nothing
-        of data.db is touched, and the standard library's driver refuses a
-        second statement) under an authorizer that sees every table, column
-        and function it would touch."""
+        over ``table``'s own ``columns``, asking SQLite: the filter is
+        prepared (never run) against a table of those columns in an attached
+        in-memory database named ``src``, as the publisher sees data.db, with
+        double-quoted strings off (so a renamed column is an error, not a
+        string) and under an authorizer that sees every table, column and
+        function it would touch. The text itself must be one balanced
+        expression: no comments, no semicolons, parentheses that close."""
         if not self.where:
             return
-        conn = sqlite3.connect(":memory:")
+        _check_one_expression(self.where)
+        conn = apsw.Connection(":memory:")
         try:
-            conn.execute(create_sql)
-            self._check_where(conn, "main", table)
+            conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
+            conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
+            conn.execute("ATTACH ':memory:' AS src")
+            conn.execute(f"CREATE TABLE src.{quote(table)} ({', '.join(map(quote, columns))})")
+            self._check_where(conn, table)
         finally:
             conn.close()
 
-    def _check_where(self, conn: sqlite3.Connection, schema: str, table: str) -> None:
+    def _check_where(self, conn: apsw.Connection, table: str) -> None:
         problems: list[str] = []
         selects = 0
 
         def authorizer(action, arg1, arg2, db_name, trigger):
             nonlocal selects
-            if action == sqlite3.SQLITE_SELECT:
+            if action == apsw.SQLITE_SELECT:
                 selects += 1
                 if selects > 1:
                     problems.append("a subquery")
-                    return sqlite3.SQLITE_DENY
-                return sqlite3.SQLITE_OK
-            if action == sqlite3.SQLITE_READ:
-                if arg1 != table or db_name != schema:
+                    return apsw.SQLITE_DENY
+                return apsw.SQLITE_OK
+            if action == apsw.SQLITE_READ:
+                if arg1 != table or db_name != "src":
                     problems.append(f"another table ({arg1})")
-                    return sqlite3.SQLITE_DENY
-                return sqlite3.SQLITE_OK
-            if action == sqlite3.SQLITE_FUNCTION:
+                    return apsw.SQLITE_DENY
+                return apsw.SQLITE_OK
+            if action == apsw.SQLITE_FUNCTION:
                 if arg2.lower() not in FILTER_FUNCTIONS:
                     problems.append(f"the function {arg2}() (not a deterministic built-in)")
-                    return sqlite3.SQLITE_DENY
-                return sqlite3.SQLITE_OK
+                    return apsw.SQLITE_DENY
+                return apsw.SQLITE_OK
             problems.append("something other than an expression")
-            return sqlite3.SQLITE_DENY
+            return apsw.SQLITE_DENY
 
-        conn.set_authorizer(authorizer)
+        conn.authorizer = authorizer
         try:
-            conn.execute(f"SELECT 1 FROM {quote(schema)}.{quote(table)} WHERE ({self.where}) LIMIT 0").fetchall()
-        except (sqlite3.Error, sqlite3.Warning) as exc:
-            if "one statement" in str(exc):
-                raise SpecError("The row filter must be one SQL expression, not several statements") from None
+            conn.execute(f"EXPLAIN SELECT 1 FROM src.{quote(table)} WHERE ({self.where})").fetchall()
+        except apsw.Error as exc:
             if problems:
                 raise SpecError(f"The row filter may not use {problems[0]}") from None
-            if str(exc).startswith("no such table: "):
+            message = str(exc).removeprefix("SQLError: ")
+            if message.startswith("no such table: "):
                 # Only the table itself exists where the filter is checked.
-                other = str(exc).removeprefix("no such table: ")
+                other = message.removeprefix("no such table: ")
                 raise SpecError(f"The row filter may not use another table ({other}), nor a subquery") from None
-            raise SpecError(f"The row filter is not valid SQL here: {exc}") from None
+            raise SpecError(f"The row filter is not valid SQL here: {message}") from None
         finally:
-            conn.set_authorizer(None)
+            conn.authorizer = None
         if problems:
             raise SpecError(f"The row filter may not use {problems[0]}")

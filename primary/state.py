@@ -128,6 +128,12 @@ WHEN new.spec IS NOT old.spec
 BEGIN
     INSERT INTO _public_changes (tbl, rid) VALUES (new.table_name, NULL);
 END;
+-- Listed anew (unpublished then published with another spec before a cycle
+-- ran, or a REPLACE): copied whole too.
+CREATE TRIGGER IF NOT EXISTS _public_listed AFTER INSERT ON {PUBLIC_TABLES}
+BEGIN
+    INSERT INTO _public_changes (tbl, rid) VALUES (new.table_name, NULL);
+END;
 """
 
 # Columns added since the first release, for a data.db made before them.
@@ -318,27 +324,34 @@ def set_public(
     return Flip(table, public, changed=True, audit_id=audit_id)
 
 
-def spec_columns(conn: apsw.Connection, table: str, spec: PublishSpec) -> list[str]:
+def spec_columns(conn: apsw.Connection, table: str, spec: PublishSpec, schema: str = "main") -> list[str]:
     """The columns of ``table`` that ``spec`` publishes (SpecError if it no
-    longer fits the table)."""
-    xinfo = conn.execute(f"PRAGMA table_xinfo({quote(table)})").fetchall()
-    pk = [r[1] for r in xinfo if r[5]]
+    longer fits the table), by the same rules the publisher's projection
+    follows."""
+    xinfo = conn.execute(f"PRAGMA {quote(schema)}.table_xinfo({quote(table)})").fetchall()
+    pk = [r[1] for r in sorted((r for r in xinfo if r[5]), key=lambda r: r[5])]
     types = {r[1]: (r[2] or "").upper() for r in xinfo}
-    rowid_alias = pk[0] if len(pk) == 1 and types[pk[0]] == "INTEGER" else None
-    return spec.published_columns([r[1] for r in xinfo], {r[1] for r in xinfo if r[6] in (2, 3)}, rowid_alias)
+    try:
+        conn.execute(f"SELECT _rowid_ FROM {quote(schema)}.{quote(table)} LIMIT 0").fetchall()
+        rowid = True
+    except apsw.SQLError:
+        rowid = False
+    rowid_alias = pk[0] if rowid and len(pk) == 1 and types[pk[0]] == "INTEGER" else None
+    published = spec.published_columns([r[1] for r in xinfo], {r[1] for r in xinfo if r[6] in (2, 3)}, rowid_alias)
+    if not rowid and not set(pk) <= set(published):
+        raise SpecError("A WITHOUT ROWID table can be published only with its whole primary key")
+    return published
 
 
-def check_spec(conn: apsw.Connection, table: str, spec: PublishSpec) -> None:
+def check_spec(conn: apsw.Connection, table: str, spec: PublishSpec, schema: str = "main") -> None:
     """PublishError (400) unless ``spec`` fits ``table`` now: its columns exist,
     its row filter is a pure expression over them (as SQLite itself judges
     it: PublishSpec.check_where)."""
     try:
-        spec_columns(conn, table, spec)
+        spec_columns(conn, table, spec, schema)
         if spec.where:
-            (create_sql,) = conn.execute(
-                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-            ).fetchone()
-            spec.check_where(table, create_sql)
+            columns = [r[1] for r in conn.execute(f"PRAGMA {quote(schema)}.table_xinfo({quote(table)})")]
+            spec.check_where(table, columns)
     except SpecError as exc:
         raise PublishError(str(exc), table) from None
 

@@ -116,3 +116,24 @@ def test_another_site_cannot_publish_with_a_members_cookie(cluster, db, members,
     # From the control plane's own origin, the same cookie may.
     own = control.post("/tables/csrf_target/unpublish", headers={"Origin": cluster.primary.control_url})
     assert own.status_code == 200, own.text
+
+
+@pytest.mark.parametrize(
+    "cookie_headers",
+    [
+        lambda dead: [("Cookie", f"x=1; ds_actor ={dead}")],
+        lambda dead: [("Cookie", "x=1"), ("Cookie", f"ds_actor={dead}")],
+        lambda dead: [("Cookie", f"a=ds_actor=; ds_actor ={dead}")],
+    ],
+    ids=["space before =", "two headers", "decoy"],
+)
+def test_an_ended_session_cannot_come_back_in_another_cookie_spelling(cluster, members, cookie_headers):
+    client = login(cluster, "alice", members["alice"])
+    dead = client.cookies["ds_actor"]
+    assert client.post("/-/logout").status_code == 302
+    headers = cookie_headers(dead)
+    page = httpx.get(f"{cluster.primary.url}/data/airports.json?_size=1", headers=headers, timeout=30)
+    assert page.status_code in (401, 403), page.text
+    write = httpx.post(f"{cluster.primary.url}/data/airports/-/insert", headers=headers,
+                       json={"row": {"faa": "ZZZ"}}, timeout=30)
+    assert write.status_code in (401, 403), write.text

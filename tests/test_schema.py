@@ -6,7 +6,7 @@ import pytest
 import sqlite_utils
 
 from broadsheet.client import ControlError
-from conftest import create_table, rows, status, team_db, wait_until
+from conftest import create_table, rows, settle, status, team_db, wait_until
 from primary import state
 
 
@@ -196,3 +196,20 @@ def test_datasette_alter_table_keeps_a_public_table_public(cluster, control, tok
         db.execute("INSERT INTO columns_alter (id, text) VALUES (4, 'after the alter')")
     for node in cluster.replicas:
         wait_until(lambda: len(rows(node.url, "columns_alter")) == 4, message=f"later write on {node.name}")
+
+
+def test_an_alter_table_rebuild_keeps_a_partial_spec(cluster, control, token, db):
+    """Dropping an unrelated column through Datasette rebuilds the table; it
+    is published again with the spec it had, never whole."""
+    create_table(cluster, "crew", [{"id": i, "name": f"c{i}", "wage": f"WAGE-KEPT-PRIVATE-{i}", "notes": "n"}
+                                   for i in range(1, 4)])
+    control.publish("crew", spec={"exclude_columns": ["wage"]})
+    alter(cluster, token, "crew", "drop_column", name="notes")
+    wait_until(lambda: state.audit_entries(db, table="crew", limit=1)[0]["actor"] == "tester (alter-table)",
+               message="crew published again by the altering actor")
+    assert state.public_specs(db)["crew"].exclude_columns == ("wage",)
+    settle(cluster)
+    cluster.wait_for_replicas()
+    for node in cluster.replicas:
+        assert rows(node.url, "crew")[0] == {"id": 1, "name": "c1"}
+        assert b"WAGE-KEPT-PRIVATE" not in node.public_db.read_bytes()
