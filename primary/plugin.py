@@ -336,7 +336,7 @@ async def login(datasette, request):
         except team.TeamError as exc:
             context["error"], status = str(exc), 401
         else:
-            target = context["next"] if context["next"].startswith("/") and not context["next"].startswith("//") else "/"
+            target = context["next"] if _local_path(context["next"]) else "/"
             response = Response.redirect(target)
             actor = {"id": name, "sid": session}
             datasette.set_actor_cookie(response, actor, expire_after=team.SESSION_SECONDS)
@@ -344,6 +344,12 @@ async def login(datasette, request):
             return response
     html = await datasette.render_template("broadsheet_login.html", context, request=request)
     return Response.html(html, status=status, headers=headers)
+
+
+def _local_path(url: str) -> bool:
+    """A path on this site (not //host or /\\host, which browsers treat as
+    another site)."""
+    return url.startswith("/") and not url.startswith(("//", "/\\")) and "\\" not in url
 
 
 def _session_is_live(datasette, cookie: str) -> bool:

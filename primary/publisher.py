@@ -68,6 +68,7 @@ class _Plan:
     rebuilt: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # listed, triggers not installed yet
     unfit: dict[str, str] = field(default_factory=dict)  # table -> why its spec no longer fits
+    failed: dict[str, str] = field(default_factory=dict)  # table -> why SQLite could not copy it
     projections: dict[str, Projection] = field(default_factory=dict)
 
     @property
@@ -357,10 +358,18 @@ class Publisher:
         their triggers, which wakes the next cycle), and the watermark moves
         only if nothing listed is still waiting to be copied, so that a
         bookmark never points before a publish it promises."""
-        if plan.rebuilt or plan.unfit or plan.waiting:
+        for table, reason in plan.failed.items():
+            with state.immediate(self.writer):
+                self.writer.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+                if self.writer.changes():
+                    state.audit(self.writer, "unpublish", table, f"broadsheet:publisher (could not be copied: {reason})")
+        if plan.rebuilt or plan.unfit or plan.waiting or plan.failed:
             self._maintained = None
             self.maintain_triggers()
-        if not plan.waiting:
+        # A table left out (waiting for triggers, rebuilt, unfit) is made
+        # private or copied by the cycle this follow-up wakes: the watermark
+        # moves then, so no bookmark claims a TXID that lacks a publish.
+        if not (plan.waiting or plan.rebuilt or plan.unfit):
             self._advance(private_txid, public_txid)
 
     def checkpoint(self) -> None:
@@ -464,11 +473,13 @@ class Publisher:
         rows = 0
         for table in plan.copy:
             started = time.perf_counter()
-            _drop(conn, table)
-            copied = _copy_table(conn, plan.projections[table])
-            rows += copied
-            log("publisher", f"copied {table!r}: {copied} rows in {(time.perf_counter() - started) * 1000:.0f} ms")
+            copied = self._isolated(plan, table, lambda t=table: _drop(conn, t) or _copy_table(conn, plan.projections[t]))
+            if copied is not None:
+                rows += copied
+                log("publisher", f"copied {table!r}: {copied} rows in {(time.perf_counter() - started) * 1000:.0f} ms")
         for table, rids in plan.rows.items():
+            if table in plan.failed:
+                continue
             try:
                 conn.execute("SAVEPOINT rows")
                 rows += _copy_rows(conn, plan.projections[table], rids)
@@ -479,10 +490,24 @@ class Publisher:
                 conn.execute("ROLLBACK TO rows")
                 conn.execute("RELEASE rows")
                 log("publisher", f"constraint conflict applying rows of {table!r}; copying it whole")
-                _drop(conn, table)
-                rows += _copy_table(conn, plan.projections[table])
+                copied = self._isolated(plan, table, lambda t=table: _drop(conn, t) or _copy_table(conn, plan.projections[t]))
+                rows += copied or 0
+            except apsw.Error:
+                conn.execute("ROLLBACK TO rows")
+                conn.execute("RELEASE rows")
+                self._isolated(plan, table, lambda t=table: _copy_rows(conn, plan.projections[t], rids))
         for view in plan.create_views:
-            conn.execute(_view_sql(conn, "src", view))
+            try:
+                conn.execute("SAVEPOINT view")
+                conn.execute(_view_sql(conn, "src", view))
+                conn.execute("RELEASE view")
+            except apsw.Error as exc:
+                # It reads a table this cycle could not copy.
+                conn.execute("ROLLBACK TO view")
+                conn.execute("RELEASE view")
+                log("publisher", f"view {view!r} left out this cycle: {exc}")
+                plan.views.remove(view)
+                plan.public_tables_changed = True
         if plan.metadata is not None:
             conn.execute(f"DELETE FROM main.{PUBLIC_METADATA}")
             for table, fields in plan.metadata.items():
@@ -499,6 +524,29 @@ class Publisher:
                 (json.dumps(plan.published + plan.views),),
             )
         return rows
+
+    def _isolated(self, plan: "_Plan", table: str, work):
+        """Run one table's work in a savepoint. Should SQLite refuse it (a
+        collation or function data.db has and this process lacks, say), the
+        table is left out of public.db, nothing of it stays there, it is made
+        private after the cycle (plan.failed), and every other table's
+        changes go on: one table can never wedge publishing."""
+        conn = self.conn
+        conn.execute("SAVEPOINT one_table")
+        try:
+            result = work()
+            conn.execute("RELEASE one_table")
+            return result
+        except apsw.Error as exc:
+            conn.execute("ROLLBACK TO one_table")
+            conn.execute("RELEASE one_table")
+            _drop(conn, table)
+            plan.failed[table] = str(exc)
+            if table in plan.published:
+                plan.published.remove(table)
+            plan.public_tables_changed = True
+            log("publisher", f"{table!r} could not be copied ({exc}); it is left out and made private")
+            return None
 
     TRIM_EVERY = 10_000
     TRIM_IDLE = 30.0

@@ -130,13 +130,16 @@ class Team:
         keys = (f"user:{name}", f"client:{client}")
         with closing(self._connect()) as conn:
             self._check_throttle(conn, keys)
+            # Counted as a failure before the slow check, so that guesses
+            # sent at once cannot all pass the throttle; taken back on success.
+            now = time.time()
+            pending = [conn.execute("INSERT INTO failures (key, at) VALUES (?, ?)", (k, now)).lastrowid for k in keys]
             stored = self._hash(conn, name)
             # Hash even for an unknown user, so timing does not tell names.
             ok = verify_password(password, stored or hash_password("", salt="nobody"))
             if not (ok and stored):
-                now = time.time()
-                conn.executemany("INSERT INTO failures (key, at) VALUES (?, ?)", [(k, now) for k in keys])
                 raise TeamError("Wrong user name or password")
+            conn.execute("DELETE FROM failures WHERE rowid IN (?, ?)", pending)
             conn.execute("DELETE FROM failures WHERE key = ?", (keys[0],))
             session = secrets.token_urlsafe(24)
             now = time.time()

@@ -25,8 +25,10 @@ async def sync(datasette, db, pos: Pos) -> None:
         return
     try:
         rows = (await db.execute(f"SELECT table_name, {', '.join(FIELDS)} FROM {PUBLIC_METADATA}")).rows
-    except Exception:
-        rows = []  # public.db from before metadata, or not replicated yet
+    except Exception as exc:
+        if "no such table" not in str(exc):
+            return  # a passing fault: keep what is shown, try again next request
+        rows = []  # a public.db from before metadata
     instance = {}
     resources = []
     for row in rows:

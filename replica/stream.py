@@ -45,6 +45,7 @@ async def serve(scope, receive, send, position: PositionWatcher, streams: Stream
     loop = asyncio.get_running_loop()
     watcher = loop.create_task(watch_disconnect())
     gone = loop.create_task(disconnected.wait())
+    change = None
     try:
         await send(
             {
@@ -71,8 +72,9 @@ async def serve(scope, receive, send, position: PositionWatcher, streams: Stream
         pass  # the client went away mid-send
     finally:
         streams.open -= 1
-        watcher.cancel()
-        gone.cancel()
+        for task in (watcher, gone, change):
+            if task is not None:
+                task.cancel()
 
 
 async def _next(position: PositionWatcher, pos):

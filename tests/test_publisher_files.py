@@ -40,3 +40,31 @@ def test_trimming_the_change_log_never_lets_change_ids_repeat(tmp_path):
     assert conn.execute("SELECT count(*) FROM _public_cycles").fetchone()[0] == 0
     publisher.close()
     conn.close()
+
+
+def test_a_table_sqlite_cannot_copy_is_left_out_and_never_wedges_publishing(tmp_path):
+    """A table whose schema needs something only the team's own program has
+    (here a collation) cannot be copied: it is left out and made private,
+    audit-logged, and every other table is still published."""
+    data, public = str(tmp_path / "data.db"), str(tmp_path / "public.db")
+    conn = state.connect(data)
+    conn.create_collation("team_order", lambda a, b: (a > b) - (a < b))
+    state.ensure_schema(conn)
+    conn.execute("CREATE TABLE good (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO good VALUES (1, 'fine')")
+    conn.execute("CREATE TABLE odd (id INTEGER PRIMARY KEY, v TEXT COLLATE team_order); INSERT INTO odd VALUES (1, 'x')")
+    conn.execute("CREATE INDEX odd_v ON odd (v)")
+    for table in ("good", "odd"):
+        state.set_public(conn, table, True, actor="test")
+    publisher = Publisher(data, public, tmp_path / "watermark.json")
+    publisher.run_cycle()
+    check = apsw.Connection(public, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        names = {n for (n,) in check.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        listed = {n for (n,) in check.execute("SELECT table_name FROM _public_tables")}
+    finally:
+        check.close()
+    assert "good" in names and "odd" not in names and listed == {"good"}
+    assert "odd" not in state.public_tables(conn)
+    assert "could not be copied" in state.audit_entries(conn, table="odd", limit=1)[0]["actor"]
+    publisher.close()
+    conn.close()
