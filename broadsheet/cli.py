@@ -393,6 +393,16 @@ def _team(root: Path, team_db: str | None):
     return Team(team_db)
 
 
+def _team_change(root: Path, team_db: str | None, change) -> None:
+    """Apply ``change`` to the team store; its refusal is the command's error."""
+    from primary.team import TeamError
+
+    try:
+        change(_team(root, team_db))
+    except TeamError as exc:
+        raise click.ClickException(str(exc))
+
+
 team_db_option = click.option(
     "--team-db", envvar="BROADSHEET_TEAM_DB", help="The primary's team.db (default: BROADSHEET_ROOT's, or the local cluster's)."
 )
@@ -405,16 +415,11 @@ team_db_option = click.option(
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of prompting.")
 def user_add(root, team_db, name, password_stdin):
     """Add team member NAME (asks for a password)."""
-    from primary.team import TeamError
-
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        _team(root, team_db).add_user(name, password)
-    except TeamError as exc:
-        raise click.ClickException(str(exc))
+    _team_change(root, team_db, lambda team: team.add_user(name, password))
     click.echo(f"{name} can now log in")
 
 
@@ -424,12 +429,7 @@ def user_add(root, team_db, name, password_stdin):
 @click.argument("name")
 def user_remove(root, team_db, name):
     """Remove team member NAME and end their sessions."""
-    from primary.team import TeamError
-
-    try:
-        _team(root, team_db).remove_user(name)
-    except TeamError as exc:
-        raise click.ClickException(str(exc))
+    _team_change(root, team_db, lambda team: team.remove_user(name))
     click.echo(f"{name} removed; their sessions have ended")
 
 

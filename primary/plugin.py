@@ -47,6 +47,7 @@ from broadsheet.names import INTERNAL_PREFIXES, quote
 
 from . import publishing, state, team
 from .preview import Preview, preview
+from .projection import TableShape
 from .settings import settings
 from .spec import PublishSpec, SpecError
 
@@ -377,11 +378,10 @@ def _without_dead_login(datasette, scope):
         jar.load(cookie_headers[-1].decode("latin-1"))
     except CookieError:
         jar = SimpleCookie()
-    if "ds_actor" not in jar or _session_is_live(datasette, jar["ds_actor"].value):
-        if len(cookie_headers) == 1:
-            return scope
-    kept = "; ".join(f"{name}={morsel.coded_value}" for name, morsel in jar.items() if name != "ds_actor"
-                     or _session_is_live(datasette, morsel.value))
+    live = "ds_actor" in jar and _session_is_live(datasette, jar["ds_actor"].value)
+    if len(cookie_headers) == 1 and (live or "ds_actor" not in jar):
+        return scope
+    kept = "; ".join(f"{name}={m.coded_value}" for name, m in jar.items() if name != "ds_actor" or live)
     headers = [(k, v) for k, v in headers if k.lower() != b"cookie"] + ([(b"cookie", kept.encode("latin-1"))] if kept else [])
     return {**scope, "headers": headers}
 
@@ -430,22 +430,6 @@ class SpecForm:
         return PublishSpec.from_dict(data)
 
 
-@dataclass(frozen=True)
-class TableShape:
-    """What the page needs to know of a table to offer its columns."""
-
-    columns: list[str]
-    generated: set[str]
-    rowid_alias: str | None  # the INTEGER PRIMARY KEY, which every spec keeps
-
-    @classmethod
-    def read(cls, conn, table: str) -> "TableShape":
-        xinfo = conn.execute(f"PRAGMA table_xinfo({quote(table)})").fetchall()
-        pk = [r[1] for r in xinfo if r[5]]
-        alias = pk[0] if len(pk) == 1 and next(r[2] for r in xinfo if r[1] == pk[0]).upper() == "INTEGER" else None
-        return cls([r[1] for r in xinfo], {r[1] for r in xinfo if r[6] in (2, 3)}, alias)
-
-
 async def _publishable_table(datasette, request) -> tuple[str, str]:
     """The database and table a Make public request names, once its actor
     may publish that table (else Forbidden)."""
@@ -484,7 +468,7 @@ async def _visibility_page(
     try:
         is_view = table in state.views(conn)
         exists = is_view or table in state.user_tables(conn)
-        shape = TableShape.read(conn, table) if exists and not is_view else TableShape([], set(), None)
+        shape = TableShape.read(conn, table) if exists and not is_view else TableShape((), True)
         current = state.public_specs(conn).get(table)
     finally:
         conn.close()

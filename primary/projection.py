@@ -63,19 +63,61 @@ def copied_signature(conn: apsw.Connection, table: str) -> list[tuple[str, str, 
     return sorted([*(tuple(r) for r in rows), *(("fts", n, s) for n, s in fts_companions(conn, "main", table))])
 
 
-def project(conn: apsw.Connection, table: str, spec: PublishSpec, public: dict[str, set[str]]) -> Projection:
+@dataclass(frozen=True)
+class TableShape:
+    """A table as SQLite reports it: what a spec is checked against, and a
+    projection built from. One home for the rules every caller shares."""
+
+    xinfo: tuple  # PRAGMA table_xinfo rows
+    rowid: bool  # a rowid table (not WITHOUT ROWID)
+
+    @classmethod
+    def read(cls, conn: apsw.Connection, table: str, schema: str = "main") -> "TableShape":
+        xinfo = tuple(conn.execute(f"PRAGMA {quote(schema)}.table_xinfo({literal(table)})").fetchall())
+        return cls(xinfo, has_rowid(conn, schema, table))
+
+    @property
+    def columns(self) -> list[str]:
+        return [row[1] for row in self.xinfo]
+
+    @property
+    def generated(self) -> set[str]:
+        return {row[1] for row in self.xinfo if row[6] in (2, 3)}
+
+    @property
+    def pk(self) -> list[str]:
+        return [row[1] for row in sorted((r for r in self.xinfo if r[5]), key=lambda r: r[5])]
+
+    @property
+    def rowid_alias(self) -> str | None:
+        """The INTEGER PRIMARY KEY: the rowid, the row's identity on read nodes."""
+        pk = self.pk
+        if self.rowid and len(pk) == 1 and next(r[2] for r in self.xinfo if r[1] == pk[0]).upper() == "INTEGER":
+            return pk[0]
+        return None
+
+    def published(self, spec: PublishSpec) -> list[str]:
+        """The columns ``spec`` publishes (SpecError if it no longer fits)."""
+        chosen = spec.published_columns(self.columns, self.generated, self.rowid_alias)
+        if not self.rowid and not set(self.pk) <= set(chosen):
+            raise SpecError("A WITHOUT ROWID table can be published only with its whole primary key")
+        return chosen
+
+
+def project(
+    conn: apsw.Connection,
+    table: str,
+    spec: PublishSpec,
+    public: dict[str, set[str]],
+    shape: TableShape | None = None,
+) -> Projection:
     """``table`` of ``src`` as ``spec`` publishes it, given the tables public
     in this cycle with their published columns (a foreign key survives only
     if everything it names is public). Raises SpecError if the spec no
     longer fits the table."""
-    xinfo = conn.execute(f"PRAGMA src.table_xinfo({literal(table)})").fetchall()
-    all_columns = [row[1] for row in xinfo]
-    generated = {row[1] for row in xinfo if row[6] in (2, 3)}
-    pk = [row[1] for row in sorted((r for r in xinfo if r[5]), key=lambda r: r[5])]
-    types = {row[1]: row[2] for row in xinfo}
-    rowid = has_rowid(conn, "src", table)
-    rowid_alias = pk[0] if rowid and len(pk) == 1 and types[pk[0]].upper() == "INTEGER" else None
-    published = spec.published_columns(all_columns, generated, rowid_alias)
+    shape = shape or TableShape.read(conn, table, "src")
+    xinfo, generated, pk, rowid, rowid_alias = shape.xinfo, shape.generated, shape.pk, shape.rowid, shape.rowid_alias
+    published = shape.published(spec)
     insertable = tuple(c for c in published if c not in generated)
     foreign_keys = _foreign_keys(conn, table)
     shown = [fk for fk in foreign_keys if _names_only_public(conn, fk, public)]
@@ -116,8 +158,6 @@ def project(conn: apsw.Connection, table: str, spec: PublishSpec, public: dict[s
         definitions.append(" ".join(parts))
     if pk and rowid_alias is None and set(pk) <= chosen:
         definitions.append(f"PRIMARY KEY ({', '.join(map(quote, pk))})")
-    elif not rowid:
-        raise SpecError("A WITHOUT ROWID table can be published only with its whole primary key")
     for fk in shown:
         if set(fk["from"]) <= chosen:
             definitions.append(
@@ -165,9 +205,7 @@ def _names_only_public(conn: apsw.Connection, fk: dict, public: dict[str, set[st
     target = fk["table"]
     if target not in public:
         return False
-    to = fk["to"] if all(fk["to"]) else [
-        r[1] for r in conn.execute(f"PRAGMA src.table_xinfo({literal(target)})") if r[5]
-    ]
+    to = fk["to"] if all(fk["to"]) else TableShape.read(conn, target, "src").pk
     return bool(to) and set(to) <= public[target]
 
 

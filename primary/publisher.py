@@ -28,7 +28,7 @@ from broadsheet.log import log
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, literal, quote
 
 from . import state
-from .projection import Projection, copied_signature, fts_companions, has_rowid, project
+from .projection import Projection, TableShape, copied_signature, fts_companions, has_rowid, project
 from .settings import settings
 from .spec import SpecError
 
@@ -92,6 +92,28 @@ class _Plan:
         )
 
 
+def _projections(
+    conn: apsw.Connection, published: list[str], specs: dict
+) -> tuple[dict[str, Projection], dict[str, str]]:
+    """Every published table's projection, and the tables whose spec no
+    longer fits (left out: fail closed, made private after the cycle)."""
+    shapes = {t: TableShape.read(conn, t, "src") for t in published}
+    columns: dict[str, set[str]] = {}
+    unfit: dict[str, str] = {}
+    for table, shape in shapes.items():
+        try:
+            columns[table] = set(shape.published(specs[table]))
+        except SpecError as exc:
+            unfit[table] = str(exc)
+    projections = {}
+    for table in columns:
+        try:
+            projections[table] = project(conn, table, specs[table], columns, shapes[table])
+        except SpecError as exc:
+            unfit[table] = str(exc)
+    return projections, unfit
+
+
 def cycle_log_path(watermark_file: str | Path) -> Path:
     return Path(watermark_file).with_name("publisher-cycles.jsonl")
 
@@ -149,6 +171,9 @@ class Publisher:
         # tables that are public).
         self._synced_schema: int | None = None
         self._synced_published: tuple[str, ...] | None = None
+        # The last projections (and unfit tables), and what they were made of.
+        self._projected_key: tuple | None = None
+        self._projected: tuple[dict[str, Projection], dict[str, str]] = ({}, {})
         # A cycle erased data and public.db's WAL has not been truncated yet.
         self._checkpoint_due = False
         # Change-log entries up to _processed are in public.db; those below
@@ -398,34 +423,31 @@ class Publisher:
         conn = self.conn
         present = set(state.user_tables(conn, "main"))
         published = self._publishable(conn, "src")
-        # The identity check again, inside this cycle's snapshot: a table
-        # re-created after maintain_triggers looked is left out (so dropped
-        # from public.db), and made private right after the cycle.
-        # A listed table without the change-log triggers was listed after
-        # maintain_triggers looked: it waits for them (copied next cycle).
+        # The identity check again, inside this cycle's snapshot: a listed
+        # table without the change-log triggers was re-created after
+        # maintain_triggers looked (left out, so dropped from public.db, and
+        # made private right after the cycle), or listed after it looked (it
+        # waits for its triggers and is copied next cycle).
         untracked = [t for t in published if not _has_triggers(conn, "src", t)]
         rebuilt = [t for t in untracked if t in present]
         waiting = [t for t in untracked if t not in present]
         published = [t for t in published if t not in untracked]
         plan = _Plan(published=published, rebuilt=rebuilt, waiting=waiting)
         specs = state.public_specs(conn, "src")
-        columns: dict[str, set[str]] = {}
-        for table in published:
-            try:
-                columns[table] = set(state.spec_columns(conn, table, specs[table], "src"))
-            except SpecError as exc:
-                plan.unfit[table] = str(exc)  # fail closed: left out, made private after the cycle
-        for table in columns:
-            try:
-                plan.projections[table] = project(conn, table, specs[table], columns)
-            except SpecError as exc:
-                plan.unfit[table] = str(exc)
+        plan.schema_version = conn.execute("PRAGMA src.schema_version").fetchone()[0]
+        # Projections follow data.db's schema, the public tables and their
+        # specs alone: computed again only when one of those has changed,
+        # not on every team write.
+        key = (plan.schema_version, tuple((t, specs[t].to_json()) for t in published))
+        if key != self._projected_key:
+            self._projected = _projections(conn, published, specs)
+            self._projected_key = key
+        plan.projections, plan.unfit = dict(self._projected[0]), dict(self._projected[1])
         published = plan.published = [t for t in published if t not in plan.unfit]
         plan.drop = sorted(present - set(published))
         # Schemas need comparing only when data.db's has changed since the
         # last cycle (public.db's changes only through the publisher), or
         # which tables are public has (foreign keys follow them).
-        plan.schema_version = conn.execute("PRAGMA src.schema_version").fetchone()[0]
         recheck = plan.schema_version != self._synced_schema or tuple(published) != self._synced_published
         for table in published:
             projection = plan.projections[table]

@@ -22,6 +22,7 @@ import apsw
 
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, is_internal, quote
 
+from .projection import TableShape
 from .spec import PublishSpec, SpecError
 
 SCHEMA = f"""
@@ -326,21 +327,8 @@ def set_public(
 
 def spec_columns(conn: apsw.Connection, table: str, spec: PublishSpec, schema: str = "main") -> list[str]:
     """The columns of ``table`` that ``spec`` publishes (SpecError if it no
-    longer fits the table), by the same rules the publisher's projection
-    follows."""
-    xinfo = conn.execute(f"PRAGMA {quote(schema)}.table_xinfo({quote(table)})").fetchall()
-    pk = [r[1] for r in sorted((r for r in xinfo if r[5]), key=lambda r: r[5])]
-    types = {r[1]: (r[2] or "").upper() for r in xinfo}
-    try:
-        conn.execute(f"SELECT _rowid_ FROM {quote(schema)}.{quote(table)} LIMIT 0").fetchall()
-        rowid = True
-    except apsw.SQLError:
-        rowid = False
-    rowid_alias = pk[0] if rowid and len(pk) == 1 and types[pk[0]] == "INTEGER" else None
-    published = spec.published_columns([r[1] for r in xinfo], {r[1] for r in xinfo if r[6] in (2, 3)}, rowid_alias)
-    if not rowid and not set(pk) <= set(published):
-        raise SpecError("A WITHOUT ROWID table can be published only with its whole primary key")
-    return published
+    longer fits the table), by the rules the publisher's projection follows."""
+    return TableShape.read(conn, table, schema).published(spec)
 
 
 def check_spec(conn: apsw.Connection, table: str, spec: PublishSpec, schema: str = "main") -> None:
@@ -350,8 +338,7 @@ def check_spec(conn: apsw.Connection, table: str, spec: PublishSpec, schema: str
     try:
         spec_columns(conn, table, spec, schema)
         if spec.where:
-            columns = [r[1] for r in conn.execute(f"PRAGMA {quote(schema)}.table_xinfo({quote(table)})")]
-            spec.check_where(table, columns)
+            spec.check_where(table, TableShape.read(conn, table, schema).columns)
     except SpecError as exc:
         raise PublishError(str(exc), table) from None
 

@@ -15,6 +15,8 @@ from ``BROADSHEET_TEAM_PASSWORD`` / ``…_HASH`` and cannot be removed here.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import secrets
 import sqlite3
@@ -67,10 +69,12 @@ class Throttled(Exception):
         self.retry_after = retry_after
 
 
-def team() -> "Team":
-    """The primary's team store, from its settings."""
-    import os
+_SCHEMA_READY: set[str] = set()
 
+
+@functools.cache
+def team() -> "Team":
+    """The primary's team store, from its settings (one per process)."""
     from .settings import settings
 
     return Team(settings().team_db, os.environ.get("BROADSHEET_TEAM_PASSWORD_HASH"))
@@ -84,7 +88,11 @@ class Team:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        conn.executescript(SCHEMA)
+        # Once per file and process: a session check runs on every request
+        # that carries a login cookie.
+        if self.path not in _SCHEMA_READY:
+            conn.executescript(SCHEMA)
+            _SCHEMA_READY.add(self.path)
         return conn
 
     # -- users ---------------------------------------------------------------
