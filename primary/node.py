@@ -179,23 +179,6 @@ class PrimaryNode:
             return hash_password(self.team_password)
         return ""  # no browser login: tokens only
 
-    def datasette_config(self) -> Path:
-        path = self.root / "datasette.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "plugins": {
-                        "datasette-auth-passwords": {
-                            "team_password_hash": {"$env": "BROADSHEET_TEAM_PASSWORD_HASH"},
-                        }
-                    }
-                },
-                indent=2,
-            )
-        )
-        return path
-
     def env(self) -> dict[str, str]:
         """Settings for the primary's own processes (see primary/settings.py)."""
         return {
@@ -268,7 +251,6 @@ class PrimaryNode:
                     sys.executable, "-m", "primary.serve", "serve", str(self.data_db),
                     "--host", self.host, "--port", str(self.port),
                     "--default-deny",
-                    "--config", str(self.datasette_config()),
                     "--template-dir", str(TEMPLATES),
                 ],
                 env={**self.env(), "BROADSHEET_TEAM_PASSWORD_HASH": self.password_hash()},
