@@ -27,6 +27,7 @@ from broadsheet.litefs import Pos, TxEvent, events
 from broadsheet.log import log
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, literal, quote
 
+from . import queries as saved_queries
 from . import state
 from .projection import Projection, TableShape, copied_signature, fts_companions, has_rowid, project
 from .settings import settings
@@ -49,6 +50,7 @@ class Cycle:
     tables_dropped: tuple[str, ...] = ()
     rows_changed: int = 0
     commit_ms: float = 0.0  # of duration_ms: LiteFS turning the transaction into an LTX
+    queries_changed: tuple[str, ...] = ()  # saved queries published, changed or withdrawn
 
 
 @dataclass
@@ -70,6 +72,9 @@ class _Plan:
     unfit: dict[str, str] = field(default_factory=dict)  # table -> why its spec no longer fits
     failed: dict[str, str] = field(default_factory=dict)  # table -> why SQLite could not copy it
     projections: dict[str, Projection] = field(default_factory=dict)
+    queries_due: bool = False  # data.db's saved queries differ from public.db's
+    queries_changed: tuple[str, ...] = ()
+    queries_left_out: dict = field(default_factory=dict)  # name -> (SavedQuery, why it no longer compiles)
 
     @property
     def erases(self) -> bool:
@@ -77,7 +82,7 @@ class _Plan:
         a table dropped or copied again (a narrower spec), or rows of a
         filtered table changed (a row may have left the filter)."""
         filtered = any(self.projections[t].spec.where for t in self.rows)
-        return bool(self.drop or self.recopied or filtered)
+        return bool(self.drop or self.recopied or filtered or self.queries_changed)
 
     @property
     def empty(self) -> bool:
@@ -89,6 +94,7 @@ class _Plan:
             or self.drop_views
             or self.create_views
             or self.metadata is not None
+            or self.queries_due
         )
 
 
@@ -162,6 +168,7 @@ class Publisher:
                 f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_METADATA} (table_name TEXT PRIMARY KEY,"
                 f" {', '.join(f'{k} TEXT' for k in state.METADATA_FIELDS)})"
             )
+            self.conn.execute(saved_queries.PUBLIC_SCHEMA)
         self._maintained: tuple | None = None
         # Tables whose change log has a gap (their triggers were missing, as
         # after DROP TABLE + CREATE TABLE): copied whole in the next cycle.
@@ -370,6 +377,7 @@ class Publisher:
             tables_dropped=tuple(plan.drop),
             rows_changed=rows_changed,
             commit_ms=commit_ms,
+            queries_changed=plan.queries_changed,
         )
         self._processed = max(self._processed, plan.max_change or 0)
         self._record(cycle)
@@ -388,6 +396,9 @@ class Publisher:
                 self.writer.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
                 if self.writer.changes():
                     state.audit(self.writer, "unpublish", table, f"broadsheet:publisher (could not be copied: {reason})")
+        for name, (query, reason) in plan.queries_left_out.items():
+            if saved_queries.withdraw(self.writer, name, query.sql, reason):
+                log("publisher", f"saved query {name!r} withdrawn: {reason}")
         if plan.rebuilt or plan.unfit or plan.waiting or plan.failed:
             self._maintained = None
             self.maintain_triggers()
@@ -483,6 +494,7 @@ class Publisher:
         wanted = {t: m for t, m in state.metadata(conn, "src").items() if t in shown and m}
         if wanted != state.metadata(conn, "main"):
             plan.metadata = wanted
+        plan.queries_due = saved_queries.published(conn, "src", live=True) != saved_queries.published(conn, "main")
         return plan
 
     def _apply(self, plan: _Plan) -> int:
@@ -530,6 +542,11 @@ class Publisher:
                 log("publisher", f"view {view!r} left out this cycle: {exc}")
                 plan.views.remove(view)
                 plan.public_tables_changed = True
+        # Saved queries are judged against public.db as this cycle leaves it,
+        # whenever its schema or the queries change: one that no longer
+        # compiles leaves in the same transaction as what it read.
+        if plan.queries_due or plan.drop or plan.copy or plan.drop_views or plan.create_views or plan.public_tables_changed:
+            plan.queries_changed, plan.queries_left_out = saved_queries.publish_into(conn, plan.published + plan.views)
         if plan.metadata is not None:
             conn.execute(f"DELETE FROM main.{PUBLIC_METADATA}")
             for table, fields in plan.metadata.items():
@@ -610,6 +627,7 @@ class Publisher:
                     "tables_copied": list(cycle.tables_copied),
                     "tables_dropped": list(cycle.tables_dropped),
                     "rows_changed": cycle.rows_changed,
+                    "queries_changed": list(cycle.queries_changed),
                 }
             )
 
