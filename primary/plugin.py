@@ -602,6 +602,13 @@ async def may_set_instance_metadata(datasette, actor) -> bool:
     )
 
 
+async def may_publish_queries(datasette, actor) -> bool:
+    """A saved query may read every public table, so saving or removing one
+    takes what the instance's metadata takes: broadsheet-publish on data.db
+    as a whole."""
+    return await may_set_instance_metadata(datasette, actor)
+
+
 async def instance_metadata(datasette, request):
     """The public instance's metadata page: GET the form pre-filled with
     what is set, POST to save it (shown at the next publish cycle)."""

@@ -15,6 +15,8 @@ audit-logged, until someone saves it again.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 from dataclasses import asdict, dataclass
 
@@ -22,9 +24,11 @@ import apsw
 import apsw.ext
 
 from broadsheet import fts
+from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_QUERIES, PUBLIC_TABLES, is_internal, quote
 
-from . import state
+from . import publishing, state
+from .settings import settings
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 MAX_SQL = 100_000
@@ -309,3 +313,78 @@ def publish_into(conn: apsw.Connection, listed: list[str]) -> tuple[tuple[str, .
                 (q.name, q.sql, q.title, q.description),
             )
     return tuple(changed), left_out
+
+
+# -- as every team interface saves and removes (control plane, team Datasette) --
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A save or remove, and the public TXID that holds it (None without
+    waiting); ``withdrawn`` says why the publisher left a saved query out
+    after all (its table unpublished meanwhile, say)."""
+
+    name: str
+    changed: bool
+    private_txid: int
+    public_txid: int | None
+    published: bool
+    withdrawn: str | None = None
+
+
+async def save_and_wait(query: SavedQuery, actor: str, wait: bool = True, timeout: float = 10.0) -> Outcome:
+    """Save a query (QueryError if it cannot be) and wait, bounded, for the
+    publisher (publishing.PublishTimeout), as publishing a table does."""
+    conf = settings()
+
+    def work():
+        data, public = state.connect(conf.data_db), None
+        try:
+            if not os.path.exists(conf.public_db):
+                raise QueryError("public.db does not exist yet: the publisher has not run", query.name, status=503)
+            public = connect_public(conf.public_db)
+            return save(data, public, query, actor)
+        finally:
+            data.close()
+            if public is not None:
+                public.close()
+
+    changed, log_id = await asyncio.to_thread(work)
+    return await _wait(query.name, changed, log_id, wait, timeout)
+
+
+async def remove_and_wait(name: str, actor: str, wait: bool = True, timeout: float = 10.0) -> Outcome:
+    def work():
+        data = state.connect(settings().data_db)
+        try:
+            return remove(data, name, actor)
+        finally:
+            data.close()
+
+    log_id = await asyncio.to_thread(work)
+    return await _wait(name, True, log_id, wait, timeout)
+
+
+async def _wait(name: str, changed: bool, log_id: int | None, wait: bool, timeout: float) -> Outcome:
+    conf = settings()
+    private_txid = Pos.read(conf.data_db).txid  # after our commit: at least its TXID
+    public_txid = None
+    if wait:
+        public_txid = (await publishing.wait_published(private_txid, timeout)).public_txid
+
+    def look():
+        data = state.connect(conf.data_db)
+        try:
+            if log_id is not None and public_txid is not None:
+                log_txids(data, log_id, private_txid, public_txid)
+            row = next((q for q in saved(data) if q["name"] == name), None)
+        finally:
+            data.close()
+        public = connect_public(conf.public_db)
+        try:
+            return row, name in published(public)
+        finally:
+            public.close()
+
+    row, is_public = await asyncio.to_thread(look)
+    return Outcome(name, changed, private_txid, public_txid, is_public, row["withdrawn"] if row else None)
