@@ -6,6 +6,9 @@ reaches no read node through any of it."""
 
 from __future__ import annotations
 
+import html
+import re
+
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -134,3 +137,27 @@ def test_the_cli_saves_lists_and_removes(cluster, flights):
         assert response.status_code == 403
     missing = runner.invoke(cli, ["query", "rm", *root, "ua_flights"])
     assert missing.exit_code != 0 and "no saved query" in missing.output
+
+
+def test_publish_this_query_from_the_team_datasette(cluster, token, flights):
+    team = httpx.Client(base_url=cluster.primary.url, headers={"Authorization": f"Bearer {token}"}, timeout=20)
+    sql = "SELECT dest, delay FROM q_flights WHERE delay > :minutes ORDER BY delay DESC"
+    page = team.get("/data/-/query", params={"sql": sql})
+    assert page.status_code == 200 and "Publish this query" in page.text
+    href = re.search(r'href="(/-/broadsheet/query/data\?[^"]+)"[^>]*>\s*(?:<[^>]+>\s*)*Publish this query', page.text)
+    form = team.get(html.unescape(href.group(1)))
+    assert form.status_code == 200 and html.escape(sql) in form.text
+    published = team.post("/-/broadsheet/query/data", data={"name": "late", "sql": sql, "title": "Late flights"})
+    assert published.status_code == 200 and "is public at public TXID" in published.text, published.text
+    txid = int(re.search(r"public TXID (\d+)", published.text).group(1))
+    for response in on_every_node(cluster, "/public/late.json", txid, minutes=70, _shape="array"):
+        assert [r["dest"] for r in response.json()] == ["ORD", "SFO"]
+    refused = team.post("/-/broadsheet/query/data", data={"name": "peek", "sql": "SELECT note FROM q_private"})
+    assert refused.status_code == 400 and "q_private" in refused.text
+    removed = team.post("/-/broadsheet/query/data", data={"name": "late", "operation": "remove"})
+    assert removed.status_code == 200 and "is no longer public" in removed.text
+    viewer = restricted_token(cluster, TokenRestrictions().allow_all("view-instance").allow_all("view-database")
+                              .allow_all("execute-sql"))
+    as_viewer = {"Authorization": f"Bearer {viewer}"}
+    assert "Publish this query" not in team.get("/data/-/query", params={"sql": sql}, headers=as_viewer).text
+    assert team.post("/-/broadsheet/query/data", data={"name": "x", "sql": "SELECT 1"}, headers=as_viewer).status_code == 403
