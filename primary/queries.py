@@ -26,6 +26,7 @@ import apsw.ext
 from broadsheet import fts
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_QUERIES, PUBLIC_TABLES, is_internal, quote
+from broadsheet.sql_functions import SAFE_FUNCTIONS, SAFE_TABLE_FUNCTIONS
 
 from . import publishing, state
 from .settings import settings
@@ -33,10 +34,6 @@ from .settings import settings
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 MAX_SQL = 100_000
 MAX_TEXT = 10_000
-
-# Table-valued functions a saved query may read like a table (the read
-# node's sandbox allows the same two).
-TABLE_FUNCTIONS = frozenset({"json_each", "json_tree"})
 
 SQLITE_SCHEMA = frozenset({"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"})
 
@@ -88,7 +85,7 @@ def readable(conn: apsw.Connection, schema: str, listed: list[str]) -> set[str]:
     """What a saved query may read: the listed (published) tables and views
     and the full-text tables that index them, lower-cased as SQLite compares
     names."""
-    names = {n.lower() for n in listed} | TABLE_FUNCTIONS
+    names = {n.lower() for n in listed} | SAFE_TABLE_FUNCTIONS
     for name, sql in conn.execute(
         f"SELECT name, sql FROM {quote(schema)}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'"
     ):
@@ -102,7 +99,7 @@ def compile_check(conn: apsw.Connection, sql: str, allowed: set[str]) -> tuple[s
     names; QueryError unless it is one statement that only reads, and reads
     only ``allowed`` tables of ``conn``'s main database (so an attached
     database, a private table or a column the public copy lacks cannot
-    compile)."""
+    compile), with only the functions read nodes' sandbox allows."""
     try:
         info = apsw.ext.query_info(conn, sql, actions=True, explain=True)
     except apsw.Error as exc:
@@ -123,6 +120,9 @@ def compile_check(conn: apsw.Connection, sql: str, allowed: set[str]) -> tuple[s
     for action in info.actions or []:
         if action.action_name not in _READING:
             refused.append(f"{action.action_name.removeprefix('SQLITE_').lower()} {action.table_name or action.pragma_name or ''}".strip())
+        elif action.action_name == "SQLITE_FUNCTION" and (action.function_name or "").lower() not in SAFE_FUNCTIONS:
+            # Read nodes run saved queries in their sandbox, which would refuse it.
+            refused.append(f"uses {action.function_name}(), which read nodes do not run")
         elif action.action_name == "SQLITE_READ":
             # (No database is reported for a table read without its columns,
             # as by count(*): the program below says which it is.)
@@ -171,7 +171,7 @@ def save(data: apsw.Connection, public: apsw.Connection, query: SavedQuery, acto
     check_against_public(public, query)
     with state.immediate(data):
         state._migrate(data)
-        taken = {n.lower() for n in state.user_tables(data) + state.views(data)}
+        taken = {n.lower() for (n,) in data.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         if query.name.lower() in taken:
             raise QueryError(f"A table or view is named {query.name!r}: a saved query needs a name of its own", query.name)
         row = data.execute(

@@ -94,6 +94,9 @@ def test_a_saved_query_with_a_parameter_is_published_in_the_next_cycle(files):
         ("ATTACH 'x.db' AS x", "may only read"),
         ("EXPLAIN SELECT 1", "EXPLAIN"),
         ("SELEC 1", "syntax error"),
+        ("SELECT load_extension('x')", "load_extension(), which read nodes do not run"),
+        ("SELECT fts3_tokenizer('simple')", "fts3_tokenizer(), which read nodes do not run"),
+        ("SELECT * FROM dbstat", "'dbstat', which is not public"),
     ],
 )
 def test_a_query_that_reads_what_is_not_public_or_writes_is_refused(files, sql, problem):

@@ -14,7 +14,6 @@ import replica.plugin
 import replica.queries
 from broadsheet.litefs import Pos
 from primary import queries, state
-from primary.publisher import Publisher
 from replica.plugin import guards
 from replica.settings import settings
 from test_hostile import in_loop
