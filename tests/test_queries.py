@@ -161,3 +161,28 @@ def test_publish_this_query_from_the_team_datasette(cluster, token, flights):
     as_viewer = {"Authorization": f"Bearer {viewer}"}
     assert "Publish this query" not in team.get("/data/-/query", params={"sql": sql}, headers=as_viewer).text
     assert team.post("/-/broadsheet/query/data", data={"name": "x", "sql": "SELECT 1"}, headers=as_viewer).status_code == 403
+
+
+def test_bad_requests_to_the_control_plane_are_clear_4xx(cluster, token, flights):
+    plane = httpx.Client(base_url=cluster.primary.control_url, headers={"Authorization": f"Bearer {token}"}, timeout=20)
+    cases = [
+        ({"sql": "SELECT 1"}, 422),  # no name
+        ({"name": "x"}, 422),  # no sql
+        ({"name": "x", "sql": "SELECT 1", "owner": "me"}, 422),  # an unknown field
+        ({"name": 5, "sql": "SELECT 1"}, 422),
+        ({"name": "a/b", "sql": "SELECT 1"}, 400),
+        ({"name": "q_flights", "sql": "SELECT 1"}, 400),  # a table's name
+        ({"name": "x", "sql": "SELECT 1" + " " * 200_000}, 400),
+        ({"name": "x", "sql": "SELECT 1\x00"}, 400),
+        ({"name": "x", "sql": "SELECT * FROM q_flights WHERE id = ?"}, 400),
+        ({"name": "x", "sql": "UPDATE q_flights SET delay = 0"}, 400),
+    ]
+    for body, expected in cases:
+        response = plane.post("/queries", json=body)
+        assert response.status_code == expected, (body, response.status_code, response.text)
+        assert "error" in response.text or "detail" in response.text
+    assert plane.post("/queries", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    missing = plane.delete("/queries/no-such-query")
+    assert missing.status_code == 404 and "no saved query" in missing.json()["error"]
+    assert not any(q["name"] == "x" for q in plane.get("/queries").json())
+    assert httpx.post(f"{cluster.primary.control_url}/queries", json={"name": "x", "sql": "SELECT 1"}).status_code == 401
