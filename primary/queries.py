@@ -35,10 +35,8 @@ NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,99}$")
 MAX_SQL = 100_000
 MAX_TEXT = 10_000
 
+ONLY_READS = "A saved query may only read public tables: "
 SQLITE_SCHEMA = frozenset({"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"})
-
-# What a read-only statement does, as SQLite's authorizer reports it.
-_READING = frozenset({"SQLITE_SELECT", "SQLITE_READ", "SQLITE_FUNCTION", "SQLITE_RECURSIVE"})
 
 
 class QueryError(state.PublishError):
@@ -83,14 +81,18 @@ def check_fields(query: SavedQuery) -> SavedQuery:
 
 def readable(conn: apsw.Connection, schema: str, listed: list[str]) -> set[str]:
     """What a saved query may read: the listed (published) tables and views
-    and the full-text tables that index them, lower-cased as SQLite compares
-    names."""
+    and the full-text tables that index them (with their shadow tables,
+    which the full-text modules read themselves), lower-cased as SQLite
+    compares names."""
     names = {n.lower() for n in listed} | SAFE_TABLE_FUNCTIONS
-    for name, sql in conn.execute(
-        f"SELECT name, sql FROM {quote(schema)}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'"
-    ):
-        if fts.content_table(sql) in listed:
-            names.add(name.lower())
+    rows = conn.execute(f"SELECT name, sql FROM {quote(schema)}.sqlite_master WHERE type = 'table'").fetchall()
+    full_text = [name for name, sql in rows if fts.content_table(sql) in listed]
+    names |= {
+        name.lower()
+        for name, _ in rows
+        if name in full_text
+        or any(name.startswith(f + "_") and name.endswith(state.SHADOW_SUFFIXES) for f in full_text)
+    }
     return names
 
 
@@ -99,11 +101,45 @@ def compile_check(conn: apsw.Connection, sql: str, allowed: set[str]) -> tuple[s
     names; QueryError unless it is one statement that only reads, and reads
     only ``allowed`` tables of ``conn``'s main database (so an attached
     database, a private table or a column the public copy lacks cannot
-    compile), with only the functions read nodes' sandbox allows."""
+    compile), with only the functions read nodes' sandbox allows.
+
+    The authorizer refuses everything else while SQLite prepares it, not
+    after: some statements act as they are prepared (``PRAGMA
+    secure_delete=OFF`` would change the publisher's own connection)."""
+    # A table read without its columns (count(*)) is reported without its
+    # database, and so is a common table expression's name: one that is
+    # not a table of public.db is a CTE (other databases: see below).
+    tables = {n.lower() for (n,) in conn.execute("SELECT name FROM main.sqlite_master")} | SQLITE_SCHEMA
+    refused: list[str] = []
+
+    def authorize(op, p1, p2, dbname, _source):
+        if op in (apsw.SQLITE_SELECT, apsw.SQLITE_RECURSIVE):
+            return apsw.SQLITE_OK
+        if op == apsw.SQLITE_FUNCTION:
+            if (p2 or "").lower() in SAFE_FUNCTIONS:
+                return apsw.SQLITE_OK
+            # Read nodes run saved queries in their sandbox, which would refuse it.
+            refused.append(f"uses {p2}(), which read nodes do not run")
+        elif op == apsw.SQLITE_READ:
+            table = (p1 or "").lower()
+            if (dbname is None and table not in tables) or (dbname in ("main", None) and table in allowed):
+                return apsw.SQLITE_OK
+            refused.append(f"reads {p1!r}, which is not public")
+        else:
+            action = apsw.mapping_authorizer_function[op].removeprefix("SQLITE_").lower().replace("_", " ")
+            refused.append(f"{action} {p1 or ''}".strip())
+        return apsw.SQLITE_DENY
+
+    previous = conn.authorizer
+    conn.authorizer = authorize
     try:
-        info = apsw.ext.query_info(conn, sql, actions=True, explain=True)
+        info = apsw.ext.query_info(conn, sql, explain=True)
     except apsw.Error as exc:
+        if refused:
+            raise QueryError(ONLY_READS + "; ".join(dict.fromkeys(refused))) from None
         raise QueryError(f"The query does not compile against the public copy: {exc}") from None
+    finally:
+        conn.authorizer = previous
     if info.query_remaining and info.query_remaining.strip():
         raise QueryError("A saved query is one SQL statement (found more after the first ';')")
     if not info.has_vdbe:
@@ -112,33 +148,12 @@ def compile_check(conn: apsw.Connection, sql: str, allowed: set[str]) -> tuple[s
         raise QueryError("A saved query cannot be an EXPLAIN")
     if None in info.bindings_names:
         raise QueryError("Use named parameters (:name), not '?' or numbered ones")
-    # A table read without its columns (count(*)) is reported without its
-    # database, and so is a common table expression's name: one that is
-    # not a table of public.db is a CTE (other databases: see below).
-    tables = {n.lower() for (n,) in conn.execute("SELECT name FROM main.sqlite_master")} | SQLITE_SCHEMA
-    refused = []
-    for action in info.actions or []:
-        if action.action_name not in _READING:
-            refused.append(f"{action.action_name.removeprefix('SQLITE_').lower()} {action.table_name or action.pragma_name or ''}".strip())
-        elif action.action_name == "SQLITE_FUNCTION" and (action.function_name or "").lower() not in SAFE_FUNCTIONS:
-            # Read nodes run saved queries in their sandbox, which would refuse it.
-            refused.append(f"uses {action.function_name}(), which read nodes do not run")
-        elif action.action_name == "SQLITE_READ":
-            # (No database is reported for a table read without its columns,
-            # as by count(*): the program below says which it is.)
-            table = action.table_name or ""
-            if action.database_name is None and table.lower() not in tables:
-                continue
-            if action.database_name not in ("main", None) or table.lower() not in allowed:
-                refused.append(f"reads {table!r}, which is not public")
     # Every database a statement uses starts a transaction on it (tables,
     # full-text tables, count(*) alike): only main, public.db, may.
     if any(op.opcode == "Transaction" and op.p1 != 0 for op in info.explain or []):
-        refused.append("reads a database other than the public copy")
-    if not info.is_readonly and not refused:
-        refused.append("writes")
-    if refused:
-        raise QueryError("A saved query may only read public tables: " + "; ".join(dict.fromkeys(refused)))
+        raise QueryError(ONLY_READS + "it reads a database other than the public copy")
+    if not info.is_readonly:
+        raise QueryError(ONLY_READS + "it writes")
     return tuple(info.bindings_names)
 
 
@@ -163,7 +178,9 @@ def check_against_public(public: apsw.Connection, query: SavedQuery) -> tuple[st
         raise QueryError(exc.message, query.name) from None
 
 
-def save(data: apsw.Connection, public: apsw.Connection, query: SavedQuery, actor: str | None) -> tuple[bool, int | None]:
+def save(
+    data: apsw.Connection, public: apsw.Connection, query: SavedQuery, actor: str | None
+) -> tuple[bool, int | None]:
     """Save (or replace) a query, checked against public.db, in one data.db
     transaction with a log entry. Returns (changed, log id): saving the
     same query again changes nothing unless it was withdrawn."""
@@ -173,7 +190,8 @@ def save(data: apsw.Connection, public: apsw.Connection, query: SavedQuery, acto
         state._migrate(data)
         taken = {n.lower() for (n,) in data.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         if query.name.lower() in taken:
-            raise QueryError(f"A table or view is named {query.name!r}: a saved query needs a name of its own", query.name)
+            message = f"A table or view is named {query.name!r}: a saved query needs a name of its own"
+            raise QueryError(message, query.name)
         row = data.execute(
             f"SELECT sql, title, description, withdrawn FROM {PUBLIC_QUERIES} WHERE name = ?", (query.name,)
         ).fetchone()
@@ -244,7 +262,9 @@ def log_txids(conn: apsw.Connection, log_id: int, private_txid: int, public_txid
         )
 
 
-LOG_COLUMNS = ("id", "timestamp", "actor", "operation", "name", "sql_before", "sql_after", "reason", "private_txid", "public_txid")
+LOG_COLUMNS = (
+    "id", "timestamp", "actor", "operation", "name", "sql_before", "sql_after", "reason", "private_txid", "public_txid",
+)
 
 
 def log_entries(conn: apsw.Connection, name: str | None = None, limit: int = 100) -> list[dict]:

@@ -119,8 +119,8 @@ def test_unpublishing_a_table_withdraws_its_queries_everywhere(cluster, control,
 def test_the_cli_saves_lists_and_removes(cluster, flights):
     root = ["--dir", str(cluster.root)]
     runner = CliRunner()
-    saved = runner.invoke(cli, ["query", "save", *root, "ua_flights", "--sql", "SELECT dest FROM q_flights WHERE carrier = 'UA'",
-                                "--title", "United"])
+    sql = "SELECT dest FROM q_flights WHERE carrier = 'UA'"
+    saved = runner.invoke(cli, ["query", "save", *root, "ua_flights", "--sql", sql, "--title", "United"])
     assert saved.exit_code == 0, saved.output
     assert "ua_flights: published" in saved.output
     listed = runner.invoke(cli, ["query", "list", *root])
@@ -160,7 +160,8 @@ def test_publish_this_query_from_the_team_datasette(cluster, token, flights):
                               .allow_all("execute-sql"))
     as_viewer = {"Authorization": f"Bearer {viewer}"}
     assert "Publish this query" not in team.get("/data/-/query", params={"sql": sql}, headers=as_viewer).text
-    assert team.post("/-/broadsheet/query/data", data={"name": "x", "sql": "SELECT 1"}, headers=as_viewer).status_code == 403
+    refused = team.post("/-/broadsheet/query/data", data={"name": "x", "sql": "SELECT 1"}, headers=as_viewer)
+    assert refused.status_code == 403
 
 
 def test_bad_requests_to_the_control_plane_are_clear_4xx(cluster, token, flights):
@@ -185,4 +186,5 @@ def test_bad_requests_to_the_control_plane_are_clear_4xx(cluster, token, flights
     missing = plane.delete("/queries/no-such-query")
     assert missing.status_code == 404 and "no saved query" in missing.json()["error"]
     assert not any(q["name"] == "x" for q in plane.get("/queries").json())
-    assert httpx.post(f"{cluster.primary.control_url}/queries", json={"name": "x", "sql": "SELECT 1"}).status_code == 401
+    anonymous = httpx.post(f"{cluster.primary.control_url}/queries", json={"name": "x", "sql": "SELECT 1"})
+    assert anonymous.status_code == 401
