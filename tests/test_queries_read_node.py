@@ -17,7 +17,7 @@ from primary import queries, state
 from replica.plugin import guards
 from replica.settings import settings
 from test_hostile import in_loop
-from test_queries_publisher import build_primary
+from test_queries_publisher import MARKER, build_primary
 from test_queries_publisher import save as save_query
 
 TIME_LIMIT_MS = 300
@@ -131,3 +131,25 @@ async def test_saved_queries_hold_a_custom_sql_slot_and_are_never_cached(primary
         assert (await ds.client.get("/public/airports.json")).status_code == 200
     finally:
         node.custom_sql.taken = 0
+
+
+@in_loop
+async def test_datasettes_stored_query_pages_give_visitors_nothing_more(primary, read_node):
+    """Datasette's own pages around stored queries: editing, storing,
+    analysing and deleting are refused; listing and definitions show only
+    what is public anyway."""
+    *_, save = primary
+    save("by_tz", "SELECT faa FROM airports WHERE tz = :tz")
+    ds = read_node
+    for path in (
+        "/public/by_tz/-/edit", "/public/by_tz/-/update", "/public/by_tz/-/delete", "/public/-/queries/store",
+        "/public/-/queries/analyze?sql=select+1", "/public/planes/-/definition", "/-/queries.json?q=planes",
+        "/public/-/query/parameters?sql=select+:a",
+    ):
+        response = await ds.client.get(path)
+        assert response.status_code < 500, (path, response.status_code)
+        assert MARKER not in response.text, path
+    for path in ("/public/by_tz/-/edit", "/public/by_tz/-/delete", "/public/-/queries/store", "/public/planes/-/definition"):
+        assert (await ds.client.get(path)).status_code in (403, 404, 405), path
+    everywhere = (await ds.client.get("/-/queries.json")).json()
+    assert [q["name"] for q in everywhere["queries"]] == ["by_tz"]
