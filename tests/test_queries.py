@@ -86,11 +86,18 @@ def test_a_query_reading_a_private_table_is_refused_and_never_reaches_a_read_nod
         timeout=10,
     )
     assert response.status_code == 403
+    # The control: the same scan finds a published query's text.
+    control.save_query("control_marker", "SELECT 'QUERY-CONTROL-4e1b' AS marker")
     settle(cluster)
     cluster.wait_for_replicas()
-    for node in cluster.replicas:
-        for path, data in file_bytes(node.root):
+    assert all(
+        any(b"QUERY-CONTROL-4e1b" in data for _, data in file_bytes(node.root / "litefs")) for node in cluster.replicas
+    )
+    # Nowhere on a read node, nor in the primary's public cluster.
+    for root in [node.root for node in cluster.replicas] + [cluster.primary.root / "public"]:
+        for path, data in file_bytes(root):
             assert MARKER.encode() not in data, f"private marker in {path}"
+    control.remove_query("control_marker")
 
 
 def test_unpublishing_a_table_withdraws_its_queries_everywhere(cluster, control, flights):
