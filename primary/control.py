@@ -421,7 +421,9 @@ class SavedQueryInfo(BaseModel):
     saved_by: str | None
     saved_at: str | None
     published: bool = Field(description="Whether public.db holds it now (read nodes serve it)")
-    withdrawn: str | None = Field(description="Why the publisher withdrew it (save it again to publish it); null: not withdrawn")
+    withdrawn: str | None = Field(
+        description="Why the publisher withdrew it (save it again to publish it); null: not withdrawn"
+    )
 
 
 class QueryResult(BaseModel):
@@ -477,9 +479,9 @@ async def list_queries(actor: Actor) -> list[SavedQueryInfo]:
             public.close()
 
     rows, public = await asyncio.to_thread(read)
+    fields = ("name", "sql", "title", "description")
     return [
-        SavedQueryInfo(**row, published=public.get(row["name"]) == queries.SavedQuery(
-            row["name"], row["sql"], row["title"], row["description"]))
+        SavedQueryInfo(**row, published=public.get(row["name"]) == queries.SavedQuery(*(row[f] for f in fields)))
         for row in rows
     ]
 
@@ -497,7 +499,9 @@ async def _query_result(work) -> QueryResult:
 
 
 @saved_queries.post("", response_model=QueryResult, responses={400: {"model": Error}, 504: {"model": Error}})
-async def save_query(body: SavedQueryBody, actor: Actor, wait: WaitQuery = True, timeout: TimeoutQuery = 10) -> QueryResult:
+async def save_query(
+    body: SavedQueryBody, actor: Actor, wait: WaitQuery = True, timeout: TimeoutQuery = 10
+) -> QueryResult:
     """Save (or replace) a query and publish it: every read node serves it
     at ``/public/NAME`` (``.json``, ``.csv``). 400 if it reads anything that
     is not public, writes, or is not one statement (the error says what);

@@ -545,7 +545,8 @@ class Publisher:
         # Saved queries are judged against public.db as this cycle leaves it,
         # whenever its schema or the queries change: one that no longer
         # compiles leaves in the same transaction as what it read.
-        if plan.queries_due or plan.drop or plan.copy or plan.drop_views or plan.create_views or plan.public_tables_changed:
+        schema_changes = plan.drop or plan.copy or plan.drop_views or plan.create_views or plan.public_tables_changed
+        if plan.queries_due or schema_changes:
             plan.queries_changed, plan.queries_left_out = saved_queries.publish_into(conn, plan.published + plan.views)
         if plan.metadata is not None:
             conn.execute(f"DELETE FROM main.{PUBLIC_METADATA}")
