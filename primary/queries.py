@@ -317,8 +317,14 @@ def publish_into(conn: apsw.Connection, listed: list[str]) -> tuple[tuple[str, .
     current = published(conn, "main")
     allowed = readable(conn, "main", listed)
     left_out: dict[str, tuple[SavedQuery, str]] = {}
+    # Datasette serves a table before a stored query of the same name.
+    shadowing = {
+        n.lower() for (n,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type IN ('table', 'view')")
+    }
     for name, query in list(wanted.items()):
         try:
+            if name.lower() in shadowing:
+                raise QueryError(f"a public table or view is named {name!r} now: save the query under another name")
             compile_check(conn, query.sql, allowed)
         except QueryError as exc:
             left_out[name] = (query, exc.message)

@@ -248,3 +248,17 @@ def test_a_query_may_search_a_public_tables_full_text_index(files, fts_version):
     served = apsw.Connection(public, flags=apsw.SQLITE_OPEN_READONLY)
     assert run(served, sql, q="newark") == [("EWR",)]
     served.close()
+
+
+def test_a_table_published_under_a_saved_querys_name_withdraws_the_query(files):
+    """Datasette would serve the table at that URL: the query is withdrawn
+    rather than listed and unreachable."""
+    conn, publisher, public = files
+    save(conn, public, "routes", "SELECT faa FROM airports")
+    publisher.run_cycle()
+    with state.immediate(conn):
+        conn.execute("CREATE TABLE routes (id INTEGER PRIMARY KEY, path TEXT)")
+    state.set_public(conn, "routes", True, actor="alice")
+    assert publisher.run_cycle().queries_changed == ("routes",)
+    assert public_queries(public) == {}
+    assert "a public table or view is named 'routes'" in queries.saved(conn)[0]["withdrawn"]
