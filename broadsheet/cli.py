@@ -468,11 +468,15 @@ def _query_outcome(result: dict, done: str) -> str:
 @cluster_dir
 @with_control
 @click.argument("name")
-@click.option("--sql", required=True, help="One read-only SQL statement over public tables; :name for parameters.")
+@click.option(
+    "--sql", required=True, help="One read-only SQL statement over public tables, :name for parameters ('-': stdin)."
+)
 @click.option("--title")
 @click.option("--description")
 def query_save(root, url, token, name, sql, title, description):
     """Save (or replace) query NAME and publish it to every read node."""
+    if sql == "-":
+        sql = sys.stdin.read()
     result = _query_call(root, url, token, lambda c: c.save_query(name, sql, title, description))
     click.echo(_query_outcome(result, "published" if result["published"] else "saved, not published"))
 

@@ -633,6 +633,25 @@ def query_actions(datasette, actor, database, query_name, request, sql, params):
     return inner
 
 
+@hookimpl
+def database_actions(datasette, actor, database, request):
+    if not _is_team(actor) or database != _data_db_name():
+        return None
+
+    async def inner():
+        if not await may_publish_queries(datasette, actor):
+            return []
+        return [
+            {
+                "href": datasette.urls.path(f"/-/broadsheet/query/{tilde_encode(database)}"),
+                "label": "Published queries",
+                "description": "The saved queries every read node serves: publish one, or remove it",
+            }
+        ]
+
+    return inner
+
+
 QUERY_FORM_FIELDS = ("name", "sql", "title", "description")
 
 

@@ -132,6 +132,9 @@ def test_the_cli_saves_lists_and_removes(cluster, flights):
     assert "ua_flights: published" in saved.output
     listed = runner.invoke(cli, ["query", "list", *root])
     assert "public     ua_flights  United" in listed.output
+    piped = runner.invoke(cli, ["query", "save", *root, "piped", "--sql", "-"], input="SELECT count(*) AS n FROM q_flights\n")
+    assert piped.exit_code == 0 and "piped: published" in piped.output, piped.output
+    assert runner.invoke(cli, ["query", "rm", *root, "piped"]).exit_code == 0
     bad = runner.invoke(cli, ["query", "save", *root, "bad", "--sql", "DELETE FROM q_flights"])
     assert bad.exit_code != 0 and "may only read" in bad.output
     txid = int(saved.output.split("public TXID ")[1].split(")")[0])
@@ -161,6 +164,10 @@ def test_publish_this_query_from_the_team_datasette(cluster, token, flights):
         assert [r["dest"] for r in response.json()] == ["ORD", "SFO"]
     refused = team.post("/-/broadsheet/query/data", data={"name": "peek", "sql": "SELECT note FROM q_private"})
     assert refused.status_code == 400 and "q_private" in refused.text
+    # The database's actions menu leads to the same page, which lists it.
+    assert "/-/broadsheet/query/data" in team.get("/data").text
+    listed = team.get("/-/broadsheet/query/data")
+    assert listed.status_code == 200 and "Late flights" in listed.text
     removed = team.post("/-/broadsheet/query/data", data={"name": "late", "operation": "remove"})
     assert removed.status_code == 200 and "is no longer public" in removed.text
     viewer = restricted_token(cluster, TokenRestrictions().allow_all("view-instance").allow_all("view-database")
