@@ -42,7 +42,10 @@ def flights(cluster, control):
     )
     create_table(cluster, "q_private", [{"id": 1, "note": MARKER}])
     control.publish("q_flights")
-    return "q_flights"
+    yield "q_flights"
+    # The cluster is shared: leave no saved query behind.
+    for query in control.queries():
+        control.remove_query(query["name"])
 
 
 def test_a_saved_query_with_a_parameter_runs_on_every_read_node(cluster, control, flights):
@@ -132,7 +135,8 @@ def test_the_cli_saves_lists_and_removes(cluster, flights):
     assert "ua_flights: published" in saved.output
     listed = runner.invoke(cli, ["query", "list", *root])
     assert "public     ua_flights  United" in listed.output
-    piped = runner.invoke(cli, ["query", "save", *root, "piped", "--sql", "-"], input="SELECT count(*) AS n FROM q_flights\n")
+    piped_sql = "SELECT count(*) AS n FROM q_flights\n"
+    piped = runner.invoke(cli, ["query", "save", *root, "piped", "--sql", "-"], input=piped_sql)
     assert piped.exit_code == 0 and "piped: published" in piped.output, piped.output
     assert runner.invoke(cli, ["query", "rm", *root, "piped"]).exit_code == 0
     bad = runner.invoke(cli, ["query", "save", *root, "bad", "--sql", "DELETE FROM q_flights"])
