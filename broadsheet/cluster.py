@@ -42,6 +42,7 @@ class LocalCluster:
         compress: bool = True,
         echo: TextIO | None = None,
         sample: bool = True,
+        quiet: bool = False,
     ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,9 @@ class LocalCluster:
         self.compress = compress
         self._port = port
         self.replicas: list[ReadNode] = []
-        self.supervisor = Supervisor(self.root / "logs", echo=echo)
+        # quiet: ``echo`` gets lifecycle lines and errors, not chatter
+        # (supervisor.is_chatter); the log files get everything.
+        self.supervisor = Supervisor(self.root / "logs", echo=echo, quiet=quiet)
         for _ in range(replicas):
             self.add_replica(start=False)
 
