@@ -43,6 +43,8 @@ class LocalCluster:
         echo: TextIO | None = None,
         sample: bool = True,
         quiet: bool = False,
+        primary_env: dict[str, str] | None = None,
+        replica_env: dict[str, str] | None = None,
     ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -63,8 +65,10 @@ class LocalCluster:
                 "BROADSHEET_CONTROL_PORT": str(port()),
                 "BROADSHEET_LTX_COMPRESS": str(compress).lower(),
                 "BROADSHEET_SAMPLE": str(sample).lower(),
+                **(primary_env or {}),
             }
         )
+        self.replica_env = dict(replica_env or {})
         self.compress = compress
         self._port = port
         self.replicas: list[ReadNode] = []
@@ -97,6 +101,7 @@ class LocalCluster:
                 "BROADSHEET_PRIMARY_LITEFS_URL": self.primary.public.primary_url,
                 "BROADSHEET_PRIMARY_URL": self.primary.url,
                 "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
+                **self.replica_env,
             }
         )
         self.replicas.append(node)
