@@ -2,7 +2,7 @@
 
 from broadsheet.datasette_launcher import launch
 
-PLUGINS = ["replica.plugin"]
+PLUGINS = ["replica.plugin", "replica.queries"]
 
 if __name__ == "__main__":
     import sys
