@@ -43,7 +43,11 @@ def up(root, replicas, port, no_sample):
     from .cluster import LocalCluster
     from .supervisor import run_until_signalled
 
-    cluster = LocalCluster(root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample)
+    # The terminal shows what a person needs to read (processes starting and
+    # stopping, warnings, errors); every access log line stays in the logs.
+    cluster = LocalCluster(
+        root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample, quiet=True
+    )
 
     def on_up():
         click.echo("\nbroadsheet is up:\n" + cluster.urls() + "\n\nCtrl-C stops every process and unmounts every mount.\n")

@@ -108,6 +108,7 @@ def _segment(name: str) -> str:
 
 
 def describe(record: dict) -> str:
-    """``txid 41: replica-1 ✓ 41 ms, replica-2 …``"""
+    """``txid 41 (planes published by alice): replica-1 ✓ 41 ms, replica-2 …``"""
     parts = [f"{n['name']} ✓ {n['ms']:.0f} ms" if n["arrived"] else f"{n['name']} …" for n in record["nodes"]]
-    return f"txid {record['txid']}: " + ", ".join(parts)
+    what = f" ({'; '.join(record['changes'])})" if record.get("changes") else ""
+    return f"txid {record['txid']}{what}: " + ", ".join(parts)

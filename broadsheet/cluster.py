@@ -42,6 +42,9 @@ class LocalCluster:
         compress: bool = True,
         echo: TextIO | None = None,
         sample: bool = True,
+        quiet: bool = False,
+        primary_env: dict[str, str] | None = None,
+        replica_env: dict[str, str] | None = None,
     ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -62,12 +65,16 @@ class LocalCluster:
                 "BROADSHEET_CONTROL_PORT": str(port()),
                 "BROADSHEET_LTX_COMPRESS": str(compress).lower(),
                 "BROADSHEET_SAMPLE": str(sample).lower(),
+                **(primary_env or {}),
             }
         )
+        self.replica_env = dict(replica_env or {})
         self.compress = compress
         self._port = port
         self.replicas: list[ReadNode] = []
-        self.supervisor = Supervisor(self.root / "logs", echo=echo)
+        # quiet: ``echo`` gets lifecycle lines and errors, not chatter
+        # (supervisor.is_chatter); the log files get everything.
+        self.supervisor = Supervisor(self.root / "logs", echo=echo, quiet=quiet)
         for _ in range(replicas):
             self.add_replica(start=False)
 
@@ -94,6 +101,7 @@ class LocalCluster:
                 "BROADSHEET_PRIMARY_LITEFS_URL": self.primary.public.primary_url,
                 "BROADSHEET_PRIMARY_URL": self.primary.url,
                 "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
+                **self.replica_env,
             }
         )
         self.replicas.append(node)

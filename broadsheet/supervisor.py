@@ -19,6 +19,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,11 +87,35 @@ class Service:
     force_after: float | None = None
 
 
+# What a person watching ``broadsheet up`` need not read, line by line: a
+# request's access log line, a process's routine start-up and shut-down
+# chatter (the supervisor says when each starts and stops), the publisher's
+# routine cycles and Datasette's per-request events. Warnings, errors,
+# tracebacks and anything unrecognised still reach the terminal, and every
+# line stays in the log files.
+CHATTER = re.compile(
+    r"INFO: "  # uvicorn (Datasette, the control plane): access and start-up lines
+    r"|.*\blevel=(INFO|DEBUG)\b"  # LiteFS's structured lines
+    r"|LiteFS v\d|waiting for signal or subprocess to exit$|signal received, litefs shutting down$"
+    r"|litefs shut down complete$"
+    r"|event: \{"  # primary/plugin.py: one line per Datasette event (logins, writes)
+    r"|publisher: (cycle: |copied |unpublishing )"
+)
+
+
+def is_chatter(line: str) -> bool:
+    return CHATTER.match(line) is not None
+
+
 class Supervisor:
-    def __init__(self, log_dir: Path, echo: TextIO | None = None):
+    """``echo`` gets every line the combined log gets, or with ``quiet`` only
+    the supervisor's own lines and what is not chatter (``is_chatter``)."""
+
+    def __init__(self, log_dir: Path, echo: TextIO | None = None, quiet: bool = False):
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.echo = echo
+        self.quiet = quiet
         self.root: Path | None = None  # the directory this supervisor claimed
         self._claim_fd: int | None = None
         self._procs: dict[str, subprocess.Popen] = {}
@@ -108,12 +133,12 @@ class Supervisor:
         self._lifecycle = threading.RLock()
 
     # -- logging ---------------------------------------------------------
-    def log(self, name: str, message: str) -> None:
+    def log(self, name: str, message: str, chatter: bool = False) -> None:
         line = f"{time.strftime('%H:%M:%S')} {name:<22} | {message}\n"
         with self._lock:
             with open(self.log_dir / "broadsheet.log", "a") as fp:
                 fp.write(line)
-            if self.echo is not None:
+            if self.echo is not None and not (chatter and self.quiet):
                 self.echo.write(line)
                 self.echo.flush()
 
@@ -123,7 +148,7 @@ class Supervisor:
                 text = raw.decode("utf-8", "replace").rstrip("\n")
                 fp.write(text + "\n")
                 fp.flush()
-                self.log(name, text)
+                self.log(name, text, chatter=is_chatter(text))
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         try:

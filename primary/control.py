@@ -27,6 +27,7 @@ from .plugin import publish_forbidden
 from .discovery import Discovery
 from .preview import preview
 from .propagation import Tracker
+from .publisher import cycle_log_path
 from .spec import PublishSpec, SpecError
 from .settings import settings
 
@@ -135,9 +136,25 @@ class Arrival(BaseModel):
     ms: float | None
 
 
+class CycleSummary(BaseModel):
+    """What the publish cycle that made this TXID did, from the publisher's
+    own record of it."""
+
+    published: list[str] = Field(default=[], description="Tables (and views) newly public")
+    unpublished: list[str] = Field(default=[], description="Tables made private, erased from public.db")
+    recopied: list[str] = Field(default=[], description="Tables copied again whole (a new spec, a schema change)")
+    rows_by_table: dict[str, int] = Field(default={}, description="Rows copied or changed, per table")
+    actors: dict[str, str] = Field(default={}, description="Who asked: table -> actor of its flip (audit log)")
+    queries_changed: list = Field(default=[], description="Saved queries this cycle changed")
+
+
 class PropagationRecord(BaseModel):
     txid: int
     committed_at: str | None
+    changes: list[str] = Field(
+        default=[], description='What this TXID was, in words: "planes published by alice", "42 rows changed in airports"'
+    )
+    cycle: CycleSummary | None = Field(default=None, description="The same, as data (null: not a publish cycle's, or not read yet)")
     nodes: list[Arrival]
     complete: bool
 
@@ -166,7 +183,8 @@ async def lifespan(app: FastAPI):
         else None
     )
     app.state.tracker = Tracker(
-        conf.public_litefs_url, conf.read_nodes, discovery=discovery, discovery_interval=conf.discovery_interval
+        conf.public_litefs_url, conf.read_nodes, discovery=discovery, discovery_interval=conf.discovery_interval,
+        cycle_log=cycle_log_path(conf.watermark_file),
     )
     app.state.tracker.start()
     yield

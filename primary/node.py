@@ -60,6 +60,9 @@ class PrimaryNode:
     read_nodes_dns: str | None = None  # a name that resolves to every read node
     read_node_port: int = 8001
     sample: bool = False  # load the sample tables into a new data.db
+    # Datasette plugins (``*.py`` files) the team's Datasette loads beside
+    # broadsheet's own: they see every Datasette event, flips included.
+    team_plugins_dir: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PrimaryNode":
@@ -92,7 +95,10 @@ class PrimaryNode:
             read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS"),
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
             sample=env.bool("BROADSHEET_SAMPLE", False),
+            team_plugins_dir=env.str("BROADSHEET_TEAM_PLUGINS_DIR", ""),
         )
+        if node.team_plugins_dir and not Path(node.team_plugins_dir).is_dir():
+            raise ConfigError(f"BROADSHEET_TEAM_PLUGINS_DIR is not a directory: {node.team_plugins_dir}")
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
         return node
 
@@ -114,6 +120,7 @@ class PrimaryNode:
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
             "BROADSHEET_SAMPLE": _bool(self.sample),
+            "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
         }
         if self.team_password:
             env["BROADSHEET_TEAM_PASSWORD"] = self.team_password
@@ -252,6 +259,7 @@ class PrimaryNode:
                     "--host", self.host, "--port", str(self.port),
                     "--default-deny",
                     "--template-dir", str(TEMPLATES),
+                    *(["--plugins-dir", self.team_plugins_dir] if self.team_plugins_dir else []),
                 ],
                 env={**self.env(), "BROADSHEET_TEAM_PASSWORD_HASH": self.password_hash()},
                 ready=lambda: httpx.get(f"{self.url}/-/login", timeout=1).status_code == 200,

@@ -13,10 +13,11 @@
   (title, description, license, source, with URLs), and the same form for
   the public instance at ``/-/broadsheet/metadata``.
 - A "public" or "partial" badge beside each public table's name.
+- Publish and unpublish are Datasette events (``track_event``) for every
+  flip, whichever path made it: fired from the audit log (``events.py``).
 - A "Publish this query" query action, leading to ``/-/broadsheet/query/data``
   where the team names a query and publishes it as a saved query (served by
   every read node at ``/public/NAME``), and removes saved queries.
-- Publish and unpublish are Datasette events (``track_event``).
 - Write API responses carry ``Broadsheet-Private-Txid``; send
   ``Broadsheet-Wait: public`` to also get ``Broadsheet-Public-Txid``, the
   public.db TXID that holds the write (a bookmark for read nodes).
@@ -37,7 +38,7 @@ from urllib.parse import parse_qs, urlencode
 
 import httpx
 from datasette import Forbidden, hookimpl
-from datasette.events import Event, LoginEvent
+from datasette.events import LoginEvent
 from datasette.permissions import Action, PermissionSQL
 from datasette.resources import DatabaseResource, TableResource
 from datasette.utils import tilde_decode, tilde_encode
@@ -49,6 +50,9 @@ from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES, quote
 
 from . import publishing, queries, state, team
+from .events import AuditFollower, PublishTableEvent, UnpublishTableEvent
+from .events import cursor_file as events_cursor_file
+from .publisher import cycle_log_path
 from .preview import Preview, preview
 from .projection import TableShape
 from .settings import settings
@@ -84,31 +88,26 @@ def publish_forbidden(table: str) -> str:
     return f"This actor may not make {table!r} public or private (the {PUBLISH_ACTION} action)"
 
 
-@dataclass
-class PublishTableEvent(Event):
-    """Event name: ``broadsheet-publish``. A team member made a table public."""
-
-    name = "broadsheet-publish"
-    database: str
-    table: str
-    private_txid: int
-    public_txid: int | None
-
-
-@dataclass
-class UnpublishTableEvent(Event):
-    """Event name: ``broadsheet-unpublish``. A team member made a table private."""
-
-    name = "broadsheet-unpublish"
-    database: str
-    table: str
-    private_txid: int
-    public_txid: int | None
-
-
 @hookimpl
 def register_events(datasette):
     return [PublishTableEvent, UnpublishTableEvent]
+
+
+_followers: dict = {}
+
+
+@hookimpl
+def startup(datasette):
+    """The team's Datasette (the one serving data.db, not the control plane's
+    permission checker) fires the publish events of every flip, whichever
+    path made it, by following the audit log (primary/events.py)."""
+    if _data_db_name() not in datasette.databases or datasette in _followers:
+        return
+    follower = AuditFollower(
+        datasette, settings().data_db, events_cursor_file(settings().watermark_file), _data_db_name(),
+        cycle_log=cycle_log_path(settings().watermark_file),
+    )
+    _followers[datasette] = asyncio.get_running_loop().create_task(follower.run())
 
 
 @hookimpl
@@ -740,16 +739,7 @@ def _cell(value) -> str:
 async def _flip(datasette, actor: dict, database: str, table: str, public: bool, spec: PublishSpec, context: dict):
     outcome = await publishing.flip(table, public, publishing.actor_label(actor), wait=True, spec=spec)
     context["outcome"] = outcome
-    event = PublishTableEvent if outcome.public else UnpublishTableEvent
-    await datasette.track_event(
-        event(
-            actor=actor,
-            database=database,
-            table=table,
-            private_txid=outcome.private_txid,
-            public_txid=outcome.public_txid,
-        )
-    )
+    # Its event comes from the audit log, as every flip's does (events.py).
     if outcome.public_txid is not None:
         context["live"] = await _where_live(datasette, actor, table, outcome.public_txid)
 

@@ -4,7 +4,10 @@ The tracker follows the public cluster's primary LiteFS ``/events`` stream to
 learn when each public TXID was committed, and every read node's LiteFS
 ``/events`` stream to learn when it applied it. On (re)connecting to a node
 it asks the node's ``/-/replication.json`` for its position, since LiteFS
-does not replay events. Everything it learns is also broadcast to
+does not replay events. It also follows the publisher's cycle log (a file
+beside the watermark, on this machine), so that each public TXID's record
+says what that cycle did and who asked ("planes published by alice", "42
+rows changed in airports"). Everything it learns is also broadcast to
 subscribers (the server-sent-event stream).
 """
 
@@ -14,8 +17,10 @@ import asyncio
 import collections
 import datetime
 import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -61,18 +66,61 @@ class NodePosition:
         }
 
 
+def _rows(n: int) -> str:
+    return f"{n:,} row{'' if n == 1 else 's'}"
+
+
+def describe_cycle(cycle: dict) -> list[str]:
+    """What one publish cycle did, in words, from its record in the
+    publisher's cycle log: ``["planes published by alice (3,322 rows)",
+    "42 rows changed in airports", "notes unpublished by bob"]``."""
+    actors = cycle.get("actors") or {}
+
+    def by(table: str) -> str:
+        return f" by {actors[table]}" if actors.get(table) else ""
+
+    rows = cycle.get("rows_by_table") or {}
+    said = []
+    for table in cycle.get("published", []):
+        said.append(f"{table} published{by(table)}" + (f" ({_rows(rows[table])})" if table in rows else ""))
+    for table in cycle.get("recopied", []):
+        why = f" (what is public changed{by(table)})" if actors.get(table) else ""
+        said.append(f"{table} re-copied{why}" + (f": {_rows(rows[table])}" if table in rows else ""))
+    for table in cycle.get("unpublished", []):
+        said.append(f"{table} unpublished{by(table)}")
+    shown = {*cycle.get("published", []), *cycle.get("recopied", [])}
+    for table, n in rows.items():
+        if table not in shown:
+            said.append(f"{_rows(n)} changed in {table}")
+    for query in cycle.get("queries_changed") or []:
+        said.append(f"saved query {query if isinstance(query, str) else json.dumps(query)} changed")
+    if cycle.get("metadata_changed"):
+        said.append("titles, descriptions or licenses changed")
+    return said
+
+
+# What a propagation record carries of its cycle (the rest of the cycle
+# log's record is the publisher's own timing).
+CYCLE_FIELDS = ("published", "unpublished", "recopied", "rows_by_table", "actors", "queries_changed")
+
+
 @dataclass
 class Propagation:
-    """One public TXID: when it was committed and when each node had it."""
+    """One public TXID: when it was committed, what its publish cycle did
+    (once the publisher's record of it is read), and when each node had it."""
 
     txid: int
     committed_at: float
     arrivals: dict[str, float] = field(default_factory=dict)  # node -> seconds since epoch
+    cycle: dict | None = None  # the publisher's cycle log record
 
     def as_dict(self, nodes: list[str]) -> dict:
+        cycle = self.cycle or {}
         return {
             "txid": self.txid,
             "committed_at": _iso(self.committed_at),
+            "changes": describe_cycle(cycle),
+            "cycle": {k: cycle[k] for k in CYCLE_FIELDS if k in cycle} if self.cycle is not None else None,
             "nodes": [
                 {
                     "name": name,
@@ -100,6 +148,7 @@ class Tracker:
         reconnect: float = 0.5,
         discovery: Discovery | None = None,
         discovery_interval: float = 2.0,
+        cycle_log: str | os.PathLike | None = None,
     ):
         self.public_litefs_url = public_litefs_url
         self.static = tuple(nodes)
@@ -114,6 +163,9 @@ class Tracker:
         self._tasks: list[asyncio.Task] = []
         self._node_tasks: dict[str, list[asyncio.Task]] = {}
         self._changed = asyncio.Condition()
+        self.cycle_log = Path(cycle_log) if cycle_log else None
+        self.cycles: collections.OrderedDict[int, dict] = collections.OrderedDict()  # public TXID -> record
+        self._cycle_log_offset, self._cycle_log_partial = 0, b""
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -122,6 +174,8 @@ class Tracker:
             self._add(address)
         if self.discovery is not None:
             self._spawn(self._discover())
+        if self.cycle_log is not None:
+            self._spawn(self._follow_cycles())
 
     async def stop(self) -> None:
         tasks = self._tasks + [t for ts in self._node_tasks.values() for t in ts]
@@ -233,7 +287,9 @@ class Tracker:
             return
         self.primary_txid = max(self.primary_txid, txid)
         if txid not in self.propagations:
-            self.propagations[txid] = Propagation(txid, committed_at)
+            if txid not in self.cycles:
+                self._read_cycles()
+            self.propagations[txid] = Propagation(txid, committed_at, cycle=self.cycles.get(txid))
             while len(self.propagations) > HISTORY:
                 self.propagations.popitem(last=False)
         # A node may have reported the TXID before the primary's event arrived.
@@ -260,6 +316,8 @@ class Tracker:
                 touched.append(p)
         if moved or touched:
             await self._broadcast("node", self._node_dict(node))
+        if any(p.cycle is None for p in touched):
+            self._read_cycles()  # recorded by now, in all likelihood: say what arrived
         for p in touched:
             await self._broadcast("propagation", p.as_dict(list(self.nodes)))
 
@@ -307,6 +365,52 @@ class Tracker:
         async for line in stream:
             if line.strip():
                 await self._advanced(address.name, int(json.loads(line)["txid"]))
+
+
+    def _read_cycles(self) -> list["Propagation"]:
+        """Read what the publisher has appended to its cycle log since the
+        last call; returns the propagations that learned their cycle."""
+        if self.cycle_log is None:
+            return []
+        try:
+            size = os.stat(self.cycle_log).st_size
+        except FileNotFoundError:
+            size = 0
+        if size < self._cycle_log_offset:  # rewritten, shorter (CycleLog keeps the newest)
+            self._cycle_log_offset, self._cycle_log_partial = 0, b""
+        if size == self._cycle_log_offset:
+            return []
+        with open(self.cycle_log, "rb") as fp:
+            fp.seek(self._cycle_log_offset)
+            data = self._cycle_log_partial + fp.read(size - self._cycle_log_offset)
+        self._cycle_log_offset = size
+        *lines, self._cycle_log_partial = data.split(b"\n")
+        told = []
+        for line in lines[-HISTORY:]:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            txid = record.get("public_txid")
+            if not isinstance(txid, int):
+                continue
+            self.cycles[txid] = record
+            while len(self.cycles) > HISTORY:
+                self.cycles.popitem(last=False)
+            p = self.propagations.get(txid)
+            if p is not None and p.cycle is None:
+                p.cycle = record
+                told.append(p)
+        return told
+
+    async def _follow_cycles(self, interval: float = 0.05) -> None:
+        # The publisher appends one JSON line per cycle just after the commit
+        # whose LiteFS event tells _follow_primary about it: either may come
+        # first, and a record that comes second is sent again with it.
+        while True:
+            for p in self._read_cycles():
+                await self._broadcast("propagation", p.as_dict(list(self.nodes)))
+            await asyncio.sleep(interval)
 
 
 # A read node's position, as its Datasette streams it (replica/stream.py).

@@ -50,6 +50,18 @@ class Cycle:
     tables_dropped: tuple[str, ...] = ()
     rows_changed: int = 0
     commit_ms: float = 0.0  # of duration_ms: LiteFS turning the transaction into an LTX
+    # What the cycle did, as the propagation record tells it: tables (and
+    # views) newly public, made private, copied again over their old copy,
+    # rows changed per table; and who asked, from the audit log entries in
+    # this cycle's own data.db snapshot (table -> actor of its newest flip
+    # since the previous cycle). ``audit_id``: the newest entry seen.
+    published: tuple[str, ...] = ()
+    unpublished: tuple[str, ...] = ()
+    recopied: tuple[str, ...] = ()
+    rows_by_table: dict[str, int] = field(default_factory=dict)
+    actors: dict[str, str] = field(default_factory=dict)
+    metadata_changed: bool = False
+    audit_id: int = 0
     queries_changed: tuple[str, ...] = ()  # saved queries published, changed or withdrawn
 
 
@@ -72,6 +84,10 @@ class _Plan:
     unfit: dict[str, str] = field(default_factory=dict)  # table -> why its spec no longer fits
     failed: dict[str, str] = field(default_factory=dict)  # table -> why SQLite could not copy it
     projections: dict[str, Projection] = field(default_factory=dict)
+    rows_by_table: dict[str, int] = field(default_factory=dict)
+    present_views: set[str] = field(default_factory=set)
+    actors: dict[str, str] = field(default_factory=dict)  # table -> who asked, since the last cycle
+    audit_id: int = 0
     queries_due: bool = False  # data.db's saved queries differ from public.db's
     queries_changed: tuple[str, ...] = ()
     queries_left_out: dict = field(default_factory=dict)  # name -> (SavedQuery, why it no longer compiles)
@@ -193,6 +209,8 @@ class Publisher:
         self._last_trim = time.monotonic()
         # Beside the watermark, off the mounts (none in a bare test publisher).
         self.cycle_log = state.CycleLog(cycle_log_path(watermark_file)) if watermark_file else None
+        # Audit log entries up to this one are told by an earlier cycle.
+        self._audited = (self.cycle_log.read(1) or [{}])[0].get("audit_id", 0) if self.cycle_log else 0
 
     def close(self) -> None:
         self.conn.close()
@@ -349,6 +367,7 @@ class Publisher:
                 self._synced_schema = plan.schema_version
                 self._synced_published = tuple(plan.published)
                 self._processed = max(self._processed, plan.max_change or 0)
+                self._audited = max(self._audited, plan.audit_id)  # flips that changed nothing public
                 self._follow_up(plan, before.txid)
                 return None
             rows_changed = self._apply(plan)
@@ -366,6 +385,8 @@ class Publisher:
                 conn.execute("ROLLBACK")
             raise
         public = Pos.read(self.public_db)
+        created = [v for v in plan.create_views if v in plan.views and v not in plan.present_views]
+        gone = sorted(plan.present_views - set(plan.views))
         cycle = Cycle(
             # The snapshot began after ``before`` was read, so it holds at
             # least that transaction: a safe answer for "is TXID n public yet".
@@ -377,8 +398,16 @@ class Publisher:
             tables_dropped=tuple(plan.drop),
             rows_changed=rows_changed,
             commit_ms=commit_ms,
+            published=tuple(t for t in plan.copy if t not in plan.recopied and t not in plan.failed) + tuple(created),
+            unpublished=tuple(t for t in plan.drop if t not in plan.copy) + tuple(gone),
+            recopied=tuple(t for t in plan.recopied if t not in plan.failed),
+            rows_by_table=dict(plan.rows_by_table),
+            actors=dict(plan.actors),
+            metadata_changed=plan.metadata is not None,
+            audit_id=max(plan.audit_id, self._audited),
             queries_changed=plan.queries_changed,
         )
+        self._audited = cycle.audit_id
         self._processed = max(self._processed, plan.max_change or 0)
         self._record(cycle)
         self._follow_up(plan, before.txid, public.txid)
@@ -488,6 +517,14 @@ class Publisher:
         # Stale views go before the tables change; new ones come after.
         plan.drop_views = [v for v, sql in present_views.items() if wanted_views.get(v) != sql]
         plan.create_views = [v for v in plan.views if v in plan.drop_views or v not in present_views]
+        plan.present_views = set(present_views)
+        # Who asked for what this cycle publishes: the flips since the last
+        # cycle, read in this same snapshot.
+        for audit_id, actor, table in conn.execute(
+            "SELECT id, actor, table_name FROM src._public_audit_log WHERE id > ? ORDER BY id", (self._audited,)
+        ):
+            plan.actors[table] = actor or ""
+            plan.audit_id = audit_id
         current = [n for (n,) in conn.execute(f"SELECT table_name FROM main.{PUBLIC_TABLES} ORDER BY table_name")]
         plan.public_tables_changed = current != sorted(published + plan.views)
         shown = {state.INSTANCE, *published, *plan.views}
@@ -510,14 +547,17 @@ class Publisher:
             copied = self._isolated(plan, table, lambda t=table: _drop(conn, t) or _copy_table(conn, plan.projections[t]))
             if copied is not None:
                 rows += copied
+                plan.rows_by_table[table] = copied
                 log("publisher", f"copied {table!r}: {copied} rows in {(time.perf_counter() - started) * 1000:.0f} ms")
         for table, rids in plan.rows.items():
             if table in plan.failed:
                 continue
             try:
                 conn.execute("SAVEPOINT rows")
-                rows += _copy_rows(conn, plan.projections[table], rids)
+                changed = _copy_rows(conn, plan.projections[table], rids)
                 conn.execute("RELEASE rows")
+                rows += changed
+                plan.rows_by_table[table] = changed
             except apsw.ConstraintError:
                 # A REPLACE on data.db removed a row through a UNIQUE conflict
                 # without firing a delete trigger: re-copy the table whole.
@@ -628,6 +668,13 @@ class Publisher:
                     "tables_copied": list(cycle.tables_copied),
                     "tables_dropped": list(cycle.tables_dropped),
                     "rows_changed": cycle.rows_changed,
+                    "published": list(cycle.published),
+                    "unpublished": list(cycle.unpublished),
+                    "recopied": list(cycle.recopied),
+                    "rows_by_table": cycle.rows_by_table,
+                    "actors": cycle.actors,
+                    "metadata_changed": cycle.metadata_changed,
+                    "audit_id": cycle.audit_id,
                     "queries_changed": list(cycle.queries_changed),
                 }
             )

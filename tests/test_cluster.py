@@ -124,9 +124,9 @@ def _up(root, port: int) -> subprocess.Popen:
     )
 
 
-def _wait_up(proc: subprocess.Popen, timeout: float = 120) -> str:
-    """What `up` printed until it was up; the rest of its output is read (and
-    dropped) from then on, so that a full pipe never blocks it."""
+def _wait_up(proc: subprocess.Popen, timeout: float = 120, keep: list[str] | None = None) -> str:
+    """What `up` printed until it was up; the rest of its output is read from
+    then on (into ``keep``, else dropped), so that a full pipe never blocks it."""
     output = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -135,7 +135,8 @@ def _wait_up(proc: subprocess.Popen, timeout: float = 120) -> str:
             break
         output.append(line)
         if "Ctrl-C stops" in line:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            rest = proc.stdout.read if keep is None else (lambda: keep.extend(iter(proc.stdout.readline, "")))
+            threading.Thread(target=rest, daemon=True).start()
             return "".join(output)
     raise AssertionError("`up` did not come up:\n" + "".join(output)[-3000:])
 
@@ -204,3 +205,60 @@ def test_up_again_after_a_crashed_up_clears_what_it_left(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         kill_everything(root)
+
+
+# The issue's figure: `broadsheet up`, left idle this long (the control plane
+# still polls every read node every few seconds), prints no line per request.
+IDLE_SECONDS = 30
+ACCESS_LINE = re.compile(r'"(GET|HEAD|POST|PUT|DELETE) \S+ HTTP/[\d.]+" \d{3}')
+
+
+def test_up_prints_lifecycle_lines_not_a_line_per_request(tmp_path):
+    root = tmp_path / "quiet"
+    proc = _up(root, 19701)
+    printed: list[str] = []
+    try:
+        banner = _wait_up(proc, keep=printed)
+        info = load_state(root)
+        replica_log = root / "logs" / "replica-1-datasette.log"
+        logged_before = replica_log.read_text()
+        # A visitor, then nobody: only the control plane's health polls.
+        assert httpx.get(f"{info['replicas'][0]['datasette']}/public/airports.json", timeout=5).status_code == 200
+        time.sleep(IDLE_SECONDS)
+        idle_output = "".join(printed)
+        logged = replica_log.read_text()[len(logged_before):]
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # The requests happened and are in the log files…
+    assert "GET /public/airports.json" in logged
+    assert len(re.findall(r"GET /-/replication.json", logged)) >= IDLE_SECONDS // 10, logged
+    # …but the terminal showed none of them, at start-up nor while idle.
+    assert not ACCESS_LINE.search(banner), banner
+    assert idle_output.strip() == "", idle_output
+    # What it does show: each process starting and stopping.
+    assert "supervisor             | started replica-1-datasette" in banner
+    wait_until(lambda: "every mount unmounted" in "".join(printed), message="`up` said it stopped")
+    stopped = "".join(printed)
+    assert "stopped replica-1-datasette" in stopped and "stopped private-litefs" in stopped
+    assert not ACCESS_LINE.search(stopped), stopped
+
+
+def test_errors_and_warnings_reach_the_terminal_of_a_quiet_up():
+    from broadsheet.supervisor import is_chatter
+
+    assert is_chatter('INFO:     127.0.0.1:5 - "GET /-/replication.json HTTP/1.1" 200 OK')
+    assert is_chatter('level=INFO msg="stream connected (127.0.0.1:46532)"')
+    assert is_chatter("publisher: cycle: data.db txid 54 -> public.db txid 3 (10.5 ms)")
+    for line in (
+        "ERROR:    Exception in ASGI application",
+        "Traceback (most recent call last):",
+        'level=WARN msg="cannot connect to primary"',
+        "panic: runtime error: invalid memory address",
+        "publisher: publish cycle failed (attempt 1):",
+        "publisher: 'notes' was re-created or rebuilt under its name; it is private until published again",
+    ):
+        assert not is_chatter(line), line

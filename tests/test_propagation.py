@@ -73,7 +73,8 @@ def test_cli_watch_prints_arrivals(cluster, token, db):
     thread.join(30)
     result = output["result"]
     assert result.exit_code == 0, result.output
-    line = [l for l in result.output.splitlines() if l.startswith(f"txid {txid + 1}:")][-1]
+    line = [l for l in result.output.splitlines() if l.startswith(f"txid {txid + 1} ")][-1]
+    assert line.startswith(f"txid {txid + 1} (1 row changed in airports): "), line
     for node in cluster.replicas:
         assert f"{node.name} ✓" in line
 
