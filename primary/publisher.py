@@ -425,9 +425,9 @@ class Publisher:
                 self.writer.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
                 if self.writer.changes():
                     state.audit(self.writer, "unpublish", table, f"broadsheet:publisher (could not be copied: {reason})")
-        for name, (query, reason) in plan.queries_left_out.items():
-            if saved_queries.withdraw(self.writer, name, query.sql, reason):
-                log("publisher", f"saved query {name!r} withdrawn: {reason}")
+        if plan.queries_left_out:
+            for name in saved_queries.withdraw(self.writer, plan.queries_left_out):
+                log("publisher", f"saved query {name!r} withdrawn: {plan.queries_left_out[name][1]}")
         if plan.rebuilt or plan.unfit or plan.waiting or plan.failed:
             self._maintained = None
             self.maintain_triggers()

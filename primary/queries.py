@@ -219,18 +219,22 @@ def remove(data: apsw.Connection, name: str, actor: str | None) -> int:
         return log(data, "remove", name, actor, row[0], None)
 
 
-def withdraw(data: apsw.Connection, name: str, sql: str, reason: str) -> bool:
-    """Mark a query the publisher could not publish as withdrawn, with a log
-    entry (only the text it judged: one saved again since is left alone)."""
+def withdraw(data: apsw.Connection, left_out: dict[str, tuple[SavedQuery, str]]) -> list[str]:
+    """Mark the queries a publish cycle left out (name -> (query, why)) as
+    withdrawn, with a log entry each, in one data.db transaction. Only the
+    text the cycle judged: one saved again since is left alone. Returns
+    the names withdrawn."""
+    withdrawn = []
     with state.immediate(data):
-        data.execute(
-            f"UPDATE {PUBLIC_QUERIES} SET withdrawn = ? WHERE name = ? AND sql = ? AND withdrawn IS NULL",
-            (reason, name, sql),
-        )
-        if not data.changes():
-            return False
-        log(data, "withdraw", name, WITHDRAW_ACTOR, sql, None, reason)
-    return True
+        for name, (query, reason) in left_out.items():
+            data.execute(
+                f"UPDATE {PUBLIC_QUERIES} SET withdrawn = ? WHERE name = ? AND sql = ? AND withdrawn IS NULL",
+                (reason, name, query.sql),
+            )
+            if data.changes():
+                log(data, "withdraw", name, WITHDRAW_ACTOR, query.sql, None, reason)
+                withdrawn.append(name)
+    return withdrawn
 
 
 WITHDRAW_ACTOR = "broadsheet:publisher (no longer compiles against the public copy; save it again)"
