@@ -14,7 +14,9 @@ connection, under ``sql_time_limit_ms``, holding one of the custom-SQL slots
 
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
 
 from datasette import hookimpl
 from datasette.permissions import PermissionSQL
@@ -27,15 +29,27 @@ SOURCE = "broadsheet"  # the internal queries table's source column: ours to rep
 
 # database name -> (the position last copied, the query names it had)
 _synced: dict[str, tuple[Pos, frozenset[str]]] = {}
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one per Datasette (and so per event loop)
 
 
 async def sync(datasette, db, pos: Pos) -> frozenset[str]:
     """Copy ``_public_queries`` into Datasette's stored queries if ``pos``
     is new (always, off LiteFS, where a position is TXID 0); returns the
-    names now served."""
+    names now served. The requests that arrive together at a new position
+    copy once: the first does, the others wait for it."""
     synced = _synced.get(db.name)
     if synced is not None and pos.txid != 0 and synced[0] == pos:
         return synced[1]
+    if datasette not in _locks:
+        _locks[datasette] = asyncio.Lock()
+    async with _locks[datasette]:
+        synced = _synced.get(db.name)
+        if synced is not None and pos.txid != 0 and synced[0] == pos:
+            return synced[1]
+        return await _copy(datasette, db, pos, synced)
+
+
+async def _copy(datasette, db, pos: Pos, synced) -> frozenset[str]:
     try:
         rows = (await db.execute(f"SELECT name, sql, title, description FROM {PUBLIC_QUERIES} ORDER BY name")).rows
     except Exception as exc:

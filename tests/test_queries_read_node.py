@@ -6,6 +6,8 @@ withdrawn query is 403, a write 405, a visitor's mistake a 4xx."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from datasette.app import Datasette
 from datasette.plugins import pm
@@ -153,3 +155,18 @@ async def test_datasettes_stored_query_pages_give_visitors_nothing_more(primary,
         assert (await ds.client.get(path)).status_code in (403, 404, 405), path
     everywhere = (await ds.client.get("/-/queries.json")).json()
     assert [q["name"] for q in everywhere["queries"]] == ["by_tz"]
+
+
+@in_loop
+async def test_requests_arriving_together_at_a_new_position_all_see_the_query(primary, read_node):
+    _, _, public, save = primary
+    ds = read_node
+    for txid, name in ((3, "first"), (4, "second")):
+        save(name, f"SELECT '{name}' AS which")
+        with open(f"{public}-pos", "w") as fp:
+            fp.write(str(Pos(txid, 0xC0FFEE + txid)))
+        responses = await asyncio.gather(*(ds.client.get(f"/public/{name}.json?_shape=array&n={i}") for i in range(20)))
+        # Served, or refused a slot (two at once): never 403, as if not yet public.
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429} and 200 in statuses, statuses
+        assert all(r.json() == [{"which": name}] for r in responses if r.status_code == 200)
