@@ -168,19 +168,14 @@ def test_the_watch_page_says_what_each_txid_was(flips):
     with what it was and its arrival on each read node."""
     from playwright.sync_api import expect, sync_playwright
 
-    from test_browser import ARGS, CHROMIUM
+    from test_browser import ARGS, CHROMIUM, team_page
 
     cluster, _ = flips
     create_table(cluster, "crews", [{"id": 1, "crew": "A"}, {"id": 2, "crew": "B"}])
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(f"{cluster.primary.url}/-/login")
-            page.fill("input[name=username]", "team")
-            page.fill("input[name=password]", cluster.primary.team_password)
-            page.click("input[type=submit]")
+            page = team_page(cluster, browser)
             page.goto(f"{cluster.primary.control_url}/watch")  # the login cookie is good here too
             expect(page.locator("#conn")).to_have_text("live")
             control = ControlClient(cluster.primary.control_url, _mint_token(cluster.primary.secret, "dana"))
