@@ -99,6 +99,7 @@ class AuditFollower:
         self.database = database
         self.interval = interval
         self.publish_timeout = publish_timeout
+        self._seen_pos: Pos | None = None  # data.db's position when the log was last read
 
     def _read_cursor(self) -> int | None:
         try:
@@ -148,7 +149,13 @@ class AuditFollower:
             await asyncio.sleep(self.interval)
 
     async def _step(self, cursor: int | None) -> int | None:
+        # The log changes only with data.db: read it only when its LiteFS
+        # position (a small file) has moved.
+        pos = Pos.read(self.data_db)
+        if cursor is not None and pos == self._seen_pos and pos.txid:  # (0: not on LiteFS)
+            return cursor
         private_txid, entries = await asyncio.to_thread(self._entries_after, cursor)
+        self._seen_pos = pos
         if cursor is None:
             cursor = entries[0]["id"]
             self._write_cursor(cursor)
