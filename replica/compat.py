@@ -10,7 +10,7 @@ query string: what the response carries is unchanged.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import quote, unquote_plus
 
 from datasette import hookimpl
 
@@ -19,17 +19,21 @@ ALWAYS_THERE = {"next_url", "next"}
 
 
 def without_built_in_extras(query_string: bytes) -> bytes:
-    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    if not any(k == "_extra" and set(v.split(",")) & ALWAYS_THERE for k, v in pairs):
-        return query_string
-    kept = []
-    for key, value in pairs:
-        if key == "_extra":
-            value = ",".join(name for name in value.split(",") if name not in ALWAYS_THERE)
-            if not value:
-                continue
-        kept.append((key, value))
-    return urlencode(kept).encode("latin-1")
+    """The query string without those ``_extra`` names; every other part is
+    left byte for byte as the visitor sent it."""
+    kept, changed = [], False
+    for part in query_string.split(b"&"):
+        key, sep, value = part.partition(b"=")
+        if unquote_plus(key.decode("latin-1")) == "_extra" and sep:
+            names = unquote_plus(value.decode("latin-1")).split(",")
+            wanted = [name for name in names if name not in ALWAYS_THERE]
+            if len(wanted) != len(names):
+                changed = True
+                if not wanted:
+                    continue
+                part = key + b"=" + quote(",".join(wanted), safe=",").encode("latin-1")
+        kept.append(part)
+    return b"&".join(kept) if changed else query_string
 
 
 @hookimpl

@@ -172,3 +172,26 @@ def test_the_map_renders_in_a_browser_on_a_read_node(mapped, tmp_path, record_pr
     assert clusters > 0 and shot.stat().st_size > 0
     record_property("screenshot", str(shot))
     print(f"\nscreenshot of {node.name}'s airports map ({clusters} markers): {shot}")
+
+
+def test_plugins_for_datasette_0_64_get_the_extras_1_0_always_sends():
+    from replica.compat import without_built_in_extras as strip
+
+    asked = b"_size=max&_labels=on&_extra=count&_extra=next_url&_shape=objects"
+    assert strip(asked) == b"_size=max&_labels=on&_extra=count&_shape=objects"
+    assert strip(b"_extra=count,next_url") == strip(b"_extra=count%2Cnext_url") == b"_extra=count"
+    assert strip(b"_extra=next") == b""
+    # Everything else as the visitor sent it, byte for byte.
+    assert strip(b"q=%C3%A9&_extra=next_url&x=\xe9+y") == b"q=%C3%A9&x=\xe9+y"
+    assert strip(b"_extra=count&q=a+b") == b"_extra=count&q=a+b"
+
+
+def test_the_local_cluster_maps_the_sample_unless_the_team_chose_plugins():
+    from broadsheet.cluster import read_node_plugins
+
+    said = []
+    assert read_node_plugins(True, environ={}, say=said.append) == SAMPLE_PLUGINS  # installed: test extras
+    assert read_node_plugins(False, environ={}, say=said.append) == {}
+    chosen = {plugins.PLUGINS_VAR: "", plugins.CONFIG_VAR: ""}
+    assert read_node_plugins(True, environ=chosen, say=said.append) == chosen  # none, by choice
+    assert said == []  # nothing to install
