@@ -162,6 +162,13 @@ def test_a_flip_from_the_cli(flips):
     event = wait_for_event(events, "gates", "broadsheet-unpublish")
     assert event["actor"] == {"id": "cli"} and f"public TXID {event['public_txid']}" in output
 
+    # Straight into data.db, no control plane: an event all the same.
+    assert "gates is now public" in broadsheet("publish", "gates", "--data-db", str(cluster.primary.data_db))
+    event = wait_for_event(events, "gates", "broadsheet-publish", count=2)
+    assert event["actor"] == {"id": "cli"} and event["public_txid"] > txid
+    names = [e["name"] for e in recorded(events, "gates")]
+    assert names == ["broadsheet-publish", "broadsheet-unpublish", "broadsheet-publish"]
+
 
 def test_the_watch_page_says_what_each_txid_was(flips):
     """/watch in headless Chromium, logged in as the team: a flip appears
