@@ -452,6 +452,68 @@ def user_list(root, team_db):
         click.echo(name)
 
 
+@cli.group()
+def query():
+    """Saved queries: named read-only SQL every read node serves at /public/NAME."""
+
+
+def _query_call(root, url, token, call):
+    from .client import ControlError
+
+    try:
+        return call(_control(root, url, token))
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+
+
+def _query_outcome(result: dict, done: str) -> str:
+    line = f"{result['name']}: {done if result['changed'] else 'unchanged'}"
+    line += f" (data.db TXID {result['private_txid']}, public TXID {result['public_txid']})"
+    if result.get("withdrawn"):
+        line += f"\n  withdrawn by the publisher: {result['withdrawn']}"
+    return line
+
+
+@query.command("save")
+@cluster_dir
+@with_control
+@click.argument("name")
+@click.option("--sql", required=True, help="One read-only SQL statement over public tables; :name for parameters.")
+@click.option("--title")
+@click.option("--description")
+def query_save(root, url, token, name, sql, title, description):
+    """Save (or replace) query NAME and publish it to every read node."""
+    result = _query_call(root, url, token, lambda c: c.save_query(name, sql, title, description))
+    click.echo(_query_outcome(result, "published" if result["published"] else "saved, not published"))
+
+
+@query.command("rm")
+@cluster_dir
+@with_control
+@click.argument("name")
+def query_rm(root, url, token, name):
+    """Remove query NAME from every read node."""
+    click.echo(_query_outcome(_query_call(root, url, token, lambda c: c.remove_query(name)), "removed"))
+
+
+@query.command("list")
+@cluster_dir
+@with_control
+@click.option("--json", "as_json", is_flag=True)
+def query_list(root, url, token, as_json):
+    """Every saved query: public, or withdrawn (and why)."""
+    rows = _query_call(root, url, token, lambda c: c.queries())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        label = "public   " if row["published"] else ("withdrawn" if row["withdrawn"] else "pending  ")
+        title = f"  {row['title']}" if row["title"] else ""
+        click.echo(f"{label}  {row['name']}{title}\n           {row['sql']}")
+        if row["withdrawn"]:
+            click.echo(f"           withdrawn: {row['withdrawn']}")
+
+
 @cli.command()
 @cluster_dir
 @with_control

@@ -61,6 +61,20 @@ class ControlClient:
     def preview(self, table: str, spec: dict | None = None) -> dict:
         return self._call("POST", f"/tables/{_segment(table)}/preview", json=spec or None)
 
+    def save_query(self, name: str, sql: str, title: str | None = None, description: str | None = None) -> dict:
+        """Save (or replace) a query; read nodes serve it at /public/NAME."""
+        body = {"name": name, "sql": sql, "title": title, "description": description}
+        return self._call("POST", "/queries", json={k: v for k, v in body.items() if v is not None})
+
+    def remove_query(self, name: str) -> dict:
+        return self._call("DELETE", f"/queries/{_segment(name)}")
+
+    def queries(self) -> list[dict]:
+        return self._call("GET", "/queries")
+
+    def query_log(self, name: str | None = None) -> list[dict]:
+        return self._call("GET", "/queries/log", params={"name": name} if name else None)
+
     def health(self) -> dict:
         return self._call("GET", "/health")
 

@@ -9,6 +9,8 @@ INTERNAL_PREFIXES = ("_public_", "sqlite_")
 PUBLIC_TABLES = "_public_tables"
 # Replicated too: the instance's and the public tables' titles, licenses, sources.
 PUBLIC_METADATA = "_public_metadata"
+# Replicated too: the saved queries that compile against the public copy.
+PUBLIC_QUERIES = "_public_queries"
 
 
 def is_internal(name: str) -> bool:

@@ -97,5 +97,12 @@ async def may_set_instance_metadata(actor: dict) -> bool:
     return await plugin.may_set_instance_metadata(await _checker_datasette(), actor)
 
 
+async def may_publish_queries(actor: dict) -> bool:
+    """The same rule as the team Datasette's "Publish this query"."""
+    from . import plugin
+
+    return await plugin.may_publish_queries(await _checker_datasette(), actor)
+
+
 async def create_token(actor_id: str, expires_after: int | None = None, secret: str | None = None) -> str:
     return await datasette(secret).create_token(actor_id, expires_after=expires_after)

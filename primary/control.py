@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 
-from . import publishing, state
-from .auth import NotAuthenticated, actor_from, may_publish, may_set_instance_metadata
+from . import publishing, queries, state
+from .auth import NotAuthenticated, actor_from, may_publish, may_publish_queries, may_set_instance_metadata
 from .plugin import publish_forbidden
 from .discovery import Discovery
 from .preview import preview
@@ -414,6 +414,140 @@ async def set_instance_metadata(body: Metadata, actor: Actor) -> dict:
 
 
 app.include_router(metadata_router)
+
+# -- saved queries ------------------------------------------------------------------
+
+
+class SavedQueryBody(BaseModel):
+    """A named, read-only SQL query to publish. It may read only what is
+    public (it must compile against public.db) and take named parameters
+    (``:tz``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Its URL on read nodes: /public/NAME (letters, digits, _ and -)")
+    sql: str
+    title: str | None = None
+    description: str | None = None
+
+
+class SavedQueryInfo(BaseModel):
+    name: str
+    sql: str
+    title: str | None
+    description: str | None
+    saved_by: str | None
+    saved_at: str | None
+    published: bool = Field(description="Whether public.db holds it now (read nodes serve it)")
+    withdrawn: str | None = Field(description="Why the publisher withdrew it (save it again to publish it); null: not withdrawn")
+
+
+class QueryResult(BaseModel):
+    """A save or remove. ``public_txid`` holds it; ``published`` says
+    whether read nodes serve the query from there (false after a remove, or
+    if the publisher withdrew it meanwhile: ``withdrawn`` says why)."""
+
+    ok: bool = True
+    name: str
+    changed: bool
+    private_txid: int
+    public_txid: int | None
+    published: bool
+    withdrawn: str | None
+    propagation: str | None
+
+
+class QueryLogEntry(BaseModel):
+    id: int
+    timestamp: str
+    actor: str | None
+    operation: str = Field(description="save, remove, or withdraw (by the publisher)")
+    name: str
+    sql_before: str | None
+    sql_after: str | None
+    reason: str | None
+    private_txid: int | None
+    public_txid: int | None
+
+
+saved_queries = APIRouter(prefix="/queries", tags=["queries"], responses=ERRORS)
+
+QUERIES_FORBIDDEN = "This actor may not publish saved queries (broadsheet-publish on the whole database)"
+
+
+@saved_queries.get("", response_model=list[SavedQueryInfo])
+async def list_queries(actor: Actor) -> list[SavedQueryInfo]:
+    """Every saved query, whether read nodes serve it, and why not."""
+
+    def read():
+        conn = _connect(readonly=True)
+        try:
+            rows = queries.saved(conn)
+        finally:
+            conn.close()
+        try:
+            public = queries.connect_public(settings().public_db)
+        except Exception:
+            return rows, {}
+        try:
+            return rows, queries.published(public)
+        finally:
+            public.close()
+
+    rows, public = await asyncio.to_thread(read)
+    return [
+        SavedQueryInfo(**row, published=public.get(row["name"]) == queries.SavedQuery(
+            row["name"], row["sql"], row["title"], row["description"]))
+        for row in rows
+    ]
+
+
+async def _query_result(work) -> QueryResult:
+    try:
+        outcome = await work
+    except state.PublishError as exc:
+        raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
+    except publishing.PublishTimeout as exc:
+        raise HTTPException(exc.status, {"ok": False, "error": exc.message})
+    return QueryResult(
+        **vars(outcome), propagation=f"/publishes/{outcome.public_txid}" if outcome.public_txid else None
+    )
+
+
+@saved_queries.post("", response_model=QueryResult, responses={400: {"model": Error}, 504: {"model": Error}})
+async def save_query(body: SavedQueryBody, actor: Actor, wait: WaitQuery = True, timeout: TimeoutQuery = 10) -> QueryResult:
+    """Save (or replace) a query and publish it: every read node serves it
+    at ``/public/NAME`` (``.json``, ``.csv``). 400 if it reads anything that
+    is not public, writes, or is not one statement (the error says what);
+    403 unless the actor may use broadsheet-publish on the whole database."""
+    if not await may_publish_queries(actor):
+        raise HTTPException(403, {"ok": False, "error": QUERIES_FORBIDDEN})
+    query = queries.SavedQuery(body.name, body.sql, body.title, body.description)
+    return await _query_result(queries.save_and_wait(query, publishing.actor_label(actor), wait, timeout))
+
+
+@saved_queries.delete("/{name}", response_model=QueryResult, responses={504: {"model": Error}})
+async def remove_query(name: str, actor: Actor, wait: WaitQuery = True, timeout: TimeoutQuery = 10) -> QueryResult:
+    """Remove a saved query: read nodes stop serving it (403) from the
+    returned public TXID, and its text is erased from public.db."""
+    if not await may_publish_queries(actor):
+        raise HTTPException(403, {"ok": False, "error": QUERIES_FORBIDDEN})
+    return await _query_result(queries.remove_and_wait(name, publishing.actor_label(actor), wait, timeout))
+
+
+@saved_queries.get("/log", response_model=list[QueryLogEntry])
+async def query_log(
+    actor: Actor, name: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[QueryLogEntry]:
+    """Who saved or removed which query, and which the publisher withdrew, newest first."""
+    conn = _connect(readonly=True)
+    try:
+        return [QueryLogEntry(**entry) for entry in queries.log_entries(conn, name, limit)]
+    finally:
+        conn.close()
+
+
+app.include_router(saved_queries)
 
 # -- audit and bookmarks -----------------------------------------------------------
 

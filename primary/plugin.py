@@ -15,6 +15,9 @@
 - A "public" or "partial" badge beside each public table's name.
 - Publish and unpublish are Datasette events (``track_event``) for every
   flip, whichever path made it: fired from the audit log (``events.py``).
+- A "Publish this query" query action, leading to ``/-/broadsheet/query/data``
+  where the team names a query and publishes it as a saved query (served by
+  every read node at ``/public/NAME``), and removes saved queries.
 - Write API responses carry ``Broadsheet-Private-Txid``; send
   ``Broadsheet-Wait: public`` to also get ``Broadsheet-Public-Txid``, the
   public.db TXID that holds the write (a bookmark for read nodes).
@@ -31,7 +34,7 @@ import time
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import httpx
 from datasette import Forbidden, hookimpl
@@ -46,7 +49,7 @@ from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES, quote
 
-from . import publishing, state, team
+from . import publishing, queries, state, team
 from .events import AuditFollower, PublishTableEvent, UnpublishTableEvent
 from .events import cursor_file as events_cursor_file
 from .publisher import cycle_log_path
@@ -313,6 +316,7 @@ def register_routes(datasette):
         (r"^/-/broadsheet/visibility/(?P<database>[^/]+)/(?P<table>[^/]+)$", visibility),
         (r"^/-/broadsheet/metadata/(?P<database>[^/]+)/(?P<table>[^/]+)$", table_metadata),
         (r"^/-/broadsheet/metadata$", instance_metadata),
+        (r"^/-/broadsheet/query/(?P<database>[^/]+)$", publish_query),
         (r"^/-/login$", login),
     ]
 
@@ -598,6 +602,76 @@ async def may_set_instance_metadata(datasette, actor) -> bool:
     it on one table only, or restricted to viewing, may not."""
     return _is_team(actor) and await datasette.allowed(
         action=PUBLISH_ACTION, resource=DatabaseResource(_data_db_name()), actor=actor
+    )
+
+
+async def may_publish_queries(datasette, actor) -> bool:
+    """A saved query may read every public table, so saving or removing one
+    takes what the instance's metadata takes: broadsheet-publish on data.db
+    as a whole."""
+    return await may_set_instance_metadata(datasette, actor)
+
+
+@hookimpl
+def query_actions(datasette, actor, database, query_name, request, sql, params):
+    if not _is_team(actor) or database != _data_db_name() or not sql:
+        return None
+
+    async def inner():
+        if not await may_publish_queries(datasette, actor):
+            return []
+        args = urlencode({"sql": sql, **({"name": query_name} if query_name else {})})
+        return [
+            {
+                "href": datasette.urls.path(f"/-/broadsheet/query/{tilde_encode(database)}?{args}"),
+                "label": "Publish this query",
+                "description": "Name it and serve it from every read node, if it reads only public tables",
+            }
+        ]
+
+    return inner
+
+
+QUERY_FORM_FIELDS = ("name", "sql", "title", "description")
+
+
+async def publish_query(datasette, request):
+    """The "Publish this query" page. GET: a form pre-filled from the query
+    string (``sql``, ``name``), and every saved query. POST: save and
+    publish it (a 400 page naming what it reads that is not public), or
+    ``operation=remove`` a saved query; either shows the public TXID."""
+    if not _is_team(request.actor):
+        raise Forbidden("Log in as a team member to publish queries")
+    if tilde_decode(request.url_vars["database"]) != _data_db_name():
+        raise Forbidden(f"Only queries of {_data_db_name()} can be published")
+    if not await may_publish_queries(datasette, request.actor):
+        raise Forbidden(
+            f"This actor may not publish saved queries (the {PUBLISH_ACTION} action on {_data_db_name()} as a whole)"
+        )
+    form = {k: request.args.get(k) or "" for k in QUERY_FORM_FIELDS}
+    context = {"database": _data_db_name(), "form": form, "outcome": None, "error": None}
+    status = 200
+    if request.method == "POST":
+        posted = await request.post_vars()
+        form.update({k: (posted.get(k) or "").strip() for k in QUERY_FORM_FIELDS})
+        actor = publishing.actor_label(request.actor)
+        try:
+            if posted.get("operation") == "remove":
+                context["outcome"] = await queries.remove_and_wait(form["name"], actor)
+            else:
+                query = queries.SavedQuery(form["name"], form["sql"], form["title"] or None, form["description"] or None)
+                context["outcome"] = await queries.save_and_wait(query, actor)
+        except state.PublishError as exc:
+            context["error"], status = exc.message, exc.status
+        except publishing.PublishTimeout as exc:
+            context["error"], status = exc.message, exc.status
+    conn = state.connect(settings().data_db, readonly=True)
+    try:
+        context["saved"] = queries.saved(conn)
+    finally:
+        conn.close()
+    return Response.html(
+        await datasette.render_template("broadsheet_query.html", context, request=request), status=status
     )
 
 

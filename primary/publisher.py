@@ -27,6 +27,7 @@ from broadsheet.litefs import Pos, TxEvent, events
 from broadsheet.log import log
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, literal, quote
 
+from . import queries as saved_queries
 from . import state
 from .projection import Projection, TableShape, copied_signature, fts_companions, has_rowid, project
 from .settings import settings
@@ -61,6 +62,7 @@ class Cycle:
     actors: dict[str, str] = field(default_factory=dict)
     metadata_changed: bool = False
     audit_id: int = 0
+    queries_changed: tuple[str, ...] = ()  # saved queries published, changed or withdrawn
 
 
 @dataclass
@@ -86,6 +88,9 @@ class _Plan:
     present_views: set[str] = field(default_factory=set)
     actors: dict[str, str] = field(default_factory=dict)  # table -> who asked, since the last cycle
     audit_id: int = 0
+    queries_due: bool = False  # data.db's saved queries differ from public.db's
+    queries_changed: tuple[str, ...] = ()
+    queries_left_out: dict = field(default_factory=dict)  # name -> (SavedQuery, why it no longer compiles)
 
     @property
     def erases(self) -> bool:
@@ -93,7 +98,7 @@ class _Plan:
         a table dropped or copied again (a narrower spec), or rows of a
         filtered table changed (a row may have left the filter)."""
         filtered = any(self.projections[t].spec.where for t in self.rows)
-        return bool(self.drop or self.recopied or filtered)
+        return bool(self.drop or self.recopied or filtered or self.queries_changed)
 
     @property
     def empty(self) -> bool:
@@ -105,6 +110,7 @@ class _Plan:
             or self.drop_views
             or self.create_views
             or self.metadata is not None
+            or self.queries_due
         )
 
 
@@ -178,6 +184,7 @@ class Publisher:
                 f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_METADATA} (table_name TEXT PRIMARY KEY,"
                 f" {', '.join(f'{k} TEXT' for k in state.METADATA_FIELDS)})"
             )
+            self.conn.execute(saved_queries.PUBLIC_SCHEMA)
         self._maintained: tuple | None = None
         # Tables whose change log has a gap (their triggers were missing, as
         # after DROP TABLE + CREATE TABLE): copied whole in the next cycle.
@@ -398,6 +405,7 @@ class Publisher:
             actors=dict(plan.actors),
             metadata_changed=plan.metadata is not None,
             audit_id=max(plan.audit_id, self._audited),
+            queries_changed=plan.queries_changed,
         )
         self._audited = cycle.audit_id
         self._processed = max(self._processed, plan.max_change or 0)
@@ -417,6 +425,9 @@ class Publisher:
                 self.writer.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
                 if self.writer.changes():
                     state.audit(self.writer, "unpublish", table, f"broadsheet:publisher (could not be copied: {reason})")
+        for name, (query, reason) in plan.queries_left_out.items():
+            if saved_queries.withdraw(self.writer, name, query.sql, reason):
+                log("publisher", f"saved query {name!r} withdrawn: {reason}")
         if plan.rebuilt or plan.unfit or plan.waiting or plan.failed:
             self._maintained = None
             self.maintain_triggers()
@@ -520,6 +531,7 @@ class Publisher:
         wanted = {t: m for t, m in state.metadata(conn, "src").items() if t in shown and m}
         if wanted != state.metadata(conn, "main"):
             plan.metadata = wanted
+        plan.queries_due = saved_queries.published(conn, "src", live=True) != saved_queries.published(conn, "main")
         return plan
 
     def _apply(self, plan: _Plan) -> int:
@@ -570,6 +582,11 @@ class Publisher:
                 log("publisher", f"view {view!r} left out this cycle: {exc}")
                 plan.views.remove(view)
                 plan.public_tables_changed = True
+        # Saved queries are judged against public.db as this cycle leaves it,
+        # whenever its schema or the queries change: one that no longer
+        # compiles leaves in the same transaction as what it read.
+        if plan.queries_due or plan.drop or plan.copy or plan.drop_views or plan.create_views or plan.public_tables_changed:
+            plan.queries_changed, plan.queries_left_out = saved_queries.publish_into(conn, plan.published + plan.views)
         if plan.metadata is not None:
             conn.execute(f"DELETE FROM main.{PUBLIC_METADATA}")
             for table, fields in plan.metadata.items():
@@ -657,6 +674,7 @@ class Publisher:
                     "actors": cycle.actors,
                     "metadata_changed": cycle.metadata_changed,
                     "audit_id": cycle.audit_id,
+                    "queries_changed": list(cycle.queries_changed),
                 }
             )
 

@@ -6,6 +6,9 @@ transactional snapshot (the datasette-public plugin's first design).
 - ``_public_changes``: rows changed in published tables, written by triggers the
   publisher installs, so every writer is captured, including ones that bypass
   broadsheet. The publisher deletes entries once they are in public.db.
+- ``_public_queries``: saved queries (primary/queries.py), with
+  ``_public_queries_log``, their audit log; public.db holds those that
+  compile against the public copy.
 - ``_public_cycles``: no longer written (cycle records cost no data.db
   commit now: see CycleLog); kept so that an older data.db still opens.
 """
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import apsw
 
-from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, is_internal, quote
+from broadsheet.names import PUBLIC_METADATA, PUBLIC_QUERIES, PUBLIC_TABLES, is_internal, quote
 
 from .projection import TableShape
 from .spec import PublishSpec, SpecError
@@ -49,6 +52,27 @@ CREATE TABLE IF NOT EXISTS _public_changes (
 CREATE TABLE IF NOT EXISTS {PUBLIC_METADATA} (
     table_name TEXT PRIMARY KEY,  -- '' for the instance
     title TEXT, description TEXT, license TEXT, license_url TEXT, source TEXT, source_url TEXT
+);
+CREATE TABLE IF NOT EXISTS {PUBLIC_QUERIES} (
+    name TEXT PRIMARY KEY,
+    sql TEXT NOT NULL,
+    title TEXT,
+    description TEXT,
+    saved_by TEXT,
+    saved_at TEXT,
+    withdrawn TEXT  -- why the publisher withdrew it; NULL: published (or about to be)
+);
+CREATE TABLE IF NOT EXISTS _public_queries_log (
+    id INTEGER PRIMARY KEY,
+    timestamp TEXT NOT NULL,
+    actor TEXT,
+    operation TEXT NOT NULL CHECK (operation IN ('save', 'remove', 'withdraw')),
+    name TEXT NOT NULL,
+    sql_before TEXT,
+    sql_after TEXT,
+    reason TEXT,
+    private_txid INTEGER,
+    public_txid INTEGER
 );
 CREATE TABLE IF NOT EXISTS _public_cycles (
     id INTEGER PRIMARY KEY,

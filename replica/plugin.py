@@ -36,7 +36,7 @@ from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
-from . import metadata, sandbox, stream
+from . import metadata, queries, sandbox, stream
 from .cache import ResponseCache
 from .custom_sql import Busy, Slots, runs_custom_sql
 from .position import PositionWatcher, TooManyWaits
@@ -318,6 +318,9 @@ def asgi_wrapper(datasette):
             _request_pos.set(pos)
             if db is not None:
                 await metadata.sync(datasette, db, pos)  # the team's titles and licenses, at this TXID
+                await queries.sync(datasette, db, pos)  # the saved queries public at this TXID
+                # A saved query is visitors' SQL too: a slot, never the cache.
+                custom_sql = custom_sql or queries.named_in(scope["path"], db) is not None
             table = await _unlisted_table(datasette, scope["path"])
             if table is not None:
                 message = f"Table {table!r} is not public on this node."
@@ -416,7 +419,7 @@ async def _unlisted_table(datasette, path: str) -> str | None:
     # dot that belongs to a table name.
     name = tilde_decode(parts[2].rsplit(".", 1)[0])
     listed = (await listing(db)).tables
-    if name in listed or tilde_decode(parts[2]) in listed:
+    if name in listed or tilde_decode(parts[2]) in listed or queries.named_in(path, db) is not None:
         return None
     return name
 

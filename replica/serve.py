@@ -3,7 +3,7 @@
 from broadsheet.datasette_launcher import launch
 
 # replica.compat: plugins written for Datasette 0.64 (see its docstring).
-PLUGINS = ["replica.plugin", "replica.compat"]
+PLUGINS = ["replica.plugin", "replica.queries", "replica.compat"]
 
 if __name__ == "__main__":
     import sys

@@ -1,0 +1,133 @@
+"""Saved queries on a read node, in-process: the publisher (on plain files)
+makes public.db, the read node's Datasette serves its saved queries at
+/public/NAME, .json and .csv, with parameters, like any visitor's SQL
+(sandbox, time limit, slots, never cached), and nothing else: an unknown or
+withdrawn query is 403, a write 405, a visitor's mistake a 4xx."""
+
+from __future__ import annotations
+
+import pytest
+from datasette.app import Datasette
+from datasette.plugins import pm
+
+import replica.plugin
+import replica.queries
+from broadsheet.litefs import Pos
+from primary import queries, state
+from replica.plugin import guards
+from replica.settings import settings
+from test_hostile import in_loop
+from test_queries_publisher import build_primary
+from test_queries_publisher import save as save_query
+
+TIME_LIMIT_MS = 300
+ENDLESS = "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c"
+
+
+@pytest.fixture
+def primary(tmp_path):
+    """data.db with a public and a private table, a publisher, and a way
+    to save a query and run the next cycle."""
+    conn, publisher, public = build_primary(tmp_path)
+
+    def save(name, sql, **kw):
+        save_query(conn, public, name, sql, **kw)
+        publisher.run_cycle()
+
+    yield conn, publisher, public, save
+    publisher.close()
+    conn.close()
+
+
+@pytest.fixture
+def read_node(primary, monkeypatch):
+    _, _, public, _ = primary
+    added = [m for m in (replica.plugin, replica.queries) if not pm.is_registered(m)]
+    for module in added:
+        pm.register(module, name=module.__name__)
+    monkeypatch.setenv("BROADSHEET_PUBLIC_DB", public)
+    monkeypatch.setenv("BROADSHEET_MAX_SQL_CONCURRENCY", "2")
+    settings.cache_clear()
+    yield Datasette(
+        [public], settings={"default_allow_sql": True, "sql_time_limit_ms": TIME_LIMIT_MS}, default_deny=True
+    )
+    for module in added:
+        pm.unregister(module)
+    settings.cache_clear()
+
+
+@in_loop
+async def test_a_saved_query_runs_with_its_parameter_as_html_json_and_csv(primary, read_node):
+    *_, save = primary
+    save("by_tz", "SELECT faa, name FROM airports WHERE tz = :tz ORDER BY faa", title="Airports by time zone")
+    ds = read_node
+    response = await ds.client.get("/public/by_tz.json", params={"tz": "-5", "_shape": "array"})
+    assert response.status_code == 200
+    assert response.json() == [{"faa": "EWR", "name": "Newark"}, {"faa": "JFK", "name": "John F Kennedy"}]
+    csv = await ds.client.get("/public/by_tz.csv", params={"tz": "-8"})
+    assert csv.status_code == 200 and csv.text.splitlines() == ["faa,name", "LAX,Los Angeles"]
+    page = await ds.client.get("/public/by_tz", params={"tz": "-5"})
+    assert page.status_code == 200 and "Airports by time zone" in page.text and "Newark" in page.text
+    # Listed for anyone: on the database page and in Datasette's query list.
+    listed = (await ds.client.get("/public/-/queries.json")).json()
+    assert [q["name"] for q in listed["queries"]] == ["by_tz"]
+    assert "by_tz" in (await ds.client.get("/public")).text
+
+
+@in_loop
+async def test_visitors_mistakes_are_4xx_and_unknown_queries_403(primary, read_node):
+    *_, save = primary
+    save("by_tz", "SELECT faa FROM airports WHERE tz = :tz")
+    save("endless", ENDLESS)
+    ds = read_node
+    for params in ({}, {"tz": "abc"}, {"tz": "x" * 50_000}, {"tz": "\x00"}, {"tz": "-5", "_size": "nope"},
+                   {"tz": "-5", "_timelimit": "99999999"}, {"other": "1"}):
+        response = await ds.client.get("/public/by_tz.json", params=params)
+        assert response.status_code < 500, (params, response.status_code)
+    assert (await ds.client.get("/public/by_tz.json", params={"tz": "abc"})).json()["rows"] == []
+    # Cut at the time limit: a 400, as for any visitor's SQL.
+    assert (await ds.client.get("/public/endless.json")).status_code == 400
+    for path in ("/public/nope", "/public/nope.json", "/public/planes", "/public/by_tz/-/definition"):
+        assert (await ds.client.get(path)).status_code == 403, path
+    assert (await ds.client.post("/public/by_tz", data={"tz": "-5"})).status_code == 405
+
+
+@in_loop
+async def test_a_withdrawn_or_removed_query_is_403_at_once(primary, read_node):
+    conn, publisher, _, save = primary
+    save("by_tz", "SELECT faa FROM airports WHERE tz = :tz")
+    save("answer", "SELECT 42 AS answer")
+    ds = read_node
+    assert (await ds.client.get("/public/by_tz.json", params={"tz": "-5"})).status_code == 200
+    state.set_public(conn, "airports", False, actor="bob")
+    publisher.run_cycle()
+    assert (await ds.client.get("/public/by_tz.json", params={"tz": "-5"})).status_code == 403
+    assert (await ds.client.get("/public/answer.json")).status_code == 200
+    queries.remove(conn, "answer", "bob")
+    publisher.run_cycle()
+    assert (await ds.client.get("/public/answer.json")).status_code == 403
+    listed = (await ds.client.get("/public/-/queries.json")).json()
+    assert listed["queries"] == []
+
+
+@in_loop
+async def test_saved_queries_hold_a_custom_sql_slot_and_are_never_cached(primary, read_node):
+    _, _, public, save = primary
+    save("answer", "SELECT 42 AS answer")
+    with open(f"{public}-pos", "w") as fp:  # a position, as LiteFS keeps one: the cache works
+        fp.write(str(Pos(7, 0xC0FFEE)))
+    ds = read_node
+    node = guards(ds)
+    for _ in range(2):
+        assert (await ds.client.get("/public/answer.json")).status_code == 200
+    assert node.responses.stats().hits == 0
+    for _ in range(2):
+        assert (await ds.client.get("/public/airports.json")).status_code == 200
+    assert node.responses.stats().hits == 1  # while table pages are kept
+    node.custom_sql.taken = node.custom_sql.limit  # every slot busy
+    try:
+        busy = await ds.client.get("/public/answer.json")
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert (await ds.client.get("/public/airports.json")).status_code == 200
+    finally:
+        node.custom_sql.taken = 0
