@@ -12,9 +12,14 @@
 #               reachable)
 #   EXTRAS      "primary,replica" (default) or "replica" for a read-node-only
 #               image without the primary's packages (apsw, FastAPI, …)
+#   READ_NODE_PLUGINS
+#               Datasette plugins for read nodes, by package name
+#               ("datasette-cluster-map"): installed from build/wheels and
+#               the image's default BROADSHEET_READ_NODE_PLUGINS
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 ARG EXTRAS=primary,replica
+ARG READ_NODE_PLUGINS=""
 
 # fuse3 for LiteFS's mount, tini as PID 1 (signals, zombies). A base that
 # already has them (the debootstrap one) needs no package index.
@@ -26,6 +31,7 @@ RUN if ! command -v fusermount3 >/dev/null || ! command -v tini >/dev/null; then
 COPY build/wheels /tmp/wheels
 RUN python3 -m venv /opt/broadsheet \
     && /opt/broadsheet/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels "broadsheet[${EXTRAS}]" \
+         $(echo "${READ_NODE_PLUGINS}" | tr , " ") \
     && rm -rf /tmp/wheels
 
 # broadsheet finds litefs beside its Python and the packaged litefs.yml;
@@ -38,7 +44,8 @@ ENV PATH=/opt/broadsheet/bin:$PATH \
     BROADSHEET_LITEFS=/opt/broadsheet/bin/litefs \
     BROADSHEET_LITEFS_CONFIG=/etc/litefs.yml \
     BROADSHEET_ROOT=/var/lib/broadsheet \
-    BROADSHEET_HOST=0.0.0.0
+    BROADSHEET_HOST=0.0.0.0 \
+    BROADSHEET_READ_NODE_PLUGINS=${READ_NODE_PLUGINS}
 
 # LiteFS's data (and on the primary, data.db's): keep it on a volume.
 VOLUME /var/lib/broadsheet

@@ -40,14 +40,20 @@ cluster_dir = click.option(
 @click.option("--no-sample", is_flag=True, help="Start with an empty data.db instead of the sample tables.")
 def up(root, replicas, port, no_sample):
     """Start a local cluster (primary + read nodes) and run until Ctrl-C."""
-    from .cluster import LocalCluster
+    from .cluster import LocalCluster, read_node_plugins
+    from .config import ConfigError
     from .supervisor import run_until_signalled
 
-    # The terminal shows what a person needs to read (processes starting and
-    # stopping, warnings, errors); every access log line stays in the logs.
-    cluster = LocalCluster(
-        root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample, quiet=True
-    )
+    try:
+        replica_env = read_node_plugins(not no_sample, say=click.echo)
+        # The terminal shows what a person needs to read (processes starting
+        # and stopping, warnings, errors); every access log line stays in the logs.
+        cluster = LocalCluster(
+            root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample, quiet=True,
+            replica_env=replica_env,
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
 
     def on_up():
         click.echo("\nbroadsheet is up:\n" + cluster.urls() + "\n\nCtrl-C stops every process and unmounts every mount.\n")

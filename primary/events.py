@@ -68,13 +68,17 @@ def event_for(entry: dict, database: str, private_txid: int, public_txid: int | 
     )
 
 
+CYCLES_READ = 1000
+
+
 def txids_of(entry: dict, cycles: list[dict], private_txid: int, public_txid: int | None) -> tuple[int, int | None]:
     """The data.db and public TXIDs that hold an audited flip: the first
-    publish cycle whose snapshot held the entry (``cycles``, newest first,
-    from the publisher's cycle log), else what the flip recorded, else the
-    watermark's (``private_txid``, ``public_txid``)."""
+    publish cycle whose snapshot held the entry (``cycles``, the newest
+    CYCLES_READ of the publisher's cycle log, newest first), else what the
+    flip recorded, else the watermark's (``private_txid``, ``public_txid``)."""
     holding = [c for c in cycles if c.get("audit_id", 0) >= entry["id"]]
-    if holding:
+    # Every cycle read holding it, and more not read: the first may be older.
+    if holding and (len(holding) < len(cycles) or len(cycles) < CYCLES_READ):
         return holding[-1]["private_txid"], holding[-1]["public_txid"]
     if entry["public_txid"] is not None:
         return entry["private_txid"], entry["public_txid"]
@@ -99,6 +103,7 @@ class AuditFollower:
         self.database = database
         self.interval = interval
         self.publish_timeout = publish_timeout
+        self._seen_pos: Pos | None = None  # data.db's position when the log was last read
 
     def _read_cursor(self) -> int | None:
         try:
@@ -148,10 +153,17 @@ class AuditFollower:
             await asyncio.sleep(self.interval)
 
     async def _step(self, cursor: int | None) -> int | None:
+        # The log changes only with data.db: read it only when its LiteFS
+        # position (a small file) has moved.
+        pos = Pos.read(self.data_db)
+        if cursor is not None and pos == self._seen_pos and pos.txid:  # (0: not on LiteFS)
+            return cursor
         private_txid, entries = await asyncio.to_thread(self._entries_after, cursor)
+        self._seen_pos = pos
         if cursor is None:
-            cursor = entries[0]["id"]
-            self._write_cursor(cursor)
+            if entries:  # (none: no audit log yet)
+                cursor = entries[0]["id"]
+                self._write_cursor(cursor)
             return cursor
         if not entries:
             return cursor
@@ -160,7 +172,7 @@ class AuditFollower:
         except publishing.PublishTimeout:
             public_txid = None
         # The publisher records a cycle before it moves the watermark.
-        cycles = state.CycleLog.read_file(self.cycle_log, 1000) if self.cycle_log else []
+        cycles = state.CycleLog.read_file(self.cycle_log, CYCLES_READ) if self.cycle_log else []
         for entry in entries:
             txids = txids_of(entry, cycles, private_txid, public_txid)
             await self.datasette.track_event(event_for(entry, self.database, *txids))

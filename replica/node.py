@@ -8,6 +8,7 @@ each of its read nodes and starts the same services.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ from typing import Mapping
 
 import httpx
 
+from broadsheet import plugins
 from broadsheet.config import Env, http_url, split_addr
 from broadsheet.litefs import MountConfig, is_mounted, wait_for_file
 from broadsheet.supervisor import Service
@@ -52,6 +54,10 @@ class ReadNode:
     # A read node serves no history to anyone: it keeps LTX files (which
     # still hold rows a later cycle erased) only briefly.
     retention: str = "10s"
+    # The team's Datasette plugins for read nodes, as the environment gives
+    # them (broadsheet/plugins.py reads and checks them).
+    plugins: str = ""
+    plugins_config: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ReadNode":
@@ -70,6 +76,8 @@ class ReadNode:
             region=env.str("BROADSHEET_REGION", environ.get("FLY_REGION", "")),
             compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
             retention=env.str("BROADSHEET_LTX_RETENTION", "10s"),
+            plugins=env.str(plugins.PLUGINS_VAR, ""),
+            plugins_config=env.str(plugins.CONFIG_VAR, ""),
         )
         split_addr(node.litefs_addr, "BROADSHEET_LITEFS_ADDR")
         # The Datasette it starts reads the rest (bookmark and SQL limits):
@@ -92,6 +100,8 @@ class ReadNode:
             "BROADSHEET_REGION": self.region,
             "BROADSHEET_LTX_COMPRESS": "true" if self.compress else "false",
             "BROADSHEET_LTX_RETENTION": self.retention,
+            plugins.PLUGINS_VAR: self.plugins,
+            plugins.CONFIG_VAR: self.plugins_config,
         }
 
     @property
@@ -131,6 +141,18 @@ class ReadNode:
         return f"{self.name}-datasette"
 
     @property
+    def datasette_config(self) -> Path:
+        """The read node's Datasette configuration: the team's plugin
+        settings and nothing else."""
+        return self.root / "datasette-plugins.json"
+
+    def _prepare_datasette(self) -> None:
+        self.datasette_config.write_text(json.dumps({"plugins": plugins.config(self.plugins_config)}))
+        # A node that has never synced has no public.db yet: Datasette
+        # starts once the first LTX has arrived.
+        wait_for_file(self.public_db, timeout=FIRST_SYNC_TIMEOUT) or _no_db(self)
+
+    @property
     def banner(self) -> str:
         return f"read node {self.name} is up: {self.url}/public, following {self.primary_public_url}"
 
@@ -161,6 +183,7 @@ class ReadNode:
                     "--default-deny",
                     "--setting", "default_allow_sql", "on",
                     "--setting", "sql_time_limit_ms", "1000",
+                    "--config", str(self.datasette_config),
                 ],
                 env={
                     "BROADSHEET_PUBLIC_DB": str(self.public_db),
@@ -168,10 +191,10 @@ class ReadNode:
                     "BROADSHEET_NODE_NAME": self.name,
                     "BROADSHEET_REGION": self.region,
                     "BROADSHEET_PUBLIC_URL": self.public_url,
+                    plugins.PLUGINS_VAR: self.plugins,
+                    plugins.CONFIG_VAR: self.plugins_config,
                 },
-                # A node that has never synced has no public.db yet: Datasette
-                # starts once the first LTX has arrived.
-                prepare=lambda: wait_for_file(self.public_db, timeout=FIRST_SYNC_TIMEOUT) or _no_db(self),
+                prepare=self._prepare_datasette,
                 ready=lambda: httpx.get(f"{self.url}/-/versions.json", timeout=1).status_code == 200,
                 ready_timeout=FIRST_SYNC_TIMEOUT,
                 restart=True,

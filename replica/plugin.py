@@ -100,6 +100,48 @@ def startup(datasette):
         # An immutable database would never see the transactions LiteFS applies.
         raise StartupError("broadsheet read node: public.db must be opened mutable (not with -i)")
     guards(datasette)
+    return _refuse_wider_access(datasette, db)
+
+
+# A table no read node lists, and what no visitor may ever do: asked of
+# Datasette at startup, with every plugin loaded (the team's own too,
+# BROADSHEET_READ_NODE_PLUGINS), as anonymous and as a signed-in actor.
+_PROBE_TABLE = "broadsheet: a table that is not public"
+_NEVER_ALLOWED = ("insert-row", "update-row", "delete-row", "create-table", "alter-table", "drop-table")
+
+
+async def _refuse_wider_access(datasette, db) -> None:
+    """Plugins may add pages and scripts, never access: refuse to serve if
+    any plugin lets a visitor see an unlisted table or write, or wraps
+    requests outside this plugin's rules (which refuse writes and unlisted
+    tables before anything else runs)."""
+    from datasette.plugins import pm
+    from datasette.resources import DatabaseResource, TableResource
+
+    outermost = pm.hook.asgi_wrapper.get_hookimpls()[0].plugin
+    if outermost is not _this_module():
+        raise StartupError(
+            f"broadsheet read node: plugin {pm.get_name(outermost)!r} wraps requests outside the read node's rules"
+        )
+    for actor in (None, {"id": "broadsheet-probe"}):
+        checks = [("view-table", TableResource(db.name, _PROBE_TABLE))] + [
+            (name, TableResource(db.name, _PROBE_TABLE) if datasette.actions[name].resource_class is TableResource
+             else DatabaseResource(db.name))
+            for name in _NEVER_ALLOWED if name in datasette.actions
+        ]
+        for action, resource in checks:
+            if await datasette.allowed(action=action, resource=resource, actor=actor):
+                raise StartupError(
+                    f"broadsheet read node: a plugin allows {action} on {resource.parent}/{resource.child or ''}"
+                    f" to {actor or 'anonymous'}:"
+                    " read nodes serve public tables, read-only"
+                )
+
+
+def _this_module():
+    import sys
+
+    return sys.modules[__name__]
 
 
 @hookimpl
@@ -229,7 +271,9 @@ async def replication_status(datasette, request):
     return Response.json(status.as_dict())
 
 
-@hookimpl
+# trylast: applied last, so outermost: no other plugin's wrapper sees a
+# request before these rules (startup checks it).
+@hookimpl(trylast=True)
 def asgi_wrapper(datasette):
     conf = settings()
     refusal = error_body(405, conf.write_error)

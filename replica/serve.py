@@ -2,9 +2,14 @@
 
 from broadsheet.datasette_launcher import launch
 
-PLUGINS = ["replica.plugin", "replica.queries"]
+# replica.compat: plugins written for Datasette 0.64 (see its docstring).
+PLUGINS = ["replica.plugin", "replica.queries", "replica.compat"]
 
 if __name__ == "__main__":
     import sys
 
-    launch(PLUGINS, sys.argv[1:])
+    from .settings import settings
+
+    # The team's own plugins (BROADSHEET_READ_NODE_PLUGINS) beside ours:
+    # replica/plugin.py's startup refuses to serve should one widen access.
+    launch(PLUGINS, sys.argv[1:], packages=settings().plugins)

@@ -4,13 +4,14 @@ the local cluster work."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Mapping
 
 import datasette
 
 import broadsheet
+from broadsheet import plugins
 from broadsheet.config import ConfigError, Env
 
 # Part of every ETag, so that a deploy that changes pages invalidates them.
@@ -40,6 +41,10 @@ class Settings:
     # this many bytes in all (0: none), and none bigger than the second.
     cache_bytes: int = 64 * 1024 * 1024
     cache_max_entry: int = 1024 * 1024
+    # The team's Datasette plugins for read nodes (broadsheet/plugins.py):
+    # package names, and Datasette's ``plugins`` configuration block.
+    plugins: tuple[str, ...] = ()
+    plugins_config: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -62,6 +67,8 @@ class Settings:
             max_position_streams=_at_least_one(env, "BROADSHEET_MAX_POSITION_STREAMS", 4),
             cache_bytes=_not_negative(env, "BROADSHEET_CACHE_BYTES", 64 * 1024 * 1024),
             cache_max_entry=_not_negative(env, "BROADSHEET_CACHE_MAX_ENTRY", 1024 * 1024),
+            plugins=_plugins(env),
+            plugins_config=plugins.config(env.optional(plugins.CONFIG_VAR)),
         )
 
     @property
@@ -71,6 +78,12 @@ class Settings:
             "This is a broadsheet read node: public.db is a read-only LiteFS replica."
             f" Write to the private primary instead{where}."
         )
+
+
+def _plugins(env: Env) -> tuple[str, ...]:
+    wanted = plugins.requirements(env.optional(plugins.PLUGINS_VAR))
+    plugins.check_installed(wanted)
+    return wanted
 
 
 def _at_least_one(env: Env, name: str, default: int) -> int:

@@ -70,9 +70,12 @@ def test_make_public_and_private_from_the_table_actions_menu(cluster, browser, t
     # The audit log on the page names who did it.
     expect(page.locator("table.broadsheet-history")).to_contain_text("team")
 
-    # Publishing is a Datasette event, which the primary logs.
-    events = (cluster.supervisor.log_dir / "primary-datasette.log").read_text()
-    assert '"event": "broadsheet-publish", "actor": "team"' in events and '"table": "planes"' in events
+    # Publishing is a Datasette event (fired from the audit log), which the primary logs.
+    def logged_event():
+        events = (cluster.supervisor.log_dir / "primary-datasette.log").read_text().splitlines()
+        return any('"event": "broadsheet-publish", "actor": "team"' in e and '"table": "planes"' in e for e in events)
+
+    wait_until(logged_event, message="the broadsheet-publish event in the primary's log")
 
     visitor = browser.new_page()  # an anonymous visitor: no cookies
     response = visitor.goto(f"{node.url}/public/planes?_txid={txid}")

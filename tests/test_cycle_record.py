@@ -1,7 +1,8 @@
 """What each public TXID was: the publisher's record of a cycle says what it
 published, unpublished, re-copied and changed, and who asked, from the cycle
-itself; the propagation record puts it in words. Fast: the publisher on plain
-files (the cluster's view of the same is in test_flip_paths.py)."""
+itself; the propagation record puts it in words; the team's Datasette turns
+each audit log entry into one event. Fast: on plain files (the cluster's view
+of the same is in test_flip_paths.py)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,58 @@ def _recorded(watermark, cycle) -> dict:
     [record] = state.CycleLog.read_file(cycle_log_path(watermark), 1)
     assert record["started_at"] == cycle.started_at
     return record
+
+
+def test_the_team_datasette_fires_an_event_per_audit_entry_once(tmp_path, monkeypatch):
+    """The audit log follower, on plain files: from the end of the log at
+    its first start, one event per flip (whoever made it) with the TXIDs of
+    the cycle that held it, and after a restart nothing twice."""
+    import asyncio
+
+    from primary.events import AuditFollower, PublishTableEvent, UnpublishTableEvent
+
+    data, watermark = str(tmp_path / "data.db"), tmp_path / "watermark.json"
+    monkeypatch.setenv("BROADSHEET_WATERMARK", str(watermark))
+    from primary.settings import settings
+
+    settings.cache_clear()
+    conn = state.connect(data)
+    state.ensure_schema(conn)
+    conn.execute("CREATE TABLE planes (id INTEGER PRIMARY KEY); CREATE TABLE notes (id INTEGER PRIMARY KEY)")
+    state.set_public(conn, "planes", True, actor="before-it-started")
+    state.Watermark(5, 3).write(watermark)
+    log = state.CycleLog(cycle_log_path(watermark))
+
+    class Recorder:  # what Datasette.track_event hands to every plugin
+        def __init__(self):
+            self.events = []
+
+        async def track_event(self, event):
+            self.events.append(event)
+
+    def run(follower, cursor, flips):
+        async def steps():
+            cursor_ = await follower._step(cursor)
+            for table, public, actor in flips:
+                flip = state.set_public(conn, table, public, actor=actor)
+                log.append({"private_txid": 6, "public_txid": 4, "audit_id": flip.audit_id})
+                cursor_ = await follower._step(cursor_)
+            return cursor_
+
+        return asyncio.run(steps())
+
+    recorder = Recorder()
+    follower = AuditFollower(recorder, data, tmp_path / "cursor", "data", cycle_log=cycle_log_path(watermark))
+    cursor = run(follower, None, [("notes", True, "alice"), ("notes", False, "broadsheet:publisher (table was dropped)")])
+    assert [(type(e), e.table, e.actor, e.public_txid) for e in recorder.events] == [
+        (PublishTableEvent, "notes", {"id": "alice"}, 4),
+        (UnpublishTableEvent, "notes", {"id": "broadsheet:publisher (table was dropped)"}, 4),
+    ]
+    # Restarted: it carries on from its cursor file.
+    again = Recorder()
+    restarted = AuditFollower(again, data, tmp_path / "cursor", "data", cycle_log=cycle_log_path(watermark))
+    run(restarted, restarted._read_cursor(), [("planes", False, "bob")])
+    assert [(e.name, e.table, e.actor) for e in again.events] == [("broadsheet-unpublish", "planes", {"id": "bob"})]
+    assert cursor < restarted._read_cursor()
+    settings.cache_clear()
+    conn.close()

@@ -161,3 +161,35 @@ def test_a_flip_from_the_cli(flips):
     output = broadsheet("unpublish", "gates")
     event = wait_for_event(events, "gates", "broadsheet-unpublish")
     assert event["actor"] == {"id": "cli"} and f"public TXID {event['public_txid']}" in output
+
+    # Straight into data.db, no control plane: an event all the same.
+    assert "gates is now public" in broadsheet("publish", "gates", "--data-db", str(cluster.primary.data_db))
+    event = wait_for_event(events, "gates", "broadsheet-publish", count=2)
+    assert event["actor"] == {"id": "cli"} and event["public_txid"] > txid
+    names = [e["name"] for e in recorded(events, "gates")]
+    assert names == ["broadsheet-publish", "broadsheet-unpublish", "broadsheet-publish"]
+
+
+def test_the_watch_page_says_what_each_txid_was(flips):
+    """/watch in headless Chromium, logged in as the team: a flip appears
+    with what it was and its arrival on each read node."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_browser import ARGS, CHROMIUM, team_page
+
+    cluster, _ = flips
+    create_table(cluster, "crews", [{"id": 1, "crew": "A"}, {"id": 2, "crew": "B"}])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = team_page(cluster, browser)
+            page.goto(f"{cluster.primary.control_url}/watch")  # the login cookie is good here too
+            expect(page.locator("#conn")).to_have_text("live")
+            control = ControlClient(cluster.primary.control_url, _mint_token(cluster.primary.secret, "dana"))
+            txid = control.publish("crews", True)["public_txid"]
+            row = page.locator(f'#publishes tr[data-txid="{txid}"]')
+            expect(row.locator("td.what")).to_have_text("crews published by dana (2 rows)")
+            for node in cluster.replicas:
+                expect(row).to_contain_text(re.compile(rf"{node.name} ✓ \d+(\.\d+)? ms"))
+        finally:
+            browser.close()

@@ -1,0 +1,116 @@
+"""Datasette plugins a team adds to its read nodes, by package name.
+
+``BROADSHEET_READ_NODE_PLUGINS`` lists packages (``datasette-cluster-map``,
+or with a version, ``datasette-cluster-map==0.18.2``), separated by commas
+or spaces; ``BROADSHEET_READ_NODE_PLUGINS_CONFIG`` is their configuration,
+Datasette's ``plugins`` block as JSON or YAML (``{"datasette-cluster-map":
+{"latitude_column": "lat", "longitude_column": "lon"}}``). Only that block:
+a whole Datasette configuration could grant permissions, and a read node's
+are broadsheet's alone. Datasette loads each package (and the plugins it
+requires, such as datasette-leaflet) through its own ``DATASETTE_LOAD_PLUGINS``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+
+import yaml
+
+from .config import ConfigError
+
+PLUGINS_VAR = "BROADSHEET_READ_NODE_PLUGINS"
+CONFIG_VAR = "BROADSHEET_READ_NODE_PLUGINS_CONFIG"
+
+# What a package name looks like (PEP 508), before any extras or version.
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def requirements(value: str | None, variable: str = PLUGINS_VAR) -> tuple[str, ...]:
+    """The packages a setting lists, each as pip would be asked for it."""
+    found = tuple(part for part in re.split(r"[\s,]+", value or "") if part)
+    for requirement in found:
+        if not _NAME.match(requirement) or requirement.startswith("-"):
+            raise ConfigError(f"{variable}: {requirement!r} is not a package name")
+    return found
+
+
+def name_of(requirement: str) -> str:
+    return _NAME.match(requirement).group(0)
+
+
+def config(value: str | None, variable: str = CONFIG_VAR) -> dict:
+    """The plugins' configuration: plugin name -> its settings."""
+    if not value or not value.strip():
+        return {}
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{variable} must be JSON or YAML: {exc}") from None
+    if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+        raise ConfigError(
+            f"{variable} must map each plugin's name to its settings, as in"
+            ' {"datasette-cluster-map": {"latitude_column": "lat"}}'
+        )
+    json.dumps(parsed)  # what Datasette will read: JSON values only
+    return parsed
+
+
+def missing(wanted: tuple[str, ...]) -> list[str]:
+    """The requirements whose package is not installed here."""
+    absent = []
+    for requirement in wanted:
+        try:
+            importlib.metadata.distribution(name_of(requirement))
+        except importlib.metadata.PackageNotFoundError:
+            absent.append(requirement)
+    return absent
+
+
+def check_installed(wanted: tuple[str, ...], variable: str = PLUGINS_VAR) -> None:
+    absent = missing(wanted)
+    if absent:
+        raise ConfigError(
+            f"{variable}: not installed here: {', '.join(absent)} (pip install them, or build the image with"
+            f" READ_NODE_PLUGINS=\"{' '.join(wanted)}\" scripts/image)"
+        )
+    for requirement in wanted:
+        if not _entry_points(name_of(requirement)):
+            raise ConfigError(f"{variable}: {name_of(requirement)} is installed but is not a Datasette plugin")
+
+
+def install(wanted: tuple[str, ...]) -> None:
+    """pip install what is missing, into this Python's environment."""
+    absent = missing(wanted)
+    if absent:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *absent], check=True)
+
+
+def _entry_points(package: str) -> list:
+    try:
+        return [ep for ep in importlib.metadata.distribution(package).entry_points if ep.group == "datasette"]
+    except importlib.metadata.PackageNotFoundError:
+        return []
+
+
+def load_list(wanted: tuple[str, ...]) -> str:
+    """``DATASETTE_LOAD_PLUGINS`` for these packages: each, and every
+    installed Datasette plugin it requires (datasette-cluster-map draws its
+    map with datasette-leaflet's Leaflet), each once."""
+    names: list[str] = []
+    todo = [name_of(r) for r in wanted]
+    while todo:
+        package = todo.pop(0)
+        if package.lower() in {n.lower() for n in names}:
+            continue
+        names.append(package)
+        for requirement in importlib.metadata.requires(package) or []:
+            if "extra ==" in requirement:
+                continue
+            dependency = name_of(requirement)
+            if dependency.lower() != "datasette" and _entry_points(dependency):
+                todo.append(dependency)
+    return ",".join(names)
