@@ -50,6 +50,15 @@ def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
         "planes re-copied (what is public changed by carol): 10 rows", "notes unpublished by bob",
     ]
 
+    # A saved query (primary/queries.py) is part of what a cycle did.
+    from primary import queries
+
+    check = queries.connect_public(public)
+    queries.save(conn, check, queries.SavedQuery("first_ten", "SELECT id, model FROM planes ORDER BY id"), "dana")
+    check.close()
+    saved = publisher.run_cycle()
+    assert describe_cycle(_recorded(watermark, saved)) == ["saved query first_ten changed"]
+
     # A restarted publisher does not tell old flips again.
     publisher.close()
     publisher = Publisher(data, public, watermark)
