@@ -66,7 +66,8 @@ _checker: Datasette | None = None
 async def _checker_datasette() -> Datasette:
     """A Datasette with the team's plugin registered (in this process only
     when first asked, so that a process that merely signs tokens loads no
-    plugin): permission answers exactly as the team's Datasette gives them."""
+    plugin): permission answers exactly as the team's Datasette gives them,
+    with the team's own plugins (BROADSHEET_TEAM_PLUGINS_DIR) too."""
     global _checker
     if _checker is None:
         from datasette.plugins import pm
@@ -75,7 +76,7 @@ async def _checker_datasette() -> Datasette:
 
         if not pm.is_registered(plugin):
             pm.register(plugin, name="primary.plugin")
-        checker = Datasette(secret=settings().secret)
+        checker = Datasette(secret=settings().secret, plugins_dir=settings().team_plugins_dir)
         await checker.invoke_startup()
         _checker = checker
     return _checker

@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import apsw
 from datasette.events import Event
 
 from broadsheet.litefs import Pos
@@ -116,28 +115,31 @@ class AuditFollower:
         tmp.write_text(f"{audit_id}\n")
         os.replace(tmp, self.cursor_file)
 
-    def _entries_after(self, audit_id: int | None, through: int | None = None) -> tuple[int, list[dict]]:
+    async def _entries_after(self, audit_id: int | None, through: int | None = None) -> tuple[int, list[dict]]:
         """The data.db TXID (at least that of every entry returned) and the
         entries after ``audit_id`` (up to ``through``), oldest first. With
-        ``audit_id`` None: only the end of the log."""
-        conn = state.connect(self.data_db, readonly=True)
+        ``audit_id`` None: only the end of the log.
+
+        Read through Datasette's own connection to data.db, never one of
+        another SQLite library in this process: closing that one's file
+        would drop every POSIX lock this process holds on data.db, the
+        write API's included."""
+        db = self.datasette.get_database(self.database)
         try:
             if audit_id is None:
-                (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM _public_audit_log").fetchone()
+                last = (await db.execute("SELECT coalesce(max(id), 0) FROM _public_audit_log")).first()[0]
                 entries = [{"id": last}]
             else:
-                columns = ", ".join(state.AUDIT_COLUMNS)
-                rows = conn.execute(
-                    f"SELECT {columns} FROM _public_audit_log WHERE id > ? AND (? IS NULL OR id <= ?) ORDER BY id",
+                rows = await db.execute(
+                    f"SELECT {', '.join(state.AUDIT_COLUMNS)} FROM _public_audit_log"
+                    " WHERE id > ? AND (? IS NULL OR id <= ?) ORDER BY id",
                     (audit_id, through, through),
-                ).fetchall()
-                entries = [dict(zip(state.AUDIT_COLUMNS, row)) for row in rows]
-        except apsw.SQLError as exc:  # no audit log yet (a data.db broadsheet has not touched)
+                )
+                entries = [dict(zip(state.AUDIT_COLUMNS, row)) for row in rows.rows]
+        except Exception as exc:  # no audit log yet (a data.db broadsheet has not touched)
             if "no such table" not in str(exc):
                 raise
             entries = []
-        finally:
-            conn.close()
         # Read after the entries: the TXID of every one of them, or later.
         return Pos.read(self.data_db).txid, entries
 
@@ -158,7 +160,7 @@ class AuditFollower:
         pos = Pos.read(self.data_db)
         if cursor is not None and pos == self._seen_pos and pos.txid:  # (0: not on LiteFS)
             return cursor
-        private_txid, entries = await asyncio.to_thread(self._entries_after, cursor)
+        private_txid, entries = await self._entries_after(cursor)
         self._seen_pos = pos
         if cursor is None:
             if entries:  # (none: no audit log yet)

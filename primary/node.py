@@ -199,6 +199,7 @@ class PrimaryNode:
             "BROADSHEET_READ_NODES": json.dumps([asdict(n) for n in self.read_nodes]),
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
+            "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
         }
 
     @property

@@ -36,6 +36,9 @@ class Settings:
     team_db: str  # team members, their sessions, failed logins (primary/team.py)
     max_body: int  # largest write request, bytes
     page_size: int  # of a new public.db
+    # The team's own Datasette plugins (*.py), loaded by the team's Datasette
+    # and by the control plane's permission checker alike.
+    team_plugins_dir: str | None = None
 
     @property
     def secret(self) -> str:
@@ -68,4 +71,5 @@ def settings() -> Settings:
         # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),
         # while a one-row change still ships a few pages: see bench/.
         page_size=int(os.environ.get("BROADSHEET_PAGE_SIZE", "16384")),
+        team_plugins_dir=os.environ.get("BROADSHEET_TEAM_PLUGINS_DIR") or None,
     )

@@ -50,6 +50,15 @@ def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
         "planes re-copied (what is public changed by carol): 10 rows", "notes unpublished by bob",
     ]
 
+    # A saved query (primary/queries.py) is part of what a cycle did.
+    from primary import queries
+
+    check = queries.connect_public(public)
+    queries.save(conn, check, queries.SavedQuery("first_ten", "SELECT id, model FROM planes ORDER BY id"), "dana")
+    check.close()
+    saved = publisher.run_cycle()
+    assert describe_cycle(_recorded(watermark, saved)) == ["saved query first_ten changed"]
+
     # A restarted publisher does not tell old flips again.
     publisher.close()
     publisher = Publisher(data, public, watermark)
@@ -90,12 +99,18 @@ def test_the_team_datasette_fires_an_event_per_audit_entry_once(tmp_path, monkey
     state.Watermark(5, 3).write(watermark)
     log = state.CycleLog(cycle_log_path(watermark))
 
-    class Recorder:  # what Datasette.track_event hands to every plugin
-        def __init__(self):
-            self.events = []
+    from datasette.app import Datasette
 
-        async def track_event(self, event):
-            self.events.append(event)
+    def recorder():
+        """The team's Datasette on this data.db, its events kept in a list."""
+        datasette = Datasette([data])
+        datasette.events = []
+
+        async def track_event(event):
+            datasette.events.append(event)
+
+        datasette.track_event = track_event
+        return datasette
 
     def run(follower, cursor, flips):
         async def steps():
@@ -108,15 +123,15 @@ def test_the_team_datasette_fires_an_event_per_audit_entry_once(tmp_path, monkey
 
         return asyncio.run(steps())
 
-    recorder = Recorder()
-    follower = AuditFollower(recorder, data, tmp_path / "cursor", "data", cycle_log=cycle_log_path(watermark))
+    team = recorder()
+    follower = AuditFollower(team, data, tmp_path / "cursor", "data", cycle_log=cycle_log_path(watermark))
     cursor = run(follower, None, [("notes", True, "alice"), ("notes", False, "broadsheet:publisher (table was dropped)")])
-    assert [(type(e), e.table, e.actor, e.public_txid) for e in recorder.events] == [
+    assert [(type(e), e.table, e.actor, e.public_txid) for e in team.events] == [
         (PublishTableEvent, "notes", {"id": "alice"}, 4),
         (UnpublishTableEvent, "notes", {"id": "broadsheet:publisher (table was dropped)"}, 4),
     ]
     # Restarted: it carries on from its cursor file.
-    again = Recorder()
+    again = recorder()
     restarted = AuditFollower(again, data, tmp_path / "cursor", "data", cycle_log=cycle_log_path(watermark))
     run(restarted, restarted._read_cursor(), [("planes", False, "bob")])
     assert [(e.name, e.table, e.actor) for e in again.events] == [("broadsheet-unpublish", "planes", {"id": "bob"})]

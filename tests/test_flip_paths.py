@@ -23,7 +23,9 @@ from broadsheet.client import ControlClient
 from broadsheet.cluster import LocalCluster
 from conftest import create_table, wait_until
 
-RECORDER = Path(__file__).parent / "plugins" / "record_events.py"
+PLUGINS = Path(__file__).parent / "plugins"
+# The team's own plugins: one records events, one is a permission rule.
+TEAM_PLUGINS = ("record_events.py", "payroll_stays_private.py")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,8 @@ def flips(tmp_path_factory):
     root = tmp_path_factory.mktemp("flips")
     plugins = root / "team-plugins"
     plugins.mkdir()
-    shutil.copy(RECORDER, plugins)
+    for name in TEAM_PLUGINS:
+        shutil.copy(PLUGINS / name, plugins)
     cluster = LocalCluster(
         root / "cluster", replicas=2, compress=False,
         primary_env={"BROADSHEET_TEAM_PLUGINS_DIR": str(plugins)},
@@ -193,3 +196,32 @@ def test_the_watch_page_says_what_each_txid_was(flips):
                 expect(row).to_contain_text(re.compile(rf"{node.name} ✓ \d+(\.\d+)? ms"))
         finally:
             browser.close()
+
+
+def test_the_teams_own_permission_rule_holds_on_every_path(flips):
+    """A team plugin that says no to one table: the table action and the
+    control plane (so the CLI) both refuse, and nothing is flipped."""
+    from broadsheet.client import ControlError
+
+    cluster, events = flips
+    create_table(cluster, "payroll", [{"id": 1, "salary": 100}])
+    token = _mint_token(cluster.primary.secret, "alice")
+    page = httpx.post(
+        f"{cluster.primary.url}/-/broadsheet/visibility/data/payroll",
+        data={"operation": "publish"}, headers={"Authorization": f"Bearer {token}"}, timeout=30,
+    )
+    assert page.status_code == 403
+    with pytest.raises(ControlError) as refused:
+        ControlClient(cluster.primary.control_url, token).publish("payroll", True)
+    assert refused.value.status == 403
+    assert status_of(cluster, "payroll") is False and recorded(events, "payroll") == []
+
+
+def status_of(cluster, table: str) -> bool:
+    from primary import state
+
+    conn = state.connect(str(cluster.primary.data_db), readonly=True)
+    try:
+        return table in state.public_tables(conn)
+    finally:
+        conn.close()
