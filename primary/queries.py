@@ -148,6 +148,15 @@ def compile_check(conn: apsw.Connection, sql: str, allowed: set[str]) -> tuple[s
         raise QueryError("A saved query cannot be an EXPLAIN")
     if None in info.bindings_names:
         raise QueryError("Use named parameters (:name), not '?' or numbered ones")
+    # Datasette fills these in itself, from the visitor's request (headers,
+    # cookies, actor) or not at all from a visitor: read nodes would serve
+    # one visitor's values, from caches every visitor shares, to the next.
+    magic = [name for name in info.bindings_names if name.startswith("_")]
+    if magic:
+        raise QueryError(
+            f"':{magic[0]}' is one of Datasette's magic parameters (a name starting with '_'),"
+            " which a saved query may not use: name its parameters without a leading '_'"
+        )
     # Every database a statement uses starts a transaction on it (tables,
     # full-text tables, count(*) alike): only main, public.db, may.
     if any(op.opcode == "Transaction" and op.p1 != 0 for op in info.explain or []):

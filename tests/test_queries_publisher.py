@@ -100,6 +100,12 @@ def test_a_saved_query_with_a_parameter_is_published_in_the_next_cycle(files):
         ("SELECT * FROM dbstat", "'dbstat', which is not public"),
         ("PRAGMA secure_delete=OFF", "may only read public tables: pragma secure_delete"),
         ("CREATE TABLE t (x)", "may only read public tables: insert sqlite_master"),
+        # Datasette's magic parameters: a visitor's headers, cookies or
+        # identity in a response read nodes let every cache share.
+        ("SELECT :_header_user_agent AS ua", "':_header_user_agent' is one of Datasette's magic parameters"),
+        ("SELECT name FROM airports WHERE faa = :_cookie_faa", "magic parameters"),
+        ("SELECT :_actor_id AS who", "magic parameters"),
+        ("SELECT :_random_chars_999999999999 AS r", "magic parameters"),
     ],
 )
 def test_a_query_that_reads_what_is_not_public_or_writes_is_refused(files, sql, problem):
