@@ -334,10 +334,16 @@ def publish_into(conn: apsw.Connection, listed: list[str]) -> tuple[tuple[str, .
     shadowing = {
         n.lower() for (n,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type IN ('table', 'view')")
     }
+    # Every name of data.db, private ones too, as saving refuses them: a
+    # query written straight into data.db must not carry one to public.db.
+    taken = {n.lower() for (n,) in conn.execute("SELECT name FROM src.sqlite_master WHERE type IN ('table', 'view')")}
     for name, query in list(wanted.items()):
         try:
+            check_fields(query)
             if name.lower() in shadowing:
                 raise QueryError(f"a public table or view is named {name!r} now: save the query under another name")
+            if name.lower() in taken:
+                raise QueryError(f"a table or view of data.db is named {name!r}: save the query under another name")
             compile_check(conn, query.sql, allowed)
         except QueryError as exc:
             left_out[name] = (query, exc.message)
