@@ -148,6 +148,15 @@ def compile_check(conn: apsw.Connection, sql: str, allowed: set[str]) -> tuple[s
         raise QueryError("A saved query cannot be an EXPLAIN")
     if None in info.bindings_names:
         raise QueryError("Use named parameters (:name), not '?' or numbered ones")
+    # Datasette fills these in itself, from the visitor's request (headers,
+    # cookies, actor) or not at all from a visitor: read nodes would serve
+    # one visitor's values, from caches every visitor shares, to the next.
+    magic = [name for name in info.bindings_names if name.startswith("_")]
+    if magic:
+        raise QueryError(
+            f"':{magic[0]}' is one of Datasette's magic parameters (a name starting with '_'),"
+            " which a saved query may not use: name its parameters without a leading '_'"
+        )
     # Every database a statement uses starts a transaction on it (tables,
     # full-text tables, count(*) alike): only main, public.db, may.
     if any(op.opcode == "Transaction" and op.p1 != 0 for op in info.explain or []):
@@ -325,10 +334,16 @@ def publish_into(conn: apsw.Connection, listed: list[str]) -> tuple[tuple[str, .
     shadowing = {
         n.lower() for (n,) in conn.execute("SELECT name FROM main.sqlite_master WHERE type IN ('table', 'view')")
     }
+    # Every name of data.db, private ones too, as saving refuses them: a
+    # query written straight into data.db must not carry one to public.db.
+    taken = {n.lower() for (n,) in conn.execute("SELECT name FROM src.sqlite_master WHERE type IN ('table', 'view')")}
     for name, query in list(wanted.items()):
         try:
+            check_fields(query)
             if name.lower() in shadowing:
                 raise QueryError(f"a public table or view is named {name!r} now: save the query under another name")
+            if name.lower() in taken:
+                raise QueryError(f"a table or view of data.db is named {name!r}: save the query under another name")
             compile_check(conn, query.sql, allowed)
         except QueryError as exc:
             left_out[name] = (query, exc.message)

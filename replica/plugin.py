@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 import sqlite3
 import weakref
 from dataclasses import dataclass
@@ -297,6 +298,9 @@ def asgi_wrapper(datasette):
                 wanted = bookmark(scope)
             except ValueError as exc:
                 return await respond(send, 400, error_body(400, str(exc)))
+            refused = _unservable(datasette, scope)
+            if refused is not None:
+                return await respond(send, refused[0], error_body(*refused))
             pos = node.position.current() if db is not None else Pos(0)
             # Wait for the bookmark first: a table published at TXID N is
             # listed only from N on.
@@ -386,6 +390,27 @@ def bookmark(scope) -> int | None:
     if txid < 0:
         raise ValueError(f"Bookmark must be a TXID (a non-negative integer), not {txid}")
     return txid
+
+
+# /db/table.ext, /db/query.ext, /db/-/query.ext: the pages Datasette renders
+# in a format the path names.
+_FORMATTED = re.compile(r"^/[^/]+/(?:-/query|[^/]+)\.(\w+)$")
+
+
+def _unservable(datasette, scope) -> tuple[int, str] | None:
+    """What Datasette would answer with a 500 rather than a 4xx: a format
+    it has no renderer for (it asserts), a ``?_timelimit=`` that is not an
+    integer (it calls int() on it)."""
+    named = _FORMATTED.match(scope["path"])
+    if named and named.group(1) not in ("html", "csv") and named.group(1) not in datasette.renderers:
+        return 404, f"There is no {named.group(1)!r} format here: try .json or .csv"
+    for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        if key == "_timelimit" and value:
+            try:
+                int(value)
+            except ValueError:
+                return 400, "_timelimit must be a whole number of milliseconds"
+    return None
 
 
 def _if_none_match(scope) -> list[bytes]:

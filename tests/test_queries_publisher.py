@@ -100,6 +100,12 @@ def test_a_saved_query_with_a_parameter_is_published_in_the_next_cycle(files):
         ("SELECT * FROM dbstat", "'dbstat', which is not public"),
         ("PRAGMA secure_delete=OFF", "may only read public tables: pragma secure_delete"),
         ("CREATE TABLE t (x)", "may only read public tables: insert sqlite_master"),
+        # Datasette's magic parameters: a visitor's headers, cookies or
+        # identity in a response read nodes let every cache share.
+        ("SELECT :_header_user_agent AS ua", "':_header_user_agent' is one of Datasette's magic parameters"),
+        ("SELECT name FROM airports WHERE faa = :_cookie_faa", "magic parameters"),
+        ("SELECT :_actor_id AS who", "magic parameters"),
+        ("SELECT :_random_chars_999999999999 AS r", "magic parameters"),
     ],
 )
 def test_a_query_that_reads_what_is_not_public_or_writes_is_refused(files, sql, problem):
@@ -262,3 +268,23 @@ def test_a_table_published_under_a_saved_querys_name_withdraws_the_query(files):
     assert publisher.run_cycle().queries_changed == ("routes",)
     assert public_queries(public) == {}
     assert "a public table or view is named 'routes'" in queries.saved(conn)[0]["withdrawn"]
+
+
+def test_a_query_written_straight_into_data_db_is_held_to_the_rules_of_saving(files):
+    """The publisher judges a query's name and texts as saving does, not
+    only its SQL: a row written into data.db under a private table's name
+    (or an internal one, or no name a URL can hold) never puts that name
+    into public.db."""
+    conn, publisher, public = files
+    direct = {"planes": "SELECT 1 AS x", "_public_tables": "SELECT 2 AS x", "a/b": "SELECT 3 AS x", "": "SELECT 4 AS x"}
+    with state.immediate(conn):
+        for name, sql in direct.items():
+            conn.execute("INSERT INTO _public_queries (name, sql) VALUES (?, ?)", (name, sql))
+    publisher.run_cycle()
+    assert public_queries(public) == {}
+    withdrawn = {q["name"]: q["withdrawn"] for q in queries.saved(conn)}
+    assert set(withdrawn) == set(direct) and all(withdrawn.values()), withdrawn
+    assert "a table or view of data.db is named 'planes'" in withdrawn["planes"]
+    publisher.conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)")
+    with open(public, "rb") as fp:
+        assert b"planes" not in fp.read()

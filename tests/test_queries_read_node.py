@@ -170,3 +170,25 @@ async def test_requests_arriving_together_at_a_new_position_all_see_the_query(pr
         statuses = [r.status_code for r in responses]
         assert set(statuses) <= {200, 429} and 200 in statuses, statuses
         assert all(r.json() == [{"which": name}] for r in responses if r.status_code == 200)
+
+
+@in_loop
+async def test_an_unknown_format_or_a_bad_time_limit_is_a_4xx(primary, read_node):
+    """Datasette asserts on a format it has no renderer for and calls int()
+    on ?_timelimit=: both were 500s, on saved queries as on tables."""
+    *_, save = primary
+    save("by_tz", "SELECT faa FROM airports WHERE tz = :tz")
+    ds = read_node
+    for path in ("/public/by_tz", "/public/airports", "/public/-/query"):
+        for ext in ("txt", "geojson", "JSON", "Csv"):
+            response = await ds.client.get(f"{path}.{ext}", params={"tz": "-5", "sql": "select 1"})
+            assert response.status_code == 404, (path, ext, response.status_code)
+        for limit in ("abc", "1e3", "9" * 5000):
+            response = await ds.client.get(f"{path}.json", params={"tz": "-5", "sql": "select 1", "_timelimit": limit})
+            assert response.status_code == 400, (path, limit, response.status_code)
+            assert "_timelimit" in response.json()["error"]
+        # What Datasette reads as it means it still works.
+        for params in ({}, {"_timelimit": "200"}, {"_timelimit": ""}):
+            response = await ds.client.get(f"{path}.json", params={"tz": "-5", "sql": "select 1", **params})
+            assert response.status_code == 200, (path, params, response.status_code)
+        assert (await ds.client.get(f"{path}.csv", params={"tz": "-5", "sql": "select 1"})).status_code == 200
