@@ -31,6 +31,8 @@ from broadsheet.litefs import Pos
 # FUSE costs tens of microseconds; at 5 ms a node with waiters spends under 1%
 # of its event loop on them, however many there are.)
 POLL_INTERVAL = 0.005
+# Polls between two openings of the -pos file (about every 0.25 s).
+REOPEN_EVERY = 50
 
 
 class TooManyWaits(Exception):
@@ -138,12 +140,15 @@ class PositionWatcher:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self) -> None:
+        polls = 0
         while self.waiting or self.following:
             await asyncio.sleep(self.interval)
+            polls += 1
             try:
-                # Opened afresh while someone waits: a mount that came back
-                # is a new file.
-                self.current(reopen=True)
+                # Opened afresh now and then: a mount that came back is a
+                # new file. (The primary follows every node's position all
+                # the time, so this loop rarely stops: one pread per poll.)
+                self.current(reopen=polls % REOPEN_EVERY == 0)
             except OSError:
                 # LiteFS is restarting and its mount answers nothing: keep
                 # watching, waiters keep their deadlines.
