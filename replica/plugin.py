@@ -279,16 +279,24 @@ def asgi_wrapper(datasette):
                     )
                     return await respond(send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), RETRY)
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
-            # A hit is served here, before Datasette and SQLite. It was kept
-            # at this very position after passing the rules below (the 403
-            # for a table that is not public, the team's metadata), which
-            # depend on nothing but the request and the position: they
-            # would pass again, so they are not asked again.
             key = None if custom_sql else node.responses.key(scope, pos)
-            if key is not None and (hit := node.responses.get(pos, key)) is not None:
+            if key is None:
+                return await serve(scope, receive, send, node, db, pos, etag, custom_sql)
+            # Kept, or being made right now for the same request: either way
+            # made at this very position after passing the rules in serve()
+            # (the 403 for a table that is not public, the team's metadata),
+            # which depend on nothing but the request and the position: they
+            # would pass again, so they are not asked again.
+            hit = node.responses.get(pos, key) or await node.responses.join(pos, key)
+            if hit is not None:
                 if etag in _if_none_match(scope):
                     return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
                 return await hit.replay(send)
+            with node.responses.making(pos, key, send) as recording:
+                return await serve(scope, receive, recording, node, db, pos, etag, custom_sql)
+
+        async def serve(scope, receive, send, node: Guards, db, pos: Pos, etag: bytes, custom_sql: bool):
+            """The node's rules at ``pos``, then Datasette."""
             _request_pos.set(pos)
             if db is not None:
                 await metadata.sync(datasette, db, pos)  # the team's titles and licenses, at this TXID
@@ -298,27 +306,11 @@ def asgi_wrapper(datasette):
                 return await respond(send, 403, error_body(403, message))
             if etag in _if_none_match(scope):
                 return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
-            if key is not None:
-                send = node.responses.recording(pos, key, send)
-
-            async def send_with_cache_headers(message):
-                if message["type"] == "http.response.start":
-                    headers = list(message.get("headers", []))
-                    cacheable = message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers)
-                    if cacheable:
-                        # Ours replace Datasette's default_cache_ttl header.
-                        headers = [(k, v) for k, v in headers if k.lower() not in (b"cache-control", b"etag")]
-                        headers += _cache_headers(etag, pos, conf)
-                    else:
-                        headers.append((b"broadsheet-txid", str(pos.txid).encode()))
-                    message = {**message, "headers": headers}
-                await send(message)
-
             if not custom_sql:
-                return await app(scope, receive, send_with_cache_headers)
+                return await app(scope, receive, _with_cache_headers(send, etag, pos, conf))
             try:
                 with node.custom_sql.claim():
-                    return await app(scope, receive, send_with_cache_headers)
+                    return await app(scope, receive, _with_cache_headers(send, etag, pos, conf))
             except Busy:  # taken while this request waited for its bookmark
                 return await _too_busy(send, node.custom_sql)
 
@@ -328,6 +320,26 @@ def asgi_wrapper(datasette):
 
 
 RETRY = [(b"retry-after", b"1")]
+
+
+def _with_cache_headers(send, etag: bytes, pos: Pos, conf: "Settings"):
+    """``send`` with the node's ETag, Cache-Control and TXID on a response
+    that may be cached (ours replace Datasette's default_cache_ttl header),
+    and the TXID on any other."""
+
+    async def send_with_cache_headers(message):
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            cacheable = message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers)
+            if cacheable:
+                headers = [(k, v) for k, v in headers if k.lower() not in (b"cache-control", b"etag")]
+                headers += _cache_headers(etag, pos, conf)
+            else:
+                headers.append((b"broadsheet-txid", str(pos.txid).encode()))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_cache_headers
 
 
 async def _too_busy(send, slots: Slots) -> None:

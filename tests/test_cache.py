@@ -200,6 +200,26 @@ async def test_a_kept_page_never_outlives_its_txid(read_node, public_db):
 
 
 @in_loop
+async def test_the_same_request_arriving_while_it_is_made_waits_for_it(read_node, public_db):
+    """Right after the TXID moves, everyone asks for the same page at once:
+    one request asks SQLite, the others get its response, byte for byte.
+    What cannot be kept (too big, a 403) each request makes for itself."""
+    set_pos(public_db, BASE + 81)
+    ds = read_node(BROADSHEET_CACHE_MAX_ENTRY=2000)
+    together = await asyncio.gather(*(get(ds, "/public/docs.json", _size=5) for _ in range(8)))
+    assert {r.status_code for r in together} == {200}
+    assert len({r.content for r in together}) == 1
+    stats = await cache_stats(ds)
+    assert (stats["misses"], stats["hits"], stats["entries"]) == (1, 7, 1)
+    big = await asyncio.gather(*(get(ds, "/public/docs.json", _size="max") for _ in range(4)))
+    assert {r.status_code for r in big} == {200} and len(big[0].content) > 2000
+    hidden = await asyncio.gather(*(get(ds, "/public/hidden.json") for _ in range(4)))
+    assert {r.status_code for r in hidden} == {403}
+    stats = await cache_stats(ds)
+    assert (stats["misses"], stats["hits"], stats["entries"]) == (9, 7, 1)
+
+
+@in_loop
 async def test_the_position_file_is_read_afresh_on_every_request(read_node, public_db):
     """The node keeps LiteFS's ``-pos`` file open (one read per request, no
     open through FUSE): every move of the position shows on the next request."""
