@@ -694,22 +694,71 @@ def _drop(conn: apsw.Connection, table: str) -> None:
 
 def _copy_table(conn: apsw.Connection, projection: Projection) -> int:
     """Create the table in public.db as its projection says and copy its
-    published rows, then its indexes and full-text companions."""
+    published rows, its indexes and full-text companions."""
     table = projection.table
     conn.execute(projection.create_sql)  # schema-unqualified: it lands in main
-    cols = ", ".join(quote(c) for c in projection.columns)
-    rowid = "_rowid_, " if projection.has_rowid else ""
-    t = quote(table)
-    where = f" WHERE 1{projection.filter_sql}" if projection.filter_sql else ""
-    conn.execute(f"INSERT INTO main.{t} ({rowid}{cols}) SELECT {rowid}{cols} FROM src.{t}{where}")
-    count = conn.changes()
-    for _, index_sql in projection.indexes:
-        conn.execute(index_sql)
+    if _whole(conn, projection):
+        count = _transfer(conn, projection)
+    else:
+        count = _insert_published(conn, projection)
+        for _, index_sql in projection.indexes:  # built once, after the rows
+            conn.execute(index_sql)
     for name, fts_sql in projection.full_text:
         conn.execute(fts_sql)
         conn.execute(f"INSERT INTO main.{quote(name)} ({quote(name)}) VALUES ('rebuild')")
         _create_fts_triggers(conn, table, name)
     return count
+
+
+def _whole(conn: apsw.Connection, projection: Projection) -> bool:
+    """Whether public.db's copy has exactly data.db's columns, in order, none
+    generated, and every row is published."""
+    if projection.filter_sql:
+        return False
+    columns = {
+        schema: tuple(row[1] for row in conn.execute(f"PRAGMA {schema}.table_xinfo({literal(projection.table)})"))
+        for schema in ("main", "src")
+    }
+    return columns["main"] == columns["src"] == tuple(projection.columns)
+
+
+def _transfer(conn: apsw.Connection, projection: Projection) -> int:
+    """Copy a table published whole the way SQLite copies a table into an
+    identical empty one: ``INSERT INTO t SELECT * FROM src.t`` lets its
+    transfer optimization move records and index entries as they are,
+    without decoding rows or sorting for each index (flights: 0.15 s, not
+    0.4 s). So the indexes are made first."""
+    t = quote(projection.table)
+    for _, index_sql in projection.indexes:
+        conn.execute(index_sql)
+    conn.execute(f"INSERT INTO main.{t} SELECT * FROM src.{t}")
+    count = conn.changes()
+    if projection.has_rowid and not _same_rowids(conn, t):
+        # SQLite copied row by row (a condition of the transfer did not hold)
+        # and numbered the rows afresh; row-level applies need data.db's
+        # rowids, so copy again naming them.
+        conn.execute(f"DELETE FROM main.{t}")
+        _insert_published(conn, projection)
+    return count
+
+
+def _same_rowids(conn: apsw.Connection, t: str) -> bool:
+    """Whether a copy kept data.db's rowids. Copied row by row into an empty
+    table, N rows are numbered 1..N in rowid order, so the same lowest and
+    highest rowid (N rows in both) means the same rowids either way: two
+    lookups, no scan."""
+    bounds = "SELECT (SELECT min(_rowid_) FROM {0}.{1}), (SELECT max(_rowid_) FROM {0}.{1})"
+    return conn.execute(bounds.format("main", t)).fetchone() == conn.execute(bounds.format("src", t)).fetchone()
+
+
+def _insert_published(conn: apsw.Connection, projection: Projection) -> int:
+    """Insert the published columns of the published rows, with data.db's rowids."""
+    cols = ", ".join(quote(c) for c in projection.columns)
+    rowid = "_rowid_, " if projection.has_rowid else ""
+    t = quote(projection.table)
+    where = f" WHERE 1{projection.filter_sql}" if projection.filter_sql else ""
+    conn.execute(f"INSERT INTO main.{t} ({rowid}{cols}) SELECT {rowid}{cols} FROM src.{t}{where}")
+    return conn.changes()
 
 
 def _create_fts_triggers(conn: apsw.Connection, table: str, fts_table: str) -> None:

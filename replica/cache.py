@@ -20,6 +20,8 @@ a lookup, at the same position as the key, so a hit can never get past them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -76,6 +78,10 @@ class ResponseCache:
         self.bytes = 0
         self._pos: Pos | None = None
         self._entries: OrderedDict[tuple, tuple[Stored, int]] = OrderedDict()  # key -> (response, bytes)
+        # Responses being made at the current position: key -> what the
+        # same requests arriving meanwhile wait for (the response, or None
+        # if it cannot be kept).
+        self._making: dict[tuple, asyncio.Future] = {}
 
     def key(self, scope, pos: Pos) -> tuple | None:
         """The key of a request served at ``pos`` whose response may be
@@ -121,9 +127,38 @@ class ResponseCache:
             _, (_, evicted) = self._entries.popitem(last=False)
             self.bytes -= evicted
 
-    def recording(self, pos: Pos, key: tuple, send):
+    async def join(self, pos: Pos, key: tuple) -> Stored | None:
+        """The response another request for ``key`` at ``pos`` is making
+        now, once it is made: the same request arriving meanwhile (a page
+        everyone asks for right after the TXID moved) waits for it rather
+        than asking SQLite again. None if none is being made, or if it
+        cannot be kept (an error, too big): then the caller makes its own."""
+        making = self._making.get(key) if pos == self._pos else None
+        if making is None:
+            return None
+        stored = await asyncio.shield(making)
+        if stored is not None:
+            self.hits += 1
+            self.misses -= 1  # counted by get(), answered from memory after all
+        return stored
+
+    @contextlib.contextmanager
+    def making(self, pos: Pos, key: tuple, send):
         """``send``, which also keeps the response under ``key`` at ``pos``
-        once it is complete, if it may be kept."""
+        once it is complete, if it may be kept; requests that ``join``
+        meanwhile get it too, whatever happens to this one."""
+        made: list[Stored] = []
+        future = asyncio.get_running_loop().create_future()
+        if pos == self._pos and key not in self._making:
+            self._making[key] = future
+        try:
+            yield self._recording(pos, key, send, made.append)
+        finally:
+            if self._making.get(key) is future:
+                del self._making[key]
+            future.set_result(made[0] if made else None)
+
+    def _recording(self, pos: Pos, key: tuple, send, done):
         started: dict = {}
         chunks: list[bytes] = []
         size = 0
@@ -144,7 +179,9 @@ class ResponseCache:
                     return
                 chunks.append(body)
                 if not message.get("more_body", False):
-                    self.put(pos, key, Stored(started["status"], started["headers"], b"".join(chunks)))
+                    stored = Stored(started["status"], started["headers"], b"".join(chunks))
+                    self.put(pos, key, stored)
+                    done(stored)
 
         return record
 
@@ -156,4 +193,5 @@ class ResponseCache:
         if pos != self._pos:
             self._pos = pos
             self._entries.clear()
+            self._making = {}  # those being made still reach their own waiters
             self.bytes = 0

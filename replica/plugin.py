@@ -21,6 +21,7 @@ import re
 import sqlite3
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -187,6 +188,12 @@ class Listing:
     tables: tuple[str, ...] = ()
     full_text: tuple[str, ...] = ()
 
+    @cached_property
+    def visible_json(self) -> str:
+        """Every name ``view-table`` is allowed on, as the permission rule's
+        parameter: made once per position, not once per permission check."""
+        return json.dumps([*self.tables, *self.full_text])
+
 
 _listing_cache: dict[str, tuple[Pos, Listing]] = {}
 
@@ -238,7 +245,7 @@ async def permission_resources_sql(datasette, actor, action):
                 PermissionSQL(
                     sql="SELECT :bs_db AS parent, value AS child, 1 AS allow,"
                     " 'broadsheet: listed in _public_tables' AS reason FROM json_each(:bs_tables)",
-                    params={"bs_db": db.name, "bs_tables": json.dumps(_visible(await listing(db)))},
+                    params={"bs_db": db.name, "bs_tables": (await listing(db)).visible_json},
                 )
             )
     return rules or None
@@ -319,6 +326,25 @@ def asgi_wrapper(datasette):
                         f" within {conf.bookmark_timeout:g}s. Retry, or ask another node."
                     )
                     return await respond(send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), RETRY)
+            etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
+            key = None if custom_sql else node.responses.key(scope, pos)
+            if key is None:
+                return await serve(scope, receive, send, node, db, pos, etag, custom_sql)
+            # Kept, or being made right now for the same request: either way
+            # made at this very position after passing the rules in serve()
+            # (the 403 for a table that is not public, the team's metadata),
+            # which depend on nothing but the request and the position: they
+            # would pass again, so they are not asked again.
+            hit = node.responses.get(pos, key) or await node.responses.join(pos, key)
+            if hit is not None:
+                if etag in _if_none_match(scope):
+                    return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
+                return await hit.replay(send)
+            with node.responses.making(pos, key, send) as recording:
+                return await serve(scope, receive, recording, node, db, pos, etag, custom_sql)
+
+        async def serve(scope, receive, send, node: Guards, db, pos: Pos, etag: bytes, custom_sql: bool):
+            """The node's rules at ``pos``, then Datasette."""
             _request_pos.set(pos)
             if db is not None:
                 await metadata.sync(datasette, db, pos)  # the team's titles and licenses, at this TXID
@@ -329,34 +355,13 @@ def asgi_wrapper(datasette):
             if table is not None:
                 message = f"Table {table!r} is not public on this node."
                 return await respond(send, 403, error_body(403, message))
-            etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
             if etag in _if_none_match(scope):
                 return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
-            # Looked up only now, past every rule, at the position it is keyed on.
-            key = None if custom_sql else node.responses.key(scope, pos)
-            if key is not None:
-                if (hit := node.responses.get(pos, key)) is not None:
-                    return await hit.replay(send)
-                send = node.responses.recording(pos, key, send)
-
-            async def send_with_cache_headers(message):
-                if message["type"] == "http.response.start":
-                    headers = list(message.get("headers", []))
-                    cacheable = message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers)
-                    if cacheable:
-                        # Ours replace Datasette's default_cache_ttl header.
-                        headers = [(k, v) for k, v in headers if k.lower() not in (b"cache-control", b"etag")]
-                        headers += _cache_headers(etag, pos, conf)
-                    else:
-                        headers.append((b"broadsheet-txid", str(pos.txid).encode()))
-                    message = {**message, "headers": headers}
-                await send(message)
-
             if not custom_sql:
-                return await app(scope, receive, send_with_cache_headers)
+                return await app(scope, receive, _with_cache_headers(send, etag, pos, conf))
             try:
                 with node.custom_sql.claim():
-                    return await app(scope, receive, send_with_cache_headers)
+                    return await app(scope, receive, _with_cache_headers(send, etag, pos, conf))
             except Busy:  # taken while this request waited for its bookmark
                 return await _too_busy(send, node.custom_sql)
 
@@ -366,6 +371,26 @@ def asgi_wrapper(datasette):
 
 
 RETRY = [(b"retry-after", b"1")]
+
+
+def _with_cache_headers(send, etag: bytes, pos: Pos, conf: "Settings"):
+    """``send`` with the node's ETag, Cache-Control and TXID on a response
+    that may be cached (ours replace Datasette's default_cache_ttl header),
+    and the TXID on any other."""
+
+    async def send_with_cache_headers(message):
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            cacheable = message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers)
+            if cacheable:
+                headers = [(k, v) for k, v in headers if k.lower() not in (b"cache-control", b"etag")]
+                headers += _cache_headers(etag, pos, conf)
+            else:
+                headers.append((b"broadsheet-txid", str(pos.txid).encode()))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_cache_headers
 
 
 async def _too_busy(send, slots: Slots) -> None:
@@ -448,6 +473,3 @@ async def _unlisted_table(datasette, path: str) -> str | None:
         return None
     return name
 
-
-def _visible(listed: Listing) -> list[str]:
-    return [*listed.tables, *listed.full_text]

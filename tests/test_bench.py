@@ -7,14 +7,23 @@ import sys
 
 def test_quick_benchmark_run_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
+    only = ["propagation", "writes", "fanout"]
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--only", "propagation", "--only", "writes", "--output", str(out)],
+        [sys.executable, "-m", "bench.run", "--quick", *(f"--only={name}" for name in only), "--output", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "propagation" in result.stdout and "baseline" in result.stdout
     report = json.loads(out.read_text())
     names = {r["name"] for r in report["results"]}
-    assert names == {"propagation", "writes"}
+    assert names == {"propagation", "writes", "fan-out"}
     for r in report["results"]:
         assert r["value"] > 0 and r["baseline"] > 0
+    metrics = {r["metric"]: r for r in report["results"]}
+    # Each write request is one data.db commit (the publisher adds none).
+    commits = metrics["  data.db commits per write request"]
+    assert commits["details"]["data_db_commits"] == commits["details"]["requests"]
+    # Fan-out is timed at LiteFS level, from every node's own event stream.
+    fanout = [r for r in report["results"] if r["name"] == "fan-out"]
+    assert [r["details"]["nodes"] for r in fanout] == [1, 2]
+    assert all(len(r["details"]["per_node_p50_ms"]) == r["details"]["nodes"] for r in fanout)

@@ -9,6 +9,7 @@ position moved by hand, as LiteFS moves it), and the shared cluster.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import httpx
@@ -22,7 +23,8 @@ from replica.cache import ResponseCache, Stored
 from replica.settings import Settings
 
 # The in-process read node and its public.db, as the hostile-visitor tests build them.
-from test_hostile import get, in_loop, public_db, read_node, set_pos  # noqa: F401
+from replica.plugin import guards
+from test_hostile import eventually, get, in_loop, public_db, read_node, set_pos  # noqa: F401
 
 # Positions of these tests' own: the node's listing of public tables is
 # remembered per position, across Datasette instances in one process.
@@ -114,9 +116,9 @@ async def test_what_is_never_kept(read_node, public_db):
     assert len((await twice("/public/docs.json", _size="max")).content) > 900
     # HEAD is Datasette's.
     await ds.client.head("/public/docs.json")
-    # Looked up (the 400s and the big ones: misses), never kept.
+    # Looked up (the 403s, the 400s and the big ones: misses), never kept.
     stats = await cache_stats(ds)
-    assert (stats["hits"], stats["misses"], stats["entries"], stats["bytes"]) == (0, 6, 0, 0)
+    assert (stats["hits"], stats["misses"], stats["entries"], stats["bytes"]) == (0, 8, 0, 0)
     # While a small one is kept.
     await twice("/public/countries.csv")
     assert (await cache_stats(ds))["hits"] == 1
@@ -150,12 +152,83 @@ async def test_bookmarks_and_etags_work_as_before(read_node, public_db):
     assert held.content == first.content and (await cache_stats(ds))["hits"] == 1
     late = await ds.client.get("/public/docs.json?_size=2", headers={"Broadsheet-Min-Txid": str(BASE + 42)})
     assert late.status_code == 504
-    # An ETag of this position is a 304 before any lookup.
+    # An ETag of this position is a 304, from the kept entry (which proves
+    # the page passed the node's rules at this position) ...
     not_modified = await ds.client.get("/public/docs.json?_size=2", headers={"If-None-Match": first.headers["etag"]})
     assert not_modified.status_code == 304 and not_modified.content == b""
-    assert (await cache_stats(ds))["hits"] == 1
+    assert not_modified.headers["etag"] == first.headers["etag"]
+    assert (await cache_stats(ds))["hits"] == 2
+    # ... or, for a page not kept, after those rules: never a 304 for a
+    # table that is not public, whatever ETag is sent.
+    other = await ds.client.get("/public/places.json?_size=1", headers={"If-None-Match": first.headers["etag"]})
+    assert other.status_code == 304 and other.headers["etag"] == first.headers["etag"]
+    hidden = await ds.client.get("/public/hidden.json", headers={"If-None-Match": first.headers["etag"]})
+    assert hidden.status_code == 403
     # Writes are still refused.
     assert (await ds.client.post("/public/docs/-/insert", json={"row": {"id": 99}})).status_code == 405
+
+
+@in_loop
+async def test_a_kept_page_never_outlives_its_txid(read_node, public_db):
+    """Whatever is kept, a request is answered at the position it is served
+    at: a bookmark for a newer TXID waits for it and gets the new page, an
+    ETag of an older position gets the new page, not a 304."""
+    set_pos(public_db, BASE + 61)
+    ds = read_node(BROADSHEET_BOOKMARK_TIMEOUT=10)
+    old = await get(ds, "/public/docs.json", _size=1, _shape="objects")
+    assert (await get(ds, "/public/docs.json", _size=1, _shape="objects")).content == old.content
+    assert (await cache_stats(ds))["hits"] == 1
+    conn = sqlite3.connect(public_db)
+    with conn:
+        conn.execute("UPDATE docs SET title = 'moved on' WHERE id = 0")
+    conn.close()
+    # Parked on a bookmark while the old page is kept; LiteFS moves the position.
+    waiting = asyncio.create_task(
+        ds.client.get("/public/docs.json?_size=1&_shape=objects", headers={"Broadsheet-Min-Txid": str(BASE + 62)})
+    )
+    await eventually(lambda: guards(ds).position.waiting == 1, message="the bookmark to wait")
+    set_pos(public_db, BASE + 62)
+    new = await asyncio.wait_for(waiting, 5)
+    assert new.status_code == 200 and new.json()["rows"][0]["title"] == "moved on"
+    assert new.headers["broadsheet-txid"] == str(BASE + 62)
+    # The old ETag names a position the node has left: the new page, whole.
+    again = await ds.client.get("/public/docs.json?_size=1&_shape=objects", headers={"If-None-Match": old.headers["etag"]})
+    assert again.status_code == 200 and again.json()["rows"][0]["title"] == "moved on"
+    assert again.headers["etag"] == new.headers["etag"] != old.headers["etag"]
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["entries"]) == (2, 1)
+
+
+@in_loop
+async def test_the_same_request_arriving_while_it_is_made_waits_for_it(read_node, public_db):
+    """Right after the TXID moves, everyone asks for the same page at once:
+    one request asks SQLite, the others get its response, byte for byte.
+    What cannot be kept (too big, a 403) each request makes for itself."""
+    set_pos(public_db, BASE + 81)
+    ds = read_node(BROADSHEET_CACHE_MAX_ENTRY=2000)
+    together = await asyncio.gather(*(get(ds, "/public/docs.json", _size=5) for _ in range(8)))
+    assert {r.status_code for r in together} == {200}
+    assert len({r.content for r in together}) == 1
+    stats = await cache_stats(ds)
+    assert (stats["misses"], stats["hits"], stats["entries"]) == (1, 7, 1)
+    big = await asyncio.gather(*(get(ds, "/public/docs.json", _size="max") for _ in range(4)))
+    assert {r.status_code for r in big} == {200} and len(big[0].content) > 2000
+    hidden = await asyncio.gather(*(get(ds, "/public/hidden.json") for _ in range(4)))
+    assert {r.status_code for r in hidden} == {403}
+    stats = await cache_stats(ds)
+    assert (stats["misses"], stats["hits"], stats["entries"]) == (9, 7, 1)
+
+
+@in_loop
+async def test_the_position_file_is_read_afresh_on_every_request(read_node, public_db):
+    """The node keeps LiteFS's ``-pos`` file open (one read per request, no
+    open through FUSE): every move of the position shows on the next request."""
+    ds = read_node()
+    for txid in range(BASE + 71, BASE + 76):
+        set_pos(public_db, txid)
+        assert (await get(ds, "/public/docs.json", _size=1)).headers["broadsheet-txid"] == str(txid)
+    watcher = guards(ds).position
+    assert watcher.current() == Pos.read(public_db)
 
 
 @in_loop
