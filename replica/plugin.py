@@ -326,6 +326,10 @@ def asgi_wrapper(datasette):
                         f" within {conf.bookmark_timeout:g}s. Retry, or ask another node."
                     )
                     return await respond(send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), RETRY)
+            if db is not None:
+                await queries.sync(datasette, db, pos)  # the saved queries public at this TXID
+                # A saved query is visitors' SQL too: a slot, never the cache.
+                custom_sql = custom_sql or queries.named_in(scope["path"], db) is not None
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
             key = None if custom_sql else node.responses.key(scope, pos)
             if key is None:
@@ -348,9 +352,6 @@ def asgi_wrapper(datasette):
             _request_pos.set(pos)
             if db is not None:
                 await metadata.sync(datasette, db, pos)  # the team's titles and licenses, at this TXID
-                await queries.sync(datasette, db, pos)  # the saved queries public at this TXID
-                # A saved query is visitors' SQL too: a slot, never the cache.
-                custom_sql = custom_sql or queries.named_in(scope["path"], db) is not None
             table = await _unlisted_table(datasette, scope["path"])
             if table is not None:
                 message = f"Table {table!r} is not public on this node."
