@@ -47,7 +47,7 @@ from datasette.utils.asgi import Response
 from broadsheet.asgi import JSON, error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.log import log
-from broadsheet.names import INTERNAL_PREFIXES, quote
+from broadsheet.names import INTERNAL_PREFIXES, PUBLIC_TABLES, quote
 
 from . import publishing, queries, state, team
 from .events import AuditFollower, PublishTableEvent, UnpublishTableEvent
@@ -220,7 +220,7 @@ def table_actions(datasette, actor, database, table, request):
         if not await may_publish(datasette, actor, table):
             return []
         href = datasette.urls.path(f"/-/broadsheet/visibility/{tilde_encode(database)}/{tilde_encode(table)}")
-        if table not in _public_specs():
+        if table not in await _public_specs(datasette):
             return [
                 {
                     "href": href,
@@ -244,12 +244,19 @@ def table_actions(datasette, actor, database, table, request):
     return inner
 
 
-def _public_specs() -> dict[str, PublishSpec]:
-    conn = state.connect(settings().data_db, readonly=True)
+async def _public_specs(datasette) -> dict[str, PublishSpec]:
+    """Every public table's spec, read on every team page view: through
+    Datasette's own connection to data.db. A connection of apsw's SQLite in
+    this process would, on closing, drop every POSIX lock the process holds
+    on data.db (SQLite keeps its locks straight only among connections of one
+    library), the write API's included, and LiteFS fails the next commit."""
     try:
-        return state.public_specs(conn)
-    finally:
-        conn.close()
+        rows = (await datasette.get_database(_data_db_name()).execute(f"SELECT table_name, spec FROM {PUBLIC_TABLES}")).rows
+    except Exception as exc:  # a data.db broadsheet has not touched yet
+        if "no such table" not in str(exc):
+            raise
+        return {}
+    return {name: PublishSpec.from_json(spec) for name, spec in rows}
 
 
 BADGE_SCRIPT = """
@@ -290,9 +297,13 @@ def extra_body_script(datasette, database, table, view_name):
     database.html has no per-table block a template could extend)."""
     if database != _data_db_name() or view_name not in ("database", "table"):
         return None
-    specs = _public_specs()
+    return _badges(datasette, database, table, view_name)
+
+
+async def _badges(datasette, database: str, table: str | None, view_name: str) -> str:
+    specs = await _public_specs(datasette)
     if view_name == "table" and table not in specs:
-        return None
+        return ""  # (an awaited None would become the script "None")
     badges = {
         name: {
             "label": "public" if spec.whole else "partial",
