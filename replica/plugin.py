@@ -393,8 +393,8 @@ def bookmark(scope) -> int | None:
 
 
 # /db/table.ext, /db/query.ext, /db/-/query.ext: the pages Datasette renders
-# in a format the path names.
-_FORMATTED = re.compile(r"^/[^/]+/(?:-/query|[^/]+)\.(\w+)$")
+# in a format the path names (not /-/..., where plugins add their routes).
+_FORMATTED = re.compile(r"^/(?!-/)[^/]+/(?:-/query|[^/]+)\.(\w+)$")
 
 
 # Datasette parses the whole query string again for each parameter it looks

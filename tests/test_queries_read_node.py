@@ -192,6 +192,8 @@ async def test_an_unknown_format_or_a_bad_time_limit_is_a_4xx(primary, read_node
             response = await ds.client.get(f"{path}.json", params={"tz": "-5", "sql": "select 1", **params})
             assert response.status_code == 200, (path, params, response.status_code)
         assert (await ds.client.get(f"{path}.csv", params={"tz": "-5", "sql": "select 1"})).status_code == 200
+    # Routes under /-/ are Datasette's and plugins' own, whatever they end in.
+    assert (await ds.client.get("/-/versions.json")).status_code == 200
 
 
 @in_loop
