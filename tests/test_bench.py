@@ -7,7 +7,7 @@ import sys
 
 def test_quick_benchmark_run_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    only = ["propagation", "writes", "fanout"]
+    only = ["propagation", "publish", "writes", "fanout"]
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", *(f"--only={name}" for name in only), "--output", str(out)],
         capture_output=True, text=True, timeout=600,
@@ -16,13 +16,20 @@ def test_quick_benchmark_run_prints_a_table_and_writes_json(tmp_path):
     assert "propagation" in result.stdout and "baseline" in result.stdout
     report = json.loads(out.read_text())
     names = {r["name"] for r in report["results"]}
-    assert names == {"propagation", "writes", "fan-out"}
+    assert names == {"propagation", "publish flights", "writes", "fan-out"}
     for r in report["results"]:
-        assert r["value"] > 0 and r["baseline"] > 0
+        assert r["value"] > 0 and (r["baseline"] is None or r["baseline"] > 0)
+    compared = [r for r in report["results"] if not r["metric"].startswith("  ")]
+    assert all(r["baseline"] > 0 for r in compared)
     metrics = {r["metric"]: r for r in report["results"]}
     # Each write request is one data.db commit (the publisher adds none).
     commits = metrics["  data.db commits per write request"]
     assert commits["details"]["data_db_commits"] == commits["details"]["requests"]
+    # A publish is timed in parts, each within the whole.
+    publish = next(r for r in report["results"] if r["name"] == "publish flights" and "rows" in r["details"])
+    cluster = publish["details"]["cluster"]
+    assert 0 < cluster["flip_to_public_commit_s"] < cluster["total_s"] == publish["value"]
+    assert publish["details"]["publisher_on_local_files"]["cycle_s"] > 0
     # Fan-out is timed at LiteFS level, from every node's own event stream.
     fanout = [r for r in report["results"] if r["name"] == "fan-out"]
     assert [r["details"]["nodes"] for r in fanout] == [1, 2]
