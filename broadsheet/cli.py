@@ -573,6 +573,113 @@ def status(root, url, token, as_json):
         )
 
 
+def _primary_here(root: Path) -> dict:
+    """Where this machine's primary keeps data.db, its private LiteFS API and
+    its backups: from the environment inside a primary's container (it sets
+    BROADSHEET_ROOT), else from the local cluster's state."""
+    if os.environ.get("BROADSHEET_ROOT") and os.environ.get("DATASETTE_SECRET"):
+        from primary.node import PrimaryNode
+
+        from .config import ConfigError
+
+        try:
+            node = PrimaryNode.from_env()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc))
+        return {
+            "data_db": str(node.data_db), "private_litefs": node.private.url,
+            "backups": str(node.backups), "root": str(node.root), "watermark": str(node.watermark_file),
+        }
+    from .cluster import load_state
+
+    try:
+        info = load_state(root)["primary"]
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"{exc}; or run this on the primary (BROADSHEET_ROOT)")
+    primary_root = Path(info["secret_file"]).parent
+    return {
+        "data_db": info["data_db"], "private_litefs": info["private_litefs"],
+        "backups": info.get("backups") or str(primary_root / "backups"), "root": str(primary_root),
+        "watermark": str(primary_root / "publisher-watermark.json"),
+    }
+
+
+@cli.command()
+@cluster_dir
+@click.option("--data-db", help="Back up this data.db (default: this machine's primary's).")
+@click.option("--to", "dest", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the backup (default: BROADSHEET_BACKUP_DIR, else the primary's backups/).")
+@click.option("--keep", type=click.IntRange(min=1), help="Then delete all but the newest KEEP backups there.")
+@click.option("--json", "as_json", is_flag=True)
+def backup(root, data_db, dest, keep, as_json):
+    """Write a consistent snapshot of data.db, with its TXID, into a directory."""
+    from primary import backup as backups
+
+    here = None if (data_db and dest) else _primary_here(root)
+    try:
+        taken = backups.take(data_db or here["data_db"], dest or here["backups"], keep)
+    except backups.BackupError as exc:
+        raise click.ClickException(str(exc))
+    if as_json:
+        click.echo(json.dumps(taken.as_dict(), indent=2))
+    else:
+        click.echo(f"{taken.path}  (data.db TXID {taken.txid}, cluster {taken.cluster_id})")
+
+
+@cli.command()
+@cluster_dir
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the publisher to rebuild public.db.")
+def restore(root, file, timeout):
+    """Replace the running primary's data.db with backup FILE; the publisher
+    then rebuilds public.db from it and read nodes follow. Refuses, changing
+    nothing, a file that is not a whole broadsheet data.db of this cluster."""
+    from primary import backup as backups
+    from primary import state
+
+    here = _primary_here(root)
+    try:
+        done = backups.restore(file, here["data_db"], here["private_litefs"], workdir=here["root"])
+    except backups.BackupError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(
+        f"restored {file} (taken at data.db TXID {done.backup.txid}) as data.db TXID {done.private_txid};"
+        f" republishing {len(done.tables)} public tables"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mark = state.Watermark.read(here["watermark"])
+        if mark is not None and mark.private_txid >= done.private_txid:
+            click.echo(f"public.db rebuilt at public TXID {mark.public_txid}")
+            return
+        time.sleep(0.05)
+    raise click.ClickException(f"the publisher has not rebuilt public.db within {timeout:g}s; see the primary's logs")
+
+
+@cli.command("run-backups", hidden=True)
+@click.option("--data-db", required=True)
+@click.option("--to", "dest", required=True)
+@click.option("--keep", type=int, required=True)
+@click.option("--interval", type=float, required=True)
+def run_backups(data_db, dest, keep, interval):
+    """Take a backup every INTERVAL seconds (started by the supervisor)."""
+    import threading
+
+    from primary import backup as backups
+
+    from .log import log
+
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    while not stopped.wait(interval):
+        try:
+            taken = backups.take(data_db, dest, keep)
+            log("backups", f"{taken.path.name}: data.db TXID {taken.txid}")
+        except Exception as exc:  # say so, and try again next time
+            log("backups", f"backup failed: {exc}")
+
+
 @cli.command("run-publisher", hidden=True)
 @click.option("--data-db", required=True)
 @click.option("--public-db", required=True)

@@ -152,6 +152,7 @@ class LocalCluster:
                 "data_db": str(self.primary.data_db),
                 "public_db": str(self.primary.public_db),
                 "private_litefs": self.primary.private.url,
+                "backups": str(self.primary.backups),
                 "public_litefs": self.primary.public.url,
             },
             "replicas": [

@@ -18,9 +18,10 @@ from typing import Mapping
 import httpx
 
 from broadsheet.config import ConfigError, Env, http_url, split_addr
-from broadsheet.litefs import MountConfig, is_mounted
+from broadsheet.litefs import MountConfig, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
 
+from .backup import default_cluster_id
 from .settings import ReadNodeAddress
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -60,6 +61,12 @@ class PrimaryNode:
     read_nodes_dns: str | None = None  # a name that resolves to every read node
     read_node_port: int = 8001
     sample: bool = False  # load the sample tables into a new data.db
+    # Which deployment data.db belongs to (primary/backup.py): a primary
+    # refuses a data.db, and restore a backup, of another cluster.
+    cluster_id: str = ""
+    backup_dir: Path | None = None  # where scheduled backups go (default: root/backups)
+    backup_interval: float = 0.0  # seconds between scheduled backups; 0: none
+    backup_keep: int = 7
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PrimaryNode":
@@ -92,7 +99,13 @@ class PrimaryNode:
             read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS"),
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
             sample=env.bool("BROADSHEET_SAMPLE", False),
+            cluster_id=env.str("BROADSHEET_CLUSTER_ID", default_cluster_id(secret)),
+            backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
+            backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
+            backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
         )
+        if node.backup_interval < 0 or node.backup_keep < 1:
+            raise ConfigError("BROADSHEET_BACKUP_INTERVAL must be 0 or more seconds, BROADSHEET_BACKUP_KEEP 1 or more")
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
         return node
 
@@ -114,6 +127,10 @@ class PrimaryNode:
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
             "BROADSHEET_SAMPLE": _bool(self.sample),
+            "BROADSHEET_CLUSTER_ID": self.cluster_id,
+            "BROADSHEET_BACKUP_DIR": str(self.backup_dir or ""),
+            "BROADSHEET_BACKUP_INTERVAL": str(int(self.backup_interval)),
+            "BROADSHEET_BACKUP_KEEP": str(self.backup_keep),
         }
         if self.team_password:
             env["BROADSHEET_TEAM_PASSWORD"] = self.team_password
@@ -144,6 +161,7 @@ class PrimaryNode:
             candidate=True,
             compress=self.compress,
             retention=self.retention,
+            litefs_cluster_id=derived_cluster_id(self.cluster_id, cluster),
         )
 
     @property
@@ -162,6 +180,12 @@ class PrimaryNode:
     @property
     def watermark_file(self) -> Path:
         return self.root / "publisher-watermark.json"
+
+    @property
+    def backups(self) -> Path:
+        """Where ``broadsheet backup`` writes by default: BROADSHEET_BACKUP_DIR
+        (another volume, in a deployment), else beside the node's data."""
+        return self.backup_dir or self.root / "backups"
 
     @property
     def url(self) -> str:
@@ -211,7 +235,7 @@ class PrimaryNode:
             supervisor.start(service)
 
     def init_data_db(self, supervisor) -> None:
-        from . import state
+        from . import backup, state
 
         if self.sample and not self.data_db.exists():
             from . import sample
@@ -220,10 +244,12 @@ class PrimaryNode:
             sample.load(self.data_db)
             conn = state.connect(str(self.data_db))
             state.set_public(conn, sample.PUBLIC, True, actor="broadsheet:sample")
-            conn.close()
         else:
             conn = state.connect(str(self.data_db))
             state.ensure_schema(conn)
+        try:
+            backup.ensure_cluster(conn, self.cluster_id)
+        finally:
             conn.close()
 
     def litefs_services(self) -> list[Service]:
@@ -260,7 +286,24 @@ class PrimaryNode:
                 force_after=UVICORN_GRACE,
             ),
             self.control_service(),
+            *([self.backup_service()] if self.backup_interval > 0 else []),
         ]
+
+    def backup_service(self) -> Service:
+        """Backups every ``backup_interval`` seconds into ``backups``,
+        keeping the newest ``backup_keep``."""
+        return Service(
+            name="backups",
+            argv=[
+                sys.executable, "-m", "broadsheet.cli", "run-backups",
+                "--data-db", str(self.data_db),
+                "--to", str(self.backups),
+                "--keep", str(self.backup_keep),
+                "--interval", str(self.backup_interval),
+            ],
+            restart=True,
+            depends_on=("private-litefs",),
+        )
 
     def control_service(self) -> Service:
         return Service(
@@ -289,7 +332,7 @@ def _litefs_service(name: str, fs: MountConfig) -> Service:
         argv=fs.argv(),
         env=fs.env(),
         mount=fs.mount_dir,
-        prepare=lambda: fs.data_dir.mkdir(parents=True, exist_ok=True),
+        prepare=fs.write_cluster_id,
         ready=lambda: is_mounted(fs.mount_dir) and httpx.get(f"{fs.url}/info", timeout=1).status_code == 200,
         stop_signal=signal.SIGINT,
         restart=True,
