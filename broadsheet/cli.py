@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -88,6 +89,92 @@ def replica():
     """Run this machine's read node (LiteFS replica of public.db and the public
     Datasette), configured by environment variables, until SIGTERM."""
     _run_role("replica")
+
+
+@cli.command()
+def standby():
+    """Run this machine's standby (a LiteFS replica of the private cluster's
+    data.db and its status API), configured by environment variables, until
+    SIGTERM; `broadsheet promote` turns it into the primary."""
+    import threading
+
+    from primary.node import PrimaryNode
+    from primary.standby import StandbyNode, promotion
+
+    from .config import ConfigError
+    from .supervisor import Supervisor, run_until_signalled
+
+    try:
+        node = StandbyNode.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    supervisor = Supervisor(node.root / "logs", echo=sys.stdout)
+    promote_now = threading.Event()
+
+    def become_primary():
+        try:
+            primary = PrimaryNode.from_env()
+        except ConfigError as exc:
+            supervisor.log("broadsheet", f"cannot become primary: {exc}")
+            return
+        primary.start(supervisor)
+        supervisor.log("broadsheet", f"promoted: {primary.banner}")
+
+    def on_promote():
+        # The processes a thread starts are tied to it (PR_SET_PDEATHSIG):
+        # this one lives as long as the node.
+        promote_now.wait()
+        with contextlib.suppress(Exception):
+            node.stop(supervisor)
+        try:
+            become_primary()
+        except Exception as exc:
+            supervisor.log("broadsheet", f"promotion failed: {exc}")
+        threading.Event().wait()
+
+    def start():
+        if promotion(node.root) is not None:
+            become_primary()
+        else:
+            signal.signal(signal.SIGUSR1, lambda *_: promote_now.set())
+            threading.Thread(target=on_promote, daemon=True, name="promote").start()
+            node.start(supervisor)
+        supervisor.watch()
+
+    sys.exit(run_until_signalled(start, supervisor.stop_all, lambda: supervisor.log("broadsheet", node.banner)))
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Promote even though the primary still answers.")
+def promote(force):
+    """Make this machine's standby the primary of both clusters (run it on the
+    standby). Writes after the standby's last TXID are lost: see
+    `broadsheet status` for that window first."""
+    from primary.standby import AnotherPrimary, StandbyNode, check_no_other_primary, promote as record
+    from primary.standby import promotion
+
+    from .config import ConfigError
+    from .supervisor import PID_FILE
+
+    try:
+        node = StandbyNode.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    if promotion(node.root) is not None:
+        raise click.ClickException(f"{node.root} is promoted already (see {node.root}/promoted.json)")
+    if not force:
+        try:
+            check_no_other_primary([node.primary_private_url, *node.peers], node.private.url)
+        except AnotherPrimary as exc:
+            raise click.ClickException(f"{exc}; stop it first, or pass --force")
+    done = record(node.root, node.data_db)
+    click.echo(f"promoted at data.db TXID {done['data_db_txid']} (epoch {done['epoch']})")
+    try:
+        pid = int((node.root / PID_FILE).read_text().strip())
+        os.kill(pid, signal.SIGUSR1)
+        click.echo(f"told the running standby (pid {pid}) to become the primary")
+    except (OSError, ValueError):
+        click.echo("no standby running here: it starts as the primary next time")
 
 
 @cli.command()
@@ -564,6 +651,15 @@ def status(root, url, token, as_json):
         f"{'primary':<14} public.db txid {health['public_db_txid']:<6} data.db txid {health['data_db_txid']}"
         f", {health['nodes_connected']}/{health['nodes']} read nodes connected"
     )
+    if standby := health.get("standby"):
+        if standby["connected"]:
+            lag = "unknown" if standby["lag_ms"] is None else f"{standby['lag_ms']:.1f} ms"
+            click.echo(
+                f"{'standby':<14} data.db txid {standby['txid']:<6} behind {standby['behind_txids']:<4}"
+                f" lag {lag}  {standby['url']}"
+            )
+        else:
+            click.echo(f"{'standby':<14} UNREACHABLE  {standby['url']}: {standby['error']}")
     for node in nodes:
         where = f" [{node['region']}]" if node.get("region") else ""
         state_ = "connected" if node["connected"] else "UNREACHABLE"

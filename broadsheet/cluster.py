@@ -106,6 +106,32 @@ class LocalCluster:
             self.supervisor.start(self.primary.control_service())
         return node
 
+    def add_standby(self):
+        """A standby (primary/standby.py) of the private cluster, started, and
+        the primary's team Datasette and control plane restarted to know it.
+        On one machine its only network is loopback; the container
+        deployment puts it on a private network of its own."""
+        from primary.standby import StandbyNode
+
+        node = StandbyNode.from_env(
+            {
+                "BROADSHEET_ROOT": str(self.root / "standby"),
+                "DATASETTE_SECRET": self.primary.secret,
+                "BROADSHEET_CLUSTER_ID": self.primary.cluster_id,
+                "BROADSHEET_PRIVATE_PRIMARY_URL": self.primary.private.primary_url,
+                "BROADSHEET_STANDBY_PORT": str(self._port()),
+                "BROADSHEET_STANDBY_LITEFS_ADDR": f"127.0.0.1:{self._port()}",
+                "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
+            }
+        )
+        node.start(self.supervisor)
+        self.standby = node
+        self.primary.standby_url = node.url
+        for service in self.primary.app_services()[1:]:  # the team Datasette and the control plane
+            self.supervisor.stop(service.name)
+            self.supervisor.start(service)
+        return node
+
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         # Outside the try: a directory another live `up` runs must not be

@@ -54,6 +54,24 @@ class BackupError(Exception):
     message says why, and nothing was changed."""
 
 
+def service(name: str, data_db: Path, dest: Path, keep: int, interval: float, litefs: str):
+    """The supervised process that takes a backup every ``interval`` seconds
+    (``broadsheet run-backups``), on the primary or the standby."""
+    import sys
+
+    from broadsheet.supervisor import Service
+
+    return Service(
+        name=name,
+        argv=[
+            sys.executable, "-m", "broadsheet.cli", "run-backups", "--data-db", str(data_db),
+            "--to", str(dest), "--keep", str(keep), "--interval", str(interval),
+        ],
+        restart=True,
+        depends_on=(litefs,),
+    )
+
+
 def default_cluster_id(secret: str) -> str:
     """The cluster id every node of one deployment agrees on without being
     told: a digest of the secret they share (never the secret itself)."""
@@ -64,10 +82,13 @@ def ensure_cluster(conn: apsw.Connection, cluster_id: str) -> str:
     """Record ``cluster_id`` in a data.db that has none; refuse (BackupError)
     a data.db that belongs to another cluster."""
     with state.immediate(conn):
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {CLUSTER_TABLE} (cluster_id TEXT NOT NULL, created_at TEXT NOT NULL)")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {CLUSTER_TABLE}"
+            " (cluster_id TEXT NOT NULL, created_at TEXT NOT NULL, epoch INTEGER NOT NULL DEFAULT 1)"
+        )
         found = cluster_of(conn)
         if found is None:
-            conn.execute(f"INSERT INTO {CLUSTER_TABLE} VALUES (?, ?)", (cluster_id, state.now()))
+            conn.execute(f"INSERT INTO {CLUSTER_TABLE} (cluster_id, created_at) VALUES (?, ?)", (cluster_id, state.now()))
             return cluster_id
     if found != cluster_id:
         raise BackupError(
@@ -75,6 +96,20 @@ def ensure_cluster(conn: apsw.Connection, cluster_id: str) -> str:
             " (BROADSHEET_CLUSTER_ID, or derived from DATASETTE_SECRET): refusing to start on it"
         )
     return found
+
+
+def epoch_of(conn: apsw.Connection) -> int:
+    """data.db's epoch: 1, and one more for each promotion of a standby."""
+    try:
+        row = conn.execute(f"SELECT epoch FROM {CLUSTER_TABLE} LIMIT 1").fetchone()
+    except apsw.SQLError:
+        return 1
+    return int(row[0]) if row else 1
+
+
+def set_epoch(conn: apsw.Connection, epoch: int) -> None:
+    with state.immediate(conn):
+        conn.execute(f"UPDATE {CLUSTER_TABLE} SET epoch = ? WHERE epoch < ?", (epoch, epoch))
 
 
 def cluster_of(conn: apsw.Connection, schema: str = "main") -> str | None:

@@ -47,7 +47,16 @@ class PrimaryNode:
     host: str = "127.0.0.1"  # where the team's Datasette and the control plane listen
     port: int = 8001  # the team's Datasette
     control_port: int = 8004
-    private_litefs_port: int = 20202  # always on loopback
+    private_litefs_port: int = 20202  # on loopback, unless private_litefs_addr says where
+    # With a standby: data.db's LiteFS on an address of the private network
+    # alone (a name that resolves there, e.g. "primary-private:20202"), and
+    # how the standby reaches it.
+    private_litefs_addr: str = ""
+    private_litefs_url: str = ""
+    standby_url: str = ""  # the standby's status (and wait) API, on the private network
+    # Private LiteFS APIs of the other nodes of the primary group: a node
+    # refuses to start as primary while one of them is primary (fencing).
+    peers: list[str] = field(default_factory=list)
     public_litefs_addr: str = "127.0.0.1:20203"  # read nodes stream public.db from here
     public_litefs_url: str = ""  # how read nodes reach it (default: from the address)
     hostname: str = "primary"  # the public cluster's primary, in the static lease
@@ -88,6 +97,10 @@ class PrimaryNode:
             port=env.port("BROADSHEET_PORT", 8001),
             control_port=env.port("BROADSHEET_CONTROL_PORT", 8004),
             private_litefs_port=env.port("BROADSHEET_PRIVATE_LITEFS_PORT", 20202),
+            private_litefs_addr=env.str("BROADSHEET_PRIVATE_LITEFS_ADDR", ""),
+            private_litefs_url=env.str("BROADSHEET_PRIVATE_LITEFS_URL", ""),
+            standby_url=env.str("BROADSHEET_STANDBY_URL", ""),
+            peers=[p.strip() for p in env.str("BROADSHEET_PEERS", "").split(",") if p.strip()],
             public_litefs_addr=env.str("BROADSHEET_PUBLIC_LITEFS_ADDR", "127.0.0.1:20203"),
             public_litefs_url=env.str("BROADSHEET_PUBLIC_LITEFS_URL", ""),
             hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
@@ -107,6 +120,8 @@ class PrimaryNode:
         if node.backup_interval < 0 or node.backup_keep < 1:
             raise ConfigError("BROADSHEET_BACKUP_INTERVAL must be 0 or more seconds, BROADSHEET_BACKUP_KEEP 1 or more")
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
+        if node.private_litefs_addr:
+            split_addr(node.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
         return node
 
     def to_env(self) -> dict[str, str]:
@@ -118,6 +133,10 @@ class PrimaryNode:
             "BROADSHEET_PORT": str(self.port),
             "BROADSHEET_CONTROL_PORT": str(self.control_port),
             "BROADSHEET_PRIVATE_LITEFS_PORT": str(self.private_litefs_port),
+            "BROADSHEET_PRIVATE_LITEFS_ADDR": self.private_litefs_addr,
+            "BROADSHEET_PRIVATE_LITEFS_URL": self.private_litefs_url,
+            "BROADSHEET_STANDBY_URL": self.standby_url,
+            "BROADSHEET_PEERS": ",".join(self.peers),
             "BROADSHEET_PUBLIC_LITEFS_ADDR": self.public_litefs_addr,
             "BROADSHEET_PUBLIC_LITEFS_URL": self.public_litefs_url,
             "BROADSHEET_PRIMARY_HOSTNAME": self.hostname,
@@ -141,10 +160,13 @@ class PrimaryNode:
     # -- where things are ----------------------------------------------------
     @property
     def private(self) -> MountConfig:
-        # Loopback only, and no read node is ever given this address: the
-        # private cluster has exactly one member.
+        # Loopback, or an address of the private network that only the
+        # standby shares: no read node is ever given this address.
+        if self.private_litefs_addr:
+            host, port = split_addr(self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
+            return self._mount("private", self.private_litefs_addr, self.private_litefs_url or http_url(host, port))
         addr = f"127.0.0.1:{self.private_litefs_port}"
-        return self._mount("private", addr, f"http://{addr}")
+        return self._mount("private", addr, self.private_litefs_url or f"http://{addr}")
 
     @property
     def public(self) -> MountConfig:
@@ -213,6 +235,7 @@ class PrimaryNode:
             "BROADSHEET_PUBLIC_LITEFS_URL": self.public_litefs_local_url,
             "BROADSHEET_DATASETTE_URL": self.url,
             "BROADSHEET_CONTROL_URL": self.control_url,
+            "BROADSHEET_STANDBY_URL": self.standby_url,
             "BROADSHEET_READ_NODES": json.dumps([asdict(n) for n in self.read_nodes]),
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
@@ -228,6 +251,9 @@ class PrimaryNode:
         then data.db's publish state (and sample data on a first start), then
         the publisher, the team's Datasette and the control plane."""
         supervisor.claim(self.root)
+        from .standby import check_no_other_primary
+
+        check_no_other_primary(self.peers, self.private.url)
         for service in self.litefs_services():
             supervisor.start(service)
         self.init_data_db(supervisor)
@@ -249,6 +275,12 @@ class PrimaryNode:
             state.ensure_schema(conn)
         try:
             backup.ensure_cluster(conn, self.cluster_id)
+            from .standby import promotion
+
+            # A promoted standby's data.db says so: a newer epoch than the
+            # primary it replaced.
+            if (promoted := promotion(self.root)) is not None:
+                backup.set_epoch(conn, int(promoted["epoch"]))
         finally:
             conn.close()
 
@@ -290,20 +322,9 @@ class PrimaryNode:
         ]
 
     def backup_service(self) -> Service:
-        """Backups every ``backup_interval`` seconds into ``backups``,
-        keeping the newest ``backup_keep``."""
-        return Service(
-            name="backups",
-            argv=[
-                sys.executable, "-m", "broadsheet.cli", "run-backups",
-                "--data-db", str(self.data_db),
-                "--to", str(self.backups),
-                "--keep", str(self.backup_keep),
-                "--interval", str(self.backup_interval),
-            ],
-            restart=True,
-            depends_on=("private-litefs",),
-        )
+        from . import backup
+
+        return backup.service("backups", self.data_db, self.backups, self.backup_keep, self.backup_interval, "private-litefs")
 
     def control_service(self) -> Service:
         return Service(

@@ -36,6 +36,8 @@ class Settings:
     team_db: str  # team members, their sessions, failed logins (primary/team.py)
     max_body: int  # largest write request, bytes
     page_size: int  # of a new public.db
+    standby_url: str = ""  # the standby's status API (primary/standby.py), if there is one
+    standby_wait: float = 5.0  # longest wait for the standby on Broadsheet-Wait: standby, seconds
 
     @property
     def secret(self) -> str:
@@ -68,4 +70,6 @@ def settings() -> Settings:
         # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),
         # while a one-row change still ships a few pages: see bench/.
         page_size=int(os.environ.get("BROADSHEET_PAGE_SIZE", "16384")),
+        standby_url=os.environ.get("BROADSHEET_STANDBY_URL", "").rstrip("/"),
+        standby_wait=float(os.environ.get("BROADSHEET_STANDBY_WAIT_TIMEOUT") or "5"),
     )
