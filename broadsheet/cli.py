@@ -98,8 +98,8 @@ def standby():
     SIGTERM; `broadsheet promote` turns it into the primary."""
     import threading
 
-    from primary.node import PrimaryNode
     from primary.standby import StandbyNode, promotion
+    from primary.standby import become_primary as promote_to_primary
 
     from .config import ConfigError
     from .supervisor import Supervisor, run_until_signalled
@@ -111,23 +111,20 @@ def standby():
     supervisor = Supervisor(node.root / "logs", echo=sys.stdout)
     promote_now = threading.Event()
 
-    def become_primary():
+    def become_primary(standby=None):
         try:
-            primary = PrimaryNode.from_env()
+            primary = promote_to_primary(standby, supervisor)
         except ConfigError as exc:
             supervisor.log("broadsheet", f"cannot become primary: {exc}")
             return
-        primary.start(supervisor)
         supervisor.log("broadsheet", f"promoted: {primary.banner}")
 
     def on_promote():
         # The processes a thread starts are tied to it (PR_SET_PDEATHSIG):
         # this one lives as long as the node.
         promote_now.wait()
-        with contextlib.suppress(Exception):
-            node.stop(supervisor)
         try:
-            become_primary()
+            become_primary(node)
         except Exception as exc:
             supervisor.log("broadsheet", f"promotion failed: {exc}")
         threading.Event().wait()

@@ -208,6 +208,20 @@ class StandbyNode:
                 supervisor.stop(name)
 
 
+def become_primary(standby: "StandbyNode | None", supervisor, environ: Mapping[str, str] | None = None):
+    """Stop the standby's processes (if running) and start this node as the
+    primary of both clusters, on the same root, configured as
+    ``broadsheet primary`` would be (from ``environ``). Returns the
+    PrimaryNode."""
+    from .node import PrimaryNode
+
+    primary = PrimaryNode.from_env(environ)
+    if standby is not None:
+        standby.stop(supervisor)
+    primary.start(supervisor)
+    return primary
+
+
 def promote(root: Path, data_db: Path) -> dict:
     """Record this standby's promotion (the epoch after data.db's) in its
     root; the running standby picks it up on SIGUSR1, or at its next start."""
