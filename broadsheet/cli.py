@@ -39,12 +39,15 @@ cluster_dir = click.option(
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16), help="Number of read nodes.")
 @click.option("--port", default=8001, show_default=True, type=int, help="First port; the cluster uses the next ~40.")
 @click.option("--no-sample", is_flag=True, help="Start with an empty data.db instead of the sample tables.")
-def up(root, replicas, port, no_sample):
+@click.option("--standby", "with_standby", is_flag=True, help="Also run a standby of data.db (see the README).")
+def up(root, replicas, port, no_sample, with_standby):
     """Start a local cluster (primary + read nodes) and run until Ctrl-C."""
     from .cluster import LocalCluster
     from .supervisor import run_until_signalled
 
-    cluster = LocalCluster(root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample)
+    cluster = LocalCluster(
+        root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample, standby=with_standby
+    )
 
     def on_up():
         click.echo("\nbroadsheet is up:\n" + cluster.urls() + "\n\nCtrl-C stops every process and unmounts every mount.\n")

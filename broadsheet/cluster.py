@@ -42,6 +42,7 @@ class LocalCluster:
         compress: bool = True,
         echo: TextIO | None = None,
         sample: bool = True,
+        standby: bool = False,
     ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,8 @@ class LocalCluster:
         self.compress = compress
         self._port = port
         self.replicas: list[ReadNode] = []
+        self.with_standby = standby
+        self.standby = None
         self.supervisor = Supervisor(self.root / "logs", echo=echo)
         for _ in range(replicas):
             self.add_replica(start=False)
@@ -141,6 +144,8 @@ class LocalCluster:
             self.primary.start(self.supervisor)
             for node in self.replicas:
                 self.start_replica(node)
+            if self.with_standby:
+                self.add_standby()
             self.write_state()
             self.supervisor.watch()
         except BaseException:
@@ -197,6 +202,8 @@ class LocalCluster:
             f"  data.db (private LiteFS):  {self.primary.data_db}",
             f"  public.db (public LiteFS): {self.primary.public_db}",
         ]
+        if self.standby is not None:
+            lines.append(f"  standby (private):         {self.standby.url}/status  data.db: {self.standby.data_db}")
         for node in self.replicas:
             lines.append(f"  {node.name} (public):        {node.url}/public")
         lines.append(f"  logs:                      {self.supervisor.log_dir}")

@@ -141,3 +141,25 @@ def test_backup_command_writes_into_the_directory_it_is_given(tmp_path):
     result = CliRunner().invoke(cli, ["backup", "--data-db", str(tmp_path / "nope.db"), "--to", str(tmp_path / "b")])
     assert result.exit_code == 1 and "does not exist" in result.output
     assert os.listdir(tmp_path / "b") and len(backup.backups(tmp_path / "b")) == 2
+
+
+def test_scheduled_backups_keep_the_newest(tmp_path):
+    """What BROADSHEET_BACKUP_INTERVAL runs under the supervisor."""
+    import subprocess
+    import sys
+
+    from conftest import wait_until
+
+    data_db = make_data_db(tmp_path / "data.db")
+    proc = subprocess.Popen([
+        sys.executable, "-m", "broadsheet.cli", "run-backups", "--data-db", str(data_db),
+        "--to", str(tmp_path / "b"), "--keep", "2", "--interval", "0.2",
+    ])
+    try:
+        wait_until(lambda: len(list((tmp_path / "b").glob("data-*.db"))) == 2, timeout=30, message="two backups")
+        first = backup.backups(tmp_path / "b")
+        wait_until(lambda: backup.backups(tmp_path / "b")[0] not in first, timeout=30, message="the oldest pruned")
+        assert len(backup.backups(tmp_path / "b")) == 2
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0

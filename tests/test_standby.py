@@ -63,6 +63,15 @@ def test_a_write_waited_for_is_on_the_standby_when_acknowledged(standby_cluster)
     result = CliRunner().invoke(cli, ["status", "--dir", str(cluster.root)])
     assert result.exit_code == 0 and "standby" in result.output, result.output
 
+    # A backup taken on the standby (from its read-only copy) is a whole
+    # data.db of this cluster, with every row the primary had at its TXID.
+    from primary import backup
+
+    taken = backup.take(standby_db, cluster.root / "standby-backups")
+    assert backup.inspect(taken.path).cluster_id == cluster.primary.cluster_id
+    assert taken.txid >= txid
+    assert read_only_rows(taken.path, "SELECT count(*) FROM secrets") == [(21,)]
+
     # data.db reached the standby and no read node.
     found = [p for p, data in file_bytes(cluster.standby.root / "private") if SENTINEL.encode() in data]
     assert found
