@@ -107,9 +107,60 @@ def test_the_standby_follows_on_the_private_network_alone(compose, token):
         assert compose.exec(replica, "python3", "-c", PROBE, "standby-private", "8006").stdout.startswith("closed")
 
 
+COUNT = "import sqlite3, sys; print(sqlite3.connect('file:/var/lib/broadsheet/private/mnt/data.db?mode=ro', uri=True).execute(sys.argv[1]).fetchone()[0])"
+
+
+def test_backup_wipe_restore_and_everyone_converges(compose, token):
+    (primary,) = compose.containers("primary")
+    (standby,) = compose.containers("standby")
+    headers = {"Authorization": f"Bearer {token}"}
+    team = f"http://127.0.0.1:{compose.team_port}"
+    control = f"http://127.0.0.1:{compose.control_port}"
+    r = httpx.post(f"{team}/data/-/create", headers=headers, timeout=30,
+                   json={"table": "archive", "pk": "id", "rows": [{"id": i} for i in range(10)]})
+    assert r.status_code == 201, r.text
+    assert httpx.post(f"{control}/tables/archive/publish", headers=headers, timeout=30).status_code == 200
+    taken = json.loads(compose.exec(primary, "broadsheet", "backup", "--json", "--keep", "3").stdout)
+    assert taken["path"].startswith("/var/lib/broadsheet-backups/")
+
+    # After the backup: a row, and a table made public.
+    r = httpx.post(f"{team}/data/archive/-/insert", headers=headers, json={"row": {"id": 99}}, timeout=30)
+    assert r.status_code == 201, r.text
+    r = httpx.post(f"{team}/data/-/create", headers=headers, timeout=30,
+                   json={"table": "later", "pk": "id", "rows": [{"id": 1}]})
+    assert r.status_code == 201, r.text
+    assert httpx.post(f"{control}/tables/later/publish", headers=headers, timeout=30).status_code == 200
+
+    # The primary's disk is lost: a new container on a new volume (it makes
+    # a fresh data.db, with the sample tables), then the restore.
+    compose.docker("rm", "-f", primary, timeout=120)
+    compose.docker("volume", "rm", f"{compose.project}_primary-data", timeout=60)
+    compose("up", "-d", "--no-deps", "primary", timeout=300)
+    (primary,) = compose.containers("primary")
+    wait_until(lambda: status_code(f"{control}/health") == 200, timeout=180, message="the new primary")
+    out = compose.exec(primary, "broadsheet", "restore", taken["path"]).stdout
+    assert f"taken at data.db TXID {taken['txid']}" in out and "public.db rebuilt" in out, out
+
+    # data.db is the backup's state; so is every read node's public.db, and
+    # the standby follows.
+    ids = [row["id"] for row in httpx.get(f"{team}/data/archive.json?_shape=array", headers=headers).json()]
+    assert ids == list(range(10))
+    assert httpx.get(f"{team}/data/later.json", headers=headers).status_code == 404
+    health = json_get(f"{control}/health")
+    for url in replica_urls(compose).values():
+        wait_until(lambda: [r["id"] for r in json_get(f"{url}/public/archive.json?_shape=array")] == list(range(10)),
+                   timeout=120, message=f"{url} serving the restored archive")
+        assert status_code(f"{url}/public/later.json") == 403
+    wait_until(lambda: int(compose.exec(standby, "python3", "-c", TXID).stdout) >= health["data_db_txid"],
+               timeout=120, message="the standby following the new primary")
+    assert compose.exec(standby, "python3", "-c", COUNT, "SELECT count(*) FROM archive").stdout.strip() == "10"
+
+
 def test_promote_after_the_primary_and_its_volume_are_destroyed(compose, token):
     (primary,) = compose.containers("primary")
     (standby,) = compose.containers("standby")
+    wait_until(lambda: json_get(f"http://127.0.0.1:{compose.control_port}/health")["standby"]["behind_txids"] == 0,
+               timeout=120, message="the standby current")
     headers = {"Authorization": f"Bearer {token}"}
     team = httpx.Client(base_url=f"http://127.0.0.1:{compose.team_port}", headers=headers, timeout=10)
     r = team.post("/data/-/create", json={"table": "ledger", "pk": "id", "rows": [{"id": 0}]})
