@@ -133,19 +133,32 @@ class Backup:
         return {"path": str(self.path), "txid": self.txid, "cluster_id": self.cluster_id, "taken_at": self.taken_at}
 
 
-def _snapshot(conn: apsw.Connection, data_db: str | os.PathLike, attempts: int = 200) -> Pos:
+def _snapshot(conn: apsw.Connection, data_db: str | os.PathLike) -> Pos:
     """Open a read transaction on ``conn`` and return the TXID its snapshot
-    is at: the -pos file read before and after the snapshot starts, equal,
-    so no commit fell in between."""
-    for _ in range(attempts):
-        before = Pos.read(data_db)
-        conn.execute("BEGIN")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()  # the snapshot starts here
-        if Pos.read(data_db) == before:
-            return before
-        conn.execute("ROLLBACK")
-        time.sleep(0.005)
-    raise BackupError(f"data.db kept changing: no quiet moment to take a snapshot in {attempts} tries")
+    is at. The snapshot starts while another connection holds the write
+    lock: no commit is in flight then, and LiteFS records a commit's TXID
+    (the -pos file) before it lets go of the writer's lock, so the position
+    read under that lock is exactly the snapshot's. A commit becomes visible
+    to readers a moment before LiteFS has recorded it: reading the position
+    without the lock could name the TXID before the one copied. On a
+    replica (the standby) LiteFS applies each transaction under the same
+    lock. The lock is held for microseconds, never for the copy."""
+    lock = apsw.Connection(str(data_db))
+    # Never the last connection's checkpoint on close (a replica is read-only).
+    lock.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    lock.set_busy_timeout(10_000)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()  # the snapshot starts here
+            return Pos.read(data_db)
+        finally:
+            lock.execute("ROLLBACK")
+    except apsw.BusyError:
+        raise BackupError("data.db stayed locked by a writer for 10 s: no moment to start a snapshot") from None
+    finally:
+        lock.close()
 
 
 def take(data_db: str | os.PathLike, dest: str | os.PathLike, keep: int | None = None) -> Backup:

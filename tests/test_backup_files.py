@@ -63,13 +63,28 @@ def test_a_backup_that_fails_leaves_no_file(tmp_path, monkeypatch):
     assert list(dest.iterdir()) == []
 
 
-def test_the_snapshot_waits_for_a_quiet_moment(tmp_path, monkeypatch):
-    """A commit between reading the position and starting the snapshot is
-    caught: the backup's TXID is the one its snapshot holds."""
+def test_a_backup_waits_for_a_write_in_flight_and_names_its_txid(tmp_path):
+    """LiteFS records a commit's TXID before the writer lets go of its lock;
+    the snapshot starts under that lock, so it holds exactly the writes up
+    to the TXID it is named for."""
+    import threading
+
     data_db = make_data_db(tmp_path / "data.db", txid=7)
-    reads = iter([Pos(7), Pos(8), Pos(8), Pos(8)])
-    monkeypatch.setattr(backup.Pos, "read", lambda path: next(reads))
-    assert backup.take(data_db, tmp_path / "backups").txid == 8
+    writer = state.connect(str(data_db))
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO notes (body) VALUES ('in flight')")
+    result = {}
+    backing_up = threading.Thread(target=lambda: result.update(taken=backup.take(data_db, tmp_path / "b")))
+    backing_up.start()
+    backing_up.join(0.5)
+    assert backing_up.is_alive()  # waiting for the writer
+    Path(f"{data_db}-pos").write_text(str(Pos(8, 0xDEF)))  # as LiteFS does, before the lock goes
+    writer.execute("COMMIT")
+    writer.close()
+    backing_up.join(30)
+    taken = result["taken"]
+    assert taken.txid == 8
+    assert read_only_rows(taken.path, "SELECT body FROM notes ORDER BY id") == [("first",), ("second",), ("in flight",)]
 
 
 def test_old_backups_are_pruned(tmp_path):
