@@ -5,7 +5,7 @@ It joins the *private* cluster as a LiteFS replica (never a candidate), over
 a network read nodes are not on: the primary's private LiteFS listens on an
 address of that network (``BROADSHEET_PRIVATE_LITEFS_ADDR``), the standby's
 own LiteFS API on its loopback. Beside it runs a small status API (this
-module's ``app``, on the private network too): its data.db position and the
+``primary/standby_api.py``, on the private network too): its data.db position and the
 commit time of its newest transaction (``GET /status``, which the primary's
 control plane shows on ``/health``), and ``GET /wait?txid=N`` that answers
 once the standby has data.db TXID N (``Broadsheet-Wait: standby``).
@@ -28,14 +28,9 @@ every promotion, says which primary is newer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import signal
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -43,7 +38,7 @@ from typing import Mapping
 import httpx
 
 from broadsheet.config import ConfigError, Env, http_url, split_addr
-from broadsheet.litefs import MountConfig, Pos, derived_cluster_id, events, is_mounted
+from broadsheet.litefs import MountConfig, Pos, derived_cluster_id
 from broadsheet.supervisor import Service, StartError
 
 from .backup import default_cluster_id
@@ -183,7 +178,7 @@ class StandbyNode:
             Service(
                 name="standby-status",
                 argv=[
-                    sys.executable, "-m", "uvicorn", "primary.standby:app",
+                    sys.executable, "-m", "uvicorn", "primary.standby_api:app",
                     "--host", self.host, "--port", str(self.port),
                     "--no-access-log", "--log-level", "warning",
                 ],
@@ -239,82 +234,3 @@ def promote(root: Path, data_db: Path) -> dict:
     tmp.write_text(json.dumps(record))
     os.replace(tmp, Path(root) / PROMOTED)
     return record
-
-
-# -- the status API ----------------------------------------------------------------
-
-from fastapi import FastAPI, Query  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-
-
-
-class _Newest:
-    """The commit time of the newest data.db transaction this standby has,
-    from its LiteFS's events (stamped by the primary when it committed)."""
-
-    def __init__(self, litefs_url: str, db_name: str):
-        self.committed_at: float | None = None
-        self.txid = 0
-        self.litefs_url, self.db_name = litefs_url, db_name
-        threading.Thread(target=self._follow, daemon=True).start()
-
-    def _follow(self) -> None:
-        while True:
-            try:
-                for event in events(self.litefs_url):
-                    if event is not None and event.db == self.db_name and event.pos.txid >= self.txid:
-                        self.txid, self.committed_at = event.pos.txid, event.committed_at
-            except Exception:
-                pass
-            time.sleep(1.0)
-
-
-_newest: _Newest | None = None
-
-
-def _data_db() -> str:
-    return os.environ.get("BROADSHEET_STANDBY_DATA_DB", "/var/lib/broadsheet/private/mnt/data.db")
-
-
-@contextlib.asynccontextmanager
-async def _lifespan(app):
-    global _newest
-    _newest = _Newest(os.environ.get("BROADSHEET_STANDBY_LITEFS_URL", "http://127.0.0.1:20202"), Path(_data_db()).name)
-    yield
-
-
-app = FastAPI(
-    title="broadsheet standby", description="The standby's copy of data.db: position, lag, waits.", lifespan=_lifespan
-)
-
-
-def _status() -> dict:
-    pos = Pos.read(_data_db())
-    committed_at = _newest.committed_at if _newest is not None and _newest.txid == pos.txid else None
-    return {"role": "standby", "txid": pos.txid, "checksum": f"{pos.checksum:016x}", "committed_at": committed_at}
-
-
-@app.get("/status")
-async def status() -> dict:
-    """This standby's data.db position and when its newest transaction was
-    committed on the primary (seconds since the epoch; null until known)."""
-    return await asyncio.to_thread(_status)
-
-
-@app.get("/wait")
-async def wait(
-    txid: int = Query(ge=0, description="data.db TXID to wait for"),
-    timeout: float = Query(5.0, gt=0, le=60, description="Seconds to wait"),
-):
-    """200 once this standby has data.db TXID ``txid``; 504 if not within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pos = Pos.read(_data_db())
-        if pos.txid >= txid:
-            return {"ok": True, "txid": pos.txid}
-        if time.monotonic() > deadline:
-            return JSONResponse(
-                {"ok": False, "error": f"the standby has data.db TXID {pos.txid}, not {txid}, after {timeout:g}s", "txid": pos.txid},
-                status_code=504,
-            )
-        await asyncio.sleep(0.005)
