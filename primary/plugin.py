@@ -16,7 +16,9 @@
 - Publish and unpublish are Datasette events (``track_event``).
 - Write API responses carry ``Broadsheet-Private-Txid``; send
   ``Broadsheet-Wait: public`` to also get ``Broadsheet-Public-Txid``, the
-  public.db TXID that holds the write (a bookmark for read nodes).
+  public.db TXID that holds the write (a bookmark for read nodes), and
+  ``Broadsheet-Wait: standby`` to be answered only once the standby has the
+  write (``Broadsheet-Standby-Txid``), else 504.
 """
 
 from __future__ import annotations
