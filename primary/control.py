@@ -257,17 +257,25 @@ async def health(request: Request) -> Health:
     )
 
 
+_epoch_seen: list[int] = []
+
+
 def _epoch() -> int:
+    """data.db's epoch, read once: it changes only when a standby is
+    promoted, which starts a new control plane. (No data.db connection per
+    health check: see the README's Known limits on LiteFS.)"""
     from .backup import epoch_of
 
-    try:
-        conn = _connect(readonly=True)
-    except Exception:
-        return 1
-    try:
-        return epoch_of(conn)
-    finally:
-        conn.close()
+    if not _epoch_seen:
+        try:
+            conn = _connect(readonly=True)
+        except Exception:
+            return 1
+        try:
+            _epoch_seen.append(epoch_of(conn))
+        finally:
+            conn.close()
+    return _epoch_seen[0]
 
 
 async def _standby(url: str, data_db_txid: int) -> StandbyInfo:
