@@ -82,7 +82,10 @@ def guards(datasette) -> Guards:
     return _guards[datasette]
 
 
-@hookimpl
+# trylast: after every other plugin's startup (Datasette runs the team's
+# read-node plugins' after broadsheet's own otherwise), so that a database
+# one of them adds there is seen and refused.
+@hookimpl(trylast=True)
 def startup(datasette):
     """Refuse to serve unless this is what a read node must be: deny by
     default, and serve public.db alone. A read node without these would
