@@ -567,13 +567,15 @@ def _wrk(url: str, seconds: int, connections: int, headers: dict[str, str] | Non
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1, "s": 1000}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p99_ms": float(p99.group(1)) * scale[p99.group(2)], "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "requests": requests, "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 @contextlib.contextmanager
 def _datasette(argv: list[str], env: dict[str, str]):
-    """A Datasette on 127.0.0.1 (``argv`` after ``python -m``), its URL once
-    it answers; stopped on the way out."""
+    """A Datasette on 127.0.0.1 (``argv`` after ``python -m``): its URL and
+    process id once it answers; stopped on the way out."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", *argv, "--host", "127.0.0.1", "--port", str(port)],
@@ -591,7 +593,7 @@ def _datasette(argv: list[str], env: dict[str, str]):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise click.ClickException(f"{' '.join(argv)} did not start")
             time.sleep(0.1)
-        yield url
+        yield url, process.pid
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
@@ -616,13 +618,31 @@ def _median_run(runs: list[dict]) -> dict:
     return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
 
 
-def _alternate(urls: dict[str, str], rounds: int, seconds: int, **kwargs) -> dict[str, dict]:
+def _cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (all its threads), user and system."""
+    with open(f"/proc/{pid}/stat") as fp:
+        fields = fp.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _alternate(urls: dict[str, str], rounds: int, seconds: int, pids=None, **kwargs) -> dict[str, dict]:
     """wrk against each URL in turn, ``rounds`` times: the median run of each,
-    so that a noisy moment on this machine does not land on one side only."""
+    so that a noisy moment on this machine does not land on one side only.
+    With ``pids`` ({name: {process: pid}}), each run also says how many ms of
+    CPU those processes spent per request: a figure that other load on the
+    machine slows much less than requests/s."""
     runs: dict[str, list[dict]] = {name: [] for name in urls}
     for _ in range(rounds):
         for name, url in urls.items():
-            runs[name].append(_wrk(url, seconds, 16, **kwargs))
+            watched = (pids or {}).get(name, {})
+            before = {proc: _cpu_seconds(pid) for proc, pid in watched.items()}
+            run = _wrk(url, seconds, 16, **kwargs)
+            if watched:
+                run["cpu_ms_per_request"] = {
+                    proc: (_cpu_seconds(pid) - before[proc]) * 1000 / max(run["requests"], 1)
+                    for proc, pid in watched.items()
+                }
+            runs[name].append(run)
     return {name: _median_run(r) for name, r in runs.items()}
 
 
@@ -645,8 +665,14 @@ def bench_reads(bench: Bench) -> None:
     plain_argv = ["datasette", "serve", str(plain_copy)]
     ours_argv = ["replica.serve", "serve", str(ours_copy), "--default-deny", "--setting", "default_allow_sql", "on",
                  "--setting", "sql_time_limit_ms", "1000"]
-    with _datasette(plain_argv, {"DATASETTE_LOAD_PLUGINS": ""}) as plain_url, \
-            _datasette(ours_argv, {"BROADSHEET_PUBLIC_DB": str(ours_copy)}) as local_url:
+    with _datasette(plain_argv, {"DATASETTE_LOAD_PLUGINS": ""}) as (plain_url, plain_pid), \
+            _datasette(ours_argv, {"BROADSHEET_PUBLIC_DB": str(ours_copy)}) as (local_url, local_pid):
+        supervisor = bench.cluster.supervisor
+        pids = {
+            "plain": {"datasette": plain_pid},
+            "ours": {"datasette": supervisor.pid(node.datasette_service), "litefs": supervisor.pid(node.litefs_service)},
+            "ours_local": {"datasette": local_pid},
+        }
         seconds = 2 if bench.quick else 5
         rounds = 1 if bench.quick else 3
         table = "flights" if "flights" in _tables(node.url) else "airports"
@@ -661,13 +687,17 @@ def bench_reads(bench: Bench) -> None:
                 httpx.get(url + path, timeout=30)
             # Cold: every URL distinct, so the read node's cache cannot help.
             cold = _alternate({"plain": plain_url + path, "ours": node.url + path, "ours_local": local_url + path},
-                              rounds, seconds, distinct=True)
+                              rounds, seconds, pids, distinct=True)
             bench.add(Result("reads", f"{label}, cold: requests/s on a read node", cold["ours"]["rps"], "req/s",
                              cold["plain"]["rps"], "plain datasette serve, same file on local disk", "ratio ≥ 1.0",
                              cold["ours"]["rps"] >= cold["plain"]["rps"], {"path": path, **cold}))
             bench.add(Result("reads", f"  {label}, cold: the read node's Datasette on local disk (no LiteFS)",
                              cold["ours_local"]["rps"], "req/s", cold["plain"]["rps"],
                              "plain datasette serve, same file", "", None, {}))
+            cpu = {name: run["cpu_ms_per_request"] for name, run in cold.items()}
+            bench.add(Result("reads", f"  {label}, cold: CPU per request, read node's Datasette + its LiteFS",
+                             sum(cpu["ours"].values()), "ms", cpu["plain"]["datasette"], "plain datasette serve",
+                             "", None, {"cpu_ms_per_request": cpu}))
             # Hot: one URL over and over at one TXID, from the node's cache.
             hot = _alternate({"plain": plain_url + path, "ours": node.url + path}, rounds, seconds)
             hot_plain[label] = hot["plain"]
