@@ -776,14 +776,20 @@ def bench_writes(bench: Bench) -> None:
     data_db = bench.cluster.primary.data_db
     with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {bench.token}"}) as client:
         first = Pos.read(data_db).txid
+        txids = []
         started = time.perf_counter()
         for b in range(batches):
-            client.post(f"{bench.cluster.primary.url}/data/bulk/-/insert", json={"rows": batch(b)}).raise_for_status()
+            r = client.post(f"{bench.cluster.primary.url}/data/bulk/-/insert", json={"rows": batch(b)})
+            r.raise_for_status()
+            txids.append(int(r.headers["broadsheet-private-txid"]))
         api_s = time.perf_counter() - started
-    # data.db's TXID counts its commits: the team's and any of the
-    # publisher's own (which would land within a cycle of the last write).
+    # data.db's TXID counts its commits: each write's own (its response names
+    # it) and any of the publisher's between them (the change-log trim, once
+    # per 10,000 changed rows or after 30 s idle), which would land within a
+    # cycle of the last write.
     time.sleep(1)
     commits = Pos.read(data_db).txid - first
+    others = commits - len(set(txids))
 
     path = bench.root / "baseline-writes.db"
     path.unlink(missing_ok=True)
@@ -803,9 +809,10 @@ def bench_writes(bench: Bench) -> None:
                      f"≥ 1.5× {WRITES_BEFORE:,} rows/s (2026-11-25)", rows / api_s >= 1.5 * WRITES_BEFORE, details))
     bench.add(Result("writes", "  requests/s through the write API", batches / api_s, "req/s",
                      batches / direct_s, "direct apsw transactions/s", "", None, {}))
-    bench.add(Result("writes", "  data.db commits per write request", commits / batches, "commits", 1.0,
-                     "one commit per write", "1 (+1 per 10,000 rows: the change-log trim)",
-                     commits <= batches + rows // 10_000, {"data_db_commits": commits, "requests": batches}))
+    bench.add(Result("writes", f"  data.db commits per write request (besides: {others} of the publisher's)",
+                     (commits - others) / batches, "commits", 1.0, "one commit per write", "1",
+                     commits - others == batches,
+                     {"data_db_commits": commits, "publisher_commits": others, "requests": batches}))
 
 
 BENCHMARKS = {
