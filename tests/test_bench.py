@@ -18,13 +18,20 @@ def test_quick_benchmark_run_prints_a_table_and_writes_json(tmp_path):
     names = {r["name"] for r in report["results"]}
     assert names == {"propagation", "publish flights", "writes", "fan-out"}
     for r in report["results"]:
-        assert r["value"] > 0 and (r["baseline"] is None or r["baseline"] > 0)
-    compared = [r for r in report["results"] if not r["metric"].startswith("  ")]
-    assert all(r["baseline"] > 0 for r in compared)
-    metrics = {r["metric"]: r for r in report["results"]}
-    # Each write request is one data.db commit (the publisher adds none).
-    commits = metrics["  data.db commits per write request"]
-    assert commits["details"]["data_db_commits"] == commits["details"]["requests"]
+        assert r["value"] >= 0 and (r["baseline"] is None or r["baseline"] > 0)
+    headline = [r for r in report["results"] if not r["metric"].startswith("  ")]
+    assert all(r["baseline"] > 0 for r in headline)
+    # (A node may apply a one-row transaction within the clock's resolution
+    # of the public commit: fan-out times may be 0.)
+    assert all(r["value"] > 0 for r in headline if r["name"] != "fan-out")
+    # Each write request is one data.db commit: any other in the window is
+    # the publisher's change-log trim (at most one here: under 10,000 rows,
+    # or after 30 s idle).
+    commits = next(r for r in report["results"] if "data.db commits per write" in r["metric"])
+    details = commits["details"]
+    assert commits["value"] == 1 and commits["met"]
+    assert details["data_db_commits"] - details["publisher_commits"] == details["requests"]
+    assert details["publisher_commits"] in (0, 1)
     # A publish is timed in parts, each within the whole.
     publish = next(r for r in report["results"] if r["name"] == "publish flights" and "rows" in r["details"])
     cluster = publish["details"]["cluster"]
