@@ -152,6 +152,21 @@ def standby():
     sys.exit(run_until_signalled(start, supervisor.stop_all, lambda: supervisor.log("broadsheet", node.banner)))
 
 
+def _standby_newest(url: str) -> str | None:
+    """When the standby's newest transaction was committed, from its status API."""
+    import datetime
+
+    import httpx
+
+    try:
+        committed_at = httpx.get(f"{url}/status", timeout=2).json().get("committed_at")
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not committed_at:
+        return None
+    return datetime.datetime.fromtimestamp(committed_at, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
 @cli.command()
 @click.option("--force", is_flag=True, help="Promote even though the primary still answers.")
 def promote(force):
@@ -177,6 +192,12 @@ def promote(force):
             raise click.ClickException(f"{exc}; stop it first, or pass --force")
     done = record(node.root, node.data_db)
     click.echo(f"promoted at data.db TXID {done['data_db_txid']} (epoch {done['epoch']})")
+    newest = _standby_newest(node.url)
+    if newest is not None:
+        click.echo(
+            f"writes the old primary committed after {newest} are lost (those acknowledged with"
+            " Broadsheet-Wait: standby are not among them)"
+        )
     try:
         pid = int((node.root / PID_FILE).read_text().strip())
         os.kill(pid, signal.SIGUSR1)

@@ -86,6 +86,8 @@ def ensure_cluster(conn: apsw.Connection, cluster_id: str) -> str:
             f"CREATE TABLE IF NOT EXISTS {CLUSTER_TABLE}"
             " (cluster_id TEXT NOT NULL, created_at TEXT NOT NULL, epoch INTEGER NOT NULL DEFAULT 1)"
         )
+        if "public_litefs_id" not in {r[1] for r in conn.execute(f"PRAGMA table_info({CLUSTER_TABLE})")}:
+            conn.execute(f"ALTER TABLE {CLUSTER_TABLE} ADD COLUMN public_litefs_id TEXT")
         found = cluster_of(conn)
         if found is None:
             conn.execute(f"INSERT INTO {CLUSTER_TABLE} (cluster_id, created_at) VALUES (?, ?)", (cluster_id, state.now()))
@@ -110,6 +112,31 @@ def epoch_of(conn: apsw.Connection) -> int:
 def set_epoch(conn: apsw.Connection, epoch: int) -> None:
     with state.immediate(conn):
         conn.execute(f"UPDATE {CLUSTER_TABLE} SET epoch = ? WHERE epoch < ?", (epoch, epoch))
+
+
+def record_public_litefs_id(conn: apsw.Connection, litefs_id: str) -> None:
+    """Keep the public cluster's LiteFS id in data.db, so that a promoted
+    standby (or a primary rebuilt from a backup) starts the public cluster
+    with the id its read nodes know."""
+    with state.immediate(conn):
+        conn.execute(
+            f"UPDATE {CLUSTER_TABLE} SET public_litefs_id = ? WHERE public_litefs_id IS NOT ?", (litefs_id, litefs_id)
+        )
+
+
+def public_litefs_id(data_db: str | os.PathLike) -> str | None:
+    """The public cluster's LiteFS id recorded in ``data_db``, if any."""
+    if not Path(data_db).exists():
+        return None
+    try:
+        conn = state.connect(str(data_db), readonly=True)
+        try:
+            row = conn.execute(f"SELECT public_litefs_id FROM {CLUSTER_TABLE} LIMIT 1").fetchone()
+        finally:
+            conn.close()
+    except apsw.Error:
+        return None
+    return row[0] if row and row[0] else None
 
 
 def cluster_of(conn: apsw.Connection, schema: str = "main") -> str | None:

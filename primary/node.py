@@ -8,6 +8,7 @@ for its primary and starts the same services.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -289,11 +290,27 @@ class PrimaryNode:
             # primary it replaced.
             if (promoted := promotion(self.root)) is not None:
                 backup.set_epoch(conn, int(promoted["epoch"]))
+            public_id = self.public.data_dir / "clusterid"
+            if public_id.exists():
+                backup.record_public_litefs_id(conn, public_id.read_text().strip())
         finally:
             conn.close()
 
     def litefs_services(self) -> list[Service]:
-        return [_litefs_service(name, fs) for name, fs in (("private-litefs", self.private), ("public-litefs", self.public))]
+        private, public = _litefs_service("private-litefs", self.private), _litefs_service("public-litefs", self.public)
+        public.prepare = self._prepare_public
+        return [private, public]
+
+    def _prepare_public(self) -> None:
+        """The public cluster's LiteFS id before its first start here: the
+        one data.db records (a promoted standby, a rebuilt primary: read
+        nodes know it), else the one derived from the cluster id."""
+        from . import backup
+
+        fs = self.public
+        if recorded := backup.public_litefs_id(self.data_db):
+            fs = dataclasses.replace(fs, litefs_cluster_id=recorded)
+        fs.write_cluster_id()
 
     def app_services(self) -> list[Service]:
         return [

@@ -17,17 +17,31 @@ import threading
 import httpx
 import pytest
 
+from broadsheet.cluster import LocalCluster
 from broadsheet.litefs import Pos
 from conftest import read_only_rows, rows, status, wait_until
 from primary import standby as standby_mod
 from primary.standby import AnotherPrimary
 
 
-def test_promote_after_the_primary_is_destroyed_mid_stream(new_cluster, monkeypatch):
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "2")
+    c = LocalCluster(tmp_path / "cluster", replicas=2, compress=False, sample=False)
+    # A public cluster whose LiteFS id is LiteFS's own random one (as before
+    # broadsheet derived it): the promoted node must still be followed.
+    c.primary.public.data_dir.mkdir(parents=True)
+    (c.primary.public.data_dir / "clusterid").write_text("LFSC0123456789ABCDEF")
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_promote_after_the_primary_is_destroyed_mid_stream(cluster):
     from broadsheet.cli import _mint_token
 
-    monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "2")
-    cluster = new_cluster(replicas=2, sample=False)
     standby = cluster.add_standby()
     old = cluster.primary
     token = _mint_token(old.secret, "tester")
@@ -102,6 +116,7 @@ def test_promote_after_the_primary_is_destroyed_mid_stream(new_cluster, monkeypa
 
     health = wait_until(lambda: httpx.get(f"{new.control_url}/health").json(), timeout=30, message="new control plane")
     assert health["epoch"] == 2 and health["data_db_txid"] >= standby_txid
+    assert (new.public.data_dir / "clusterid").read_text() == "LFSC0123456789ABCDEF"
 
     # Publishing works, and read nodes follow the new primary and converge.
     headers = {"Authorization": f"Bearer {_mint_token(new.secret, 'tester')}"}
