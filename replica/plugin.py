@@ -52,8 +52,16 @@ BOOKMARK_HEADER = b"broadsheet-min-txid"
 DATABASE_ACTIONS = {"view-database", "execute-sql"}
 
 
-def _public_databases(datasette) -> list:
+def _file_databases(datasette) -> list:
     return [db for name, db in datasette.databases.items() if name != "_internal" and not db.is_memory]
+
+
+def _public_databases(datasette) -> list:
+    """The one database ``startup`` checked is this node's public.db, while
+    Datasette still serves that same database: none before the check, and
+    never one added later (a plugin's route could add a database)."""
+    db = getattr(datasette, "_broadsheet_public_db", None)
+    return [db] if db is not None and datasette.databases.get(db.name) is db else []
 
 
 @dataclass
@@ -72,9 +80,8 @@ _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def guards(datasette) -> Guards:
     if datasette not in _guards:
         conf = settings()
-        db = _public_db(datasette)
         _guards[datasette] = Guards(
-            position=PositionWatcher(db.path if db is not None else "", conf.max_bookmark_waits),
+            position=PositionWatcher(conf.public_db, conf.max_bookmark_waits),
             custom_sql=Slots(conf.max_sql_concurrency),
             streams=stream.Streams(conf.max_position_streams),
             responses=ResponseCache(conf.cache_bytes, conf.cache_max_entry),
@@ -92,7 +99,7 @@ def startup(datasette):
     serve whatever its databases hold to anyone."""
     if not datasette.default_deny:
         raise StartupError("broadsheet read node: Datasette must run with --default-deny")
-    dbs = _public_databases(datasette)
+    dbs = _file_databases(datasette)
     names = ", ".join(db.name for db in dbs) or "none"
     if len(dbs) != 1:
         raise StartupError(f"broadsheet read node: serve exactly one database, public.db (serving: {names})")
@@ -104,6 +111,7 @@ def startup(datasette):
     if not db.is_mutable:
         # An immutable database would never see the transactions LiteFS applies.
         raise StartupError("broadsheet read node: public.db must be opened mutable (not with -i)")
+    datasette._broadsheet_public_db = db
     guards(datasette)
     return _refuse_wider_access(datasette, db)
 
@@ -154,7 +162,9 @@ def prepare_connection(conn, database, datasette):
     # Every connection to a database visitors can query. (Datasette also
     # prepares scratch connections of its own, such as the one /-/versions
     # probes SQLite's features with.)
-    if database in {db.name for db in _public_databases(datasette)}:
+    # Every file database, not only the one startup checked: a connection
+    # may be made before that check runs.
+    if database in {db.name for db in _file_databases(datasette)}:
         sandbox.confine(conn)
 
 

@@ -202,3 +202,30 @@ def test_the_local_cluster_maps_the_sample_unless_the_team_chose_plugins():
     chosen = {plugins.PLUGINS_VAR: "", plugins.CONFIG_VAR: ""}
     assert read_node_plugins(True, environ=chosen, say=said.append) == chosen  # none, by choice
     assert said == []  # nothing to install
+
+
+def test_a_database_added_after_startup_is_not_served(public_db, tmp_path):
+    # A plugin could add a database in a route, after the startup check:
+    # the rule grants the one database that check saw, and nothing else.
+    from datasette.database import Database
+
+    extra = tmp_path / "extra.db"
+    sqlite_utils.Database(extra)["notes"].insert({"body": "never served"})
+    ours = not pm.is_registered(replica.plugin)
+    if ours:
+        pm.register(replica.plugin, name="replica.plugin")
+    try:
+        datasette = Datasette([str(public_db)], default_deny=True)
+
+        async def visit():
+            await datasette.invoke_startup()
+            datasette.add_database(Database(datasette, path=str(extra)), name="extra")
+            return [
+                (await datasette.client.get(path)).status_code
+                for path in ("/extra.json?sql=select+body+from+notes", "/extra/notes.json", "/extra", "/public/airports.json")
+            ]
+
+        assert asyncio.run(visit()) == [403, 403, 403, 200]
+    finally:
+        if ours:
+            pm.unregister(replica.plugin)
