@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,8 @@ cluster_dir = click.option(
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16), help="Number of read nodes.")
 @click.option("--port", default=8001, show_default=True, type=int, help="First port; the cluster uses the next ~40.")
 @click.option("--no-sample", is_flag=True, help="Start with an empty data.db instead of the sample tables.")
-def up(root, replicas, port, no_sample):
+@click.option("--standby", "with_standby", is_flag=True, help="Also run a standby of data.db (see the README).")
+def up(root, replicas, port, no_sample, with_standby):
     """Start a local cluster (primary + read nodes) and run until Ctrl-C."""
     from .cluster import LocalCluster, read_node_plugins
     from .config import ConfigError
@@ -50,7 +52,7 @@ def up(root, replicas, port, no_sample):
         # and stopping, warnings, errors); every access log line stays in the logs.
         cluster = LocalCluster(
             root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample, quiet=True,
-            replica_env=replica_env,
+            replica_env=replica_env, standby=with_standby,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc))
@@ -98,6 +100,110 @@ def replica():
     """Run this machine's read node (LiteFS replica of public.db and the public
     Datasette), configured by environment variables, until SIGTERM."""
     _run_role("replica")
+
+
+@cli.command()
+def standby():
+    """Run this machine's standby (a LiteFS replica of the private cluster's
+    data.db and its status API), configured by environment variables, until
+    SIGTERM; `broadsheet promote` turns it into the primary."""
+    import threading
+
+    from primary.standby import StandbyNode, promotion
+    from primary.standby import become_primary as promote_to_primary
+
+    from .config import ConfigError
+    from .supervisor import Supervisor, run_until_signalled
+
+    try:
+        node = StandbyNode.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    supervisor = Supervisor(node.root / "logs", echo=sys.stdout)
+    promote_now = threading.Event()
+
+    def become_primary(standby=None):
+        try:
+            primary = promote_to_primary(standby, supervisor)
+        except ConfigError as exc:
+            supervisor.log("broadsheet", f"cannot become primary: {exc}")
+            return
+        supervisor.log("broadsheet", f"promoted: {primary.banner}")
+
+    def on_promote():
+        # The processes a thread starts are tied to it (PR_SET_PDEATHSIG):
+        # this one lives as long as the node.
+        promote_now.wait()
+        try:
+            become_primary(node)
+        except Exception as exc:
+            supervisor.log("broadsheet", f"promotion failed: {exc}")
+        threading.Event().wait()
+
+    def start():
+        if promotion(node.root) is not None:
+            become_primary()
+        else:
+            signal.signal(signal.SIGUSR1, lambda *_: promote_now.set())
+            threading.Thread(target=on_promote, daemon=True, name="promote").start()
+            node.start(supervisor)
+        supervisor.watch()
+
+    sys.exit(run_until_signalled(start, supervisor.stop_all, lambda: supervisor.log("broadsheet", node.banner)))
+
+
+def _standby_newest(url: str) -> str | None:
+    """When the standby's newest transaction was committed, from its status API."""
+    import datetime
+
+    import httpx
+
+    try:
+        committed_at = httpx.get(f"{url}/status", timeout=2).json().get("committed_at")
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not committed_at:
+        return None
+    return datetime.datetime.fromtimestamp(committed_at, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Promote even though the primary still answers.")
+def promote(force):
+    """Make this machine's standby the primary of both clusters (run it on the
+    standby). Writes after the standby's last TXID are lost: see
+    `broadsheet status` for that window first."""
+    from primary.standby import AnotherPrimary, StandbyNode, check_no_other_primary, promote as record
+    from primary.standby import promotion
+
+    from .config import ConfigError
+    from .supervisor import PID_FILE
+
+    try:
+        node = StandbyNode.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    if promotion(node.root) is not None:
+        raise click.ClickException(f"{node.root} is promoted already (see {node.root}/promoted.json)")
+    if not force:
+        try:
+            check_no_other_primary([node.primary_private_url, *node.peers], node.private.url)
+        except AnotherPrimary as exc:
+            raise click.ClickException(f"{exc}; stop it first, or pass --force")
+    done = record(node.root, node.data_db)
+    click.echo(f"promoted at data.db TXID {done['data_db_txid']} (epoch {done['epoch']})")
+    newest = _standby_newest(node.url)
+    if newest is not None:
+        click.echo(
+            f"writes the old primary committed after {newest} are lost (those acknowledged with"
+            " Broadsheet-Wait: standby are not among them)"
+        )
+    try:
+        pid = int((node.root / PID_FILE).read_text().strip())
+        os.kill(pid, signal.SIGUSR1)
+        click.echo(f"told the running standby (pid {pid}) to become the primary")
+    except (OSError, ValueError):
+        click.echo("no standby running here: it starts as the primary next time")
 
 
 @cli.command()
@@ -640,6 +746,15 @@ def status(root, url, token, as_json):
         f"{'primary':<14} public.db txid {health['public_db_txid']:<6} data.db txid {health['data_db_txid']}"
         f", {health['nodes_connected']}/{health['nodes']} read nodes connected"
     )
+    if standby := health.get("standby"):
+        if standby["connected"]:
+            lag = "unknown" if standby["lag_ms"] is None else f"{standby['lag_ms']:.1f} ms"
+            click.echo(
+                f"{'standby':<14} data.db txid {standby['txid']:<6} behind {standby['behind_txids']:<4}"
+                f" lag {lag}  {standby['url']}"
+            )
+        else:
+            click.echo(f"{'standby':<14} UNREACHABLE  {standby['url']}: {standby['error']}")
     for node in nodes:
         where = f" [{node['region']}]" if node.get("region") else ""
         state_ = "connected" if node["connected"] else "UNREACHABLE"
@@ -647,6 +762,113 @@ def status(root, url, token, as_json):
             f"{node['name']:<14} public.db txid {node['txid']:<6} behind {node['behind_txids']:<4}"
             f" lag {node['lag_ms']:>7.1f} ms  {state_:<11} {node['url']}{where}"
         )
+
+
+def _primary_here(root: Path) -> dict:
+    """Where this machine's primary keeps data.db, its private LiteFS API and
+    its backups: from the environment inside a primary's container (it sets
+    BROADSHEET_ROOT), else from the local cluster's state."""
+    if os.environ.get("BROADSHEET_ROOT") and os.environ.get("DATASETTE_SECRET"):
+        from primary.node import PrimaryNode
+
+        from .config import ConfigError
+
+        try:
+            node = PrimaryNode.from_env()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc))
+        return {
+            "data_db": str(node.data_db), "private_litefs": node.private.url,
+            "backups": str(node.backups), "root": str(node.root), "watermark": str(node.watermark_file),
+        }
+    from .cluster import load_state
+
+    try:
+        info = load_state(root)["primary"]
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"{exc}; or run this on the primary (BROADSHEET_ROOT)")
+    primary_root = Path(info["secret_file"]).parent
+    return {
+        "data_db": info["data_db"], "private_litefs": info["private_litefs"],
+        "backups": info.get("backups") or str(primary_root / "backups"), "root": str(primary_root),
+        "watermark": str(primary_root / "publisher-watermark.json"),
+    }
+
+
+@cli.command()
+@cluster_dir
+@click.option("--data-db", help="Back up this data.db (default: this machine's primary's).")
+@click.option("--to", "dest", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the backup (default: BROADSHEET_BACKUP_DIR, else the primary's backups/).")
+@click.option("--keep", type=click.IntRange(min=1), help="Then delete all but the newest KEEP backups there.")
+@click.option("--json", "as_json", is_flag=True)
+def backup(root, data_db, dest, keep, as_json):
+    """Write a consistent snapshot of data.db, with its TXID, into a directory."""
+    from primary import backup as backups
+
+    here = None if (data_db and dest) else _primary_here(root)
+    try:
+        taken = backups.take(data_db or here["data_db"], dest or here["backups"], keep)
+    except backups.BackupError as exc:
+        raise click.ClickException(str(exc))
+    if as_json:
+        click.echo(json.dumps(taken.as_dict(), indent=2))
+    else:
+        click.echo(f"{taken.path}  (data.db TXID {taken.txid}, cluster {taken.cluster_id})")
+
+
+@cli.command()
+@cluster_dir
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the publisher to rebuild public.db.")
+def restore(root, file, timeout):
+    """Replace the running primary's data.db with backup FILE; the publisher
+    then rebuilds public.db from it and read nodes follow. Refuses, changing
+    nothing, a file that is not a whole broadsheet data.db of this cluster."""
+    from primary import backup as backups
+    from primary import state
+
+    here = _primary_here(root)
+    try:
+        done = backups.restore(file, here["data_db"], here["private_litefs"], workdir=here["root"])
+    except backups.BackupError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(
+        f"restored {file} (taken at data.db TXID {done.backup.txid}) as data.db TXID {done.private_txid};"
+        f" republishing {len(done.tables)} public tables"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mark = state.Watermark.read(here["watermark"])
+        if mark is not None and mark.private_txid >= done.private_txid:
+            click.echo(f"public.db rebuilt at public TXID {mark.public_txid}")
+            return
+        time.sleep(0.05)
+    raise click.ClickException(f"the publisher has not rebuilt public.db within {timeout:g}s; see the primary's logs")
+
+
+@cli.command("run-backups", hidden=True)
+@click.option("--data-db", required=True)
+@click.option("--to", "dest", required=True)
+@click.option("--keep", type=int, required=True)
+@click.option("--interval", type=float, required=True)
+def run_backups(data_db, dest, keep, interval):
+    """Take a backup every INTERVAL seconds (started by the supervisor)."""
+    import threading
+
+    from primary import backup as backups
+
+    from .log import log
+
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    while not stopped.wait(interval):
+        try:
+            taken = backups.take(data_db, dest, keep)
+            log("backups", f"{taken.path.name}: data.db TXID {taken.txid}")
+        except Exception as exc:  # say so, and try again next time
+            log("backups", f"backup failed: {exc}")
 
 
 @cli.command("run-publisher", hidden=True)

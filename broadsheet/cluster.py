@@ -78,6 +78,7 @@ class LocalCluster:
         quiet: bool = False,
         primary_env: dict[str, str] | None = None,
         replica_env: dict[str, str] | None = None,
+        standby: bool = False,
     ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,8 @@ class LocalCluster:
         self.compress = compress
         self._port = port
         self.replicas: list[ReadNode] = []
+        self.with_standby = standby
+        self.standby = None
         # quiet: ``echo`` gets lifecycle lines and errors, not chatter
         # (supervisor.is_chatter); the log files get everything.
         self.supervisor = Supervisor(self.root / "logs", echo=echo, quiet=quiet)
@@ -147,6 +150,32 @@ class LocalCluster:
             self.supervisor.start(self.primary.control_service())
         return node
 
+    def add_standby(self):
+        """A standby (primary/standby.py) of the private cluster, started, and
+        the primary's team Datasette and control plane restarted to know it.
+        On one machine its only network is loopback; the container
+        deployment puts it on a private network of its own."""
+        from primary.standby import StandbyNode
+
+        node = StandbyNode.from_env(
+            {
+                "BROADSHEET_ROOT": str(self.root / "standby"),
+                "DATASETTE_SECRET": self.primary.secret,
+                "BROADSHEET_CLUSTER_ID": self.primary.cluster_id,
+                "BROADSHEET_PRIVATE_PRIMARY_URL": self.primary.private.primary_url,
+                "BROADSHEET_STANDBY_PORT": str(self._port()),
+                "BROADSHEET_STANDBY_LITEFS_ADDR": f"127.0.0.1:{self._port()}",
+                "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
+            }
+        )
+        node.start(self.supervisor)
+        self.standby = node
+        self.primary.standby_url = node.url
+        for service in self.primary.app_services()[1:]:  # the team Datasette and the control plane
+            self.supervisor.stop(service.name)
+            self.supervisor.start(service)
+        return node
+
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         # Outside the try: a directory another live `up` runs must not be
@@ -156,6 +185,8 @@ class LocalCluster:
             self.primary.start(self.supervisor)
             for node in self.replicas:
                 self.start_replica(node)
+            if self.with_standby:
+                self.add_standby()
             self.write_state()
             self.supervisor.watch()
         except BaseException:
@@ -193,6 +224,7 @@ class LocalCluster:
                 "data_db": str(self.primary.data_db),
                 "public_db": str(self.primary.public_db),
                 "private_litefs": self.primary.private.url,
+                "backups": str(self.primary.backups),
                 "public_litefs": self.primary.public.url,
             },
             "replicas": [
@@ -211,6 +243,8 @@ class LocalCluster:
             f"  data.db (private LiteFS):  {self.primary.data_db}",
             f"  public.db (public LiteFS): {self.primary.public_db}",
         ]
+        if self.standby is not None:
+            lines.append(f"  standby (private):         {self.standby.url}/status  data.db: {self.standby.data_db}")
         for node in self.replicas:
             lines.append(f"  {node.name} (public):        {node.url}/public")
         lines.append(f"  logs:                      {self.supervisor.log_dir}")

@@ -142,6 +142,18 @@ class MountConfig:
     # LiteFS's default is a minute; a few seconds keeps the window in which
     # erased rows linger in LTX files close to ``retention`` itself.
     retention_monitor_interval: str = "5s"
+    # LiteFS's own cluster id (LFSC + 16 hex digits), written into the data
+    # directory before LiteFS first starts there. LiteFS makes a random one
+    # otherwise, and a replica refuses a primary whose id differs: a
+    # deterministic one lets a promoted standby or a rebuilt primary be
+    # followed by the replicas that followed the one before.
+    litefs_cluster_id: str | None = None
+
+    def write_cluster_id(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "clusterid"
+        if self.litefs_cluster_id and not path.exists():
+            path.write_text(self.litefs_cluster_id)
 
     def env(self) -> dict[str, str]:
         return {
@@ -168,6 +180,14 @@ class MountConfig:
 
 def _bool(value: bool) -> str:
     return "true" if value else "false"
+
+
+def derived_cluster_id(seed: str, cluster: str) -> str:
+    """A LiteFS cluster id (``LFSC`` + 16 hex digits) that every node given
+    the same ``seed`` derives alike for ``cluster`` ("private", "public")."""
+    import hashlib
+
+    return "LFSC" + hashlib.sha256(f"{seed}\0{cluster}".encode()).hexdigest()[:16].upper()
 
 
 def is_mounted(path: str | os.PathLike) -> bool:

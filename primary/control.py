@@ -159,6 +159,19 @@ class PropagationRecord(BaseModel):
     complete: bool
 
 
+class StandbyInfo(BaseModel):
+    """The standby's copy of data.db, and how far behind it is: the writes a
+    promotion now would lose are those after ``txid``, committed within the
+    last ``lag_ms``."""
+
+    url: str
+    connected: bool
+    txid: int | None = None
+    behind_txids: int | None = None
+    lag_ms: float | None = Field(None, description="0 when current; else how old its newest transaction is")
+    error: str | None = None
+
+
 class Health(BaseModel):
     ok: bool
     data_db_txid: int
@@ -167,6 +180,8 @@ class Health(BaseModel):
     nodes_connected: int
     nodes: int
     subscribers: int = Field(description="Clients following /events")
+    epoch: int = Field(1, description="data.db's epoch: one more for each promotion of a standby")
+    standby: StandbyInfo | None = Field(None, description="The standby, when BROADSHEET_STANDBY_URL names one")
 
 
 ERRORS = {401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error}}
@@ -246,15 +261,57 @@ async def health(request: Request) -> Health:
     conf = settings()
     nodes = tracker(request).node_list()
     mark = state.Watermark.read(conf.watermark_file)
+    data_db_txid = Pos.read(conf.data_db).txid
     return Health(
         ok=Path(conf.data_db).exists() and Path(conf.public_db).exists(),
-        data_db_txid=Pos.read(conf.data_db).txid,
+        data_db_txid=data_db_txid,
         public_db_txid=Pos.read(conf.public_db).txid,
         published_up_to=Bookmark(**vars(mark)) if mark else None,
         nodes_connected=sum(n["connected"] for n in nodes),
         nodes=len(nodes),
         subscribers=tracker(request).subscriber_count,
+        epoch=await asyncio.to_thread(_epoch),
+        standby=await _standby(conf.standby_url, data_db_txid) if conf.standby_url else None,
     )
+
+
+_epoch_seen: list[int] = []
+
+
+def _epoch() -> int:
+    """data.db's epoch, read once: it changes only when a standby is
+    promoted, which starts a new control plane. (No data.db connection per
+    health check: see the README's Known limits on LiteFS.)"""
+    from .backup import epoch_of
+
+    if not _epoch_seen:
+        try:
+            conn = _connect(readonly=True)
+        except Exception:
+            return 1
+        try:
+            _epoch_seen.append(epoch_of(conn))
+        finally:
+            conn.close()
+    return _epoch_seen[0]
+
+
+async def _standby(url: str, data_db_txid: int) -> StandbyInfo:
+    import time
+
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            status = (await client.get(f"{url}/status")).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return StandbyInfo(url=url, connected=False, error=str(exc) or type(exc).__name__)
+    behind = max(0, data_db_txid - int(status["txid"]))
+    lag: float | None = 0.0
+    if behind:
+        committed_at = status.get("committed_at")
+        lag = max(0.0, (time.time() - float(committed_at)) * 1000) if committed_at else None
+    return StandbyInfo(url=url, connected=True, txid=status["txid"], behind_txids=behind, lag_ms=lag)
 
 
 # -- tables ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ for its primary and starts the same services.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -18,9 +19,10 @@ from typing import Mapping
 import httpx
 
 from broadsheet.config import ConfigError, Env, http_url, split_addr
-from broadsheet.litefs import MountConfig, is_mounted
+from broadsheet.litefs import MountConfig, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
 
+from .backup import default_cluster_id
 from .settings import ReadNodeAddress
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -46,7 +48,16 @@ class PrimaryNode:
     host: str = "127.0.0.1"  # where the team's Datasette and the control plane listen
     port: int = 8001  # the team's Datasette
     control_port: int = 8004
-    private_litefs_port: int = 20202  # always on loopback
+    private_litefs_port: int = 20202  # on loopback, unless private_litefs_addr says where
+    # With a standby: data.db's LiteFS on an address of the private network
+    # alone (a name that resolves there, e.g. "primary-private:20202"), and
+    # how the standby reaches it.
+    private_litefs_addr: str = ""
+    private_litefs_url: str = ""
+    standby_url: str = ""  # the standby's status (and wait) API, on the private network
+    # Private LiteFS APIs of the other nodes of the primary group: a node
+    # refuses to start as primary while one of them is primary (fencing).
+    peers: list[str] = field(default_factory=list)
     public_litefs_addr: str = "127.0.0.1:20203"  # read nodes stream public.db from here
     public_litefs_url: str = ""  # how read nodes reach it (default: from the address)
     hostname: str = "primary"  # the public cluster's primary, in the static lease
@@ -63,6 +74,12 @@ class PrimaryNode:
     # Datasette plugins (``*.py`` files) the team's Datasette loads beside
     # broadsheet's own: they see every Datasette event, flips included.
     team_plugins_dir: str = ""
+    # Which deployment data.db belongs to (primary/backup.py): a primary
+    # refuses a data.db, and restore a backup, of another cluster.
+    cluster_id: str = ""
+    backup_dir: Path | None = None  # where scheduled backups go (default: root/backups)
+    backup_interval: float = 0.0  # seconds between scheduled backups; 0: none
+    backup_keep: int = 7
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PrimaryNode":
@@ -84,6 +101,10 @@ class PrimaryNode:
             port=env.port("BROADSHEET_PORT", 8001),
             control_port=env.port("BROADSHEET_CONTROL_PORT", 8004),
             private_litefs_port=env.port("BROADSHEET_PRIVATE_LITEFS_PORT", 20202),
+            private_litefs_addr=env.str("BROADSHEET_PRIVATE_LITEFS_ADDR", ""),
+            private_litefs_url=env.str("BROADSHEET_PRIVATE_LITEFS_URL", ""),
+            standby_url=env.str("BROADSHEET_STANDBY_URL", ""),
+            peers=[p.strip() for p in env.str("BROADSHEET_PEERS", "").split(",") if p.strip()],
             public_litefs_addr=env.str("BROADSHEET_PUBLIC_LITEFS_ADDR", "127.0.0.1:20203"),
             public_litefs_url=env.str("BROADSHEET_PUBLIC_LITEFS_URL", ""),
             hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
@@ -96,10 +117,18 @@ class PrimaryNode:
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
             sample=env.bool("BROADSHEET_SAMPLE", False),
             team_plugins_dir=env.str("BROADSHEET_TEAM_PLUGINS_DIR", ""),
+            cluster_id=env.str("BROADSHEET_CLUSTER_ID", default_cluster_id(secret)),
+            backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
+            backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
+            backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
         )
         if node.team_plugins_dir and not Path(node.team_plugins_dir).is_dir():
             raise ConfigError(f"BROADSHEET_TEAM_PLUGINS_DIR is not a directory: {node.team_plugins_dir}")
+        if node.backup_interval < 0 or node.backup_keep < 1:
+            raise ConfigError("BROADSHEET_BACKUP_INTERVAL must be 0 or more seconds, BROADSHEET_BACKUP_KEEP 1 or more")
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
+        if node.private_litefs_addr:
+            split_addr(node.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
         return node
 
     def to_env(self) -> dict[str, str]:
@@ -111,6 +140,10 @@ class PrimaryNode:
             "BROADSHEET_PORT": str(self.port),
             "BROADSHEET_CONTROL_PORT": str(self.control_port),
             "BROADSHEET_PRIVATE_LITEFS_PORT": str(self.private_litefs_port),
+            "BROADSHEET_PRIVATE_LITEFS_ADDR": self.private_litefs_addr,
+            "BROADSHEET_PRIVATE_LITEFS_URL": self.private_litefs_url,
+            "BROADSHEET_STANDBY_URL": self.standby_url,
+            "BROADSHEET_PEERS": ",".join(self.peers),
             "BROADSHEET_PUBLIC_LITEFS_ADDR": self.public_litefs_addr,
             "BROADSHEET_PUBLIC_LITEFS_URL": self.public_litefs_url,
             "BROADSHEET_PRIMARY_HOSTNAME": self.hostname,
@@ -121,6 +154,10 @@ class PrimaryNode:
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
             "BROADSHEET_SAMPLE": _bool(self.sample),
             "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
+            "BROADSHEET_CLUSTER_ID": self.cluster_id,
+            "BROADSHEET_BACKUP_DIR": str(self.backup_dir or ""),
+            "BROADSHEET_BACKUP_INTERVAL": str(int(self.backup_interval)),
+            "BROADSHEET_BACKUP_KEEP": str(self.backup_keep),
         }
         if self.team_password:
             env["BROADSHEET_TEAM_PASSWORD"] = self.team_password
@@ -131,10 +168,13 @@ class PrimaryNode:
     # -- where things are ----------------------------------------------------
     @property
     def private(self) -> MountConfig:
-        # Loopback only, and no read node is ever given this address: the
-        # private cluster has exactly one member.
+        # Loopback, or an address of the private network that only the
+        # standby shares: no read node is ever given this address.
+        if self.private_litefs_addr:
+            host, port = split_addr(self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
+            return self._mount("private", self.private_litefs_addr, self.private_litefs_url or http_url(host, port))
         addr = f"127.0.0.1:{self.private_litefs_port}"
-        return self._mount("private", addr, f"http://{addr}")
+        return self._mount("private", addr, self.private_litefs_url or f"http://{addr}")
 
     @property
     def public(self) -> MountConfig:
@@ -151,6 +191,7 @@ class PrimaryNode:
             candidate=True,
             compress=self.compress,
             retention=self.retention,
+            litefs_cluster_id=derived_cluster_id(self.cluster_id, cluster),
         )
 
     @property
@@ -169,6 +210,12 @@ class PrimaryNode:
     @property
     def watermark_file(self) -> Path:
         return self.root / "publisher-watermark.json"
+
+    @property
+    def backups(self) -> Path:
+        """Where ``broadsheet backup`` writes by default: BROADSHEET_BACKUP_DIR
+        (another volume, in a deployment), else beside the node's data."""
+        return self.backup_dir or self.root / "backups"
 
     @property
     def url(self) -> str:
@@ -196,6 +243,7 @@ class PrimaryNode:
             "BROADSHEET_PUBLIC_LITEFS_URL": self.public_litefs_local_url,
             "BROADSHEET_DATASETTE_URL": self.url,
             "BROADSHEET_CONTROL_URL": self.control_url,
+            "BROADSHEET_STANDBY_URL": self.standby_url,
             "BROADSHEET_READ_NODES": json.dumps([asdict(n) for n in self.read_nodes]),
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
@@ -212,6 +260,9 @@ class PrimaryNode:
         then data.db's publish state (and sample data on a first start), then
         the publisher, the team's Datasette and the control plane."""
         supervisor.claim(self.root)
+        from .standby import check_no_other_primary
+
+        check_no_other_primary(self.peers, self.private.url)
         for service in self.litefs_services():
             supervisor.start(service)
         self.init_data_db(supervisor)
@@ -219,7 +270,7 @@ class PrimaryNode:
             supervisor.start(service)
 
     def init_data_db(self, supervisor) -> None:
-        from . import state
+        from . import backup, state
 
         if self.sample and not self.data_db.exists():
             from . import sample
@@ -228,14 +279,38 @@ class PrimaryNode:
             sample.load(self.data_db)
             conn = state.connect(str(self.data_db))
             state.set_public(conn, sample.PUBLIC, True, actor="broadsheet:sample")
-            conn.close()
         else:
             conn = state.connect(str(self.data_db))
             state.ensure_schema(conn)
+        try:
+            backup.ensure_cluster(conn, self.cluster_id)
+            from .standby import promotion
+
+            # A promoted standby's data.db says so: a newer epoch than the
+            # primary it replaced.
+            if (promoted := promotion(self.root)) is not None:
+                backup.set_epoch(conn, int(promoted["epoch"]))
+            public_id = self.public.data_dir / "clusterid"
+            if public_id.exists():
+                backup.record_public_litefs_id(conn, public_id.read_text().strip())
+        finally:
             conn.close()
 
     def litefs_services(self) -> list[Service]:
-        return [_litefs_service(name, fs) for name, fs in (("private-litefs", self.private), ("public-litefs", self.public))]
+        private, public = _litefs_service("private-litefs", self.private), _litefs_service("public-litefs", self.public)
+        public.prepare = self._prepare_public
+        return [private, public]
+
+    def _prepare_public(self) -> None:
+        """The public cluster's LiteFS id before its first start here: the
+        one data.db records (a promoted standby, a rebuilt primary: read
+        nodes know it), else the one derived from the cluster id."""
+        from . import backup
+
+        fs = self.public
+        if recorded := backup.public_litefs_id(self.data_db):
+            fs = dataclasses.replace(fs, litefs_cluster_id=recorded)
+        fs.write_cluster_id()
 
     def app_services(self) -> list[Service]:
         return [
@@ -269,7 +344,13 @@ class PrimaryNode:
                 force_after=UVICORN_GRACE,
             ),
             self.control_service(),
+            *([self.backup_service()] if self.backup_interval > 0 else []),
         ]
+
+    def backup_service(self) -> Service:
+        from . import backup
+
+        return backup.service("backups", self.data_db, self.backups, self.backup_keep, self.backup_interval, "private-litefs")
 
     def control_service(self) -> Service:
         return Service(
@@ -298,7 +379,7 @@ def _litefs_service(name: str, fs: MountConfig) -> Service:
         argv=fs.argv(),
         env=fs.env(),
         mount=fs.mount_dir,
-        prepare=lambda: fs.data_dir.mkdir(parents=True, exist_ok=True),
+        prepare=fs.write_cluster_id,
         ready=lambda: is_mounted(fs.mount_dir) and httpx.get(f"{fs.url}/info", timeout=1).status_code == 200,
         stop_signal=signal.SIGINT,
         restart=True,

@@ -20,7 +20,9 @@
   every read node at ``/public/NAME``), and removes saved queries.
 - Write API responses carry ``Broadsheet-Private-Txid``; send
   ``Broadsheet-Wait: public`` to also get ``Broadsheet-Public-Txid``, the
-  public.db TXID that holds the write (a bookmark for read nodes).
+  public.db TXID that holds the write (a bookmark for read nodes), and
+  ``Broadsheet-Wait: standby`` to be answered only once the standby has the
+  write (``Broadsheet-Standby-Txid``), else 504.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES, PUBLIC_TABLES, quote
 
-from . import publishing, queries, state, team
+from . import publishing, queries, standby, state, team
 from .events import AuditFollower, PublishTableEvent, UnpublishTableEvent
 from .events import cursor_file as events_cursor_file
 from .publisher import cycle_log_path
@@ -913,13 +915,29 @@ def asgi_wrapper(datasette):
             except BadBody as exc:
                 return await respond(send, exc.status, error_body(exc.status, exc.message))
             receive = replay(body)
-            wait_public = headers.get(b"broadsheet-wait", b"").lower() == b"public"
+            waits = {w.strip() for w in headers.get(b"broadsheet-wait", b"").lower().split(b",")}
+            wait_public = b"public" in waits
+            wait_standby = b"standby" in waits
+            if wait_standby and not settings().standby_url:
+                # Refused before the write: the caller asked for a copy that cannot be made.
+                message = "Broadsheet-Wait: standby, but this primary has no standby (BROADSHEET_STANDBY_URL)"
+                return await respond(send, 400, error_body(400, message))
+            replaced = False
 
             async def send_with_txids(message):
+                nonlocal replaced
+                if replaced:
+                    return  # Datasette's body of a response replaced by the 504
                 if message["type"] == "http.response.start" and message["status"] < 400:
                     # The write (if any) has committed by the time the response starts.
                     private_txid = Pos.read(settings().data_db).txid
                     extra = [(b"broadsheet-private-txid", str(private_txid).encode())]
+                    if wait_standby:
+                        missing = await standby.wait_for(private_txid)
+                        if missing is not None:
+                            replaced = True
+                            return await respond(send, 504, error_body(504, missing, private_txid=private_txid), extra)
+                        extra.append((b"broadsheet-standby-txid", str(private_txid).encode()))
                     if wait_public:
                         with contextlib.suppress(publishing.PublishTimeout):
                             mark = await publishing.wait_published(private_txid, 10.0)

@@ -39,6 +39,8 @@ class Settings:
     # The team's own Datasette plugins (*.py), loaded by the team's Datasette
     # and by the control plane's permission checker alike.
     team_plugins_dir: str | None = None
+    standby_url: str = ""  # the standby's status API (primary/standby.py), if there is one
+    standby_wait: float = 5.0  # longest wait for the standby on Broadsheet-Wait: standby, seconds
 
     @property
     def secret(self) -> str:
@@ -72,4 +74,6 @@ def settings() -> Settings:
         # while a one-row change still ships a few pages: see bench/.
         page_size=int(os.environ.get("BROADSHEET_PAGE_SIZE", "16384")),
         team_plugins_dir=os.environ.get("BROADSHEET_TEAM_PLUGINS_DIR") or None,
+        standby_url=os.environ.get("BROADSHEET_STANDBY_URL", "").rstrip("/"),
+        standby_wait=float(os.environ.get("BROADSHEET_STANDBY_WAIT_TIMEOUT") or "5"),
     )

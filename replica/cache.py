@@ -13,9 +13,16 @@ response. What is not a function of (request, position) is never kept:
 requests with a cookie or credentials, responses that set a cookie or are
 not a 200, visitors' own SQL (the sandbox lets it call ``random()`` and
 ``current_timestamp``), and the instance's ``/-/`` pages (process state such
-as ``/-/replication.json`` and ``/-/threads``). The read node's rules (405,
-the 403 for tables that are not public, bookmark waits, ETag/304) run before
-a lookup, at the same position as the key, so a hit can never get past them.
+as ``/-/replication.json`` and ``/-/threads``). The 405 and bookmark waits
+run before a lookup, at the same position as the key. The rest of the read
+node's rules (the 403 for tables that are not public, the team's metadata)
+depend on nothing but the request and the position, and an entry exists
+only because its request passed them at that position: a hit is answered
+without asking them again (and a matching ETag with a 304).
+
+The same request arriving while a response is being made waits for that
+one (``join``) rather than asking SQLite again: right after the position
+moves, everyone asking for the front page costs one SQLite run, not one each.
 """
 
 from __future__ import annotations

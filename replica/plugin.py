@@ -82,7 +82,10 @@ def guards(datasette) -> Guards:
     return _guards[datasette]
 
 
-@hookimpl
+# trylast: after every other plugin's startup (Datasette runs the team's
+# read-node plugins' after broadsheet's own otherwise), so that a database
+# one of them adds there is seen and refused.
+@hookimpl(trylast=True)
 def startup(datasette):
     """Refuse to serve unless this is what a read node must be: deny by
     default, and serve public.db alone. A read node without these would
@@ -419,18 +422,28 @@ def bookmark(scope) -> int | None:
 
 
 # /db/table.ext, /db/query.ext, /db/-/query.ext: the pages Datasette renders
-# in a format the path names.
-_FORMATTED = re.compile(r"^/[^/]+/(?:-/query|[^/]+)\.(\w+)$")
+# in a format the path names (not /-/..., where plugins add their routes).
+_FORMATTED = re.compile(r"^/(?!-/)[^/]+/(?:-/query|[^/]+)\.(\w+)$")
+
+
+# Datasette parses the whole query string again for each parameter it looks
+# up (request.args), so its pages cost the square of their parameters'
+# number, on the event loop: 2,000 held a read node for half a minute.
+MAX_PARAMETERS = 200
 
 
 def _unservable(datasette, scope) -> tuple[int, str] | None:
     """What Datasette would answer with a 500 rather than a 4xx: a format
     it has no renderer for (it asserts), a ``?_timelimit=`` that is not an
-    integer (it calls int() on it)."""
+    integer (it calls int() on it); or only after a stall: more query
+    parameters than MAX_PARAMETERS."""
     named = _FORMATTED.match(scope["path"])
     if named and named.group(1) not in ("html", "csv") and named.group(1) not in datasette.renderers:
         return 404, f"There is no {named.group(1)!r} format here: try .json or .csv"
-    for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+    parameters = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    if len(parameters) > MAX_PARAMETERS:
+        return 400, f"Too many query parameters ({len(parameters):,}): at most {MAX_PARAMETERS} on a read node"
+    for key, value in parameters:
         if key == "_timelimit" and value:
             try:
                 int(value)

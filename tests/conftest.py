@@ -158,3 +158,14 @@ def control(cluster, token):
     from broadsheet.client import ControlClient
 
     return ControlClient(cluster.primary.control_url, token)
+
+
+def read_only_rows(path, sql: str) -> list:
+    """The rows ``sql`` returns from the SQLite file at ``path``, opened read-only."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()

@@ -192,3 +192,24 @@ async def test_an_unknown_format_or_a_bad_time_limit_is_a_4xx(primary, read_node
             response = await ds.client.get(f"{path}.json", params={"tz": "-5", "sql": "select 1", **params})
             assert response.status_code == 200, (path, params, response.status_code)
         assert (await ds.client.get(f"{path}.csv", params={"tz": "-5", "sql": "select 1"})).status_code == 200
+    # Routes under /-/ are Datasette's and plugins' own, whatever they end in.
+    assert (await ds.client.get("/-/versions.json")).status_code == 200
+
+
+@in_loop
+async def test_a_request_with_very_many_parameters_is_refused_before_datasette_reads_them(primary, read_node):
+    """Datasette parses the whole query string again for every parameter it
+    looks up: a few thousand parameters held a read node's event loop for
+    minutes. Beyond a bound they are a 400, on every page."""
+    *_, save = primary
+    save("by_tz", "SELECT faa FROM airports WHERE tz = :tz")
+    ds = read_node
+    many = "&".join(f"p{i}=1" for i in range(2000))
+    for path in ("/public/by_tz.json", "/public/airports.json", "/public/-/query.json?sql=select+1&"):
+        response = await ds.client.get(f"{path}{'' if path.endswith('&') else '?'}{many}")
+        assert response.status_code == 400, (path, response.status_code)
+        assert "parameters" in response.json()["error"]
+    # A page with its filters, columns and facets is far from the bound.
+    columns = "&".join(["_col=faa", "_col=name"] * 20)
+    assert (await ds.client.get(f"/public/airports.json?tz=-5&{columns}")).status_code == 200
+    assert (await ds.client.get("/public/by_tz.json", params={"tz": "-5"})).status_code == 200

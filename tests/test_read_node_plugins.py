@@ -78,6 +78,13 @@ def test_a_plugin_that_grants_access_stops_the_read_node(public_db):
         start(public_db, "grant_everything")
 
 
+def test_a_plugin_that_serves_another_database_stops_the_read_node(public_db):
+    # Datasette runs the team's plugins' startup hooks after broadsheet's
+    # own; the check that public.db is served alone must see what they did.
+    with pytest.raises(StartupError, match="serve exactly one database, public.db"):
+        start(public_db, "adds_a_database")
+
+
 def test_a_plugin_that_wraps_requests_outside_the_rules_stops_the_read_node(public_db):
     # Loaded as the launcher loads it (before broadsheet's own), it wraps
     # inside the read node's rules; only registered later would it be outside.

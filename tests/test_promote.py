@@ -1,0 +1,138 @@
+"""Losing the primary for good, on one machine (real LiteFS, real HTTP): the
+primary's processes are killed and its volume deleted in the middle of a
+stream of team writes; the standby is promoted and takes the primary's
+addresses (as it takes the DNS name in a deployment). Every write
+acknowledged with ``Broadsheet-Wait: standby`` is there, the writes lost
+are only those the standby had not received, publishing works, read nodes
+follow the new primary and converge, and the old primary, started again,
+refuses to become a second primary. (tests/deploy does the same with
+containers and networks.)
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import httpx
+import pytest
+
+from broadsheet.cluster import LocalCluster
+from broadsheet.litefs import Pos
+from conftest import read_only_rows, rows, status, wait_until
+from primary import standby as standby_mod
+from primary.standby import AnotherPrimary
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "2")
+    c = LocalCluster(tmp_path / "cluster", replicas=2, compress=False, sample=False)
+    # A public cluster whose LiteFS id is LiteFS's own random one (as before
+    # broadsheet derived it): the promoted node must still be followed.
+    c.primary.public.data_dir.mkdir(parents=True)
+    (c.primary.public.data_dir / "clusterid").write_text("LFSC0123456789ABCDEF")
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_promote_after_the_primary_is_destroyed_mid_stream(cluster):
+    from broadsheet.cli import _mint_token
+
+    standby = cluster.add_standby()
+    old = cluster.primary
+    token = _mint_token(old.secret, "tester")
+    client = httpx.Client(base_url=old.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    r = client.post("/data/-/create", json={"table": "ledger", "pk": "id", "rows": [{"id": 0, "waited": 1}]})
+    assert r.status_code == 201, r.text
+    r = httpx.post(f"{old.control_url}/tables/ledger/publish", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+
+    acknowledged: dict[int, tuple[bool, int]] = {}  # id -> (waited for the standby, data.db TXID)
+    stop = threading.Event()
+
+    def write():
+        n = 1
+        while not stop.is_set():
+            waited = n % 2 == 0
+            try:
+                r = client.post("/data/ledger/-/insert", headers={"Broadsheet-Wait": "standby"} if waited else {},
+                                json={"row": {"id": n, "waited": int(waited)}})
+            except httpx.HTTPError:
+                return  # the primary is gone
+            if r.status_code == 201:
+                acknowledged[n] = (waited, int(r.headers["broadsheet-private-txid"]))
+            n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_until(lambda: len(acknowledged) >= 30, timeout=60, message="writes flowing")
+        # The primary and its volume, destroyed mid-stream.
+        sup = cluster.supervisor
+        for name in ("control-plane", "primary-datasette", "publisher", "public-litefs", "private-litefs"):
+            sup.stop(name, kill=True)
+    finally:
+        stop.set()
+        writer.join(30)
+        client.close()
+    shutil.rmtree(old.root / "private")
+    shutil.rmtree(old.root / "public")
+    standby_txid = Pos.read(standby.data_db).txid
+    primary_txid = max(txid for _, txid in acknowledged.values())
+
+    # What promoting would lose: the standby's lag, on its status API.
+    seen = httpx.get(f"{standby.url}/status").json()
+    assert seen["txid"] == standby_txid
+
+    promoted_env = {
+        **old.to_env(),
+        # The old primary's addresses (read nodes and the team use them),
+        # on the standby's directory, which has data.db.
+        "BROADSHEET_ROOT": str(standby.root),
+        "BROADSHEET_PRIVATE_LITEFS_PORT": str(cluster._port()),
+        "BROADSHEET_PEERS": old.private.url,
+        "BROADSHEET_STANDBY_URL": "",
+        "BROADSHEET_SAMPLE": "false",
+    }
+    record = standby_mod.promote(standby.root, standby.data_db)
+    assert record["epoch"] == 2 and record["data_db_txid"] == standby_txid
+    new = standby_mod.become_primary(standby, sup, promoted_env)
+    cluster.primary = new
+
+    # data.db continues from the standby's TXID, with every write it had.
+    assert Pos.read(new.data_db).txid >= standby_txid
+    present = {r[0] for r in read_only_rows(new.data_db, "SELECT id FROM ledger")}
+    waited_lost = [n for n, (waited, _) in acknowledged.items() if waited and n not in present]
+    assert not waited_lost, f"writes acknowledged with Broadsheet-Wait: standby lost: {waited_lost}"
+    lost = [n for n, (waited, _) in acknowledged.items() if n not in present]
+    # Only writes after the standby's last TXID are lost: at most its lag.
+    assert all(acknowledged[n][1] > standby_txid for n in lost)
+    assert len(lost) <= max(0, primary_txid - standby_txid)
+    print(f"acknowledged {len(acknowledged)} writes, lost {len(lost)} (not waited for); standby lag {max(0, primary_txid - standby_txid)} TXIDs")
+
+    health = wait_until(lambda: httpx.get(f"{new.control_url}/health").json(), timeout=30, message="new control plane")
+    assert health["epoch"] == 2 and health["data_db_txid"] >= standby_txid
+    assert (new.public.data_dir / "clusterid").read_text() == "LFSC0123456789ABCDEF"
+
+    # Publishing works, and read nodes follow the new primary and converge.
+    headers = {"Authorization": f"Bearer {_mint_token(new.secret, 'tester')}"}
+    with httpx.Client(base_url=new.url, headers=headers, timeout=30) as t:
+        r = t.post("/data/-/create", json={"table": "after", "pk": "id", "rows": [{"id": 1, "note": "after promotion"}]})
+        assert r.status_code == 201, r.text
+    r = httpx.post(f"{new.control_url}/tables/after/publish", headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    expected = sorted(present)
+    for node in cluster.replicas:
+        wait_until(lambda: status(node.url, "/public/after.json") == 200, timeout=60, message=f"{node.name} follows")
+        wait_until(lambda: sorted(r["id"] for r in rows(node.url, "ledger", _size="max")) == expected,
+                   timeout=60, message=f"{node.name} converged")
+
+    # The old primary, started again, refuses to be a second primary.
+    old.peers = [new.private.url]
+    with pytest.raises(AnotherPrimary, match="must not start as a second primary"):
+        old.start(sup)
+    assert Pos.read(new.data_db).txid >= standby_txid

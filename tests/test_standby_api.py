@@ -1,0 +1,29 @@
+"""The standby's status API in-process, on a plain file with a LiteFS-style
+``-pos`` beside it: its position, and waits that end on time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from broadsheet.litefs import Pos
+
+
+def test_status_and_bounded_waits(tmp_path, monkeypatch):
+    data_db = tmp_path / "data.db"
+    data_db.write_bytes(b"")
+    Path(f"{data_db}-pos").write_text(str(Pos(41, 0xABC)))
+    monkeypatch.setenv("BROADSHEET_STANDBY_DATA_DB", str(data_db))
+    monkeypatch.setenv("BROADSHEET_STANDBY_LITEFS_URL", "http://127.0.0.1:9")  # no events: committed_at unknown
+    from primary import standby_api
+
+    with TestClient(standby_api.app) as client:
+        status = client.get("/status").json()
+        assert status["txid"] == 41 and status["role"] == "standby" and status["committed_at"] is None
+        assert client.get("/wait", params={"txid": 41}).json() == {"ok": True, "txid": 41}
+        late = client.get("/wait", params={"txid": 42, "timeout": 0.2})
+        assert late.status_code == 504 and late.json()["txid"] == 41
+        assert "not 42" in late.json()["error"]
+        for bad in ({"txid": -1}, {"txid": "x"}, {"txid": 1, "timeout": 0}, {"txid": 1, "timeout": 600}):
+            assert client.get("/wait", params=bad).status_code == 422
