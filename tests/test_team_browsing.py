@@ -1,12 +1,11 @@
 """A team member using the team's Datasette while scripts write to it:
 browsing (the database page's public badges, a table's actions) and
-flipping tables from the Make public page. The team's Datasette reads
-data.db through its own connections and has the control plane make its
-changes, so data.db stays whole, the private LiteFS never fails a commit
-and nothing restarts. (A connection of apsw's SQLite in that process shares
-the process's POSIX locks with Datasette's unknowingly: its writes ran
-beside the write API's and corrupted data.db, and closing it dropped the
-write API's locks, so LiteFS failed a commit.)"""
+flipping tables from the Make public page. data.db stays whole, the private
+LiteFS never fails a commit and nothing restarts. (A connection of apsw's
+SQLite in the team Datasette's process shares that process's POSIX locks
+with Datasette's own connections unknowingly: its writes ran beside the
+write API's and corrupted data.db, and closing it dropped the write API's
+locks, so LiteFS failed a commit.)"""
 
 from __future__ import annotations
 
