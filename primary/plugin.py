@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import re
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
+from urllib.parse import quote as quote_path
 
 import httpx
 from datasette import Forbidden, hookimpl
@@ -140,19 +142,25 @@ async def _republish_rebuilt(datasette, table: str, actor: dict) -> None:
         return
     if not await may_publish(datasette, actor, table):
         return
-    conn = state.connect(settings().data_db)
+    # Read through this Datasette's own connection, and flipped by the
+    # control plane: never apsw on data.db in this process (_flip_by_control_plane).
+    db = datasette.get_database(_data_db_name())
+    rows = (
+        await db.execute(
+            f"SELECT {', '.join(state.AUDIT_COLUMNS)} FROM _public_audit_log WHERE table_name = ? ORDER BY id DESC LIMIT 1",
+            (table,),
+        )
+    ).rows
+    newest = [dict(zip(state.AUDIT_COLUMNS, row)) for row in rows]
+    if not newest or (newest[0]["operation"], newest[0]["actor"]) != ("unpublish", state.REBUILT_ACTOR):
+        return
+    made_private = datetime.datetime.fromisoformat(newest[0]["timestamp"]).timestamp()
+    if made_private < altered_at - 30 or not await db.table_exists(table):
+        return  # made private by an earlier rebuild, not by this alteration
+    spec = PublishSpec.from_json(newest[0]["spec_before"])
+    rebuilder = {"id": f"{publishing.actor_label(actor)} (alter-table)"}
     try:
-        newest = state.audit_entries(conn, table=table, limit=1)
-        if not newest or (newest[0]["operation"], newest[0]["actor"]) != ("unpublish", state.REBUILT_ACTOR):
-            return
-        made_private = datetime.datetime.fromisoformat(newest[0]["timestamp"]).timestamp()
-        if made_private < altered_at - 30 or table not in state.user_tables(conn):
-            return  # made private by an earlier rebuild, not by this alteration
-        spec = PublishSpec.from_json(newest[0]["spec_before"])
-    finally:
-        conn.close()
-    try:
-        await publishing.flip(table, True, f"{publishing.actor_label(actor)} (alter-table)", wait=False, spec=spec)
+        await _flip_by_control_plane(datasette, rebuilder, table, True, spec)
     except state.PublishError as exc:
         log("primary", f"{table!r} stays private after the alteration: its spec no longer fits ({exc.message})")
 
@@ -480,14 +488,13 @@ async def _visibility_page(
     """The Make public page, after the publish form's POST ``fields`` (if
     any) or with what became of saving the table's ``metadata``."""
     context = {"database": database, "table": table, "outcome": None, "error": None, "live": [], "preview": None}
-    conn = state.connect(settings().data_db, readonly=True)
-    try:
+    def read(conn):
         is_view = table in state.views(conn)
         exists = is_view or table in state.user_tables(conn)
         shape = TableShape.read(conn, table) if exists and not is_view else TableShape((), True)
-        current = state.public_specs(conn).get(table)
-    finally:
-        conn.close()
+        return is_view, exists, shape, state.public_specs(conn).get(table)
+
+    is_view, exists, shape, current = await _read_data_db(datasette, read)
     form = SpecForm.from_spec(current or PublishSpec(), shape.columns)
     if fields is not None:
         operation, action = (fields.get("operation") or [None])[0], (fields.get("action") or [None])[0]
@@ -505,13 +512,11 @@ async def _visibility_page(
             context["error"] = str(exc)
         except (state.PublishError, publishing.PublishTimeout) as exc:
             context["error"] = exc.message
-    conn = state.connect(settings().data_db, readonly=True)
-    try:
-        current = state.public_specs(conn).get(table)
-        context["audit"] = state.audit_entries(conn, table=table, limit=20)
-        metadata = metadata or MetadataForm(state.metadata(conn).get(table, {}))
-    finally:
-        conn.close()
+    def read_after(conn):
+        return state.public_specs(conn).get(table), state.audit_entries(conn, table=table, limit=20), state.metadata(conn)
+
+    current, context["audit"], every_metadata = await _read_data_db(datasette, read_after)
+    metadata = metadata or MetadataForm(every_metadata.get(table, {}))
     for entry in context["audit"]:
         published = entry["operation"] == "publish"
         entry["published"] = PublishSpec.from_json(entry["spec_after"]).describe() if published else None
@@ -561,35 +566,21 @@ class MetadataForm:
     status: int = 200
 
     @classmethod
-    async def save(cls, request, table: str) -> "MetadataForm":
+    async def save(cls, datasette, request, table: str) -> "MetadataForm":
         """Save the posted fields (merged, as the control plane's PUT does:
         a field left out keeps its value, an empty one is cleared). A bad
         value changes nothing."""
         posted = {k: v.strip() for k, v in (await request.post_vars()).items() if k != "csrftoken"}
+        path = "/metadata" if table == state.INSTANCE else f"/tables/{quote_path(table, safe='')}/metadata"
         try:
-            return cls(await asyncio.to_thread(_set_metadata, table, posted), saved=True)
+            return cls(await _ask_control_plane(request.actor["id"], "PUT", path, posted, table), saved=True)
         except state.PublishError as exc:
-            current = await asyncio.to_thread(_metadata_of, table)
+            current = await _metadata_of(datasette, table)
             return cls({**current, **posted}, error=exc.message, status=exc.status)
 
 
-@contextlib.contextmanager
-def _data_db(readonly: bool = False):
-    conn = state.connect(settings().data_db, readonly=readonly)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def _set_metadata(table: str, values: dict) -> dict:
-    with _data_db() as conn:
-        return state.set_metadata(conn, table, values)
-
-
-def _metadata_of(table: str) -> dict:
-    with _data_db(readonly=True) as conn:
-        return state.metadata(conn).get(table, {})
+async def _metadata_of(datasette, table: str) -> dict:
+    return (await _read_data_db(datasette, state.metadata)).get(table, {})
 
 
 async def table_metadata(datasette, request):
@@ -603,7 +594,7 @@ async def table_metadata(datasette, request):
             datasette.urls.path(f"/-/broadsheet/visibility/{tilde_encode(database)}/{tilde_encode(table)}")
             + "#metadata"
         )
-    metadata = await MetadataForm.save(request, table)
+    metadata = await MetadataForm.save(datasette, request, table)
     return await _visibility_page(datasette, request, database, table, metadata=metadata)
 
 
@@ -686,22 +677,20 @@ async def publish_query(datasette, request):
     if request.method == "POST":
         posted = await request.post_vars()
         form.update({k: (posted.get(k) or "").strip() for k in QUERY_FORM_FIELDS})
-        actor = publishing.actor_label(request.actor)
+        # Saved and removed by the control plane, in its own process (see _ask_control_plane).
         try:
             if posted.get("operation") == "remove":
-                context["outcome"] = await queries.remove_and_wait(form["name"], actor)
+                answer = await _ask_control_plane(
+                    request.actor["id"], "DELETE", f"/queries/{quote_path(form['name'], safe='')}", None, None
+                )
             else:
-                query = queries.SavedQuery(form["name"], form["sql"], form["title"] or None, form["description"] or None)
-                context["outcome"] = await queries.save_and_wait(query, actor)
+                body = {**{k: form[k] for k in ("name", "sql")}, "title": form["title"] or None,
+                        "description": form["description"] or None}
+                answer = await _ask_control_plane(request.actor["id"], "POST", "/queries", body, None)
+            context["outcome"] = queries.Outcome(**{f.name: answer[f.name] for f in dataclasses.fields(queries.Outcome)})
         except state.PublishError as exc:
             context["error"], status = exc.message, exc.status
-        except publishing.PublishTimeout as exc:
-            context["error"], status = exc.message, exc.status
-    conn = state.connect(settings().data_db, readonly=True)
-    try:
-        context["saved"] = queries.saved(conn)
-    finally:
-        conn.close()
+    context["saved"] = await _read_data_db(datasette, queries.saved)
     return Response.html(
         await datasette.render_template("broadsheet_query.html", context, request=request), status=status
     )
@@ -718,9 +707,9 @@ async def instance_metadata(datasette, request):
             f" {_data_db_name()} as a whole)"
         )
     if request.method == "POST":
-        metadata = await MetadataForm.save(request, state.INSTANCE)
+        metadata = await MetadataForm.save(datasette, request, state.INSTANCE)
     else:
-        metadata = MetadataForm(await asyncio.to_thread(_metadata_of, state.INSTANCE))
+        metadata = MetadataForm(await _metadata_of(datasette, state.INSTANCE))
     context = {
         "metadata_form": metadata,
         "metadata_action": datasette.urls.path("/-/broadsheet/metadata"),
@@ -750,11 +739,54 @@ def _cell(value) -> str:
 
 
 async def _flip(datasette, actor: dict, database: str, table: str, public: bool, spec: PublishSpec, context: dict):
-    outcome = await publishing.flip(table, public, publishing.actor_label(actor), wait=True, spec=spec)
+    outcome = await _flip_by_control_plane(datasette, actor, table, public, spec)
     context["outcome"] = outcome
     # Its event comes from the audit log, as every flip's does (events.py).
     if outcome.public_txid is not None:
         context["live"] = await _where_live(datasette, actor, table, outcome.public_txid)
+
+
+async def _read_data_db(datasette, read):
+    """``read(conn)`` on one of this Datasette's own read connections to
+    data.db (Python's SQLite), never apsw's here: see _ask_control_plane."""
+    return await datasette.get_database(_data_db_name()).execute_fn(read)
+
+
+async def _flip_by_control_plane(
+    datasette, actor: dict, table: str, public: bool, spec: PublishSpec
+) -> publishing.Outcome:
+    """The flip, made in the control plane's process for this actor (whom
+    this page has already checked)."""
+    verb = "publish" if public else "unpublish"
+    body = spec.to_dict() if public and not spec.whole else None
+    answer = await _ask_control_plane(actor["id"], "POST", f"/tables/{quote_path(table, safe='')}/{verb}", body, table)
+    return publishing.Outcome(table, public, answer["changed"], answer["private_txid"], answer["public_txid"])
+
+
+async def _ask_control_plane(actor_id: str, method: str, path: str, body: dict | None, table: str | None) -> dict:
+    """A change to data.db, made by the control plane in its own process,
+    with a short-lived token of ``actor_id``. Not in this one: here
+    Datasette has data.db open with Python's SQLite, and a connection of
+    apsw's SQLite in the same process shares the process's POSIX locks
+    unknowingly, so its write could run beside one of the write API's and
+    its close drops their locks (table-action flips under a stream of writes
+    corrupted data.db). PublishError with the control plane's status."""
+    from .auth import create_token
+
+    token = await create_token(actor_id, expires_after=60)
+    try:
+        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
+            response = await client.request(method, f"{settings().control_url}{path}", json=body)
+        answer = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        error = state.PublishError(f"The control plane ({settings().control_url}) did not answer: {exc}", table)
+        error.status = 502
+        raise error from None
+    if response.status_code >= 400:
+        error = state.PublishError(str(answer.get("error") or answer.get("detail") or answer), table)
+        error.status = response.status_code
+        raise error
+    return answer
 
 
 async def _where_live(datasette, actor: dict, table: str, txid: int, timeout: float = 3.0) -> list[dict]:
