@@ -57,7 +57,7 @@ from . import publishing, queries, standby, state, team
 from .events import AuditFollower, PublishTableEvent, UnpublishTableEvent
 from .events import cursor_file as events_cursor_file
 from .publisher import cycle_log_path
-from .preview import Preview, preview
+from .preview import Preview
 from .projection import TableShape
 from .settings import settings
 from .spec import PublishSpec, SpecError
@@ -505,7 +505,7 @@ async def _visibility_page(
                 raise state.PublishError("Choose publish or unpublish, and preview or publish")
             spec = form.spec(shape.columns) if action and operation == "publish" else PublishSpec()
             if action == "preview":
-                context["preview"] = await asyncio.to_thread(_preview, table, spec)
+                context["preview"] = await _preview_by_control_plane(request.actor, table, spec)
             else:
                 await _flip(datasette, request.actor, database, table, operation == "publish", spec, context)
         except SpecError as exc:
@@ -721,12 +721,13 @@ async def instance_metadata(datasette, request):
     )
 
 
-def _preview(table: str, spec: PublishSpec) -> Preview:
-    conn = state.connect(settings().data_db, readonly=True)
-    try:
-        return preview(conn, table, spec)
-    finally:
-        conn.close()
+async def _preview_by_control_plane(actor: dict, table: str, spec: PublishSpec) -> Preview:
+    """What ``spec`` would publish, computed by the control plane in its own
+    process: even a read-only apsw connection's close here would drop the
+    write API's locks on data.db (see _ask_control_plane)."""
+    body = spec.to_dict() if not spec.whole else None
+    answer = await _ask_control_plane(actor["id"], "POST", f"/tables/{quote_path(table, safe='')}/preview", body, table)
+    return Preview(**answer)
 
 
 def _cell(value) -> str:
