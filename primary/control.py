@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, AsyncIterator
+from typing import Annotated, AsyncIterator, Literal
 
 from datasette.csrf import CrossOriginProtectionMiddleware
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -136,6 +136,14 @@ class Arrival(BaseModel):
     ms: float | None
 
 
+class QueryChange(BaseModel):
+    """What one publish cycle did to a saved query."""
+
+    action: Literal["published", "changed", "removed", "withdrawn"]
+    actor: str | None = Field(default=None, description="Who saved or removed it (null: the publisher withdrew it)")
+    reason: str | None = Field(default=None, description="Why the publisher withdrew it")
+
+
 class CycleSummary(BaseModel):
     """What the publish cycle that made this TXID did, from the publisher's
     own record of it."""
@@ -146,6 +154,9 @@ class CycleSummary(BaseModel):
     rows_by_table: dict[str, int] = Field(default={}, description="Rows copied or changed, per table")
     actors: dict[str, str] = Field(default={}, description="Who asked: table -> actor of its flip (audit log)")
     queries_changed: list = Field(default=[], description="Saved queries this cycle changed")
+    query_changes: dict[str, QueryChange] = Field(
+        default={}, description="What happened to each of those saved queries, and who asked"
+    )
 
 
 class PropagationRecord(BaseModel):

@@ -73,7 +73,8 @@ def _rows(n: int) -> str:
 def describe_cycle(cycle: dict) -> list[str]:
     """What one publish cycle did, in words, from its record in the
     publisher's cycle log: ``["planes published by alice (3,322 rows)",
-    "42 rows changed in airports", "notes unpublished by bob"]``."""
+    "42 rows changed in airports", "notes unpublished by bob", "saved query
+    by_tz withdrawn (its table airports is no longer public)"]``."""
     actors = cycle.get("actors") or {}
 
     def by(table: str) -> str:
@@ -92,8 +93,16 @@ def describe_cycle(cycle: dict) -> list[str]:
     for table, n in rows.items():
         if table not in shown:
             said.append(f"{_rows(n)} changed in {table}")
+    told = cycle.get("query_changes") or {}
     for query in cycle.get("queries_changed") or []:
-        said.append(f"saved query {query if isinstance(query, str) else json.dumps(query)} changed")
+        name = query if isinstance(query, str) else json.dumps(query)
+        change = told.get(name) or {}  # a record from before query_changes: just "changed"
+        line = f"saved query {name} {change.get('action') or 'changed'}"
+        if change.get("actor"):
+            line += f" by {change['actor']}"
+        if change.get("reason"):
+            line += f" ({change['reason']})"
+        said.append(line)
     if cycle.get("metadata_changed"):
         said.append("titles, descriptions or licenses changed")
     return said
@@ -101,7 +110,7 @@ def describe_cycle(cycle: dict) -> list[str]:
 
 # What a propagation record carries of its cycle (the rest of the cycle
 # log's record is the publisher's own timing).
-CYCLE_FIELDS = ("published", "unpublished", "recopied", "rows_by_table", "actors", "queries_changed")
+CYCLE_FIELDS = ("published", "unpublished", "recopied", "rows_by_table", "actors", "queries_changed", "query_changes")
 
 
 @dataclass

@@ -63,6 +63,12 @@ class Cycle:
     metadata_changed: bool = False
     audit_id: int = 0
     queries_changed: tuple[str, ...] = ()  # saved queries published, changed or withdrawn
+    # Each of those: what happened to it and who asked, from the saved-query
+    # log entries in this cycle's snapshot (name -> {"action": "published" |
+    # "changed" | "removed" | "withdrawn", "actor": ..., "reason": ...});
+    # ``queries_log_id``: the newest entry seen.
+    query_changes: dict[str, dict] = field(default_factory=dict)
+    queries_log_id: int = 0
 
 
 @dataclass
@@ -91,6 +97,10 @@ class _Plan:
     queries_due: bool = False  # data.db's saved queries differ from public.db's
     queries_changed: tuple[str, ...] = ()
     queries_left_out: dict = field(default_factory=dict)  # name -> (SavedQuery, why it no longer compiles)
+    queries_public: dict = field(default_factory=dict)  # public.db's saved queries before the cycle
+    query_actors: dict[str, str | None] = field(default_factory=dict)  # name -> who saved or removed it last
+    queries_log_id: int = 0
+    query_changes: dict[str, dict] = field(default_factory=dict)
 
     @property
     def erases(self) -> bool:
@@ -209,8 +219,11 @@ class Publisher:
         self._last_trim = time.monotonic()
         # Beside the watermark, off the mounts (none in a bare test publisher).
         self.cycle_log = state.CycleLog(cycle_log_path(watermark_file)) if watermark_file else None
-        # Audit log entries up to this one are told by an earlier cycle.
-        self._audited = (self.cycle_log.read(1) or [{}])[0].get("audit_id", 0) if self.cycle_log else 0
+        # Audit log (and saved-query log) entries up to these are told by an
+        # earlier cycle.
+        last = (self.cycle_log.read(1) or [{}])[0] if self.cycle_log else {}
+        self._audited = last.get("audit_id", 0)
+        self._queries_logged = last.get("queries_log_id", 0)
 
     def close(self) -> None:
         self.conn.close()
@@ -368,6 +381,7 @@ class Publisher:
                 self._synced_published = tuple(plan.published)
                 self._processed = max(self._processed, plan.max_change or 0)
                 self._audited = max(self._audited, plan.audit_id)  # flips that changed nothing public
+                self._queries_logged = max(self._queries_logged, plan.queries_log_id)
                 self._follow_up(plan, before.txid)
                 return None
             rows_changed = self._apply(plan)
@@ -406,8 +420,11 @@ class Publisher:
             metadata_changed=plan.metadata is not None,
             audit_id=max(plan.audit_id, self._audited),
             queries_changed=plan.queries_changed,
+            query_changes=dict(plan.query_changes),
+            queries_log_id=max(plan.queries_log_id, self._queries_logged),
         )
         self._audited = cycle.audit_id
+        self._queries_logged = cycle.queries_log_id
         self._processed = max(self._processed, plan.max_change or 0)
         self._record(cycle)
         self._follow_up(plan, before.txid, public.txid)
@@ -525,13 +542,21 @@ class Publisher:
         ):
             plan.actors[table] = actor or ""
             plan.audit_id = audit_id
+        for log_id, actor, name in conn.execute(
+            "SELECT id, actor, name FROM src._public_queries_log WHERE id > ? AND operation IN ('save', 'remove')"
+            " ORDER BY id",
+            (self._queries_logged,),
+        ):
+            plan.query_actors[name] = actor
+            plan.queries_log_id = log_id
         current = [n for (n,) in conn.execute(f"SELECT table_name FROM main.{PUBLIC_TABLES} ORDER BY table_name")]
         plan.public_tables_changed = current != sorted(published + plan.views)
         shown = {state.INSTANCE, *published, *plan.views}
         wanted = {t: m for t, m in state.metadata(conn, "src").items() if t in shown and m}
         if wanted != state.metadata(conn, "main"):
             plan.metadata = wanted
-        plan.queries_due = saved_queries.published(conn, "src", live=True) != saved_queries.published(conn, "main")
+        plan.queries_public = saved_queries.published(conn, "main")
+        plan.queries_due = saved_queries.published(conn, "src", live=True) != plan.queries_public
         return plan
 
     def _apply(self, plan: _Plan) -> int:
@@ -588,6 +613,10 @@ class Publisher:
         schema_changes = plan.drop or plan.copy or plan.drop_views or plan.create_views or plan.public_tables_changed
         if plan.queries_due or schema_changes:
             plan.queries_changed, plan.queries_left_out = saved_queries.publish_into(conn, plan.published + plan.views)
+            plan.query_changes = saved_queries.changes(
+                plan.queries_changed, plan.queries_public, saved_queries.published(conn, "main"),
+                plan.queries_left_out, plan.query_actors,
+            )
         if plan.metadata is not None:
             conn.execute(f"DELETE FROM main.{PUBLIC_METADATA}")
             for table, fields in plan.metadata.items():
@@ -676,6 +705,8 @@ class Publisher:
                     "metadata_changed": cycle.metadata_changed,
                     "audit_id": cycle.audit_id,
                     "queries_changed": list(cycle.queries_changed),
+                    "query_changes": cycle.query_changes,
+                    "queries_log_id": cycle.queries_log_id,
                 }
             )
 

@@ -360,6 +360,51 @@ def publish_into(conn: apsw.Connection, listed: list[str]) -> tuple[tuple[str, .
     return tuple(changed), left_out
 
 
+def changes(
+    changed: tuple[str, ...],
+    before: dict[str, SavedQuery],
+    after: dict[str, SavedQuery],
+    left_out: dict[str, tuple[SavedQuery, str]],
+    actors: dict[str, str | None],
+) -> dict[str, dict]:
+    """What a publish cycle did to each saved query whose public copy it
+    changed (``publish_into``), as its record tells it: name -> {"action":
+    "published" | "changed" | "removed" | "withdrawn", "actor": who saved or
+    removed it since the last cycle (None: nobody, or the publisher itself),
+    "reason": why the publisher withdrew it (None otherwise)}."""
+    told = {}
+    for name in changed:
+        if name in after:
+            action = "changed" if name in before else "published"
+        else:
+            action = "withdrawn" if name in left_out else "removed"
+        withdrawn = action == "withdrawn"
+        told[name] = {
+            "action": action,
+            "actor": None if withdrawn else actors.get(name),
+            "reason": brief(left_out[name][1]) if withdrawn else None,
+        }
+    return told
+
+
+_NOT_PUBLIC = re.compile(r"reads '((?:[^']|'')+)', which is not public")
+_NO_COLUMN = re.compile(r"no such column: (\S+)")
+
+
+def brief(reason: str) -> str:
+    """Why a query was withdrawn, in a few words: "its table airports is no
+    longer public" rather than the compiler's whole message."""
+    tables = [t.replace("''", "'") for t in _NOT_PUBLIC.findall(reason)]
+    if len(tables) == 1:
+        return f"its table {tables[0]} is no longer public"
+    if tables:
+        return f"its tables {', '.join(tables)} are no longer public"
+    column = _NO_COLUMN.search(reason)
+    if column:
+        return f"its column {column.group(1)} is no longer public"
+    return reason
+
+
 # -- as every team interface saves and removes (control plane, team Datasette) --
 
 

@@ -13,11 +13,10 @@ from primary.spec import PublishSpec
 
 
 def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
-    data, public, watermark = str(tmp_path / "data.db"), str(tmp_path / "public.db"), tmp_path / "watermark.json"
-    conn = state.connect(data)
-    state.ensure_schema(conn)
-    conn.execute("CREATE TABLE planes (id INTEGER PRIMARY KEY, model TEXT)")
-    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    data, public, watermark, conn = _files(
+        tmp_path, "CREATE TABLE planes (id INTEGER PRIMARY KEY, model TEXT)",
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)",
+    )
     with state.immediate(conn):
         for i in range(1, 51):
             conn.execute("INSERT INTO planes VALUES (?, ?)", (i, f"model {i}"))
@@ -57,7 +56,7 @@ def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
     queries.save(conn, check, queries.SavedQuery("first_ten", "SELECT id, model FROM planes ORDER BY id"), "dana")
     check.close()
     saved = publisher.run_cycle()
-    assert describe_cycle(_recorded(watermark, saved)) == ["saved query first_ten changed"]
+    assert describe_cycle(_recorded(watermark, saved)) == ["saved query first_ten published by dana"]
 
     # A restarted publisher does not tell old flips again.
     publisher.close()
@@ -69,6 +68,94 @@ def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
     assert again.actors == {} and said and not any(" by " in line for line in said), said
     publisher.close()
     conn.close()
+
+
+def test_each_cycle_records_what_it_did_to_saved_queries_and_who_asked(tmp_path):
+    """Saved, removed, withdrawn by the publisher (and why): each cycle's
+    record says so from the saved-query log in its own data.db snapshot,
+    and the propagation record carries it, as data and in words."""
+    from primary import queries
+    from primary.control import PropagationRecord
+    from primary.propagation import Propagation
+
+    data, public, watermark, conn = _files(
+        tmp_path, "CREATE TABLE flights (id INTEGER PRIMARY KEY, delay INTEGER)",
+        "CREATE TABLE airports (faa TEXT PRIMARY KEY, tz INTEGER)",
+    )
+    with state.immediate(conn):
+        conn.execute("INSERT INTO flights VALUES (1, 75), (2, 5)")
+        conn.execute("INSERT INTO airports VALUES ('JFK', -5), ('LAX', -8)")
+    publisher = Publisher(data, public, watermark)
+    state.set_public(conn, "flights", True, actor="alice")
+    state.set_public(conn, "airports", True, actor="alice")
+    publisher.run_cycle()
+
+    def save(name, sql, actor):
+        check = queries.connect_public(public)
+        try:
+            queries.save(conn, check, queries.SavedQuery(name, sql), actor)
+        finally:
+            check.close()
+
+    save("delayed_flights", "SELECT id FROM flights WHERE delay > 60", "alice")
+    save("by_tz", "SELECT faa FROM airports WHERE tz = :tz", "carol")
+    saved = publisher.run_cycle()
+    assert saved.queries_changed == ("by_tz", "delayed_flights")
+    assert saved.query_changes == {
+        "by_tz": {"action": "published", "actor": "carol", "reason": None},
+        "delayed_flights": {"action": "published", "actor": "alice", "reason": None},
+    }
+    assert describe_cycle(_recorded(watermark, saved)) == [
+        "saved query by_tz published by carol", "saved query delayed_flights published by alice",
+    ]
+
+    queries.remove(conn, "by_tz", "bob")
+    removed = publisher.run_cycle()
+    assert removed.query_changes == {"by_tz": {"action": "removed", "actor": "bob", "reason": None}}
+    assert describe_cycle(_recorded(watermark, removed)) == ["saved query by_tz removed by bob"]
+
+    save("by_tz", "SELECT faa FROM airports WHERE tz = :tz", "carol")
+    save("delayed_flights", "SELECT id, delay FROM flights WHERE delay > 60", "dana")
+    assert describe_cycle(_recorded(watermark, publisher.run_cycle())) == [
+        "saved query by_tz published by carol", "saved query delayed_flights changed by dana",
+    ]
+
+    # Unpublishing the table a query reads withdraws it in the same cycle:
+    # the publisher did it, and the record says why.
+    state.set_public(conn, "airports", False, actor="bob")
+    withdrawn = publisher.run_cycle()
+    assert withdrawn.query_changes == {
+        "by_tz": {"action": "withdrawn", "actor": None, "reason": "its table airports is no longer public"},
+    }
+    record = _recorded(watermark, withdrawn)
+    said = ["airports unpublished by bob", "saved query by_tz withdrawn (its table airports is no longer public)"]
+    assert describe_cycle(record) == said
+    # As /publishes, the SSE stream, /watch and `broadsheet watch` show it.
+    shown = PropagationRecord(**Propagation(txid=1, committed_at=0.0, cycle=record).as_dict([])).model_dump()
+    assert shown["changes"] == said
+    assert shown["cycle"]["query_changes"]["by_tz"]["action"] == "withdrawn"
+
+    # A restarted publisher does not tell old saves again: a query changed
+    # straight in data.db (no log entry) was changed by nobody it knows.
+    publisher.close()
+    publisher = Publisher(data, public, watermark)
+    with state.immediate(conn):
+        conn.execute("UPDATE _public_queries SET title = 'Late' WHERE name = 'delayed_flights'")
+    again = publisher.run_cycle()
+    assert again.query_changes == {"delayed_flights": {"action": "changed", "actor": None, "reason": None}}
+    assert "saved query delayed_flights changed" in describe_cycle(_recorded(watermark, again))
+    publisher.close()
+    conn.close()
+
+
+def _files(tmp_path, *schema: str):
+    """data.db (with ``schema``), and where public.db and the watermark go."""
+    data, public, watermark = str(tmp_path / "data.db"), str(tmp_path / "public.db"), tmp_path / "watermark.json"
+    conn = state.connect(data)
+    state.ensure_schema(conn)
+    for sql in schema:
+        conn.execute(sql)
+    return data, public, watermark, conn
 
 
 def _recorded(watermark, cycle) -> dict:
