@@ -224,6 +224,22 @@ class Publisher:
         last = (self.cycle_log.read(1) or [{}])[0] if self.cycle_log else {}
         self._audited = last.get("audit_id", 0)
         self._queries_logged = last.get("queries_log_id", 0)
+        self._processed = self._resumed_position()
+
+    def _resumed_position(self) -> int:
+        """Where the change log was applied up to when the watermark was last
+        written, if nothing has moved under it since: public.db is at the
+        very TXID the watermark names (no cycle committed after it), and
+        data.db is not behind it. Otherwise 0: the first cycle applies again
+        whatever the log holds (idempotent, only dearer). A restore puts its
+        entries above every id the log had, so they are never skipped."""
+        mark = state.Watermark.read(self.watermark_file) if self.watermark_file else None
+        if mark is None or not mark.processed:
+            return 0
+        if Pos.read(self.public_db).txid != mark.public_txid or Pos.read(self.data_db).txid < mark.private_txid:
+            return 0
+        (newest,) = self.conn.execute("SELECT max(id) FROM src._public_changes").fetchone()
+        return mark.processed if newest is not None and newest >= mark.processed else 0
 
     def close(self) -> None:
         self.conn.close()
@@ -474,7 +490,7 @@ class Publisher:
         if self.watermark_file is not None:
             if public_txid is None:
                 public_txid = Pos.read(self.public_db).txid
-            state.Watermark(private_txid, public_txid).write(self.watermark_file)
+            state.Watermark(private_txid, public_txid, self._processed).write(self.watermark_file)
 
     def _plan(self) -> _Plan:
         conn = self.conn

@@ -466,11 +466,16 @@ class Watermark:
 
     private_txid: int
     public_txid: int
+    # The publisher's change-log position at that point: entries up to it
+    # are in public.db at ``public_txid`` (0: unknown).
+    processed: int = 0
 
     def write(self, path: str | os.PathLike) -> None:
         tmp = f"{path}.tmp"
         with open(tmp, "w") as fp:
-            json.dump({"private_txid": self.private_txid, "public_txid": self.public_txid}, fp)
+            json.dump(
+                {"private_txid": self.private_txid, "public_txid": self.public_txid, "processed": self.processed}, fp
+            )
         os.replace(tmp, path)
 
     @classmethod
@@ -480,7 +485,7 @@ class Watermark:
                 data = json.load(fp)
         except (FileNotFoundError, ValueError):
             return None
-        return cls(int(data["private_txid"]), int(data["public_txid"]))
+        return cls(int(data["private_txid"]), int(data["public_txid"]), int(data.get("processed", 0)))
 
 
 class CycleLog:
