@@ -192,12 +192,22 @@ def take(data_db: str | os.PathLike, dest: str | os.PathLike, keep: int | None =
     """Write a consistent backup of ``data_db`` into directory ``dest`` and,
     with ``keep``, delete all but the newest ``keep`` backups there."""
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     if not Path(data_db).exists():
         raise BackupError(f"{data_db} does not exist")
-    src = apsw.Connection(f"file:{data_db}?mode=ro", flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READONLY)
-    src.set_busy_timeout(10_000)
     tmp = dest / f".data-{os.getpid()}-{time.time_ns()}.db.tmp"
+    try:
+        # Private data: a directory made here, and every backup, are the
+        # owner's alone, whatever the umask.
+        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise BackupError(f"cannot write backups into {dest}: {exc.strerror or exc}") from None
+    try:
+        src = apsw.Connection(f"file:{data_db}?mode=ro", flags=apsw.SQLITE_OPEN_URI | apsw.SQLITE_OPEN_READONLY)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    src.set_busy_timeout(10_000)
     try:
         pos = _snapshot(src, data_db)
         try:
@@ -228,7 +238,7 @@ def take(data_db: str | os.PathLike, dest: str | os.PathLike, keep: int | None =
     finally:
         src.close()
     if keep is not None:
-        prune(dest, keep)
+        prune(dest, keep, spare=final)
     return Backup(final, pos.txid, cluster_id, taken_at)
 
 
@@ -249,12 +259,15 @@ def backups(dest: str | os.PathLike) -> list[Path]:
     return [Path(dest) / n for n in names]
 
 
-def prune(dest: str | os.PathLike, keep: int) -> list[Path]:
+def prune(dest: str | os.PathLike, keep: int, spare: Path | None = None) -> list[Path]:
     """Delete all but the newest ``keep`` backups in ``dest`` (and
-    temporary files a crashed backup left); return what was deleted."""
+    temporary files a crashed backup left); return what was deleted. Never
+    ``spare`` (the backup just taken), even when a clock set back gives an
+    older backup a later name."""
     if keep < 1:
         raise BackupError("keep at least one backup")
-    old = backups(dest)[:-keep]
+    found = [p for p in backups(dest) if p != spare]
+    old = found[: max(0, len(found) - (keep - (spare is not None)))]
     for path in old:
         path.unlink(missing_ok=True)
     for stale in Path(dest).glob(".data-*.db.tmp"):
@@ -341,6 +354,9 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
         shutil.copyfile(path, staged)
         conn = state.connect(str(staged))
         try:
+            # A backup taken by an older broadsheet: brought up to this
+            # one's internal tables before the running primary reads it.
+            state.ensure_schema(conn)
             with state.immediate(conn):
                 conn.execute(f"DROP TABLE IF EXISTS {BACKUP_TABLE}")
                 public = [r[0] for r in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES} ORDER BY table_name")]
