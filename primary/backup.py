@@ -72,6 +72,14 @@ def service(name: str, data_db: Path, dest: Path, keep: int, interval: float, li
     )
 
 
+def check_schedule(interval: float, keep: int) -> None:
+    """Refuse (ConfigError) a backup schedule a node cannot run."""
+    from broadsheet.config import ConfigError
+
+    if interval < 0 or keep < 1:
+        raise ConfigError("BROADSHEET_BACKUP_INTERVAL must be 0 or more seconds, BROADSHEET_BACKUP_KEEP 1 or more")
+
+
 def default_cluster_id(secret: str) -> str:
     """The cluster id every node of one deployment agrees on without being
     told: a digest of the secret they share (never the secret itself)."""

@@ -22,7 +22,7 @@ from broadsheet.config import ConfigError, Env, http_url, split_addr
 from broadsheet.litefs import MountConfig, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
 
-from .backup import default_cluster_id
+from .backup import check_schedule, default_cluster_id
 from .settings import ReadNodeAddress
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -124,8 +124,17 @@ class PrimaryNode:
         )
         if node.team_plugins_dir and not Path(node.team_plugins_dir).is_dir():
             raise ConfigError(f"BROADSHEET_TEAM_PLUGINS_DIR is not a directory: {node.team_plugins_dir}")
-        if node.backup_interval < 0 or node.backup_keep < 1:
-            raise ConfigError("BROADSHEET_BACKUP_INTERVAL must be 0 or more seconds, BROADSHEET_BACKUP_KEEP 1 or more")
+        check_schedule(node.backup_interval, node.backup_keep)
+        if node.standby_url and not node.standby_url.startswith(("http://", "https://")):
+            raise ConfigError(f"BROADSHEET_STANDBY_URL must be an http:// URL (the standby's status API): {node.standby_url!r}")
+        wait = env.str("BROADSHEET_STANDBY_WAIT_TIMEOUT", "5")
+        try:
+            ok = 0 < float(wait) <= 60
+        except ValueError:
+            ok = False
+        if not ok:
+            # The standby's /wait answers waits of up to 60 s.
+            raise ConfigError(f"BROADSHEET_STANDBY_WAIT_TIMEOUT must be seconds, more than 0 and at most 60: {wait!r}")
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
         if node.private_litefs_addr:
             split_addr(node.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")

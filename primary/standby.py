@@ -41,7 +41,7 @@ from broadsheet.config import ConfigError, Env, http_url, split_addr
 from broadsheet.litefs import MountConfig, Pos, derived_cluster_id
 from broadsheet.supervisor import Service, StartError
 
-from .backup import default_cluster_id
+from .backup import check_schedule, default_cluster_id
 
 PROMOTED = "promoted.json"
 
@@ -136,6 +136,7 @@ class StandbyNode:
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
         )
         split_addr(node.litefs_addr, "BROADSHEET_STANDBY_LITEFS_ADDR")
+        check_schedule(node.backup_interval, node.backup_keep)
         return node
 
     @property

@@ -27,3 +27,28 @@ def test_status_and_bounded_waits(tmp_path, monkeypatch):
         assert "not 42" in late.json()["error"]
         for bad in ({"txid": -1}, {"txid": "x"}, {"txid": 1, "timeout": 0}, {"txid": 1, "timeout": 600}):
             assert client.get("/wait", params=bad).status_code == 422
+
+
+def test_bad_standby_settings_are_refused_at_start(tmp_path):
+    # Caught when the node starts, with the variable named, rather than as a
+    # 500 (or a 504 that blames the standby) on every waited write, or a
+    # backup loop that never prunes.
+    import pytest
+
+    from broadsheet.config import ConfigError
+    from primary.node import PrimaryNode
+    from primary.standby import StandbyNode
+
+    base = {"BROADSHEET_ROOT": str(tmp_path), "DATASETTE_SECRET": "s"}
+    for name, value in [
+        ("BROADSHEET_STANDBY_WAIT_TIMEOUT", "soon"),
+        ("BROADSHEET_STANDBY_WAIT_TIMEOUT", "0"),
+        ("BROADSHEET_STANDBY_WAIT_TIMEOUT", "600"),  # the standby answers waits of 60 s at most
+        ("BROADSHEET_STANDBY_URL", "standby-private:8006"),
+    ]:
+        with pytest.raises(ConfigError, match=name):
+            PrimaryNode.from_env({**base, name: value})
+    assert PrimaryNode.from_env({**base, "BROADSHEET_STANDBY_WAIT_TIMEOUT": "2.5"})
+    for name, value in [("BROADSHEET_BACKUP_KEEP", "0"), ("BROADSHEET_BACKUP_INTERVAL", "-5")]:
+        with pytest.raises(ConfigError, match=name):
+            StandbyNode.from_env({**base, name: value})
