@@ -185,6 +185,13 @@ def promote(force):
         raise click.ClickException(str(exc))
     if promotion(node.root) is not None:
         raise click.ClickException(f"{node.root} is promoted already (see {node.root}/promoted.json)")
+    if not node.data_db.exists():
+        # Its epoch and TXID are unknown: a promotion now would be no newer
+        # than the old primary, and could start an empty primary.
+        raise click.ClickException(
+            f"no data.db at {node.data_db}: this standby is not running (start it: broadsheet standby)"
+            " or has never received data.db from the primary; nothing to promote"
+        )
     if not force:
         try:
             check_no_other_primary([node.primary_private_url, *node.peers], node.private.url)

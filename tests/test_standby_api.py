@@ -52,3 +52,21 @@ def test_bad_standby_settings_are_refused_at_start(tmp_path):
     for name, value in [("BROADSHEET_BACKUP_KEEP", "0"), ("BROADSHEET_BACKUP_INTERVAL", "-5")]:
         with pytest.raises(ConfigError, match=name):
             StandbyNode.from_env({**base, name: value})
+
+
+def test_promote_refuses_a_standby_without_data_db(tmp_path):
+    # A standby whose LiteFS is not mounted (stopped) or never received
+    # data.db: promoting it would record epoch 1 (no newer than the old
+    # primary's) and TXID 0, and start an empty primary that fences the
+    # team's real one out.
+    from click.testing import CliRunner
+
+    from broadsheet.cli import cli
+
+    env = {
+        "BROADSHEET_ROOT": str(tmp_path), "DATASETTE_SECRET": "s",
+        "BROADSHEET_PRIVATE_PRIMARY_URL": "http://127.0.0.1:9", "BROADSHEET_PEERS": "",
+    }
+    result = CliRunner().invoke(cli, ["promote"], env=env)
+    assert result.exit_code == 1 and "no data.db" in result.output, result.output
+    assert not (tmp_path / "promoted.json").exists()
