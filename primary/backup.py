@@ -240,6 +240,9 @@ def take(data_db: str | os.PathLike, dest: str | os.PathLike, keep: int | None =
         final = dest / f"data-{taken.strftime('%Y%m%dT%H%M%S')}.{taken.microsecond // 1000:03d}Z-txid{pos.txid}.db"
         os.replace(tmp, final)
         _fsync(dest)
+    except (apsw.Error, OSError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise BackupError(f"backing up {data_db} into {dest} failed: {exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -58,7 +58,7 @@ def test_a_backup_that_fails_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(backup, "_fsync", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(backup.BackupError, match="disk full"):
         backup.take(data_db, dest)
     assert list(dest.iterdir()) == []
 
@@ -246,3 +246,14 @@ def test_restore_brings_a_backup_of_an_older_schema_up_to_this_one(tmp_path, mon
     tables = {r[0] for r in read_only_rows(staged, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"_public_changes", "_public_cycles", "notes"} <= tables
     assert read_only_rows(staged, "SELECT tbl, rid FROM _public_changes") == [("notes", None)]
+
+
+def test_backing_up_what_is_not_a_database_is_a_clear_error(tmp_path):
+    not_db = tmp_path / "data.db"
+    not_db.write_text("id,body\n1,hello\n" * 100)
+    dest = tmp_path / "b"
+    with pytest.raises(backup.BackupError, match="data.db"):
+        backup.take(not_db, dest)
+    assert backup.backups(dest) == [] and not list(dest.glob(".data-*"))
+    result = CliRunner().invoke(cli, ["backup", "--data-db", str(not_db), "--to", str(dest)])
+    assert result.exit_code == 1 and "Error:" in result.output, result.output
