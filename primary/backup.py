@@ -351,6 +351,7 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
     current = state.connect(str(data_db), readonly=True)
     try:
         here = cluster_of(current)
+        epoch = epoch_of(current)
         last_change = current.execute("SELECT max(id) FROM _public_changes").fetchone()[0] or 0
     finally:
         current.close()
@@ -368,6 +369,14 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
             # A backup taken by an older broadsheet: brought up to this
             # one's internal tables before the running primary reads it.
             state.ensure_schema(conn)
+            # The running primary's epoch and public cluster id carry over:
+            # a backup from before a promotion must not make this node look
+            # no newer than the old primary, nor bring back a public LiteFS
+            # id the read nodes no longer follow.
+            ensure_cluster(conn, here or backup.cluster_id)
+            set_epoch(conn, epoch)
+            if public_id := public_litefs_id(data_db):
+                record_public_litefs_id(conn, public_id)
             with state.immediate(conn):
                 conn.execute(f"DROP TABLE IF EXISTS {BACKUP_TABLE}")
                 public = [r[0] for r in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES} ORDER BY table_name")]

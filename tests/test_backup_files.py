@@ -220,6 +220,39 @@ def test_pruning_never_deletes_the_backup_just_taken(tmp_path):
     assert backup.inspect(taken.path).txid == 7
 
 
+def import_into(monkeypatch, path: Path) -> None:
+    """Stand-in for the private LiteFS's /import (a unit test of restore):
+    what restore would import is written to ``path``."""
+
+    class Answer:
+        status_code, text = 200, ""
+
+    def post(url, params, content, timeout):
+        path.write_bytes(content.read())
+        return Answer()
+
+    monkeypatch.setattr(backup.httpx, "post", post)
+
+
+def test_restore_keeps_the_epoch_and_public_cluster_id_of_the_running_primary(tmp_path, monkeypatch):
+    # A backup taken before a promotion (epoch 1) restored on the promoted
+    # node (epoch 2) must not make it look no newer than the old primary; nor
+    # may it bring back a public cluster id read nodes no longer accept.
+    data_db = make_data_db(tmp_path / "data.db")
+    conn = state.connect(str(data_db))
+    backup.record_public_litefs_id(conn, "LFSCOLD")
+    conn.close()
+    old = backup.take(data_db, tmp_path / "b").path
+    conn = state.connect(str(data_db))
+    backup.set_epoch(conn, 2)
+    backup.record_public_litefs_id(conn, "LFSCNOW")
+    conn.close()
+    staged = tmp_path / "imported.db"
+    import_into(monkeypatch, staged)
+    backup.restore(old, data_db, "http://127.0.0.1:9", workdir=tmp_path)
+    assert read_only_rows(staged, "SELECT epoch, public_litefs_id FROM _public_cluster") == [(2, "LFSCNOW")]
+
+
 def test_restore_brings_a_backup_of_an_older_schema_up_to_this_one(tmp_path, monkeypatch):
     # A backup taken by an older broadsheet lacks internal tables added since
     # (here the change log and the cycle record): restore still works, and
@@ -229,20 +262,10 @@ def test_restore_brings_a_backup_of_an_older_schema_up_to_this_one(tmp_path, mon
     conn = sqlite3.connect(old)
     conn.executescript("DROP TABLE _public_changes; DROP TABLE _public_cycles;")
     conn.close()
-    imported = {}
-
-    class Answer:
-        status_code, text = 200, ""
-
-    def post(url, params, content, timeout):  # the private LiteFS's /import
-        imported["body"] = content.read()
-        return Answer()
-
-    monkeypatch.setattr(backup.httpx, "post", post)
+    staged = tmp_path / "imported.db"
+    import_into(monkeypatch, staged)
     done = backup.restore(old, data_db, "http://127.0.0.1:9", workdir=tmp_path)
     assert done.tables == ["notes"]
-    staged = tmp_path / "imported.db"
-    staged.write_bytes(imported["body"])
     tables = {r[0] for r in read_only_rows(staged, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"_public_changes", "_public_cycles", "notes"} <= tables
     assert read_only_rows(staged, "SELECT tbl, rid FROM _public_changes") == [("notes", None)]
