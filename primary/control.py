@@ -314,15 +314,19 @@ async def _standby(url: str, data_db_txid: int) -> StandbyInfo:
 
     try:
         async with httpx.AsyncClient(timeout=2) as client:
-            status = (await client.get(f"{url}/status")).json()
-    except (httpx.HTTPError, ValueError) as exc:
+            response = await client.get(f"{url}/status")
+        if response.status_code != 200:
+            raise ValueError(f"{url}/status answered HTTP {response.status_code}: not a broadsheet standby?")
+        status = response.json()
+        standby_txid = int(status["txid"])
+    except (httpx.HTTPError, ValueError, TypeError, KeyError) as exc:
         return StandbyInfo(url=url, connected=False, error=str(exc) or type(exc).__name__)
-    behind = max(0, data_db_txid - int(status["txid"]))
+    behind = max(0, data_db_txid - standby_txid)
     lag: float | None = 0.0
     if behind:
         committed_at = status.get("committed_at")
         lag = max(0.0, (time.time() - float(committed_at)) * 1000) if committed_at else None
-    return StandbyInfo(url=url, connected=True, txid=status["txid"], behind_txids=behind, lag_ms=lag)
+    return StandbyInfo(url=url, connected=True, txid=standby_txid, behind_txids=behind, lag_ms=lag)
 
 
 # -- tables ---------------------------------------------------------------------

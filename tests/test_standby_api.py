@@ -70,3 +70,39 @@ def test_promote_refuses_a_standby_without_data_db(tmp_path):
     result = CliRunner().invoke(cli, ["promote"], env=env)
     assert result.exit_code == 1 and "no data.db" in result.output, result.output
     assert not (tmp_path / "promoted.json").exists()
+
+
+def test_health_shows_a_standby_url_that_is_not_a_standby_as_not_connected():
+    # BROADSHEET_STANDBY_URL pointing at the wrong service (a JSON 404 here):
+    # /health says so instead of failing with a 500 (and the container's
+    # health check with it).
+    import asyncio
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from primary import control
+
+    class NotAStandby(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"detail": "Not Found"}).encode()
+            self.send_response(404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotAStandby)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        info = asyncio.run(control._standby(url, 5))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert info.connected is False and "404" in info.error
