@@ -48,6 +48,21 @@ class Env:
             raise ConfigError(f"{name} must be a TCP port (1-65535), not {port}")
         return port
 
+    def url(self, name: str, default: str = "") -> str:
+        """An http(s) URL, or ``default`` when unset."""
+        value = self.str(name, default)
+        if value and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} must be an http:// URL, not {value!r}")
+        return value
+
+    def urls(self, name: str) -> list[str]:
+        """A comma-separated list of http(s) URLs (empty when unset)."""
+        values = [v.strip() for v in self.str(name, "").split(",") if v.strip()]
+        for value in values:
+            if not value.startswith(("http://", "https://")):
+                raise ConfigError(f"{name} must be http:// URLs separated by commas, not {value!r}")
+        return values
+
     def bool(self, name: str, default: bool) -> bool:
         value = self.environ.get(name, "").strip().lower()
         if not value:

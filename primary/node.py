@@ -103,8 +103,8 @@ class PrimaryNode:
             private_litefs_port=env.port("BROADSHEET_PRIVATE_LITEFS_PORT", 20202),
             private_litefs_addr=env.str("BROADSHEET_PRIVATE_LITEFS_ADDR", ""),
             private_litefs_url=env.str("BROADSHEET_PRIVATE_LITEFS_URL", ""),
-            standby_url=env.str("BROADSHEET_STANDBY_URL", ""),
-            peers=[p.strip() for p in env.str("BROADSHEET_PEERS", "").split(",") if p.strip()],
+            standby_url=env.url("BROADSHEET_STANDBY_URL"),
+            peers=env.urls("BROADSHEET_PEERS"),
             public_litefs_addr=env.str("BROADSHEET_PUBLIC_LITEFS_ADDR", "127.0.0.1:20203"),
             public_litefs_url=env.str("BROADSHEET_PUBLIC_LITEFS_URL", ""),
             hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
@@ -125,8 +125,6 @@ class PrimaryNode:
         if node.team_plugins_dir and not Path(node.team_plugins_dir).is_dir():
             raise ConfigError(f"BROADSHEET_TEAM_PLUGINS_DIR is not a directory: {node.team_plugins_dir}")
         check_schedule(node.backup_interval, node.backup_keep)
-        if node.standby_url and not node.standby_url.startswith(("http://", "https://")):
-            raise ConfigError(f"BROADSHEET_STANDBY_URL must be an http:// URL (the standby's status API): {node.standby_url!r}")
         wait = env.str("BROADSHEET_STANDBY_WAIT_TIMEOUT", "5")
         try:
             ok = 0 < float(wait) <= 60

@@ -122,7 +122,7 @@ class StandbyNode:
             raise ConfigError("DATASETTE_SECRET is not set: a standby needs the primary's (it is promoted with it)")
         node = cls(
             root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
-            primary_private_url=env.str("BROADSHEET_PRIVATE_PRIMARY_URL", "http://primary-private:20202"),
+            primary_private_url=env.url("BROADSHEET_PRIVATE_PRIMARY_URL", "http://primary-private:20202"),
             host=env.str("BROADSHEET_HOST", "127.0.0.1"),
             port=env.port("BROADSHEET_STANDBY_PORT", 8006),
             litefs_addr=env.str("BROADSHEET_STANDBY_LITEFS_ADDR", "127.0.0.1:20202"),
@@ -130,7 +130,7 @@ class StandbyNode:
             cluster_id=env.str("BROADSHEET_CLUSTER_ID", default_cluster_id(secret or "")),
             compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
             retention=env.str("BROADSHEET_LTX_RETENTION", "1m"),
-            peers=[p.strip() for p in env.str("BROADSHEET_PEERS", "").split(",") if p.strip()],
+            peers=env.urls("BROADSHEET_PEERS"),
             backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),

@@ -45,11 +45,16 @@ def test_bad_standby_settings_are_refused_at_start(tmp_path):
         ("BROADSHEET_STANDBY_WAIT_TIMEOUT", "0"),
         ("BROADSHEET_STANDBY_WAIT_TIMEOUT", "600"),  # the standby answers waits of 60 s at most
         ("BROADSHEET_STANDBY_URL", "standby-private:8006"),
+        # A peer fencing cannot ask would let a second primary start.
+        ("BROADSHEET_PEERS", "http://standby-private:20202,standby-2:20202"),
     ]:
         with pytest.raises(ConfigError, match=name):
             PrimaryNode.from_env({**base, name: value})
     assert PrimaryNode.from_env({**base, "BROADSHEET_STANDBY_WAIT_TIMEOUT": "2.5"})
-    for name, value in [("BROADSHEET_BACKUP_KEEP", "0"), ("BROADSHEET_BACKUP_INTERVAL", "-5")]:
+    for name, value in [
+        ("BROADSHEET_BACKUP_KEEP", "0"), ("BROADSHEET_BACKUP_INTERVAL", "-5"), ("BROADSHEET_PEERS", "primary-private:20202"),
+        ("BROADSHEET_PRIVATE_PRIMARY_URL", "primary-private:20202"),
+    ]:
         with pytest.raises(ConfigError, match=name):
             StandbyNode.from_env({**base, name: value})
 
