@@ -81,11 +81,28 @@ async def wait_for(txid: int) -> str | None:
     except httpx.HTTPError as exc:
         return f"the write is committed on the primary (data.db TXID {txid}), but the standby did not answer: {exc or type(exc).__name__}"
     if response.status_code == 200:
-        return None
+        return _same_data_db(response.json(), txid, Pos.read(conf.data_db))
     return (
         f"the write is committed on the primary (data.db TXID {txid}), but the standby has not confirmed it"
         f" within {conf.standby_wait:g}s: it would be lost if the primary were lost now"
     )
+
+
+def _same_data_db(answer: dict, txid: int, primary: Pos) -> str | None:
+    """None if the standby's position (``answer`` from its /wait) can be
+    this primary's data.db at or past ``txid``; else why not. A standby
+    ahead of the primary, or at the primary's TXID with another checksum,
+    holds another data.db (an older primary's, until LiteFS resyncs it)."""
+    try:
+        at, checksum = int(answer["txid"]), int(answer.get("checksum", "0"), 16)
+    except (KeyError, TypeError, ValueError):
+        return f"the write is committed on the primary (data.db TXID {txid}), but the standby's answer is not a position: {answer!r}"
+    if at > primary.txid or (at == primary.txid and answer.get("checksum") is not None and checksum != primary.checksum):
+        return (
+            f"the write is committed on the primary (data.db TXID {txid}), but the standby holds another data.db"
+            f" (TXID {at}, checksum {checksum:016x}; the primary is at {primary}): not a copy of this write"
+        )
+    return None
 
 
 def promotion(root: Path) -> dict | None:

@@ -84,7 +84,7 @@ async def wait(
     while True:
         pos = Pos.read(_data_db())
         if pos.txid >= txid:
-            return {"ok": True, "txid": pos.txid}
+            return {"ok": True, "txid": pos.txid, "checksum": f"{pos.checksum:016x}"}
         if time.monotonic() > deadline:
             return JSONResponse(
                 {"ok": False, "error": f"the standby has data.db TXID {pos.txid}, not {txid}, after {timeout:g}s", "txid": pos.txid},

@@ -21,7 +21,7 @@ def test_status_and_bounded_waits(tmp_path, monkeypatch):
     with TestClient(standby_api.app) as client:
         status = client.get("/status").json()
         assert status["txid"] == 41 and status["role"] == "standby" and status["committed_at"] is None
-        assert client.get("/wait", params={"txid": 41}).json() == {"ok": True, "txid": 41}
+        assert client.get("/wait", params={"txid": 41}).json() == {"ok": True, "txid": 41, "checksum": f"{0xABC:016x}"}
         late = client.get("/wait", params={"txid": 42, "timeout": 0.2})
         assert late.status_code == 504 and late.json()["txid"] == 41
         assert "not 42" in late.json()["error"]
@@ -111,3 +111,47 @@ def test_health_shows_a_standby_url_that_is_not_a_standby_as_not_connected():
         server.server_close()
         thread.join(5)
     assert info.connected is False and "404" in info.error
+
+
+def test_a_standby_holding_another_primarys_data_db_does_not_confirm_a_write(tmp_path, monkeypatch):
+    # A primary started afresh (its volume lost, then restored) counts TXIDs
+    # from 1 again while the standby, until LiteFS resyncs it, still holds the
+    # old data.db far ahead: its TXID alone would "confirm" writes it does not
+    # have. A standby ahead of the primary, or at the same TXID with another
+    # checksum, has not got the write.
+    import asyncio
+    import socket
+    import threading
+
+    import uvicorn
+
+    from primary import standby, standby_api
+
+    primary_db, standby_db = tmp_path / "data.db", tmp_path / "standby-data.db"
+    for db in (primary_db, standby_db):
+        db.write_bytes(b"")
+    Path(f"{primary_db}-pos").write_text(str(Pos(3, 0x111)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("BROADSHEET_STANDBY_DATA_DB", str(standby_db))
+    monkeypatch.setenv("BROADSHEET_STANDBY_LITEFS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("BROADSHEET_DATA_DB", str(primary_db))
+    monkeypatch.setenv("BROADSHEET_STANDBY_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "0.3")
+    server = uvicorn.Server(uvicorn.Config(standby_api.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        import httpx
+
+        from conftest import wait_until
+
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/status", timeout=1).status_code == 200, timeout=20)
+        for standby_pos, confirmed in [(Pos(5000, 0x999), False), (Pos(3, 0x222), False), (Pos(3, 0x111), True), (Pos(2, 0x111), False)]:
+            Path(f"{standby_db}-pos").write_text(str(standby_pos))
+            missing = asyncio.run(standby.wait_for(3))
+            assert (missing is None) == confirmed, (standby_pos, missing)
+    finally:
+        server.should_exit = True
+        thread.join(10)
