@@ -363,7 +363,11 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
     scratch = Path(tempfile.mkdtemp(prefix="broadsheet-restore-", dir=workdir))
     try:
         staged = scratch / "data.db"
-        shutil.copyfile(path, staged)
+        try:
+            shutil.copyfile(path, staged)
+        except OSError as exc:
+            # Scheduled backups may prune it meanwhile.
+            raise BackupError(f"{path} could not be read for the restore: {exc.strerror or exc}") from None
         conn = state.connect(str(staged))
         try:
             # A backup taken by an older broadsheet: brought up to this

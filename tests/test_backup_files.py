@@ -280,3 +280,24 @@ def test_backing_up_what_is_not_a_database_is_a_clear_error(tmp_path):
     assert backup.backups(dest) == [] and not list(dest.glob(".data-*"))
     result = CliRunner().invoke(cli, ["backup", "--data-db", str(not_db), "--to", str(dest)])
     assert result.exit_code == 1 and "Error:" in result.output, result.output
+
+
+def test_a_backup_pruned_while_it_is_restored_is_a_clear_error(tmp_path, monkeypatch):
+    # The scheduled backups prune the oldest file while `restore` is reading
+    # it: a message, nothing changed, no scratch copy left.
+    data_db = make_data_db(tmp_path / "data.db")
+    before = data_db.read_bytes()
+    old = backup.take(data_db, tmp_path / "b").path
+    checked = backup.inspect
+
+    def inspect_then_prune(path):
+        found = checked(path)
+        if Path(path) == old:
+            old.unlink()
+        return found
+
+    monkeypatch.setattr(backup, "inspect", inspect_then_prune)
+    with pytest.raises(backup.BackupError, match="could not be read"):
+        backup.restore(old, data_db, "http://127.0.0.1:9", workdir=tmp_path)
+    assert data_db.read_bytes() == before
+    assert not list(tmp_path.glob("broadsheet-restore-*"))
