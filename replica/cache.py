@@ -153,42 +153,58 @@ class ResponseCache:
     def making(self, pos: Pos, key: tuple, send):
         """``send``, which also keeps the response under ``key`` at ``pos``
         once it is complete, if it may be kept; requests that ``join``
-        meanwhile get it too, whatever happens to this one."""
-        made: list[Stored] = []
+        meanwhile get it too, whatever happens to this one. They wait for
+        the response to be made, never for it to be sent: a visitor who
+        stops reading holds up no one else."""
         future = asyncio.get_running_loop().create_future()
         if pos == self._pos and key not in self._making:
             self._making[key] = future
-        try:
-            yield self._recording(pos, key, send, made.append)
-        finally:
+
+        def done(stored: Stored | None) -> None:
             if self._making.get(key) is future:
                 del self._making[key]
-            future.set_result(made[0] if made else None)
+            if not future.done():
+                future.set_result(stored)
+
+        try:
+            yield self._recording(pos, key, send, done)
+        finally:
+            done(None)
 
     def _recording(self, pos: Pos, key: tuple, send, done):
+        """``send``, recording a response that may be kept. ``done`` is
+        told the response before it is sent (or, as soon as it is known,
+        that it will not be kept), so joiners never wait on a send."""
         started: dict = {}
         chunks: list[bytes] = []
         size = 0
 
         async def record(message):
             nonlocal size
-            await send(message)
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
                 if message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers):
                     started.update(status=200, headers=tuple((bytes(k), bytes(v)) for k, v in headers))
+                else:
+                    done(None)
             elif message["type"] == "http.response.body" and started:
                 body = message.get("body", b"")
                 size += len(body)
                 if size > self.max_entry:
                     started.clear()  # too big (a streamed CSV): stop holding it
                     chunks.clear()
-                    return
-                chunks.append(body)
-                if not message.get("more_body", False):
-                    stored = Stored(started["status"], started["headers"], b"".join(chunks))
-                    self.put(pos, key, stored)
-                    done(stored)
+                    done(None)
+                else:
+                    chunks.append(body)
+                    if not message.get("more_body", False):
+                        stored = Stored(started["status"], started["headers"], b"".join(chunks))
+                        self.put(pos, key, stored)
+                        done(stored)
+                    else:
+                        # Sent in parts, each awaiting the visitor: joiners
+                        # make their own rather than wait on this one.
+                        done(None)
+            await send(message)
 
         return record
 

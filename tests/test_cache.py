@@ -348,3 +348,48 @@ def test_credentials_and_the_status_page_are_never_cached_and_304_still_works(cl
     etag = httpx.get(path, timeout=5).headers["etag"]
     not_modified = httpx.get(path, headers={"If-None-Match": etag}, timeout=5)
     assert not_modified.status_code == 304 and not_modified.content == b"" and not_modified.headers["etag"] == etag
+
+
+async def _stalled_reader(ds, path: str, query: bytes):
+    """A visitor that asks for ``path`` and never reads the body: its
+    server's send blocks (as uvicorn's does once the socket's buffer is
+    full). Returns the task and an event set once its body is being sent."""
+    app = ds.app()
+    reached_body = asyncio.Event()
+    never = asyncio.Event()
+
+    async def receive():
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            reached_body.set()
+            await never.wait()
+
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "root_path": "",
+        "path": path, "raw_path": path.encode(), "query_string": query,
+        "headers": [(b"host", b"localhost"), (b"accept", b"*/*")], "client": ("127.0.0.1", 1), "server": ("localhost", 80),
+    }
+    return asyncio.create_task(app(scope, receive, send)), reached_body
+
+
+@in_loop
+async def test_a_visitor_who_never_reads_does_not_hold_up_the_same_request(read_node, public_db):
+    """The same request arriving while a response is made waits for it, but
+    not for its sending: a visitor that stops reading (a slow or hostile
+    client) holds up no one else, whether the response is kept or not."""
+    set_pos(public_db, BASE + 91)
+    ds = read_node(BROADSHEET_CACHE_MAX_ENTRY=2000)
+    for query in (b"_size=2", b"_size=max"):
+        stalled, reached_body = await _stalled_reader(ds, "/public/docs.json", query)
+        await asyncio.wait_for(reached_body.wait(), 10)
+        others = await asyncio.wait_for(
+            asyncio.gather(*(ds.client.get(f"/public/docs.json?{query.decode()}") for _ in range(3))),
+            10,
+        )
+        assert {r.status_code for r in others} == {200}
+        assert len({r.content for r in others}) == 1
+        assert (await cache_stats(ds))["entries"] == 1  # the small one, kept whoever reads it
+        stalled.cancel()
