@@ -12,7 +12,8 @@ What is kept is bounded in bytes (least recently used goes first) and per
 response. What is not a function of (request, position) is never kept:
 requests with a cookie or credentials, responses that set a cookie or are
 not a 200, visitors' own SQL (the sandbox lets it call ``random()`` and
-``current_timestamp``), and the instance's ``/-/`` pages (process state such
+``current_timestamp``; so may a published view: the plugin does not
+ask for a key for those), and the instance's ``/-/`` pages (process state such
 as ``/-/replication.json`` and ``/-/threads``). The 405 and bookmark waits
 run before a lookup, at the same position as the key. The rest of the read
 node's rules (the 403 for tables that are not public, the team's metadata)

@@ -200,6 +200,9 @@ class Listing:
 
     tables: tuple[str, ...] = ()
     full_text: tuple[str, ...] = ()
+    # Listed views whose rows are not a function of the data (they call
+    # random() or read the clock, or read such a view): never kept.
+    volatile: frozenset[str] = frozenset()
 
     @cached_property
     def visible_json(self) -> str:
@@ -230,7 +233,12 @@ async def listing(db) -> Listing:
         virtual = (
             await db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'")
         ).rows
-        result = Listing(tuple(tables), tuple(name for name, sql in virtual if fts.content_table(sql) in tables))
+        views = dict((await db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'")).rows)
+        result = Listing(
+            tuple(tables),
+            tuple(name for name, sql in virtual if fts.content_table(sql) in tables),
+            _volatile_views(views),
+        )
     except Exception:
         # Before the first publish cycle reaches this node there is no list:
         # nothing is public.
@@ -238,6 +246,43 @@ async def listing(db) -> Listing:
     if pos is not None:
         _listing_cache[db.name] = (pos, result)
     return result
+
+
+# SQL functions whose result is not a function of their arguments and the
+# data: the date and time ones read the clock when given 'now' (or nothing),
+# so all of them count.
+_VOLATILE = re.compile(
+    r"\b(random|randomblob|date|time|datetime|julianday|unixepoch|strftime|timediff|current_date|current_time"
+    r"|current_timestamp|changes|total_changes|last_insert_rowid)\b",
+    re.IGNORECASE,
+)
+
+
+def _volatile_views(views: dict[str, str]) -> frozenset[str]:
+    """The views (name -> CREATE VIEW) that call such a function, or read a
+    view that does. A word match: a column named ``date`` counts too, which
+    costs that view the cache, never a stale page."""
+    volatile = {name for name, sql in views.items() if _VOLATILE.search(sql or "")}
+    while True:
+        more = {
+            name
+            for name, sql in views.items()
+            if name not in volatile
+            and any(re.search(rf"(?<![\w$]){re.escape(v)}(?![\w$])", sql or "", re.IGNORECASE) for v in volatile)
+        }
+        if not more:
+            return frozenset(volatile)
+        volatile |= more
+
+
+async def _names_volatile_view(db, path: str) -> bool:
+    """Whether a /db/name... path names a listed view that is not a function
+    of the data."""
+    parts = path.split("/")
+    if len(parts) < 3 or not parts[2] or parts[2].startswith("-") or tilde_decode(parts[1]) != db.name:
+        return False
+    volatile = (await listing(db)).volatile
+    return bool(volatile) and bool({tilde_decode(parts[2]), tilde_decode(parts[2].rsplit(".", 1)[0])} & volatile)
 
 
 @hookimpl
@@ -345,6 +390,10 @@ def asgi_wrapper(datasette):
                 custom_sql = custom_sql or queries.named_in(scope["path"], db) is not None
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
             key = None if custom_sql else node.responses.key(scope, pos)
+            if key is not None:
+                _request_pos.set(pos)
+                if await _names_volatile_view(db, scope["path"]):
+                    key = None  # its rows change while the position stays
             if key is None:
                 return await serve(scope, receive, send, node, db, pos, etag, custom_sql)
             # Kept, or being made right now for the same request: either way

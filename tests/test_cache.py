@@ -393,3 +393,29 @@ async def test_a_visitor_who_never_reads_does_not_hold_up_the_same_request(read_
         assert len({r.content for r in others}) == 1
         assert (await cache_stats(ds))["entries"] == 1  # the small one, kept whoever reads it
         stalled.cancel()
+
+
+@in_loop
+async def test_a_view_that_is_not_a_function_of_the_data_is_never_kept(read_node, public_db):
+    """A published view may call random() or read the clock: its page
+    changes while the position stays, so it is made afresh for every
+    request (a view that reads only the data is kept like a table)."""
+    conn = sqlite3.connect(public_db)
+    with conn:
+        conn.execute("CREATE VIEW lucky AS SELECT abs(random()) AS draw")
+        conn.execute("CREATE VIEW lucky_again AS SELECT draw FROM lucky")
+        conn.execute("CREATE VIEW today AS SELECT DateTime ('now', 'subsec') AS now")
+        conn.executemany("INSERT INTO _public_tables (table_name) VALUES (?)", [("lucky",), ("lucky_again",), ("today",)])
+    conn.close()
+    set_pos(public_db, BASE + 101)
+    ds = read_node()
+    for view in ("lucky", "lucky_again"):
+        draws = {(await get(ds, f"/public/{view}.json", _shape="array")).json()[0]["draw"] for _ in range(4)}
+        assert len(draws) == 4
+    pages = [await get(ds, "/public/today.json", _shape="array") for _ in range(2)]
+    assert {p.status_code for p in pages} == {200}
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["entries"]) == (0, 0)
+    await get(ds, "/public/countries.json")
+    await get(ds, "/public/countries.json")
+    assert (await cache_stats(ds))["hits"] == 1
