@@ -419,3 +419,25 @@ async def test_a_view_that_is_not_a_function_of_the_data_is_never_kept(read_node
     await get(ds, "/public/countries.json")
     await get(ds, "/public/countries.json")
     assert (await cache_stats(ds))["hits"] == 1
+
+
+def test_a_position_file_kept_open_on_litefs_shows_every_move(cluster, db, stories):
+    """Through LiteFS's FUSE mount, the ``-pos`` file held open (as each
+    read node holds it, read with pread and not opened again) shows each
+    new position as soon as a fresh open does: no page cache in between."""
+    from replica.position import PositionWatcher
+
+    node = cluster.replicas[0]
+    for watched in (node.public_db, cluster.primary.public_db):
+        watcher = PositionWatcher(watched, max_waits=1)
+        assert watcher.current() == Pos.read(watched)
+        for i in range(3):
+            before = Pos.read(watched)
+            with state.immediate(db):
+                db.execute(f"UPDATE {stories} SET headline = 'kept open {i}' WHERE id = 5")
+            settle(cluster)
+            cluster.wait_for_replicas(before.txid + 1)
+            fresh = Pos.read(watched)
+            assert fresh.txid > before.txid
+            assert watcher.current() == fresh
+        watcher._close()
