@@ -11,9 +11,10 @@ position other than the one it was made at.
 What is kept is bounded in bytes (least recently used goes first) and per
 response. What is not a function of (request, position) is never kept:
 requests with a cookie or credentials, responses that set a cookie or are
-not a 200, visitors' own SQL (the sandbox lets it call ``random()`` and
-``current_timestamp``; so may a published view: the plugin does not
-ask for a key for those), and the instance's ``/-/`` pages (process state such
+not a 200 or were cut short by a time limit (``spoiled``), visitors' own
+SQL (the sandbox lets it call ``random()`` and ``current_timestamp``; so
+may a published view: the plugin does not ask for a key for those), and
+the instance's ``/-/`` pages (process state such
 as ``/-/replication.json`` and ``/-/threads``). The 405 and bookmark waits
 run before a lookup, at the same position as the key. The rest of the read
 node's rules (the 403 for tables that are not public, the team's metadata)
@@ -151,9 +152,10 @@ class ResponseCache:
         return stored
 
     @contextlib.contextmanager
-    def making(self, pos: Pos, key: tuple, send):
+    def making(self, pos: Pos, key: tuple, send, spoiled=lambda: False):
         """``send``, which also keeps the response under ``key`` at ``pos``
-        once it is complete, if it may be kept; requests that ``join``
+        once it is complete, if it may be kept and ``spoiled()`` (a query of
+        it was cut short by a time limit) is false; requests that ``join``
         meanwhile get it too, whatever happens to this one. They wait for
         the response to be made, never for it to be sent: a visitor who
         stops reading holds up no one else."""
@@ -168,11 +170,11 @@ class ResponseCache:
                 future.set_result(stored)
 
         try:
-            yield self._recording(pos, key, send, done)
+            yield self._recording(pos, key, send, done, spoiled)
         finally:
             done(None)
 
-    def _recording(self, pos: Pos, key: tuple, send, done):
+    def _recording(self, pos: Pos, key: tuple, send, done, spoiled):
         """``send``, recording a response that may be kept. ``done`` is
         told the response before it is sent (or, as soon as it is known,
         that it will not be kept), so joiners never wait on a send."""
@@ -197,7 +199,9 @@ class ResponseCache:
                     done(None)
                 else:
                     chunks.append(body)
-                    if not message.get("more_body", False):
+                    if not message.get("more_body", False) and spoiled():
+                        done(None)
+                    elif not message.get("more_body", False):
                         stored = Stored(started["status"], started["headers"], b"".join(chunks))
                         self.put(pos, key, stored)
                         done(stored)

@@ -112,6 +112,7 @@ def startup(datasette):
         # An immutable database would never see the transactions LiteFS applies.
         raise StartupError("broadsheet read node: public.db must be opened mutable (not with -i)")
     datasette._broadsheet_public_db = db
+    _note_interruptions(datasette, db)
     guards(datasette)
     return _refuse_wider_access(datasette, db)
 
@@ -217,6 +218,37 @@ _listing_cache: dict[str, tuple[Pos, Listing]] = {}
 # The position a request is served at: read once per request by the ASGI
 # wrapper and reused by every permission check the request makes.
 _request_pos: contextvars.ContextVar[Pos | None] = contextvars.ContextVar("broadsheet_pos", default=None)
+
+
+# The queries of one request that a time limit cut short, where Datasette
+# answers 200 all the same (a facet in ``facets_timed_out``, a table page
+# without its count, an autocomplete without rows): such a page depends on
+# how busy the node was, not only on the request and the position.
+_interrupted: contextvars.ContextVar[list | None] = contextvars.ContextVar("broadsheet_interrupted", default=None)
+
+
+def _note_interruptions(datasette, db) -> None:
+    """Note in ``_interrupted`` each query of public.db cut by a time limit,
+    except the probes Datasette expects to be cut and only decorate a page
+    (facet suggestions, the table counts of the index page: budgets of
+    ``facet_suggest_time_limit_ms`` or less)."""
+    if getattr(db.execute, "_broadsheet_noting", False):
+        return
+    execute = db.execute
+    probe_ms = datasette.setting("facet_suggest_time_limit_ms")
+
+    async def noting(*args, **kwargs):
+        try:
+            return await execute(*args, **kwargs)
+        except QueryInterrupted:
+            cut = _interrupted.get()
+            budget = kwargs.get("custom_time_limit", args[3] if len(args) > 3 else None)
+            if cut is not None and (not budget or budget > probe_ms):
+                cut.append(args[0] if args else kwargs.get("sql"))
+            raise
+
+    noting._broadsheet_noting = True
+    db.execute = noting
 
 
 async def listing(db) -> Listing:
@@ -406,7 +438,9 @@ def asgi_wrapper(datasette):
                 if etag in _if_none_match(scope):
                     return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
                 return await hit.replay(send)
-            with node.responses.making(pos, key, send) as recording:
+            cut: list = []
+            _interrupted.set(cut)
+            with node.responses.making(pos, key, send, spoiled=lambda: bool(cut)) as recording:
                 return await serve(scope, receive, recording, node, db, pos, etag, custom_sql)
 
         async def serve(scope, receive, send, node: Guards, db, pos: Pos, etag: bytes, custom_sql: bool):

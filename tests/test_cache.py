@@ -441,3 +441,30 @@ def test_a_position_file_kept_open_on_litefs_shows_every_move(cluster, db, stori
             assert fresh.txid > before.txid
             assert watcher.current() == fresh
         watcher._close()
+
+
+@in_loop
+async def test_a_page_cut_short_by_a_time_limit_is_never_kept(read_node, public_db):
+    """Datasette answers 200 when a facet, a count or an autocomplete runs out
+    of time (``facets_timed_out``, an autocomplete with no rows): a page that depends on
+    how busy the node was is made again next time, not kept for the TXID."""
+    conn = sqlite3.connect(public_db)
+    with conn:
+        conn.execute(
+            "CREATE VIEW slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000000)"
+            " SELECT x, x % 3 AS k FROM c"
+        )
+        conn.execute("INSERT INTO _public_tables (table_name) VALUES ('slow')")
+    conn.close()
+    set_pos(public_db, BASE + 111)
+    ds = read_node()
+    for _ in range(2):
+        page = await get(ds, "/public/slow.json", _size=1, _facet="k", _extra="facets_timed_out")
+        assert page.status_code == 200
+        assert page.json()["facets_timed_out"] == ["k"]
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["entries"]) == (0, 0)
+    # A page of the same view that ran to the end is kept.
+    for _ in range(2):
+        assert (await get(ds, "/public/slow.json", _size=1, _nocount=1)).status_code == 200
+    assert (await cache_stats(ds))["hits"] == 1
