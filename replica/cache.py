@@ -181,6 +181,7 @@ class ResponseCache:
         started: dict = {}
         chunks: list[bytes] = []
         size = 0
+        held: list = []  # the start of a response that may be kept, sent with its body
 
         async def record(message):
             nonlocal size
@@ -188,8 +189,12 @@ class ResponseCache:
                 headers = message.get("headers", [])
                 if message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers):
                     started.update(status=200, headers=tuple((bytes(k), bytes(v)) for k, v in headers))
-                else:
-                    done(None)
+                    # Not sent yet: a server's send can block on the
+                    # visitor's socket from the start, and joiners must not
+                    # wait on it.
+                    held.append(message)
+                    return
+                done(None)
             elif message["type"] == "http.response.body" and started:
                 body = message.get("body", b"")
                 size += len(body)
@@ -209,6 +214,8 @@ class ResponseCache:
                         # Sent in parts, each awaiting the visitor: joiners
                         # make their own rather than wait on this one.
                         done(None)
+            if held:
+                await send(held.pop())
             await send(message)
 
         return record

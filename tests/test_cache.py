@@ -351,11 +351,12 @@ def test_credentials_and_the_status_page_are_never_cached_and_304_still_works(cl
 
 
 async def _stalled_reader(ds, path: str, query: bytes):
-    """A visitor that asks for ``path`` and never reads the body: its
-    server's send blocks (as uvicorn's does once the socket's buffer is
-    full). Returns the task and an event set once its body is being sent."""
+    """A visitor that asks for ``path`` and never reads: its server's send
+    blocks (as uvicorn's does while the socket's buffer is full, which an
+    earlier response on the same connection may have filled), from the
+    response's start. Returns the task and an event set once it is sent to."""
     app = ds.app()
-    reached_body = asyncio.Event()
+    reached = asyncio.Event()
     never = asyncio.Event()
 
     async def receive():
@@ -363,16 +364,15 @@ async def _stalled_reader(ds, path: str, query: bytes):
         return {"type": "http.disconnect"}
 
     async def send(message):
-        if message["type"] == "http.response.body":
-            reached_body.set()
-            await never.wait()
+        reached.set()
+        await never.wait()
 
     scope = {
         "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "root_path": "",
         "path": path, "raw_path": path.encode(), "query_string": query,
         "headers": [(b"host", b"localhost"), (b"accept", b"*/*")], "client": ("127.0.0.1", 1), "server": ("localhost", 80),
     }
-    return asyncio.create_task(app(scope, receive, send)), reached_body
+    return asyncio.create_task(app(scope, receive, send)), reached
 
 
 @in_loop
@@ -383,8 +383,8 @@ async def test_a_visitor_who_never_reads_does_not_hold_up_the_same_request(read_
     set_pos(public_db, BASE + 91)
     ds = read_node(BROADSHEET_CACHE_MAX_ENTRY=2000)
     for query in (b"_size=2", b"_size=max"):
-        stalled, reached_body = await _stalled_reader(ds, "/public/docs.json", query)
-        await asyncio.wait_for(reached_body.wait(), 10)
+        stalled, reached = await _stalled_reader(ds, "/public/docs.json", query)
+        await asyncio.wait_for(reached.wait(), 10)
         others = await asyncio.wait_for(
             asyncio.gather(*(ds.client.get(f"/public/docs.json?{query.decode()}") for _ in range(3))),
             10,
