@@ -10,6 +10,7 @@ position moved by hand, as LiteFS moves it), and the shared cluster.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 
 import httpx
@@ -468,3 +469,19 @@ async def test_a_page_cut_short_by_a_time_limit_is_never_kept(read_node, public_
     for _ in range(2):
         assert (await get(ds, "/public/slow.json", _size=1, _nocount=1)).status_code == 200
     assert (await cache_stats(ds))["hits"] == 1
+
+
+def test_a_position_file_whose_open_handle_died_is_opened_again_at_once(tmp_path):
+    """LiteFS restarting under a read node leaves its kept ``-pos`` handle
+    dead (the old FUSE connection): the next read opens the file again and
+    answers, rather than failing that request."""
+    from replica.position import PositionWatcher
+
+    db = tmp_path / "public.db"
+    set_pos(db, 5)
+    watcher = PositionWatcher(db, max_waits=1)
+    assert watcher.current().txid == 5
+    os.close(watcher._fd)  # the handle dies under the watcher
+    set_pos(db, 6)
+    assert watcher.current().txid == 6
+    watcher._close()
