@@ -38,13 +38,29 @@ from broadsheet.litefs import Pos
 
 # Request headers a response depends on: Datasette builds absolute URLs
 # (``next_url``, facet toggles) from Host, and answers JSON or HTML by Accept
-# (and Content-Type) on some pages.
-_VARIES_ON = (b"host", b"accept", b"content-type")
+# (and Content-Type) on some pages; a team's plugin may compress by
+# Accept-Encoding. A response whose ``Vary`` names any other is not kept.
+_VARIES_ON = (b"host", b"accept", b"content-type", b"accept-encoding")
 # Requests that are an actor's, not the public's.
 _PERSONAL = (b"cookie", b"authorization")
+# Every request header a key holds (the personal ones by their absence):
+# Datasette itself sends ``Vary: Cookie, Authorization``.
+_KEYED = _VARIES_ON + _PERSONAL
 # Bytes of bookkeeping per entry on top of its key, headers and body
 # (objects, the OrderedDict's slot): an estimate, so that many tiny entries count.
 _OVERHEAD = 256
+
+
+def _keyed_on_all(headers) -> bool:
+    """Whether a response's headers let it be kept: it sets no cookie, and
+    varies on no request header the key does not hold (nor on ``*``)."""
+    for name, value in headers:
+        name = name.lower()
+        if name == b"set-cookie":
+            return False
+        if name == b"vary" and any(v.strip().lower() not in _KEYED for v in bytes(value).split(b",")):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -187,7 +203,7 @@ class ResponseCache:
             nonlocal size
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
-                if message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers):
+                if message["status"] == 200 and _keyed_on_all(headers):
                     started.update(status=200, headers=tuple((bytes(k), bytes(v)) for k, v in headers))
                     # Not sent yet: a server's send can block on the
                     # visitor's socket from the start, and joiners must not

@@ -10,11 +10,14 @@ position moved by hand, as LiteFS moves it), and the shared cluster.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import sqlite3
 
 import httpx
 import pytest
+from datasette import hookimpl
+from datasette.plugins import pm
 
 from broadsheet.config import ConfigError
 from broadsheet.litefs import Pos
@@ -371,7 +374,7 @@ async def _stalled_reader(ds, path: str, query: bytes):
     scope = {
         "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "root_path": "",
         "path": path, "raw_path": path.encode(), "query_string": query,
-        "headers": [(b"host", b"localhost"), (b"accept", b"*/*")], "client": ("127.0.0.1", 1), "server": ("localhost", 80),
+        "headers": [(b"host", b"localhost"), (b"accept", b"*/*"), (b"accept-encoding", b"identity")], "client": ("127.0.0.1", 1), "server": ("localhost", 80),
     }
     return asyncio.create_task(app(scope, receive, send)), reached
 
@@ -387,7 +390,10 @@ async def test_a_visitor_who_never_reads_does_not_hold_up_the_same_request(read_
         stalled, reached = await _stalled_reader(ds, "/public/docs.json", query)
         await asyncio.wait_for(reached.wait(), 10)
         others = await asyncio.wait_for(
-            asyncio.gather(*(ds.client.get(f"/public/docs.json?{query.decode()}") for _ in range(3))),
+            asyncio.gather(
+                *(ds.client.get(f"/public/docs.json?{query.decode()}", headers={"Accept-Encoding": "identity"})
+                  for _ in range(3))
+            ),
             10,
         )
         assert {r.status_code for r in others} == {200}
@@ -485,3 +491,61 @@ def test_a_position_file_whose_open_handle_died_is_opened_again_at_once(tmp_path
     set_pos(db, 6)
     assert watcher.current().txid == 6
     watcher._close()
+
+
+class _Gzip:
+    """A team's read-node plugin that compresses responses for visitors who
+    accept it (as datasette-gzip does), inside the read node's wrapper."""
+
+    @staticmethod
+    @hookimpl
+    def asgi_wrapper(datasette):
+        def wrap(app):
+            async def gzipping(scope, receive, send):
+                accepts = dict(scope.get("headers", [])).get(b"accept-encoding", b"")
+                if scope["type"] != "http" or b"gzip" not in accepts:
+                    return await app(scope, receive, send)
+                start = {}
+
+                async def compress(message):
+                    if message["type"] == "http.response.start":
+                        start.update(message)
+                        return
+                    body = gzip.compress(message.get("body", b""))
+                    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                    headers += [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")]
+                    if b"x-vary" in dict(scope["headers"]):
+                        headers[-1] = (b"vary", b"X-Vary")
+                    await send({**start, "headers": headers})
+                    await send({**message, "body": body})
+
+                return await app(scope, receive, compress)
+
+            return gzipping
+
+        return wrap
+
+
+@in_loop
+async def test_a_response_is_kept_only_for_the_headers_it_varies_on(read_node, public_db):
+    """A plugin may make a response depend on another header (``Vary``):
+    a visitor who does not accept gzip never gets the gzipped one, and a
+    response that varies on a header the key does not hold is not kept."""
+    pm.register(_Gzip, name="test-gzip")
+    try:
+        set_pos(public_db, BASE + 121)
+        ds = read_node()
+        zipped = await ds.client.get("/public/docs.json?_size=1", headers={"Accept-Encoding": "gzip"})
+        assert zipped.headers["content-encoding"] == "gzip"
+        plain = await ds.client.get("/public/docs.json?_size=1", headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers and plain.json()["rows"]
+        again = await ds.client.get("/public/docs.json?_size=1", headers={"Accept-Encoding": "gzip"})
+        assert again.headers["content-encoding"] == "gzip" and again.json() == zipped.json()
+        assert (await cache_stats(ds))["hits"] == 1
+        # A response that varies on a header the key does not hold is not kept.
+        for _ in range(2):
+            other = await ds.client.get("/public/docs.json?_size=2", headers={"Accept-Encoding": "gzip", "X-Vary": "1"})
+        assert "X-Vary" in other.headers["vary"]
+        assert (await cache_stats(ds))["hits"] == 1
+    finally:
+        pm.unregister(name="test-gzip")
