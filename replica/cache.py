@@ -11,8 +11,10 @@ position other than the one it was made at.
 What is kept is bounded in bytes (least recently used goes first) and per
 response. What is not a function of (request, position) is never kept:
 requests with a cookie or credentials, responses that set a cookie or are
-not a 200, visitors' own SQL (the sandbox lets it call ``random()`` and
-``current_timestamp``), and the instance's ``/-/`` pages (process state such
+not a 200 or were cut short by a time limit (``spoiled``), visitors' own
+SQL (the sandbox lets it call ``random()`` and ``current_timestamp``; so
+may a published view: the plugin does not ask for a key for those), and
+the instance's ``/-/`` pages (process state such
 as ``/-/replication.json`` and ``/-/threads``). The 405 and bookmark waits
 run before a lookup, at the same position as the key. The rest of the read
 node's rules (the 403 for tables that are not public, the team's metadata)
@@ -36,13 +38,29 @@ from broadsheet.litefs import Pos
 
 # Request headers a response depends on: Datasette builds absolute URLs
 # (``next_url``, facet toggles) from Host, and answers JSON or HTML by Accept
-# (and Content-Type) on some pages.
-_VARIES_ON = (b"host", b"accept", b"content-type")
+# (and Content-Type) on some pages; a team's plugin may compress by
+# Accept-Encoding. A response whose ``Vary`` names any other is not kept.
+_VARIES_ON = (b"host", b"accept", b"content-type", b"accept-encoding")
 # Requests that are an actor's, not the public's.
 _PERSONAL = (b"cookie", b"authorization")
+# Every request header a key holds (the personal ones by their absence):
+# Datasette itself sends ``Vary: Cookie, Authorization``.
+_KEYED = _VARIES_ON + _PERSONAL
 # Bytes of bookkeeping per entry on top of its key, headers and body
 # (objects, the OrderedDict's slot): an estimate, so that many tiny entries count.
 _OVERHEAD = 256
+
+
+def _keyed_on_all(headers) -> bool:
+    """Whether a response's headers let it be kept: it sets no cookie, and
+    varies on no request header the key does not hold (nor on ``*``)."""
+    for name, value in headers:
+        name = name.lower()
+        if name == b"set-cookie":
+            return False
+        if name == b"vary" and any(v.strip().lower() not in _KEYED for v in bytes(value).split(b",")):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -150,45 +168,71 @@ class ResponseCache:
         return stored
 
     @contextlib.contextmanager
-    def making(self, pos: Pos, key: tuple, send):
+    def making(self, pos: Pos, key: tuple, send, spoiled=lambda: False):
         """``send``, which also keeps the response under ``key`` at ``pos``
-        once it is complete, if it may be kept; requests that ``join``
-        meanwhile get it too, whatever happens to this one."""
-        made: list[Stored] = []
+        once it is complete, if it may be kept and ``spoiled()`` (a query of
+        it was cut short by a time limit) is false; requests that ``join``
+        meanwhile get it too, whatever happens to this one. They wait for
+        the response to be made, never for it to be sent: a visitor who
+        stops reading holds up no one else."""
         future = asyncio.get_running_loop().create_future()
         if pos == self._pos and key not in self._making:
             self._making[key] = future
-        try:
-            yield self._recording(pos, key, send, made.append)
-        finally:
+
+        def done(stored: Stored | None) -> None:
             if self._making.get(key) is future:
                 del self._making[key]
-            future.set_result(made[0] if made else None)
+            if not future.done():
+                future.set_result(stored)
 
-    def _recording(self, pos: Pos, key: tuple, send, done):
+        try:
+            yield self._recording(pos, key, send, done, spoiled)
+        finally:
+            done(None)
+
+    def _recording(self, pos: Pos, key: tuple, send, done, spoiled):
+        """``send``, recording a response that may be kept. ``done`` is
+        told the response before it is sent (or, as soon as it is known,
+        that it will not be kept), so joiners never wait on a send."""
         started: dict = {}
         chunks: list[bytes] = []
         size = 0
+        held: list = []  # the start of a response that may be kept, sent with its body
 
         async def record(message):
             nonlocal size
-            await send(message)
             if message["type"] == "http.response.start":
                 headers = message.get("headers", [])
-                if message["status"] == 200 and not any(k.lower() == b"set-cookie" for k, _ in headers):
+                if message["status"] == 200 and _keyed_on_all(headers):
                     started.update(status=200, headers=tuple((bytes(k), bytes(v)) for k, v in headers))
+                    # Not sent yet: a server's send can block on the
+                    # visitor's socket from the start, and joiners must not
+                    # wait on it.
+                    held.append(message)
+                    return
+                done(None)
             elif message["type"] == "http.response.body" and started:
                 body = message.get("body", b"")
                 size += len(body)
                 if size > self.max_entry:
                     started.clear()  # too big (a streamed CSV): stop holding it
                     chunks.clear()
-                    return
-                chunks.append(body)
-                if not message.get("more_body", False):
-                    stored = Stored(started["status"], started["headers"], b"".join(chunks))
-                    self.put(pos, key, stored)
-                    done(stored)
+                    done(None)
+                else:
+                    chunks.append(body)
+                    if not message.get("more_body", False) and spoiled():
+                        done(None)
+                    elif not message.get("more_body", False):
+                        stored = Stored(started["status"], started["headers"], b"".join(chunks))
+                        self.put(pos, key, stored)
+                        done(stored)
+                    else:
+                        # Sent in parts, each awaiting the visitor: joiners
+                        # make their own rather than wait on this one.
+                        done(None)
+            if held:
+                await send(held.pop())
+            await send(message)
 
         return record
 

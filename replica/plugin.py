@@ -112,6 +112,7 @@ def startup(datasette):
         # An immutable database would never see the transactions LiteFS applies.
         raise StartupError("broadsheet read node: public.db must be opened mutable (not with -i)")
     datasette._broadsheet_public_db = db
+    _note_interruptions(datasette, db)
     guards(datasette)
     return _refuse_wider_access(datasette, db)
 
@@ -200,6 +201,9 @@ class Listing:
 
     tables: tuple[str, ...] = ()
     full_text: tuple[str, ...] = ()
+    # Listed views whose rows are not a function of the data (they call
+    # random() or read the clock, or read such a view): never kept.
+    volatile: frozenset[str] = frozenset()
 
     @cached_property
     def visible_json(self) -> str:
@@ -216,6 +220,37 @@ _listing_cache: dict[str, tuple[Pos, Listing]] = {}
 _request_pos: contextvars.ContextVar[Pos | None] = contextvars.ContextVar("broadsheet_pos", default=None)
 
 
+# The queries of one request that a time limit cut short, where Datasette
+# answers 200 all the same (a facet in ``facets_timed_out``, a table page
+# without its count, an autocomplete without rows): such a page depends on
+# how busy the node was, not only on the request and the position.
+_interrupted: contextvars.ContextVar[list | None] = contextvars.ContextVar("broadsheet_interrupted", default=None)
+
+
+def _note_interruptions(datasette, db) -> None:
+    """Note in ``_interrupted`` each query of public.db cut by a time limit,
+    except the probes Datasette expects to be cut and only decorate a page
+    (facet suggestions, the table counts of the index page: budgets of
+    ``facet_suggest_time_limit_ms`` or less)."""
+    if getattr(db.execute, "_broadsheet_noting", False):
+        return
+    execute = db.execute
+    probe_ms = datasette.setting("facet_suggest_time_limit_ms")
+
+    async def noting(*args, **kwargs):
+        try:
+            return await execute(*args, **kwargs)
+        except QueryInterrupted:
+            cut = _interrupted.get()
+            budget = kwargs.get("custom_time_limit", args[3] if len(args) > 3 else None)
+            if cut is not None and (not budget or budget > probe_ms):
+                cut.append(args[0] if args else kwargs.get("sql"))
+            raise
+
+    noting._broadsheet_noting = True
+    db.execute = noting
+
+
 async def listing(db) -> Listing:
     """Cached per LiteFS position: the ``-pos`` file changes with every
     applied transaction, and reading it is cheaper than a query."""
@@ -230,7 +265,12 @@ async def listing(db) -> Listing:
         virtual = (
             await db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL%'")
         ).rows
-        result = Listing(tuple(tables), tuple(name for name, sql in virtual if fts.content_table(sql) in tables))
+        views = dict((await db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'")).rows)
+        result = Listing(
+            tuple(tables),
+            tuple(name for name, sql in virtual if fts.content_table(sql) in tables),
+            _volatile_views(views),
+        )
     except Exception:
         # Before the first publish cycle reaches this node there is no list:
         # nothing is public.
@@ -238,6 +278,43 @@ async def listing(db) -> Listing:
     if pos is not None:
         _listing_cache[db.name] = (pos, result)
     return result
+
+
+# SQL functions whose result is not a function of their arguments and the
+# data: the date and time ones read the clock when given 'now' (or nothing),
+# so all of them count.
+_VOLATILE = re.compile(
+    r"\b(random|randomblob|date|time|datetime|julianday|unixepoch|strftime|timediff|current_date|current_time"
+    r"|current_timestamp|changes|total_changes|last_insert_rowid)\b",
+    re.IGNORECASE,
+)
+
+
+def _volatile_views(views: dict[str, str]) -> frozenset[str]:
+    """The views (name -> CREATE VIEW) that call such a function, or read a
+    view that does. A word match: a column named ``date`` counts too, which
+    costs that view the cache, never a stale page."""
+    volatile = {name for name, sql in views.items() if _VOLATILE.search(sql or "")}
+    while True:
+        more = {
+            name
+            for name, sql in views.items()
+            if name not in volatile
+            and any(re.search(rf"(?<![\w$]){re.escape(v)}(?![\w$])", sql or "", re.IGNORECASE) for v in volatile)
+        }
+        if not more:
+            return frozenset(volatile)
+        volatile |= more
+
+
+async def _names_volatile_view(db, path: str) -> bool:
+    """Whether a /db/name... path names a listed view that is not a function
+    of the data."""
+    parts = path.split("/")
+    if len(parts) < 3 or not parts[2] or parts[2].startswith("-") or tilde_decode(parts[1]) != db.name:
+        return False
+    volatile = (await listing(db)).volatile
+    return bool(volatile) and bool({tilde_decode(parts[2]), tilde_decode(parts[2].rsplit(".", 1)[0])} & volatile)
 
 
 @hookimpl
@@ -345,6 +422,10 @@ def asgi_wrapper(datasette):
                 custom_sql = custom_sql or queries.named_in(scope["path"], db) is not None
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
             key = None if custom_sql else node.responses.key(scope, pos)
+            if key is not None:
+                _request_pos.set(pos)
+                if await _names_volatile_view(db, scope["path"]):
+                    key = None  # its rows change while the position stays
             if key is None:
                 return await serve(scope, receive, send, node, db, pos, etag, custom_sql)
             # Kept, or being made right now for the same request: either way
@@ -357,7 +438,9 @@ def asgi_wrapper(datasette):
                 if etag in _if_none_match(scope):
                     return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
                 return await hit.replay(send)
-            with node.responses.making(pos, key, send) as recording:
+            cut: list = []
+            _interrupted.set(cut)
+            with node.responses.making(pos, key, send, spoiled=lambda: bool(cut)) as recording:
                 return await serve(scope, receive, recording, node, db, pos, etag, custom_sql)
 
         async def serve(scope, receive, send, node: Guards, db, pos: Pos, etag: bytes, custom_sql: bool):

@@ -35,6 +35,13 @@ POLL_INTERVAL = 0.005
 REOPEN_EVERY = 50
 
 
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # a handle on a mount that is gone
+
+
 class TooManyWaits(Exception):
     """Every parking place is taken: the caller should come back later."""
 
@@ -77,19 +84,22 @@ class PositionWatcher:
         return pos
 
     def _read(self) -> Pos:
+        try:
+            return self._pread()
+        except OSError:
+            # The mount went away under the open file (LiteFS restarted):
+            # open it again, once, now.
+            self._close()
+            return self._pread()
+
+    def _pread(self) -> Pos:
         if self._fd is None:
             try:
                 self._fd = os.open(f"{self.db_path}-pos", os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return Pos(0)  # public.db has not arrived yet (or is not on LiteFS)
-            self._closer = weakref.finalize(self, os.close, self._fd)
-        try:
-            return Pos.parse(os.pread(self._fd, 64, 0).decode())
-        except OSError:
-            # The mount went away under the open file (LiteFS restarted):
-            # open it again next time.
-            self._close()
-            raise
+            self._closer = weakref.finalize(self, _close_quietly, self._fd)
+        return Pos.parse(os.pread(self._fd, 64, 0).decode())
 
     def _close(self) -> None:
         if self._closer is not None:

@@ -10,10 +10,14 @@ position moved by hand, as LiteFS moves it), and the shared cluster.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import os
 import sqlite3
 
 import httpx
 import pytest
+from datasette import hookimpl
+from datasette.plugins import pm
 
 from broadsheet.config import ConfigError
 from broadsheet.litefs import Pos
@@ -348,3 +352,200 @@ def test_credentials_and_the_status_page_are_never_cached_and_304_still_works(cl
     etag = httpx.get(path, timeout=5).headers["etag"]
     not_modified = httpx.get(path, headers={"If-None-Match": etag}, timeout=5)
     assert not_modified.status_code == 304 and not_modified.content == b"" and not_modified.headers["etag"] == etag
+
+
+async def _stalled_reader(ds, path: str, query: bytes):
+    """A visitor that asks for ``path`` and never reads: its server's send
+    blocks (as uvicorn's does while the socket's buffer is full, which an
+    earlier response on the same connection may have filled), from the
+    response's start. Returns the task and an event set once it is sent to."""
+    app = ds.app()
+    reached = asyncio.Event()
+    never = asyncio.Event()
+
+    async def receive():
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        reached.set()
+        await never.wait()
+
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http", "root_path": "",
+        "path": path, "raw_path": path.encode(), "query_string": query,
+        "headers": [(b"host", b"localhost"), (b"accept", b"*/*"), (b"accept-encoding", b"identity")], "client": ("127.0.0.1", 1), "server": ("localhost", 80),
+    }
+    return asyncio.create_task(app(scope, receive, send)), reached
+
+
+@in_loop
+async def test_a_visitor_who_never_reads_does_not_hold_up_the_same_request(read_node, public_db):
+    """The same request arriving while a response is made waits for it, but
+    not for its sending: a visitor that stops reading (a slow or hostile
+    client) holds up no one else, whether the response is kept or not."""
+    set_pos(public_db, BASE + 91)
+    ds = read_node(BROADSHEET_CACHE_MAX_ENTRY=2000)
+    for query in (b"_size=2", b"_size=max"):
+        stalled, reached = await _stalled_reader(ds, "/public/docs.json", query)
+        await asyncio.wait_for(reached.wait(), 10)
+        others = await asyncio.wait_for(
+            asyncio.gather(
+                *(ds.client.get(f"/public/docs.json?{query.decode()}", headers={"Accept-Encoding": "identity"})
+                  for _ in range(3))
+            ),
+            10,
+        )
+        assert {r.status_code for r in others} == {200}
+        assert len({r.content for r in others}) == 1
+        assert (await cache_stats(ds))["entries"] == 1  # the small one, kept whoever reads it
+        stalled.cancel()
+
+
+@in_loop
+async def test_a_view_that_is_not_a_function_of_the_data_is_never_kept(read_node, public_db):
+    """A published view may call random() or read the clock: its page
+    changes while the position stays, so it is made afresh for every
+    request (a view that reads only the data is kept like a table)."""
+    conn = sqlite3.connect(public_db)
+    with conn:
+        conn.execute("CREATE VIEW lucky AS SELECT abs(random()) AS draw")
+        conn.execute("CREATE VIEW lucky_again AS SELECT draw FROM lucky")
+        conn.execute("CREATE VIEW today AS SELECT DateTime ('now', 'subsec') AS now")
+        conn.executemany("INSERT INTO _public_tables (table_name) VALUES (?)", [("lucky",), ("lucky_again",), ("today",)])
+    conn.close()
+    set_pos(public_db, BASE + 101)
+    ds = read_node()
+    for view in ("lucky", "lucky_again"):
+        draws = {(await get(ds, f"/public/{view}.json", _shape="array")).json()[0]["draw"] for _ in range(4)}
+        assert len(draws) == 4
+    pages = [await get(ds, "/public/today.json", _shape="array") for _ in range(2)]
+    assert {p.status_code for p in pages} == {200}
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["entries"]) == (0, 0)
+    await get(ds, "/public/countries.json")
+    await get(ds, "/public/countries.json")
+    assert (await cache_stats(ds))["hits"] == 1
+
+
+def test_a_position_file_kept_open_on_litefs_shows_every_move(cluster, db, stories):
+    """Through LiteFS's FUSE mount, the ``-pos`` file held open (as each
+    read node holds it, read with pread and not opened again) shows each
+    new position as soon as a fresh open does: no page cache in between."""
+    from replica.position import PositionWatcher
+
+    node = cluster.replicas[0]
+    for watched in (node.public_db, cluster.primary.public_db):
+        watcher = PositionWatcher(watched, max_waits=1)
+        assert watcher.current() == Pos.read(watched)
+        for i in range(3):
+            before = Pos.read(watched)
+            with state.immediate(db):
+                db.execute(f"UPDATE {stories} SET headline = 'kept open {i}' WHERE id = 5")
+            settle(cluster)
+            cluster.wait_for_replicas(before.txid + 1)
+            fresh = Pos.read(watched)
+            assert fresh.txid > before.txid
+            assert watcher.current() == fresh
+        watcher._close()
+
+
+@in_loop
+async def test_a_page_cut_short_by_a_time_limit_is_never_kept(read_node, public_db):
+    """Datasette answers 200 when a facet, a count or an autocomplete runs out
+    of time (``facets_timed_out``, an autocomplete with no rows): a page that depends on
+    how busy the node was is made again next time, not kept for the TXID."""
+    conn = sqlite3.connect(public_db)
+    with conn:
+        conn.execute(
+            "CREATE VIEW slow AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000000)"
+            " SELECT x, x % 3 AS k FROM c"
+        )
+        conn.execute("INSERT INTO _public_tables (table_name) VALUES ('slow')")
+    conn.close()
+    set_pos(public_db, BASE + 111)
+    ds = read_node()
+    for _ in range(2):
+        page = await get(ds, "/public/slow.json", _size=1, _facet="k", _extra="facets_timed_out")
+        assert page.status_code == 200
+        assert page.json()["facets_timed_out"] == ["k"]
+    stats = await cache_stats(ds)
+    assert (stats["hits"], stats["entries"]) == (0, 0)
+    # A page of the same view that ran to the end is kept.
+    for _ in range(2):
+        assert (await get(ds, "/public/slow.json", _size=1, _nocount=1)).status_code == 200
+    assert (await cache_stats(ds))["hits"] == 1
+
+
+def test_a_position_file_whose_open_handle_died_is_opened_again_at_once(tmp_path):
+    """LiteFS restarting under a read node leaves its kept ``-pos`` handle
+    dead (the old FUSE connection): the next read opens the file again and
+    answers, rather than failing that request."""
+    from replica.position import PositionWatcher
+
+    db = tmp_path / "public.db"
+    set_pos(db, 5)
+    watcher = PositionWatcher(db, max_waits=1)
+    assert watcher.current().txid == 5
+    os.close(watcher._fd)  # the handle dies under the watcher
+    set_pos(db, 6)
+    assert watcher.current().txid == 6
+    watcher._close()
+
+
+class _Gzip:
+    """A team's read-node plugin that compresses responses for visitors who
+    accept it (as datasette-gzip does), inside the read node's wrapper."""
+
+    @staticmethod
+    @hookimpl
+    def asgi_wrapper(datasette):
+        def wrap(app):
+            async def gzipping(scope, receive, send):
+                accepts = dict(scope.get("headers", [])).get(b"accept-encoding", b"")
+                if scope["type"] != "http" or b"gzip" not in accepts:
+                    return await app(scope, receive, send)
+                start = {}
+
+                async def compress(message):
+                    if message["type"] == "http.response.start":
+                        start.update(message)
+                        return
+                    body = gzip.compress(message.get("body", b""))
+                    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                    headers += [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")]
+                    if b"x-vary" in dict(scope["headers"]):
+                        headers[-1] = (b"vary", b"X-Vary")
+                    await send({**start, "headers": headers})
+                    await send({**message, "body": body})
+
+                return await app(scope, receive, compress)
+
+            return gzipping
+
+        return wrap
+
+
+@in_loop
+async def test_a_response_is_kept_only_for_the_headers_it_varies_on(read_node, public_db):
+    """A plugin may make a response depend on another header (``Vary``):
+    a visitor who does not accept gzip never gets the gzipped one, and a
+    response that varies on a header the key does not hold is not kept."""
+    pm.register(_Gzip, name="test-gzip")
+    try:
+        set_pos(public_db, BASE + 121)
+        ds = read_node()
+        zipped = await ds.client.get("/public/docs.json?_size=1", headers={"Accept-Encoding": "gzip"})
+        assert zipped.headers["content-encoding"] == "gzip"
+        plain = await ds.client.get("/public/docs.json?_size=1", headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers and plain.json()["rows"]
+        again = await ds.client.get("/public/docs.json?_size=1", headers={"Accept-Encoding": "gzip"})
+        assert again.headers["content-encoding"] == "gzip" and again.json() == zipped.json()
+        assert (await cache_stats(ds))["hits"] == 1
+        # A response that varies on a header the key does not hold is not kept.
+        for _ in range(2):
+            other = await ds.client.get("/public/docs.json?_size=2", headers={"Accept-Encoding": "gzip", "X-Vary": "1"})
+        assert "X-Vary" in other.headers["vary"]
+        assert (await cache_stats(ds))["hits"] == 1
+    finally:
+        pm.unregister(name="test-gzip")
