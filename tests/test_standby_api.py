@@ -5,9 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from broadsheet.litefs import Pos
+from primary.settings import settings
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch):
+    """The primary's settings are read once per process: read them again
+    from this test's environment, and forget them after it (before
+    monkeypatch puts the environment back)."""
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
 
 
 def test_status_and_bounded_waits(tmp_path, monkeypatch):
