@@ -253,20 +253,29 @@ class Tracker:
         self._subscribers.discard(queue)
 
     async def wait_for(self, txid: int, timeout: float) -> dict | None:
-        """Wait until every node has ``txid``; the propagation record either way."""
+        """Wait until every node has ``txid`` and what its cycle did is known
+        (the publisher writes that just after the commit, so it can come a
+        moment after the last node); the propagation record either way."""
         deadline = time.monotonic() + timeout
         async with self._changed:
             while True:
                 record = self.propagation(txid)
-                if record and record["complete"]:
+                if record and record["complete"] and (record["cycle"] is not None or not self._cycle_due(txid)):
                     return record
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return record
                 try:
-                    await asyncio.wait_for(self._changed.wait(), remaining)
+                    # Bounded: a later cycle's record (which tells that this
+                    # TXID will have none) notifies nobody.
+                    await asyncio.wait_for(self._changed.wait(), min(remaining, 0.25))
                 except asyncio.TimeoutError:
-                    return self.propagation(txid)
+                    pass
+
+    def _cycle_due(self, txid: int) -> bool:
+        """Whether a cycle record for ``txid`` may still come: there is a
+        cycle log, and nothing after ``txid`` has been read from it yet."""
+        return self.cycle_log is not None and max(self.cycles, default=0) <= txid
 
     # -- internals -----------------------------------------------------------
     def _node_dict(self, node: NodePosition) -> dict:
