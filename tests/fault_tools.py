@@ -67,6 +67,52 @@ class WriteStream:
         self._thread.join(15)
 
 
+class LedgerWriter:
+    """Rows 1, 2, … into ``ledger`` through the team's write API, every
+    other one with ``Broadsheet-Wait: standby``, until stopped; what was
+    acknowledged: id -> (waited for the standby, data.db TXID)."""
+
+    def __init__(self, client: httpx.Client, row=lambda n, waited: {"id": n}):
+        self.client, self.row = client, row
+        self.acknowledged: dict[int, tuple[bool, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+
+    def _write(self) -> None:
+        n = 1
+        while not self._stop.is_set():
+            waited = n % 2 == 0
+            try:
+                r = self.client.post(
+                    "/data/ledger/-/insert",
+                    headers={"Broadsheet-Wait": "standby"} if waited else {},
+                    json={"row": self.row(n, waited)},
+                )
+            except httpx.HTTPError:  # the primary going, or gone
+                self._stop.wait(0.05)
+                continue
+            if r.status_code == 201:
+                self.acknowledged[n] = (waited, int(r.headers["broadsheet-private-txid"]))
+            n += 1
+
+    def __enter__(self) -> "LedgerWriter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def lost(self, present: set[int], waited: bool | None = None) -> list[int]:
+        """Acknowledged ids not in ``present`` (only those waited for, or
+        only those not, if ``waited`` says which)."""
+        return [n for n, (w, _) in self.acknowledged.items() if n not in present and waited in (None, w)]
+
+    @property
+    def newest_txid(self) -> int:
+        return max(txid for _, txid in self.acknowledged.values())
+
+
 def create_stream_table(data_db, table: str) -> None:
     db = sqlite_utils.Database(data_db)
     db.execute("PRAGMA busy_timeout = 10000")

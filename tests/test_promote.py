@@ -12,7 +12,6 @@ containers and networks.)
 from __future__ import annotations
 
 import shutil
-import threading
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from broadsheet.cluster import LocalCluster
 from broadsheet.litefs import Pos
 from conftest import read_only_rows, rows, status, wait_until
+from fault_tools import LedgerWriter
 from primary import standby as standby_mod
 from primary.standby import AnotherPrimary
 
@@ -51,38 +51,20 @@ def test_promote_after_the_primary_is_destroyed_mid_stream(cluster):
     r = httpx.post(f"{old.control_url}/tables/ledger/publish", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200, r.text
 
-    acknowledged: dict[int, tuple[bool, int]] = {}  # id -> (waited for the standby, data.db TXID)
-    stop = threading.Event()
-
-    def write():
-        n = 1
-        while not stop.is_set():
-            waited = n % 2 == 0
-            try:
-                r = client.post("/data/ledger/-/insert", headers={"Broadsheet-Wait": "standby"} if waited else {},
-                                json={"row": {"id": n, "waited": int(waited)}})
-            except httpx.HTTPError:
-                return  # the primary is gone
-            if r.status_code == 201:
-                acknowledged[n] = (waited, int(r.headers["broadsheet-private-txid"]))
-            n += 1
-
-    writer = threading.Thread(target=write)
-    writer.start()
     try:
-        wait_until(lambda: len(acknowledged) >= 30, timeout=60, message="writes flowing")
-        # The primary and its volume, destroyed mid-stream.
-        sup = cluster.supervisor
-        for name in ("control-plane", "primary-datasette", "publisher", "public-litefs", "private-litefs"):
-            sup.stop(name, kill=True)
+        with LedgerWriter(client, row=lambda n, waited: {"id": n, "waited": int(waited)}) as writer:
+            wait_until(lambda: len(writer.acknowledged) >= 30, timeout=60, message="writes flowing")
+            # The primary and its volume, destroyed mid-stream.
+            sup = cluster.supervisor
+            for name in ("control-plane", "primary-datasette", "publisher", "public-litefs", "private-litefs"):
+                sup.stop(name, kill=True)
     finally:
-        stop.set()
-        writer.join(30)
         client.close()
+    acknowledged = writer.acknowledged
     shutil.rmtree(old.root / "private")
     shutil.rmtree(old.root / "public")
     standby_txid = Pos.read(standby.data_db).txid
-    primary_txid = max(txid for _, txid in acknowledged.values())
+    primary_txid = writer.newest_txid
 
     # What promoting would lose: the standby's lag, on its status API.
     seen = httpx.get(f"{standby.url}/status").json()
@@ -106,9 +88,9 @@ def test_promote_after_the_primary_is_destroyed_mid_stream(cluster):
     # data.db continues from the standby's TXID, with every write it had.
     assert Pos.read(new.data_db).txid >= standby_txid
     present = {r[0] for r in read_only_rows(new.data_db, "SELECT id FROM ledger")}
-    waited_lost = [n for n, (waited, _) in acknowledged.items() if waited and n not in present]
+    waited_lost = writer.lost(present, waited=True)
     assert not waited_lost, f"writes acknowledged with Broadsheet-Wait: standby lost: {waited_lost}"
-    lost = [n for n, (waited, _) in acknowledged.items() if n not in present]
+    lost = writer.lost(present)
     # Only writes after the standby's last TXID are lost: at most its lag.
     assert all(acknowledged[n][1] > standby_txid for n in lost)
     assert len(lost) <= max(0, primary_txid - standby_txid)

@@ -57,6 +57,32 @@ def public_queries(public) -> dict:
         conn.close()
 
 
+def written_straight_into_data_db(conn, publisher, public, direct: dict) -> dict:
+    """Rows put into ``_public_queries`` without saving's checks: the next
+    cycle publishes none of them and withdraws them all; why, by name."""
+    with state.immediate(conn):
+        for name, sql in direct.items():
+            conn.execute("INSERT INTO _public_queries (name, sql) VALUES (?, ?)", (name, sql))
+    publisher.run_cycle()
+    assert public_queries(public) == {}
+    withdrawn = {q["name"]: q["withdrawn"] for q in queries.saved(conn)}
+    assert set(withdrawn) == set(direct) and all(withdrawn.values()), withdrawn
+    return withdrawn
+
+
+def public_bytes(publisher, public) -> bytes:
+    """Every byte of public.db and its WAL, after a checkpoint."""
+    publisher.conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)")
+    content = b""
+    for suffix in ("", "-wal"):
+        try:
+            with open(public + suffix, "rb") as fp:
+                content += fp.read()
+        except FileNotFoundError:
+            continue
+    return content
+
+
 def run(conn, sql, **params):
     return conn.execute(sql, params).fetchall()
 
@@ -186,9 +212,7 @@ def test_removing_a_query_erases_it_from_public_db(files):
     assert publisher.run_cycle().queries_changed == ("gone",)
     assert public_queries(public) == {}
     assert [e["operation"] for e in queries.log_entries(conn, "gone")] == ["remove", "save"]
-    publisher.conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)")
-    with open(public, "rb") as fp:
-        assert b"REMOVED-QUERY-TEXT" not in fp.read()
+    assert b"REMOVED-QUERY-TEXT" not in public_bytes(publisher, public)
 
 
 def test_no_byte_of_a_refused_query_reaches_public_db(files):
@@ -207,21 +231,9 @@ def test_no_byte_of_a_refused_query_reaches_public_db(files):
         "qualified": "SELECT count(*) FROM src.airports",
         "joined": "SELECT a.name FROM airports a JOIN src.planes p ON p.id = a.id",
     }
-    with state.immediate(conn):
-        for name, sql in direct.items():
-            conn.execute("INSERT INTO _public_queries (name, sql) VALUES (?, ?)", (name, sql))
-    publisher.run_cycle()
-    assert public_queries(public) == {}
-    withdrawn = {q["name"]: q["withdrawn"] for q in queries.saved(conn)}
-    assert set(withdrawn) == set(direct) and all(withdrawn.values()), withdrawn
-    publisher.conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)")
-    for suffix in ("", "-wal"):
-        try:
-            with open(public + suffix, "rb") as fp:
-                content = fp.read()
-        except FileNotFoundError:
-            continue
-        assert MARKER.encode() not in content and b"planes" not in content
+    written_straight_into_data_db(conn, publisher, public, direct)
+    content = public_bytes(publisher, public)
+    assert MARKER.encode() not in content and b"planes" not in content
 
 
 def test_judging_a_query_never_acts_on_the_publishers_connection(files):
@@ -277,14 +289,6 @@ def test_a_query_written_straight_into_data_db_is_held_to_the_rules_of_saving(fi
     into public.db."""
     conn, publisher, public = files
     direct = {"planes": "SELECT 1 AS x", "_public_tables": "SELECT 2 AS x", "a/b": "SELECT 3 AS x", "": "SELECT 4 AS x"}
-    with state.immediate(conn):
-        for name, sql in direct.items():
-            conn.execute("INSERT INTO _public_queries (name, sql) VALUES (?, ?)", (name, sql))
-    publisher.run_cycle()
-    assert public_queries(public) == {}
-    withdrawn = {q["name"]: q["withdrawn"] for q in queries.saved(conn)}
-    assert set(withdrawn) == set(direct) and all(withdrawn.values()), withdrawn
+    withdrawn = written_straight_into_data_db(conn, publisher, public, direct)
     assert "a table or view of data.db is named 'planes'" in withdrawn["planes"]
-    publisher.conn.execute("PRAGMA main.wal_checkpoint(TRUNCATE)")
-    with open(public, "rb") as fp:
-        assert b"planes" not in fp.read()
+    assert b"planes" not in public_bytes(publisher, public)

@@ -12,12 +12,12 @@ volumes afterwards, pass or fail.
 from __future__ import annotations
 
 import json
-import threading
 
 import httpx
 import pytest
 
 from conftest import wait_until
+from fault_tools import LedgerWriter
 from test_compose import Compose, json_get, replica_urls, status_code
 
 SENTINEL = "STANDBY-SENTINEL-c0ntainer-41d2"
@@ -165,35 +165,16 @@ def test_promote_after_the_primary_and_its_volume_are_destroyed(compose, token):
     team = httpx.Client(base_url=f"http://127.0.0.1:{compose.team_port}", headers=headers, timeout=10)
     r = team.post("/data/-/create", json={"table": "ledger", "pk": "id", "rows": [{"id": 0}]})
     assert r.status_code == 201, r.text
-    acknowledged: dict[int, tuple[bool, int]] = {}
-    stop = threading.Event()
-
-    def write():
-        n = 1
-        while not stop.is_set():
-            waited = n % 2 == 0
-            try:
-                r = team.post("/data/ledger/-/insert", headers={"Broadsheet-Wait": "standby"} if waited else {},
-                              json={"row": {"id": n}})
-            except httpx.HTTPError:
-                stop.wait(0.05)
-                continue
-            if r.status_code == 201:
-                acknowledged[n] = (waited, int(r.headers["broadsheet-private-txid"]))
-            n += 1
-
-    writer = threading.Thread(target=write)
-    writer.start()
     try:
-        wait_until(lambda: len(acknowledged) >= 40, timeout=120, message="writes flowing")
-        compose.docker("rm", "-f", primary, timeout=120)
-        compose.docker("volume", "rm", f"{compose.project}_primary-data", timeout=60)
+        with LedgerWriter(team) as writer:
+            wait_until(lambda: len(writer.acknowledged) >= 40, timeout=120, message="writes flowing")
+            compose.docker("rm", "-f", primary, timeout=120)
+            compose.docker("volume", "rm", f"{compose.project}_primary-data", timeout=60)
     finally:
-        stop.set()
-        writer.join(30)
         team.close()
+    acknowledged = writer.acknowledged
     standby_txid = int(compose.exec(standby, "python3", "-c", TXID).stdout)
-    primary_txid = max(txid for _, txid in acknowledged.values())
+    primary_txid = writer.newest_txid
 
     out = compose.exec(standby, "broadsheet", "promote").stdout
     assert "promoted at data.db TXID" in out and "epoch 2" in out, out
@@ -209,9 +190,8 @@ def test_promote_after_the_primary_and_its_volume_are_destroyed(compose, token):
     r = httpx.get(f"http://{standby_ip}:8001/data/ledger.json?_shape=array&_size=max", headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     ids = {row["id"] for row in r.json()}
-    lost_waited = [n for n, (waited, _) in acknowledged.items() if waited and n not in ids]
-    assert not lost_waited
-    lost = [n for n in acknowledged if n not in ids]
+    assert not writer.lost(ids, waited=True)
+    lost = writer.lost(ids)
     assert all(acknowledged[n][1] > standby_txid for n in lost)
     assert len(lost) <= max(0, primary_txid - standby_txid)
     print(f"acknowledged {len(acknowledged)}, lost {len(lost)} (none waited for); standby lag at loss"
