@@ -98,6 +98,7 @@ class _Plan:
     queries_changed: tuple[str, ...] = ()
     queries_left_out: dict = field(default_factory=dict)  # name -> (SavedQuery, why it no longer compiles)
     queries_public: dict = field(default_factory=dict)  # public.db's saved queries before the cycle
+    queries_live: dict = field(default_factory=dict)  # data.db's saved queries, in this cycle's snapshot
     query_actors: dict[str, str | None] = field(default_factory=dict)  # name -> who saved or removed it last
     queries_log_id: int = 0
     query_changes: dict[str, dict] = field(default_factory=dict)
@@ -572,7 +573,8 @@ class Publisher:
         if wanted != state.metadata(conn, "main"):
             plan.metadata = wanted
         plan.queries_public = saved_queries.published(conn, "main")
-        plan.queries_due = saved_queries.published(conn, "src", live=True) != plan.queries_public
+        plan.queries_live = saved_queries.published(conn, "src", live=True)
+        plan.queries_due = plan.queries_live != plan.queries_public
         return plan
 
     def _apply(self, plan: _Plan) -> int:
@@ -628,10 +630,11 @@ class Publisher:
         # compiles leaves in the same transaction as what it read.
         schema_changes = plan.drop or plan.copy or plan.drop_views or plan.create_views or plan.public_tables_changed
         if plan.queries_due or schema_changes:
-            plan.queries_changed, plan.queries_left_out = saved_queries.publish_into(conn, plan.published + plan.views)
+            plan.queries_changed, plan.queries_left_out, after = saved_queries.publish_into(
+                conn, plan.published + plan.views, plan.queries_live, plan.queries_public
+            )
             plan.query_changes = saved_queries.changes(
-                plan.queries_changed, plan.queries_public, saved_queries.published(conn, "main"),
-                plan.queries_left_out, plan.query_actors,
+                plan.queries_changed, plan.queries_public, after, plan.queries_left_out, plan.query_actors
             )
         if plan.metadata is not None:
             conn.execute(f"DELETE FROM main.{PUBLIC_METADATA}")

@@ -320,14 +320,16 @@ PUBLIC_SCHEMA = f"""CREATE TABLE IF NOT EXISTS main.{PUBLIC_QUERIES} (
 )"""
 
 
-def publish_into(conn: apsw.Connection, listed: list[str]) -> tuple[tuple[str, ...], dict[str, tuple[SavedQuery, str]]]:
+def publish_into(
+    conn: apsw.Connection, listed: list[str], live: dict[str, SavedQuery], current: dict[str, SavedQuery]
+) -> tuple[tuple[str, ...], dict[str, tuple[SavedQuery, str]], dict[str, SavedQuery]]:
     """Inside a publish cycle's transaction on public.db (data.db attached as
     ``src``), once its tables and views are in place: make public.db's
-    saved queries those of data.db that compile against it now. Returns the
-    names whose public copy changed, and the queries left out (name ->
-    (query, why)), which the caller withdraws."""
-    wanted = published(conn, "src", live=True)
-    current = published(conn, "main")
+    saved queries (``current``) those of data.db (``live``, read in this
+    transaction) that compile against it now. Returns the names whose public
+    copy changed, the queries left out (name -> (query, why)), which the
+    caller withdraws, and public.db's saved queries now."""
+    wanted = dict(live)
     allowed = readable(conn, "main", listed)
     left_out: dict[str, tuple[SavedQuery, str]] = {}
     # Datasette serves a table before a stored query of the same name.
@@ -357,7 +359,7 @@ def publish_into(conn: apsw.Connection, listed: list[str]) -> tuple[tuple[str, .
                 f"INSERT INTO main.{PUBLIC_QUERIES} (name, sql, title, description) VALUES (?, ?, ?, ?)",
                 (q.name, q.sql, q.title, q.description),
             )
-    return tuple(changed), left_out
+    return tuple(changed), left_out, wanted
 
 
 def changes(
