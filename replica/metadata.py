@@ -11,18 +11,32 @@ longer public (the publisher replicates metadata for public tables only).
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_METADATA
 
 FIELDS = ("title", "description", "license", "license_url", "source", "source_url")
 
 _synced: dict[str, Pos] = {}  # database name -> the position last copied
+_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one per Datasette (and so per event loop)
 
 
 async def sync(datasette, db, pos: Pos) -> None:
-    """Copy ``_public_metadata`` into Datasette's metadata if ``pos`` is new."""
+    """Copy ``_public_metadata`` into Datasette's metadata if ``pos`` is new.
+    The requests that arrive together at a new position copy once: the
+    first does, the others wait for it."""
     if pos.txid == 0 or _synced.get(db.name) == pos:
         return
+    if datasette not in _locks:
+        _locks[datasette] = asyncio.Lock()
+    async with _locks[datasette]:
+        if _synced.get(db.name) != pos:
+            await _copy(datasette, db, pos)
+
+
+async def _copy(datasette, db, pos: Pos) -> None:
     try:
         rows = (await db.execute(f"SELECT table_name, {', '.join(FIELDS)} FROM {PUBLIC_METADATA}")).rows
     except Exception as exc:

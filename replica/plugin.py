@@ -359,6 +359,7 @@ async def replication_status(datasette, request):
     node = guards(datasette)
     status = ReplicaStatus.read(
         Path(db.path),
+        pos=node.position.current(),  # the watcher's open file: one pread, not an open through FUSE
         node=conf.node_name,
         region=conf.region,
         url=conf.public_url,
@@ -416,6 +417,7 @@ def asgi_wrapper(datasette):
                         f" within {conf.bookmark_timeout:g}s. Retry, or ask another node."
                     )
                     return await respond(send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), RETRY)
+            _request_pos.set(pos)  # the position this request is served at, for listing()
             if db is not None:
                 await queries.sync(datasette, db, pos)  # the saved queries public at this TXID
                 # A saved query is visitors' SQL too: a slot, never the cache.
@@ -423,7 +425,6 @@ def asgi_wrapper(datasette):
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
             key = None if custom_sql else node.responses.key(scope, pos)
             if key is not None:
-                _request_pos.set(pos)
                 if await _names_volatile_view(db, scope["path"]):
                     key = None  # its rows change while the position stays
             if key is None:
@@ -445,7 +446,6 @@ def asgi_wrapper(datasette):
 
         async def serve(scope, receive, send, node: Guards, db, pos: Pos, etag: bytes, custom_sql: bool):
             """The node's rules at ``pos``, then Datasette."""
-            _request_pos.set(pos)
             if db is not None:
                 await metadata.sync(datasette, db, pos)  # the team's titles and licenses, at this TXID
             table = await _unlisted_table(datasette, scope["path"])

@@ -146,7 +146,7 @@ class PositionWatcher:
         return self._pos
 
     def _watch(self) -> None:
-        if self._poller is None or self._poller.done():
+        if not self.polling:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def _poll(self) -> None:

@@ -32,10 +32,17 @@ class ReplicaStatus:
 
     @classmethod
     def read(
-        cls, db_path: Path, node: str, region: str = "", url: str = "", cache: CacheStats | None = None, **load: int
+        cls,
+        db_path: Path,
+        node: str,
+        region: str = "",
+        url: str = "",
+        cache: CacheStats | None = None,
+        pos: Pos | None = None,
+        **load: int,
     ) -> "ReplicaStatus":
         mount = db_path.parent
-        pos = Pos.read(db_path)
+        pos = Pos.read(db_path) if pos is None else pos
         try:
             primary = (mount / ".primary").read_text().strip() or None
         except OSError:
