@@ -115,9 +115,9 @@ class AuditFollower:
         tmp.write_text(f"{audit_id}\n")
         os.replace(tmp, self.cursor_file)
 
-    async def _entries_after(self, audit_id: int | None, through: int | None = None) -> tuple[int, list[dict]]:
+    async def _entries_after(self, audit_id: int | None) -> tuple[int, list[dict]]:
         """The data.db TXID (at least that of every entry returned) and the
-        entries after ``audit_id`` (up to ``through``), oldest first. With
+        entries after ``audit_id``, oldest first. With
         ``audit_id`` None: only the end of the log.
 
         Read through Datasette's own connection to data.db, never one of
@@ -132,8 +132,8 @@ class AuditFollower:
             else:
                 rows = await db.execute(
                     f"SELECT {', '.join(state.AUDIT_COLUMNS)} FROM _public_audit_log"
-                    " WHERE id > ? AND (? IS NULL OR id <= ?) ORDER BY id",
-                    (audit_id, through, through),
+                    " WHERE id > ? ORDER BY id",
+                    (audit_id,),
                 )
                 entries = [dict(zip(state.AUDIT_COLUMNS, row)) for row in rows.rows]
         except Exception as exc:  # no audit log yet (a data.db broadsheet has not touched)

@@ -19,8 +19,6 @@ from fastapi.responses import JSONResponse
 from broadsheet.litefs import Pos, events
 
 
-
-
 class _Newest:
     """The commit time of the newest data.db transaction this standby has,
     from its LiteFS's events (stamped by the primary when it committed)."""
@@ -61,10 +59,14 @@ app = FastAPI(
 )
 
 
+def _position(pos: Pos) -> dict:
+    return {"txid": pos.txid, "checksum": f"{pos.checksum:016x}"}
+
+
 def _status() -> dict:
     pos = Pos.read(_data_db())
     committed_at = _newest.committed_at if _newest is not None and _newest.txid == pos.txid else None
-    return {"role": "standby", "txid": pos.txid, "checksum": f"{pos.checksum:016x}", "committed_at": committed_at}
+    return {"role": "standby", **_position(pos), "committed_at": committed_at}
 
 
 @app.get("/status")
@@ -84,7 +86,7 @@ async def wait(
     while True:
         pos = Pos.read(_data_db())
         if pos.txid >= txid:
-            return {"ok": True, "txid": pos.txid, "checksum": f"{pos.checksum:016x}"}
+            return {"ok": True, **_position(pos)}
         if time.monotonic() > deadline:
             return JSONResponse(
                 {"ok": False, "error": f"the standby has data.db TXID {pos.txid}, not {txid}, after {timeout:g}s", "txid": pos.txid},
