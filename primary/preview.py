@@ -69,10 +69,13 @@ def preview(conn: apsw.Connection, table: str, spec: PublishSpec) -> Preview:
         before = state.spec_columns(conn, table, current)
     except SpecError:
         before = []  # the current spec no longer fits: the table is on its way to private
+    # A row is public where the filter is true, as a WHERE clause takes it:
+    # NULL (a NULL column compared) is not, so NOT of it is NULL too, not
+    # true. iif() tests its condition exactly as WHERE does.
     old = f"({current.where})" if current.where else "1"
     new = f"({spec.where})" if spec.where else "1"
     added, removed = conn.execute(
-        f"SELECT total({new} AND NOT {old}), total({old} AND NOT {new}) FROM {t}"
+        f"SELECT total(iif({new}, iif({old}, 0, 1), 0)), total(iif({old}, iif({new}, 0, 1), 0)) FROM {t}"
     ).fetchone()
     return Preview(
         **{

@@ -27,6 +27,7 @@ from broadsheet.litefs import Pos, TxEvent, events
 from broadsheet.log import log
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, literal, quote
 
+from . import identity
 from . import queries as saved_queries
 from . import state
 from .projection import Projection, TableShape, copied_signature, fts_companions, has_rowid, project
@@ -89,6 +90,7 @@ class _Plan:
     waiting: list[str] = field(default_factory=list)  # listed, triggers not installed yet
     unfit: dict[str, str] = field(default_factory=dict)  # table -> why its spec no longer fits
     failed: dict[str, str] = field(default_factory=dict)  # table -> why SQLite could not copy it
+    broken_views: dict[str, str] = field(default_factory=dict)  # listed view -> why it no longer compiles
     projections: dict[str, Projection] = field(default_factory=dict)
     rows_by_table: dict[str, int] = field(default_factory=dict)
     present_views: set[str] = field(default_factory=set)
@@ -125,19 +127,46 @@ class _Plan:
         )
 
 
+def misfit(conn: apsw.Connection, schema: str, table: str, spec, shape: TableShape) -> str | None:
+    """Why ``spec`` no longer fits ``table`` (None: it fits): a name it
+    depends on now denotes another column than when the table was published
+    (primary/identity.py), or a column it needs is gone, or its row filter
+    no longer compiles."""
+    record = identity.read(conn, schema, table)
+    names = {*(spec.columns or ()), *spec.exclude_columns}
+    for columns in ([shape.columns] + ([[c.name for c in record.published]] if record else [])):
+        try:
+            names |= spec.filter_columns(table, columns)
+            break
+        except SpecError:
+            continue  # a filter column renamed: the names it had at publish time say which
+    if record is not None:
+        problem = record.problem([identity.Column.from_xinfo(row) for row in shape.xinfo], names)
+        if problem is not None:
+            return problem
+    try:
+        shape.published(spec)
+        spec.check_where(table, shape.columns)
+    except SpecError as exc:
+        return str(exc)
+    return None
+
+
 def _projections(
     conn: apsw.Connection, published: list[str], specs: dict
 ) -> tuple[dict[str, Projection], dict[str, str]]:
     """Every published table's projection, and the tables whose spec no
-    longer fits (left out: fail closed, made private after the cycle)."""
+    longer fits (left out: fail closed, made private after the cycle), all
+    judged in this cycle's snapshot of data.db."""
     shapes = {t: TableShape.read(conn, t, "src") for t in published}
     columns: dict[str, set[str]] = {}
     unfit: dict[str, str] = {}
     for table, shape in shapes.items():
-        try:
+        problem = misfit(conn, "src", table, specs[table], shape)
+        if problem is None:
             columns[table] = set(shape.published(specs[table]))
-        except SpecError as exc:
-            unfit[table] = str(exc)
+        else:
+            unfit[table] = problem
     projections = {}
     for table in columns:
         try:
@@ -252,14 +281,27 @@ class Publisher:
         tables = set(state.user_tables(conn, schema))
         return [t for t in listed if t in tables]
 
-    def _publishable_views(self, conn: apsw.Connection, schema: str, projections: dict[str, Projection]) -> list[str]:
+    def _publishable_views(
+        self, conn: apsw.Connection, schema: str, projections: dict[str, Projection], broken: dict[str, str]
+    ) -> list[str]:
         """Listed views that compile against the public copies: they read
         nothing but published columns of published tables (so their text
-        names nothing private either)."""
+        names nothing private either). A listed view that does not compile
+        at all (a table it reads dropped, a column renamed away) goes into
+        ``broken``, to be withdrawn: one view never stops a cycle."""
         listed = [r[0] for r in conn.execute(f"SELECT table_name FROM {schema}.{PUBLIC_TABLES} ORDER BY table_name")]
         candidates = set(state.views(conn, schema)) & set(listed)
         public = {t: list(p.visible) for t, p in projections.items()}
-        return [v for v in sorted(candidates) if not state.private_reads(state.view_columns(conn, schema, v), public)]
+        views = []
+        for view in sorted(candidates):
+            try:
+                reads = state.view_columns(conn, schema, view)
+            except state.BrokenView as exc:
+                broken[view] = exc.reason
+                continue
+            if not state.private_reads(reads, public):
+                views.append(view)
+        return views
 
     def maintain_triggers(self) -> None:
         """Install change-log triggers on every published table and remove them
@@ -267,10 +309,7 @@ class Publisher:
         commits before the cycle's snapshot, so writes before it are in the
         snapshot and writes after it are in the log."""
         conn = self.writer
-        key = (
-            conn.execute("PRAGMA schema_version").fetchone()[0],
-            tuple(self._publishable(conn, "main")),
-        )
+        key = self._maintenance_key(conn)
         if key == self._maintained:
             return
         with state.immediate(conn):
@@ -279,6 +318,12 @@ class Publisher:
             self._forget_rebuilt(conn)
             self._forget_unfit(conn)
             published = self._publishable(conn, "main")
+            for name in identity.orphans(conn, set(published)):
+                conn.execute(f"DROP TRIGGER {quote(name)}")
+            for table in self._unrecorded(conn, "main"):
+                # Listed by a direct write to _public_tables: its columns
+                # as the publisher first sees them are the published ones.
+                identity.record(conn, table)
             wanted = {(name, table) for table in published for name in _trigger_names(table).values()}
             existing = set(
                 conn.execute(
@@ -296,7 +341,23 @@ class Publisher:
                 "DELETE FROM _public_changes WHERE tbl NOT IN (SELECT value FROM json_each(?)) AND id < ?",
                 (json.dumps(published), self._processed),
             )
-        self._maintained = (conn.execute("PRAGMA schema_version").fetchone()[0], tuple(published))
+        self._maintained = self._maintenance_key(conn)
+
+    def _maintenance_key(self, conn: apsw.Connection) -> tuple:
+        """What maintain_triggers depends on: data.db's schema, the listed
+        tables, and which of them have no record of their columns yet."""
+        return (
+            conn.execute("PRAGMA schema_version").fetchone()[0],
+            tuple(self._publishable(conn, "main")),
+            tuple(self._unrecorded(conn, "main")),
+        )
+
+    def _unrecorded(self, conn: apsw.Connection, schema: str) -> list[str]:
+        """Listed tables with no record of their columns (primary/identity.py)."""
+        unrecorded = {
+            t for (t,) in conn.execute(f"SELECT table_name FROM {schema}.{PUBLIC_TABLES} WHERE column_identity IS NULL")
+        }
+        return [t for t in self._publishable(conn, schema) if t in unrecorded]
 
     @staticmethod
     def _follow_renames(conn: apsw.Connection) -> None:
@@ -327,8 +388,7 @@ class Publisher:
         existing = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
         for (table,) in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES}").fetchall():
             if table not in existing:
-                conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-                state.audit(conn, "unpublish", table, "broadsheet:publisher (table was dropped)")
+                state.fail_closed(conn, table, "table was dropped")
                 log("publisher", f"{table!r} no longer exists in data.db; it is no longer public")
 
     def _forget_rebuilt(self, conn: apsw.Connection) -> None:
@@ -342,26 +402,23 @@ class Publisher:
         copied = set(state.user_tables(self.conn, "main"))
         for table in self._publishable(conn, "main"):
             if table in copied and not _has_triggers(conn, "main", table):
-                (spec,) = conn.execute(f"SELECT spec FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,)).fetchone()
-                conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-                state.audit(conn, "unpublish", table, state.REBUILT_ACTOR, spec_before=spec)
+                state.fail_closed(conn, table, state.REBUILT_REASON)
                 log("publisher", f"{table!r} was re-created or rebuilt under its name; it is private until published again")
 
     @staticmethod
     def _forget_unfit(conn: apsw.Connection) -> None:
         # A spec that no longer fits its table (a listed, excluded or filtered
-        # column dropped or renamed) is never applied loosely: the table is
-        # private until someone publishes it with a spec that fits.
+        # column dropped or renamed, or one of its names now denoting another
+        # column) is never applied loosely: the table is private until
+        # someone publishes it with a spec that fits.
+        tables = state.user_tables(conn)
         for table, spec in state.public_specs(conn).items():
-            if spec.whole or table not in state.user_tables(conn):
+            if spec.whole or table not in tables:
                 continue
-            try:
-                state.check_spec(conn, table, spec)
-            except state.PublishError as exc:
-                conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-                state.audit(conn, "unpublish", table, f"broadsheet:publisher (spec no longer fits: {exc.message})",
-                            spec_before=spec.to_json())
-                log("publisher", f"{table!r}: its publish spec no longer fits ({exc.message}); it is private")
+            problem = misfit(conn, "main", table, spec, TableShape.read(conn, table, "main"))
+            if problem is not None:
+                state.fail_closed(conn, table, f"spec no longer fits: {problem}")
+                log("publisher", f"{table!r}: its publish spec no longer fits ({problem}); it is private")
 
     @staticmethod
     def _create_triggers(conn: apsw.Connection, table: str) -> None:
@@ -454,11 +511,16 @@ class Publisher:
         their triggers, which wakes the next cycle), and the watermark moves
         only if nothing listed is still waiting to be copied, so that a
         bookmark never points before a publish it promises."""
-        for table, reason in plan.failed.items():
+        withdrawn = {t: f"could not be copied: {why}" for t, why in plan.failed.items()}
+        withdrawn |= {v: f"view no longer compiles: {why}" for v, why in plan.broken_views.items()}
+        if withdrawn:
             with state.immediate(self.writer):
-                self.writer.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-                if self.writer.changes():
-                    state.audit(self.writer, "unpublish", table, f"broadsheet:publisher (could not be copied: {reason})")
+                for name, reason in withdrawn.items():
+                    # Judged again in the writer's snapshot: a view fixed meanwhile stays.
+                    if name in plan.broken_views and self._still_broken(name) is None:
+                        continue
+                    if state.fail_closed(self.writer, name, reason):
+                        log("publisher", f"{name!r} withdrawn: {reason}")
         if plan.queries_left_out:
             for name in saved_queries.withdraw(self.writer, plan.queries_left_out):
                 log("publisher", f"saved query {name!r} withdrawn: {plan.queries_left_out[name][1]}")
@@ -470,6 +532,13 @@ class Publisher:
         # moves then, so no bookmark claims a TXID that lacks a publish.
         if not (plan.waiting or plan.rebuilt or plan.unfit):
             self._advance(private_txid, public_txid)
+
+    def _still_broken(self, view: str) -> str | None:
+        try:
+            state.view_columns(self.writer, "main", view)
+        except state.BrokenView as exc:
+            return exc.reason
+        return None
 
     def checkpoint(self) -> None:
         """After a cycle that erased data, its pages (zeroed by secure_delete)
@@ -504,15 +573,19 @@ class Publisher:
         # waits for its triggers and is copied next cycle).
         untracked = [t for t in published if not _has_triggers(conn, "src", t)]
         rebuilt = [t for t in untracked if t in present]
-        waiting = [t for t in untracked if t not in present]
-        published = [t for t in published if t not in untracked]
+        # Listed by a direct write since maintain_triggers looked, its
+        # columns not recorded yet: it waits for the next cycle too.
+        unrecorded = set(self._unrecorded(conn, "src"))
+        waiting = [t for t in untracked if t not in present] + [t for t in published if t in unrecorded and t not in untracked]
+        published = [t for t in published if t not in untracked and t not in unrecorded]
         plan = _Plan(published=published, rebuilt=rebuilt, waiting=waiting)
         specs = state.public_specs(conn, "src")
+        records = dict(conn.execute(f"SELECT table_name, column_identity FROM src.{PUBLIC_TABLES}").fetchall())
         plan.schema_version = conn.execute("PRAGMA src.schema_version").fetchone()[0]
-        # Projections follow data.db's schema, the public tables and their
-        # specs alone: computed again only when one of those has changed,
-        # not on every team write.
-        key = (plan.schema_version, tuple((t, specs[t].to_json()) for t in published))
+        # Projections follow data.db's schema, the public tables, their
+        # specs and column records alone: computed again only when one of
+        # those has changed, not on every team write.
+        key = (plan.schema_version, tuple((t, specs[t].to_json(), records[t]) for t in published))
         if key != self._projected_key:
             self._projected = _projections(conn, published, specs)
             self._projected_key = key
@@ -545,7 +618,7 @@ class Publisher:
                     else:
                         plan.rows.setdefault(tbl, []).append(rid)
         plan.recopied = [t for t in plan.copy if t in present]
-        plan.views = self._publishable_views(conn, "src", {t: plan.projections[t] for t in published})
+        plan.views = self._publishable_views(conn, "src", {t: plan.projections[t] for t in published}, plan.broken_views)
         present_views = {name: sql for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'view'")}
         wanted_views = {v: _view_sql(conn, "src", v) for v in plan.views}
         # Stale views go before the tables change; new ones come after.

@@ -177,9 +177,20 @@ class PublishSpec:
             raise SpecError("The spec leaves no column to publish")
         return chosen
 
+    def named_columns(self, table: str, columns: list[str]) -> set[str]:
+        """Every column name the spec's meaning depends on: those it lists or
+        excludes and those its row filter reads (SpecError if the filter is
+        not valid over ``columns``). These must keep denoting the columns
+        they did when the table was published."""
+        return {*(self.columns or ()), *self.exclude_columns, *self.filter_columns(table, columns)}
+
     def check_where(self, table: str, columns: list[str]) -> None:
-        """Refuse a row filter that is not a pure, deterministic expression
-        over ``table``'s own ``columns``, asking SQLite: the filter is
+        self.filter_columns(table, columns)
+
+    def filter_columns(self, table: str, columns: list[str]) -> set[str]:
+        """The columns of ``columns`` the row filter reads. Refuses a row
+        filter that is not a pure, deterministic expression over
+        ``table``'s own ``columns``, asking SQLite: the filter is
         prepared (never run) against a table of those columns in an attached
         in-memory database named ``src``, as the publisher sees data.db, with
         double-quoted strings off (so a renamed column is an error, not a
@@ -187,7 +198,7 @@ class PublishSpec:
         function it would touch. The text itself must be one balanced
         expression: no comments, no semicolons, parentheses that close."""
         if not self.where:
-            return
+            return set()
         _check_one_expression(self.where)
         conn = apsw.Connection(":memory:")
         try:
@@ -195,12 +206,13 @@ class PublishSpec:
             conn.config(apsw.SQLITE_DBCONFIG_DQS_DDL, 0)
             conn.execute("ATTACH ':memory:' AS src")
             conn.execute(f"CREATE TABLE src.{quote(table)} ({', '.join(map(quote, columns))})")
-            self._check_where(conn, table)
+            return self._check_where(conn, table) & set(columns)
         finally:
             conn.close()
 
-    def _check_where(self, conn: apsw.Connection, table: str) -> None:
+    def _check_where(self, conn: apsw.Connection, table: str) -> set[str]:
         problems: list[str] = []
+        reads: set[str] = set()
         selects = 0
 
         def authorizer(action, arg1, arg2, db_name, trigger):
@@ -215,6 +227,7 @@ class PublishSpec:
                 if arg1 != table or db_name != "src":
                     problems.append(f"another table ({arg1})")
                     return apsw.SQLITE_DENY
+                reads.add(arg2)
                 return apsw.SQLITE_OK
             if action == apsw.SQLITE_FUNCTION:
                 if arg2.lower() not in FILTER_FUNCTIONS:
@@ -240,3 +253,4 @@ class PublishSpec:
             conn.authorizer = None
         if problems:
             raise SpecError(f"The row filter may not use {problems[0]}")
+        return reads

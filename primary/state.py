@@ -1,7 +1,9 @@
 """Publish state, kept in data.db so that data and publish state are one
 transactional snapshot (the datasette-public plugin's first design).
 
-- ``_public_tables``: one row per public table; replicated to read nodes.
+- ``_public_tables``: one row per public table (its spec, and its columns
+  as they were when it was published: primary/identity.py); replicated to
+  read nodes (the names only).
 - ``_public_audit_log``: who flipped what, when, and the public TXID it reached.
 - ``_public_changes``: rows changed in published tables, written by triggers the
   publisher installs, so every writer is captured, including ones that bypass
@@ -25,13 +27,15 @@ import apsw
 
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_QUERIES, PUBLIC_TABLES, is_internal, quote
 
+from . import identity
 from .projection import TableShape
 from .spec import PublishSpec, SpecError
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {PUBLIC_TABLES} (
     table_name TEXT PRIMARY KEY,
-    spec TEXT  -- a PublishSpec as JSON (primary/spec.py); NULL: the whole table
+    spec TEXT,  -- a PublishSpec as JSON (primary/spec.py); NULL: the whole table
+    column_identity TEXT  -- its columns when published (primary/identity.py); NULL for a view
 );
 CREATE TABLE IF NOT EXISTS _public_audit_log (
     id INTEGER PRIMARY KEY,
@@ -42,7 +46,8 @@ CREATE TABLE IF NOT EXISTS _public_audit_log (
     private_txid INTEGER,
     public_txid INTEGER,
     spec_before TEXT,
-    spec_after TEXT
+    spec_after TEXT,
+    reason TEXT  -- why broadsheet itself made a table private (NULL: a person did)
 );
 CREATE TABLE IF NOT EXISTS _public_changes (
     id INTEGER PRIMARY KEY,
@@ -89,7 +94,8 @@ CREATE TABLE IF NOT EXISTS _public_cycles (
 
 # The audit actor of a table that the publisher made private because its
 # identity changed (dropped and re-created, or rebuilt, under its name).
-REBUILT_ACTOR = "broadsheet:publisher (table re-created or rebuilt; publish it again)"
+REBUILT_REASON = "table re-created or rebuilt; publish it again"
+REBUILT_ACTOR = f"broadsheet:publisher ({REBUILT_REASON})"
 
 
 class PublishError(Exception):
@@ -166,6 +172,8 @@ MIGRATIONS = (
     (PUBLIC_TABLES, "spec", "TEXT"),
     ("_public_audit_log", "spec_before", "TEXT"),
     ("_public_audit_log", "spec_after", "TEXT"),
+    (PUBLIC_TABLES, "column_identity", "TEXT"),
+    ("_public_audit_log", "reason", "TEXT"),
 )
 
 
@@ -174,6 +182,12 @@ def _migrate(conn: apsw.Connection) -> None:
     for table, column, type_ in MIGRATIONS:
         if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({quote(table)})")}:
             conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column)} {type_}")
+            if column == "column_identity":
+                # Tables public before broadsheet followed columns: their
+                # columns as they are now are the ones public now.
+                for name in public_tables(conn):
+                    if name in user_tables(conn):
+                        identity.record(conn, name)
     conn.execute(TRIGGERS)
 
 
@@ -222,12 +236,23 @@ def view_columns(conn: apsw.Connection, schema: str, view: str) -> dict[str, set
     conn.authorizer = authorizer
     try:
         conn.execute(f"EXPLAIN SELECT * FROM {quote(schema)}.{quote(view)}").fetchall()
+    except apsw.SQLError as exc:
+        raise BrokenView(view, str(exc).removeprefix("SQLError: ").replace(f" {schema}.", " ")) from None
     finally:
         conn.authorizer = previous
     # Reads are reported for the views' own columns too: keep the tables.
     for name in views(conn, schema):
         reads.pop(name, None)
     return reads
+
+
+class BrokenView(Exception):
+    """A view that no longer compiles: a table it reads was dropped, or a
+    column it reads was dropped or renamed away."""
+
+    def __init__(self, view: str, reason: str):
+        super().__init__(f"view {view!r} no longer compiles: {reason}")
+        self.view, self.reason = view, reason
 
 
 def view_reads(conn: apsw.Connection, schema: str, view: str) -> set[str]:
@@ -282,7 +307,11 @@ def check_publishable(conn: apsw.Connection, table: str) -> None:
                 public[name] = spec_columns(conn, name, spec) if name not in views(conn) else []
             except SpecError:
                 pass  # a spec that no longer fits publishes nothing
-        private = private_reads(view_columns(conn, "main", table), public)
+        try:
+            reads = view_columns(conn, "main", table)
+        except BrokenView as exc:
+            raise PublishError(f"View {table!r} does not compile: {exc.reason}", table) from None
+        private = private_reads(reads, public)
         if private:
             raise DependsOnPrivate(
                 f"View {table!r} reads what is not public: {', '.join(private)}: publish that first", table
@@ -340,8 +369,12 @@ def set_public(
                 " ON CONFLICT (table_name) DO UPDATE SET spec = excluded.spec",
                 (table, spec.to_json()),
             )
+            if table in user_tables(conn):
+                # The spec means these columns, as they are at this moment.
+                identity.record(conn, table)
         else:
             conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+            identity.forget(conn, table)
         audit_id = audit(
             conn, "publish" if public else "unpublish", table, actor,
             spec_before=before, spec_after=spec.to_json() if public else None,
@@ -374,14 +407,31 @@ def audit(
     actor: str | None,
     spec_before: str | None = None,
     spec_after: str | None = None,
+    reason: str | None = None,
 ) -> int:
-    """Append to ``_public_audit_log`` (inside the caller's transaction)."""
-    conn.execute(
-        "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name, spec_before, spec_after)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (now(), actor, operation, table, spec_before, spec_after),
-    )
-    return conn.last_insert_rowid()
+    """Append to ``_public_audit_log`` (inside the caller's transaction, on
+    apsw's connection or Python's sqlite3)."""
+    cursor = conn.execute(AUDIT_INSERT, (now(), actor, operation, table, spec_before, spec_after, reason))
+    return conn.last_insert_rowid() if isinstance(conn, apsw.Connection) else cursor.lastrowid
+
+
+AUDIT_INSERT = (
+    "INSERT INTO _public_audit_log (timestamp, actor, operation, table_name, spec_before, spec_after, reason)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def fail_closed(conn, table: str, reason: str, by: str = "broadsheet:publisher") -> bool:
+    """Make ``table`` private because broadsheet can no longer vouch for
+    what its spec publishes (in the caller's transaction), audit-logged with
+    ``reason``. Whether it was public."""
+    row = conn.execute(f"SELECT spec FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,)).fetchone()
+    if row is None:
+        return False
+    conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+    identity.forget(conn, table)
+    audit(conn, "unpublish", table, f"{by} ({reason})", spec_before=row[0], reason=reason)
+    return True
 
 
 METADATA_FIELDS = ("title", "description", "license", "license_url", "source", "source_url")
@@ -442,6 +492,7 @@ def audit_txids(conn: apsw.Connection, audit_id: int, private_txid: int, public_
 
 AUDIT_COLUMNS = (
     "id", "timestamp", "actor", "operation", "table_name", "private_txid", "public_txid", "spec_before", "spec_after",
+    "reason",
 )
 
 
