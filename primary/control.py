@@ -27,7 +27,7 @@ from .plugin import publish_forbidden
 from .discovery import Discovery
 from .preview import preview
 from .propagation import Tracker
-from .publisher import cycle_log_path
+from .publisher import cycle_log_path, withdrawals_path
 from .spec import PublishSpec, SpecError
 from .settings import settings
 
@@ -108,6 +108,9 @@ class AuditEntry(BaseModel):
     public_txid: int | None
     spec_before: str | None = Field(None, description="The spec (JSON) before the change; null: private or whole")
     spec_after: str | None = Field(None, description="The spec (JSON) after the change")
+    reason: str | None = Field(
+        None, description="Why broadsheet itself made the table private (its columns moved, it was dropped, …); null: a person did"
+    )
 
 
 class Bookmark(BaseModel):
@@ -183,6 +186,16 @@ class StandbyInfo(BaseModel):
     error: str | None = None
 
 
+class Withdrawn(BaseModel):
+    """A table, view or saved query broadsheet took off the read nodes by
+    itself, not published again since."""
+
+    name: str
+    kind: Literal["table", "view", "query"]
+    reason: str = Field(description='Why: "view no longer compiles: no such table: t", "spec no longer fits: …"')
+    at: str = Field(description="When (the audit or saved-query log entry's timestamp)")
+
+
 class Health(BaseModel):
     ok: bool
     data_db_txid: int
@@ -193,6 +206,9 @@ class Health(BaseModel):
     subscribers: int = Field(description="Clients following /events")
     epoch: int = Field(1, description="data.db's epoch: one more for each promotion of a standby")
     standby: StandbyInfo | None = Field(None, description="The standby, when BROADSHEET_STANDBY_URL names one")
+    withdrawn: list[Withdrawn] = Field(
+        default=[], description="What broadsheet withdrew by itself (and why), private until published or saved again"
+    )
 
 
 ERRORS = {401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error}}
@@ -283,6 +299,7 @@ async def health(request: Request) -> Health:
         subscribers=tracker(request).subscriber_count,
         epoch=await asyncio.to_thread(_epoch),
         standby=await _standby(conf.standby_url, data_db_txid) if conf.standby_url else None,
+        withdrawn=[Withdrawn(**vars(w)) for w in state.Withdrawals.read_file(withdrawals_path(conf.watermark_file))],
     )
 
 

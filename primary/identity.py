@@ -168,6 +168,24 @@ class Record:
         return None
 
 
+def moved_by(names: set[str], renamed: dict[str, str], dropped: set[str], after: list[str]) -> str | None:
+    """The same question for a rebuild whose operations are known (Datasette's
+    alter API: columns ``renamed`` old -> new and ``dropped``, by their old
+    names; ``after``: the table's columns afterwards): why one of the spec's
+    ``names`` would no longer denote its column (None: each still does)."""
+    folded_after = {fold(n) for n in after}
+    became = {fold(new): old for old, new in renamed.items()}
+    for name in sorted(names):
+        new = None if name in dropped else renamed.get(name, name)
+        if new is not None and fold(new) == fold(name):
+            continue
+        if fold(name) in folded_after:
+            old = became.get(fold(name))
+            return f"{name!r} now names another column ({f'the one published as {old!r}' if old else 'one added since'})"
+        return f"{name!r} was dropped" if new is None else f"{name!r} was renamed to {new!r}"
+    return None
+
+
 def read(conn, schema: str, table: str) -> Record | None:
     """``table``'s record (None: nothing recorded yet, as for a table listed
     by writing ``_public_tables`` directly)."""

@@ -18,6 +18,11 @@
 - A "Publish this query" query action, leading to ``/-/broadsheet/query/data``
   where the team names a query and publishes it as a saved query (served by
   every read node at ``/public/NAME``), and removes saved queries.
+- Datasette's alter API follows columns through the rebuild it makes:
+  a public table whose spec's names would denote other columns afterwards
+  (renames that swap names, a column added under a renamed one's name) is
+  made private in the alteration's own transaction, audit-logged with why,
+  and never published again in the altering actor's name.
 - Write API responses carry ``Broadsheet-Private-Txid``; send
   ``Broadsheet-Wait: public`` to also get ``Broadsheet-Public-Txid``, the
   public.db TXID that holds the write (a bookmark for read nodes), and
@@ -53,7 +58,7 @@ from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES, PUBLIC_TABLES, quote
 
-from . import publishing, queries, standby, state, team
+from . import identity, publishing, queries, standby, state, team
 from .events import AuditFollower, PublishTableEvent, UnpublishTableEvent
 from .events import cursor_file as events_cursor_file
 from .publisher import cycle_log_path
@@ -121,19 +126,23 @@ def track_event(datasette, event):
     actor = event.actor.get("id") if isinstance(event.actor, dict) else None
     log("event", json.dumps({"event": event.name, "actor": actor, **event.properties()}, default=str))
     if event.name == "alter-table" and event.database == _data_db_name() and _is_team(event.actor):
-        return _republish_rebuilt(datasette, event.table, event.actor)
+        return _republish_rebuilt(datasette, event.table, event.actor, event.after_schema)
     if event.name == "logout" and isinstance(event.actor, dict):
         team.team().logout(event.actor.get("sid"))
     return None
 
 
-async def _republish_rebuilt(datasette, table: str, actor: dict) -> None:
+async def _republish_rebuilt(datasette, table: str, actor: dict, after_schema: str | None) -> None:
     """Datasette's alter-table may rebuild a table (create, copy, drop,
     rename), which the publisher cannot tell from a table dropped and created
     again: it makes a public one private. The team member who altered it
     meant to keep it: publish it again in their name, with the spec it had,
-    once the publisher has seen the alteration, if they may publish it and
-    the spec still fits the new schema (otherwise it stays private)."""
+    once the publisher has seen the alteration, if they may publish it, the
+    spec still fits the new schema (otherwise it stays private) and the
+    table is still as the alteration left it. An alteration that moved
+    columns under the spec made it private itself, with its reason
+    (follow_columns), so the newest audit entry is not the rebuild's and
+    nothing is published again."""
     altered_at = time.time()
     private_txid = Pos.read(settings().data_db).txid
     try:
@@ -157,12 +166,81 @@ async def _republish_rebuilt(datasette, table: str, actor: dict) -> None:
     made_private = datetime.datetime.fromisoformat(newest[0]["timestamp"]).timestamp()
     if made_private < altered_at - 30 or not await db.table_exists(table):
         return  # made private by an earlier rebuild, not by this alteration
+    now = (await db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))).rows
+    if not now or now[0][0] != after_schema:
+        log("primary", f"{table!r} stays private: it changed again after the alteration")
+        return
     spec = PublishSpec.from_json(newest[0]["spec_before"])
     rebuilder = {"id": f"{publishing.actor_label(actor)} (alter-table)"}
     try:
         await _flip_by_control_plane(datasette, rebuilder, table, True, spec)
     except state.PublishError as exc:
         log("primary", f"{table!r} stays private after the alteration: its spec no longer fits ({exc.message})")
+
+
+# The request body the primary's ASGI wrapper read, kept in the scope for
+# follow_columns (Datasette reads it once, and does not keep it).
+BODY = "broadsheet.body"
+
+
+@hookimpl
+def write_wrapper(datasette, database, request, transaction):
+    """Datasette's alter API renames columns by rebuilding the table
+    (sqlite-utils' transform), which no trigger survives, so the publisher
+    cannot follow columns through it (primary/identity.py). The request's
+    own operations can: inside the alteration's transaction, a public
+    table whose spec's names would denote other columns afterwards (or
+    none), or whose columns had already moved, is made private, audit-logged
+    with why. Datasette's connection does the writing (never apsw on
+    data.db in this process: see _public_specs)."""
+    if database != _data_db_name() or request is None or not request.path.endswith("/-/alter"):
+        return None
+    table = tilde_decode(request.url_vars.get("table", ""))
+    renamed, dropped = _alter_operations(request.scope.get(BODY))
+    by = f"broadsheet:alter-table by {publishing.actor_label(request.actor or {})}"
+
+    def follow_columns(conn):
+        row = conn.execute(f"SELECT spec FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,)).fetchone()
+        if row is None or table not in state.user_tables(conn):
+            yield
+            return
+        spec = PublishSpec.from_json(row[0])
+        before = identity.table_columns(conn, "main", table)
+        try:
+            names = spec.named_columns(table, [c.name for c in before])
+        except SpecError:
+            names = {*(spec.columns or ()), *spec.exclude_columns}
+        record = identity.read(conn, "main", table)
+        problem = record.problem(before, names) if record is not None else None
+        yield
+        if problem is None:
+            after = [c.name for c in identity.table_columns(conn, "main", table)]
+            problem = identity.moved_by(names, renamed, dropped, after)
+        if problem is not None and state.fail_closed(conn, table, f"spec no longer fits: {problem}", by=by):
+            log("primary", f"{table!r} made private by the alteration: {problem}")
+
+    return follow_columns
+
+
+def _alter_operations(body: bytes | None) -> tuple[dict[str, str], set[str]]:
+    """The columns an alter API request renames (old -> new) and drops (by
+    their old names), as Datasette applies them. Datasette has checked the
+    body by the time it writes."""
+    renamed: dict[str, str] = {}
+    dropped: set[str] = set()
+    try:
+        operations = json.loads(body or b"{}").get("operations") or []
+    except (ValueError, AttributeError):
+        return renamed, dropped
+    for operation in operations if isinstance(operations, list) else []:
+        if not isinstance(operation, dict) or not isinstance(operation.get("args"), dict):
+            continue
+        args = operation["args"]
+        if operation.get("op") == "rename_column":
+            renamed[args.get("name")] = args.get("to")
+        elif operation.get("op") == "drop_column":
+            dropped.add(args.get("name"))
+    return renamed, dropped
 
 
 def _is_team(actor) -> bool:
@@ -916,6 +994,7 @@ def asgi_wrapper(datasette):
             except BadBody as exc:
                 return await respond(send, exc.status, error_body(exc.status, exc.message))
             receive = replay(body)
+            scope = {**scope, BODY: body}
             waits = {w.strip() for w in headers.get(b"broadsheet-wait", b"").lower().split(b",")}
             wait_public = b"public" in waits
             wait_standby = b"standby" in waits

@@ -180,6 +180,11 @@ def cycle_log_path(watermark_file: str | Path) -> Path:
     return Path(watermark_file).with_name("publisher-cycles.jsonl")
 
 
+def withdrawals_path(watermark_file: str | Path) -> Path:
+    """Where the publisher keeps what it withdrew (state.Withdrawals)."""
+    return Path(watermark_file).with_name("publisher-withdrawn.json")
+
+
 def _trigger_names(table: str) -> dict[str, str]:
     return {op: f"{TRIGGER_PREFIX}{op}_{table}" for op in ("ins", "upd", "del")}
 
@@ -249,6 +254,7 @@ class Publisher:
         self._last_trim = time.monotonic()
         # Beside the watermark, off the mounts (none in a bare test publisher).
         self.cycle_log = state.CycleLog(cycle_log_path(watermark_file)) if watermark_file else None
+        self.withdrawals = state.Withdrawals(withdrawals_path(watermark_file)) if watermark_file else None
         # Audit log (and saved-query log) entries up to these are told by an
         # earlier cycle.
         last = (self.cycle_log.read(1) or [{}])[0] if self.cycle_log else {}
@@ -532,6 +538,8 @@ class Publisher:
         # moves then, so no bookmark claims a TXID that lacks a publish.
         if not (plan.waiting or plan.rebuilt or plan.unfit):
             self._advance(private_txid, public_txid)
+        if self.withdrawals is not None:
+            self.withdrawals.update(self.writer)
 
     def _still_broken(self, view: str) -> str | None:
         try:
