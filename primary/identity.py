@@ -18,25 +18,27 @@ publish time. The table fails closed (``Record.problem`` says why) when:
 - one of those names now denotes another column (two names swapped; a
   column renamed and another renamed or added under its old name) or no
   column (renamed, dropped);
-- the recorded columns that remain are not, in their order, the table's
-  first columns: ALTER TABLE only appends (ADD COLUMN) and removes (DROP
-  COLUMN), so anything else means a column was dropped and another added
-  under its name, or the schema was edited by hand;
-- two recorded columns are called the same now (one dropped, another
-  renamed to its name);
-- one of them is defined otherwise (declared type, NOT NULL, default, key,
+- another recorded column answers to it too (one dropped, another renamed
+  to its name);
+- a column stands before it that is not a recorded column from before it:
+  ALTER TABLE keeps columns in order and adds new ones at the end, so it
+  was dropped and added again (or the schema was edited by hand);
+- its column is defined otherwise (declared type, NOT NULL, default, key,
   generated), which no ALTER TABLE does in place;
 - the trigger is gone or does not list them all (the table was rebuilt, or
   the trigger dropped by hand).
+
+Columns the spec does not name may be renamed, dropped and added freely.
 
 A table published whole without a row filter names no column: renaming,
 adding or dropping its columns changes nothing about what is public, and
 nothing here applies to it.
 
-What a schema cannot tell: the table's last recorded column dropped and a
-column of the same name and definition added in its place. That column
-starts out empty (or holding its default); what the team then writes into it
-is published, as any write to a published column is.
+What a schema cannot tell: a named column dropped and one of the same name
+and definition added again, when no recorded column after it survived (so
+nothing but earlier columns stands before it). That column starts out empty
+(or holding its default); what the team then writes into it is published, as
+any write to a published column is.
 
 Every function takes a connection with ``execute`` (apsw's or Python's
 sqlite3), so the team's Datasette plugin uses them on its own connection.
@@ -121,50 +123,47 @@ class Record:
     called_now: tuple[str, ...] | None
 
     def problem(self, columns: list[Column], names: set[str]) -> str | None:
-        """Why the spec names ``names`` no longer denote the columns they did
-        at publish time, given the table's ``columns`` now (None: they do)."""
+        """Why one of the spec's ``names`` no longer denotes the column it
+        did at publish time, given the table's ``columns`` now (None: each
+        still does)."""
         if not names:
             return None
         if self.called_now is None or len(self.called_now) != len(self.published) or not self.published:
             return "its columns can no longer be followed (the publisher's column trigger is gone: was the table rebuilt?)"
         position = {fold(c.name): j for j, c in enumerate(columns)}
-        now = [position.get(fold(n)) for n in self.called_now]  # each recorded column's position now
-
-        def whose(j: int) -> str:
-            owners = [self.published[i].name for i, p in enumerate(now) if p == j]
-            return f"the one published as {owners[0]!r}" if owners else "one added since"
-
+        # Which recorded columns answer to each name now (a dropped one to its last).
+        claims: dict[str, list[int]] = {}
+        for i, name in enumerate(self.called_now):
+            claims.setdefault(fold(name), []).append(i)
         for name in sorted(names):
             i = next((k for k, c in enumerate(self.published) if fold(c.name) == fold(name)), None)
             if i is None:
                 return f"{name!r} was not a column of the table when it was published"
-            if fold(self.called_now[i]) != fold(name):
+            now = self.called_now[i]
+            if fold(now) != fold(name):
                 if fold(name) in position:
-                    return f"{name!r} now names another column ({whose(position[fold(name)])})"
-                if now[i] is None:
-                    return f"{name!r} was renamed to {self.called_now[i]!r}, which was dropped"
-                return f"{name!r} was renamed to {self.called_now[i]!r}"
-            if now[i] is None:
+                    owners = [self.published[k].name for k in claims.get(fold(name), [])]
+                    whose = f"the one published as {owners[0]!r}" if owners else "one added since"
+                    return f"{name!r} now names another column ({whose})"
+                if fold(now) not in position:
+                    return f"{name!r} was renamed to {now!r}, which was dropped"
+                return f"{name!r} was renamed to {now!r}"
+            if fold(name) not in position:
                 return f"{name!r} was dropped"
-        owner: dict[int, int] = {}
-        for i, j in enumerate(now):
-            if j is None:
-                continue
-            if j in owner:
-                first, second = self.published[owner[j]].name, self.published[i].name
+            others = [k for k in claims[fold(name)] if k != i]
+            if others:
                 return (
-                    f"two published columns ({first!r} and {second!r}) are both called {columns[j].name!r} now:"
-                    " one was dropped and the other renamed to its name"
+                    f"two published columns ({self.published[i].name!r} and {self.published[others[0]].name!r})"
+                    f" are both called {name!r} now: one was dropped and the other renamed to its name"
                 )
-            owner[j] = i
-        if sorted(owner) != list(range(len(owner))) or [owner[j] for j in sorted(owner)] != sorted(owner.values()):
-            return (
-                "its columns are not where ALTER TABLE would have left them"
-                " (a column dropped and another added under its name?)"
-            )
-        for j, i in owner.items():
+            # ALTER TABLE keeps columns in order and adds new ones at the
+            # end: everything before this one must be a column published
+            # before it, or it is a column dropped and added again.
+            j = position[fold(name)]
+            if any(not any(k < i for k in claims.get(fold(c.name), [])) for c in columns[:j]):
+                return f"{name!r} is not where ALTER TABLE would have left it (was it dropped and added again?)"
             if not self.published[i].defined_as(columns[j]):
-                return f"column {columns[j].name!r} is not defined as it was when published"
+                return f"{name!r} is not defined as it was when published (was it dropped and added again?)"
         return None
 
 

@@ -84,12 +84,12 @@ SWAP = ["ALTER TABLE people RENAME COLUMN name TO old_name", "ALTER TABLE people
         (COLUMNS, ["ALTER TABLE people RENAME COLUMN name TO old_name", "ALTER TABLE people ADD COLUMN name TEXT",
                    "UPDATE people SET name = secret"], "'name' now names another column (one added since)"),
         (COLUMNS, ["ALTER TABLE people DROP COLUMN name", "ALTER TABLE people ADD COLUMN name TEXT",
-                   "UPDATE people SET name = secret"], "not where ALTER TABLE would have left them"),
+                   "UPDATE people SET name = secret"], "'name' is not where ALTER TABLE would have left it"),
         (COLUMNS, ["ALTER TABLE people DROP COLUMN name", "ALTER TABLE people RENAME COLUMN secret TO name"],
          "both called 'name' now"),
         (PublishSpec(columns=("id", "city")), ["ALTER TABLE people DROP COLUMN city",
                                                "ALTER TABLE people ADD COLUMN city BLOB", "UPDATE people SET city = secret"],
-         "'city' is not defined as it was"),
+         "'city' is not defined as it was when published"),
         (EXCLUDE, ["ALTER TABLE people RENAME COLUMN secret TO kept", "ALTER TABLE people RENAME COLUMN name TO secret"],
          "'secret' now names another column (the one published as 'name')"),
         (EXCLUDE, ["ALTER TABLE people RENAME COLUMN secret TO old_secret", "ALTER TABLE people ADD COLUMN secret TEXT"],
@@ -140,9 +140,10 @@ def test_a_name_that_denotes_another_column_makes_the_table_private(primary, spe
         (FILTER, ["ALTER TABLE people RENAME COLUMN secret TO hidden", "UPDATE people SET city = 'Leeds' WHERE id = 2"]),
         (WHOLE, SWAP),
         (WHOLE, ["ALTER TABLE people DROP COLUMN city", "ALTER TABLE people ADD COLUMN town TEXT"]),
+        (COLUMNS, ["ALTER TABLE people DROP COLUMN secret", "ALTER TABLE people ADD COLUMN secret TEXT"]),
     ],
     ids=["add", "rename-unlisted", "rename-and-drop-unlisted", "exclude-rename-published", "filter-rename-other",
-         "whole-swap", "whole-drop-and-add"],
+         "whole-swap", "whole-drop-and-add", "unlisted-drop-then-add"],
 )
 def test_a_change_that_keeps_each_name_on_its_column_keeps_the_table_public(primary, spec, change):
     conn, publisher, data, public = primary
