@@ -35,10 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import json
 import re
-import time
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -143,7 +141,9 @@ async def _republish_rebuilt(datasette, table: str, actor: dict, after_schema: s
     columns under the spec made it private itself, with its reason
     (follow_columns), so the newest audit entry is not the rebuild's and
     nothing is published again."""
-    altered_at = time.time()
+    mark = _altered.pop(table, None)
+    if mark is None:
+        return  # it was not public, or the alteration made it private itself
     private_txid = Pos.read(settings().data_db).txid
     try:
         await publishing.wait_published(private_txid, 10.0)
@@ -163,8 +163,7 @@ async def _republish_rebuilt(datasette, table: str, actor: dict, after_schema: s
     newest = [dict(zip(state.AUDIT_COLUMNS, row)) for row in rows]
     if not newest or (newest[0]["operation"], newest[0]["actor"]) != ("unpublish", state.REBUILT_ACTOR):
         return
-    made_private = datetime.datetime.fromisoformat(newest[0]["timestamp"]).timestamp()
-    if made_private < altered_at - 30 or not await db.table_exists(table):
+    if newest[0]["id"] <= mark or not await db.table_exists(table):
         return  # made private by an earlier rebuild, not by this alteration
     now = (await db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))).rows
     if not now or now[0][0] != after_schema:
@@ -212,14 +211,25 @@ def write_wrapper(datasette, database, request, transaction):
             names = {*(spec.columns or ()), *spec.exclude_columns}
         record = identity.read(conn, "main", table)
         problem = record.problem(before, names) if record is not None else None
-        yield
+        (mark,) = conn.execute("SELECT ifnull(max(id), 0) FROM _public_audit_log").fetchone()
+        result = yield
         if problem is None:
             after = [c.name for c in identity.table_columns(conn, "main", table)]
             problem = identity.moved_by(names, renamed, dropped, after)
         if problem is not None and state.fail_closed(conn, table, f"spec no longer fits: {problem}", by=by):
             log("primary", f"{table!r} made private by the alteration: {problem}")
+        elif problem is None:
+            # Public before, its columns where they were: if the publisher
+            # now finds it rebuilt, publish it again (_republish_rebuilt).
+            after_name = result[2] if isinstance(result, tuple) and len(result) == 3 else table
+            _altered[after_name] = mark
 
     return follow_columns
+
+
+# Tables an alteration left public with their columns in place, with the
+# newest audit entry before it: the republish takes only a rebuild after it.
+_altered: dict[str, int] = {}
 
 
 def _alter_operations(body: bytes | None) -> tuple[dict[str, str], set[str]]:

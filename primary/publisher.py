@@ -206,6 +206,10 @@ class Publisher:
         self.public_db = str(public_db)
         self.watermark_file = watermark_file
         self.writer = state.connect(self.data_db)
+        # As on the cycle's connection below: a view naming a column that is
+        # gone does not compile (never reads the name as a string), whichever
+        # connection judges it.
+        self.writer.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         state.ensure_schema(self.writer)
         self.conn = state.connect(self.public_db)
         self.conn.execute(f"PRAGMA page_size={settings().page_size}")  # takes effect only on a new public.db

@@ -255,6 +255,25 @@ def test_a_view_that_stops_compiling_is_withdrawn_and_never_stops_a_cycle(primar
         state.set_public(conn, "town_names", True, actor="alice")
 
 
+def test_a_view_whose_column_is_dropped_is_withdrawn(primary):
+    """Python's sqlite3 (the team's scripts, sqlite-utils) lets a column a
+    view reads be dropped, the view's double-quoted name then read as a
+    string; for broadsheet the view no longer compiles."""
+    conn, publisher, data, public = primary
+    script = sqlite3.connect(data, isolation_level=None)
+    script.execute('CREATE VIEW cities AS SELECT "id", "city" FROM people')
+    state.set_public(conn, "people", True, actor="alice")
+    state.set_public(conn, "cities", True, actor="alice")
+    settle(publisher)
+    script.execute("ALTER TABLE people DROP COLUMN city")
+    script.close()
+    settle(publisher)
+    assert "cities" not in state.public_tables(conn) and "people" in state.public_tables(conn)
+    assert state.audit_entries(conn, table="cities", limit=1)[0]["reason"].startswith(
+        'view no longer compiles: no such column: "city"'
+    )
+
+
 @pytest.mark.parametrize(
     "current, proposed, added, removed",
     [

@@ -11,9 +11,8 @@ from test_publish import publish
 SENTINELS = [b"SENTINEL-7f3a9c-PRIVATE", "SENTINEL-ünïcode-ßecret".encode()]
 
 
-def process_memory_contains(pid: int, needles: list[bytes]) -> list[bytes]:
-    """Search every readable mapping of a process for ``needles``."""
-    found = set()
+def memory_chunks(pid: int):
+    """Every readable mapping of a process, one bytes object each."""
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
         for line in maps:
             m = re.match(r"([0-9a-f]+)-([0-9a-f]+) (\S+)", line)
@@ -22,11 +21,19 @@ def process_memory_contains(pid: int, needles: list[bytes]) -> list[bytes]:
                 continue
             try:
                 mem.seek(start)
-                chunk = mem.read(end - start)
+                yield mem.read(end - start)
             except (OSError, ValueError, OverflowError):
                 continue
-            found.update(n for n in needles if n in chunk)
-    return sorted(found)
+
+
+def process_memory_contains(pid: int, needles: list[bytes]) -> list[bytes]:
+    """Search every readable mapping of a process for ``needles``."""
+    return sorted({n for chunk in memory_chunks(pid) for n in needles if n in chunk})
+
+
+def process_memory_matches(pid: int, pattern: re.Pattern) -> set[bytes]:
+    """Everything in a process's memory that ``pattern`` matches."""
+    return {m for chunk in memory_chunks(pid) for m in pattern.findall(chunk)}
 
 
 def test_private_sentinels_never_reach_a_read_node(cluster, db):
