@@ -49,22 +49,26 @@ class PublishTableEvent(FlipEvent):
 
 @dataclass
 class UnpublishTableEvent(FlipEvent):
-    """Event name: ``broadsheet-unpublish``. A table was made private."""
+    """Event name: ``broadsheet-unpublish``. A table was made private
+    (``reason``: why, when broadsheet itself did it: its columns moved under
+    its spec, it was dropped or rebuilt, a view no longer compiles)."""
 
     name = "broadsheet-unpublish"
+    reason: str | None = None
 
 
 def event_for(entry: dict, database: str, private_txid: int, public_txid: int | None) -> Event:
     """The event of one audit log entry (``state.audit_entries``)."""
-    kind = PublishTableEvent if entry["operation"] == "publish" else UnpublishTableEvent
-    return kind(
+    common = dict(
         actor={"id": entry["actor"]} if entry["actor"] else None,
         database=database,
         table=entry["table_name"],
         private_txid=private_txid,
         public_txid=public_txid,
-        spec=entry["spec_after"] if entry["operation"] == "publish" else None,
     )
+    if entry["operation"] == "publish":
+        return PublishTableEvent(**common, spec=entry["spec_after"])
+    return UnpublishTableEvent(**common, reason=entry.get("reason"))
 
 
 CYCLES_READ = 1000

@@ -36,7 +36,21 @@ import sqlite_utils
 from conftest import file_bytes, settle, wait_until
 
 TABLES = ("dx_a", "dx_b", "dx_c")
-TOKEN = re.compile(rb"dx\d{7}")
+# Every value written is a token: dx, seven digits and a check letter. The
+# letter makes a token unforgeable by chance: freed memory in a read node's
+# Datasette holds public tokens whose last bytes an allocator's pointer has
+# overwritten (a pointer's low byte can be an ASCII digit), which would
+# otherwise read as another, never-public token.
+TOKEN = re.compile(rb"dx\d{7}[a-z]")
+
+
+def with_check(digits: str) -> str:
+    return digits + chr(97 + sum(map(int, digits[2:])) * 7 % 26)
+
+
+def tokens(found) -> set[bytes]:
+    """The matches of TOKEN that are whole tokens (their check letter right)."""
+    return {m for m in found if with_check(m[:-1].decode()).encode() == m}
 TYPES = ("TEXT", "BLOB", "VARCHAR(20)")
 
 
@@ -121,17 +135,20 @@ class Differential:
         self.http = httpx.Client(timeout=10)
         self.steps = 0
         self.counts: dict[str, int] = {}
+        self.origin: dict[bytes, str] = {}  # each value: where it was written
 
     def close(self) -> None:
         self.http.close()
         self.db.close()
 
     # -- fresh things --------------------------------------------------------
-    def value(self) -> str | None:
+    def value(self, where: str = "") -> str | None:
         if self.rng.random() < 0.12:
             return None
         self.values += 1
-        return f"dx{self.rng.randrange(10)}{self.values:06d}"
+        token = with_check(f"dx{self.rng.randrange(10)}{self.values:06d}")
+        self.origin[token.encode()] = f"step {self.steps}, {where}"
+        return token
 
     def fresh_name(self) -> str:
         self.names += 1
@@ -184,7 +201,7 @@ class Differential:
 
     def insert(self, t: Table) -> None:
         names = [c.name for c in t.columns[1:]]
-        values = [self.value() for _ in names]
+        values = [self.value(f"{t.name}.{n}") for n in names]
         cols = ", ".join(f'"{n}"' for n in names)
         self.run(f'INSERT INTO "{t.name}" ({cols}) VALUES ({", ".join("?" for _ in names)})', params=[values])
 
@@ -201,7 +218,7 @@ class Differential:
         if what < 0.85 and len(t.columns) > 1:
             col = self.rng.choice(t.columns[1:])
             rid = self.rng.choice(ids)
-            self.run(f'UPDATE "{t.name}" SET "{col.name}" = ? WHERE "{t.columns[0].name}" = ?', params=[(self.value(), rid)])
+            self.run(f'UPDATE "{t.name}" SET "{col.name}" = ? WHERE "{t.columns[0].name}" = ?', params=[(self.value(f"{t.name}.{col.name} (uid {col.uid}), row {rid}"), rid)])
             return f"update {t.name}.{col.name}"
         self.run(f'DELETE FROM "{t.name}" WHERE "{t.columns[0].name}" = ?', params=[(self.rng.choice(ids),)])
         return f"delete from {t.name}"
@@ -238,15 +255,16 @@ class Differential:
         t.record = None
         return f"unpublish {t.name}"
 
-    def type_for(self, t: Table, name: str) -> str:
+    def type_for(self, t: Table, name: str, dropped: Col | None = None) -> str:
         """A declared type for a column added under ``name``. Under the last
         name of a dropped column, another type than it had: a column dropped
         and added again with the very same definition, where nothing but
         earlier columns stands before it, is the one case a schema cannot
         tell from the column that was dropped (README, Known limits), and
         this test holds broadsheet to what it promises."""
-        taken = {c.type for c in t.dead.values() if fold(c.name) == fold(name)}
-        return self.rng.choice([ty for ty in TYPES if ty not in taken])
+        taken = {c.type for c in [*t.dead.values(), *([dropped] if dropped else [])] if fold(c.name) == fold(name)}
+        free = [ty for ty in TYPES if ty not in taken]
+        return self.rng.choice(free) if free else f"VARCHAR({len(taken) + 100})"
 
     def add(self, t: Table) -> str:
         name = self.fresh_name() if self.rng.random() < 0.7 or not t.dead else self.rng.choice(list(t.dead.values())).name
@@ -297,8 +315,7 @@ class Differential:
         col = self.rng.choice(t.columns[1:])
         others = [c for c in t.columns[1:] if c is not col]
         source = self.rng.choice(others).name if others else None
-        type_ = self.rng.choice([ty for ty in TYPES if ty != col.type and ty not in
-                                 {c.type for c in t.dead.values() if fold(c.name) == fold(col.name)}])
+        type_ = self.type_for(t, col.name, dropped=col)
         statements = [f'ALTER TABLE "{t.name}" DROP COLUMN "{col.name}"', f'ALTER TABLE "{t.name}" ADD COLUMN "{col.name}" {type_}']
         if source:
             statements.append(f'UPDATE "{t.name}" SET "{col.name}" = "{source}"')
@@ -505,10 +522,11 @@ class Differential:
         found = []
         for node in self.cluster.replicas:
             for path, data in file_bytes(node.root):
-                found += [f"{path}: {m!r}" for m in set(TOKEN.findall(data)) - self.public_values]
+                found += [f"{path}: {m!r} ({self.origin.get(m)})" for m in tokens(TOKEN.findall(data)) - self.public_values]
             for service in (node.litefs_service, node.datasette_service):
                 pid = self.cluster.supervisor.pid(service)
-                found += [f"{service}: {m!r}" for m in process_memory_matches(pid, TOKEN) - self.public_values]
+                found += [f"{service}: {m!r} ({self.origin.get(m)})"
+                          for m in tokens(process_memory_matches(pid, TOKEN)) - self.public_values]
         return found
 
     def run_steps(self, steps: int, scan_every: int = 100) -> None:
@@ -523,6 +541,8 @@ class Differential:
                 raise
             if n % scan_every == 0 or n == steps:
                 leaked = self.never_public()
+                if leaked:
+                    self.say("the steps:\n  " + "\n  ".join(history[-scan_every:]))
                 assert leaked == [], f"seed {self.seed}, step {n}: never-public values on read nodes: {leaked[:10]}"
         self.say(
             f"seed {self.seed}: {steps} steps in {time.monotonic() - started:.1f} s, {len(self.public_values)} values"
