@@ -141,6 +141,18 @@ class Differential:
         self.http.close()
         self.db.close()
 
+    def clean_up(self) -> None:
+        """Drop every view and table of the run (a broken view left in
+        data.db would make SQLite refuse every later RENAME in it)."""
+        for (view,) in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'view' AND substr(name, 1, 4) = 'dx_v'"
+        ).fetchall():
+            self.run(f'DROP VIEW "{view}"')
+        for t in self.tables.values():
+            if t.exists:
+                self.run(f'DROP TABLE "{t.name}"')
+        settle(self.cluster, timeout=15)
+
     # -- fresh things --------------------------------------------------------
     def value(self, where: str = "") -> str | None:
         if self.rng.random() < 0.12:

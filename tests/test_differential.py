@@ -7,7 +7,7 @@ read node. ``scripts/differential --seed N --steps M`` runs longer."""
 from differential import Differential
 
 SEED = 1717
-STEPS = 250
+STEPS = 300
 
 
 def test_every_read_node_serves_exactly_the_projection_after_every_step(cluster, control, token):
@@ -15,4 +15,5 @@ def test_every_read_node_serves_exactly_the_projection_after_every_step(cluster,
     try:
         run.run_steps(STEPS)
     finally:
+        run.clean_up()
         run.close()

@@ -9,7 +9,7 @@ import pytest
 import sqlite_utils
 
 from primary import queries, state
-from primary.publisher import Publisher
+from primary.publisher import Publisher, withdrawals_path
 from primary.spec import PublishSpec
 
 MARKER = "PRIVATE-MARKER-7f3a"
@@ -183,6 +183,9 @@ def test_unpublishing_a_table_withdraws_its_queries_in_the_same_cycle(files):
     entry = queries.log_entries(conn, "west", limit=1)[0]
     assert entry["operation"] == "withdraw" and entry["actor"] == queries.WITHDRAW_ACTOR
     assert "airports" in entry["reason"]
+    # Named where the control plane's /health reads it.
+    withdrawn = lambda: state.Withdrawals.read_file(withdrawals_path(publisher.watermark_file))  # noqa: E731
+    assert [(w.name, w.kind, w.reason) for w in withdrawn()] == [("west", "query", entry["reason"])]
     # Publishing the table again does not bring it back (fail closed) ...
     state.set_public(conn, "airports", True, actor="alice")
     publisher.run_cycle()
@@ -191,6 +194,7 @@ def test_unpublishing_a_table_withdraws_its_queries_in_the_same_cycle(files):
     save(conn, public, "west", "SELECT name FROM airports WHERE tz < -6")
     assert publisher.run_cycle().queries_changed == ("west",)
     assert set(public_queries(public)) == {"constant", "west"}
+    assert withdrawn() == []
 
 
 def test_a_renamed_column_withdraws_a_query_that_named_it(files):
