@@ -13,7 +13,6 @@ networks.)
 from __future__ import annotations
 
 import shutil
-import signal
 
 import httpx
 import pytest
@@ -40,17 +39,6 @@ def cluster(tmp_path, monkeypatch):
         yield c
     finally:
         c.stop()
-
-
-@pytest.fixture
-def usr1():
-    """``broadsheet promote --dir`` signals the process that runs the
-    cluster (SIGUSR1), which is this one here: caught, as ``broadsheet up``
-    catches it."""
-    received = []
-    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(True))
-    yield received
-    signal.signal(signal.SIGUSR1, previous)
 
 
 def test_promote_after_the_primary_is_destroyed_mid_stream(cluster, usr1):
