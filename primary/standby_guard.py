@@ -74,7 +74,7 @@ def judge(header: LtxHeader, db_name: str, theirs: Identity | None, kept: list[K
     if not kept:
         return None
     if header.commit == 0:
-        return f"the primary's LiteFS is deleting {db_name}, which would delete this standby's copy"
+        return f"the primary's LiteFS is deleting {db_name} (TXID {header.max_txid}), which would delete {kept[0].what} (TXID {kept[0].txid})"
     if not header.is_snapshot:
         return None  # LiteFS applies it only on top of the copy's own position
     assert theirs is not None
