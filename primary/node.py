@@ -273,7 +273,8 @@ class PrimaryNode:
         # Before its private LiteFS starts (and could send the standby a
         # snapshot): its own position from its LiteFS directory alone.
         check_no_newer_copy(
-            [self.standby_url] if self.standby_url else [], NewestLtx.read(self.private.data_dir, "data.db"), self.cluster_id
+            [self.standby_url] if self.standby_url else [], NewestLtx.read(self.private.data_dir, "data.db"),
+            self.cluster_id, say=lambda line: supervisor.log("primary", line),
         )
         for service in self.litefs_services():
             supervisor.start(service)

@@ -191,42 +191,85 @@ def test_health_shows_a_standby_url_that_is_not_a_standby_as_not_connected():
     assert info.connected is False and "404" in info.error
 
 
-def test_a_standby_holding_another_primarys_data_db_does_not_confirm_a_write(standby_env, tmp_path, monkeypatch):
+@pytest.fixture
+def serving(standby_env):
+    """The standby's status API on a real port, in a thread: its URL."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from broadsheet.cluster import free_port
+    from conftest import wait_until
+    from primary import standby_api
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(standby_api.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{url}/status", timeout=1).status_code == 200, timeout=20)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_standby_holding_another_primarys_data_db_does_not_confirm_a_write(standby_env, serving, tmp_path, monkeypatch):
     # A primary started afresh (its volume lost, then restored) counts TXIDs
     # from 1 again while the standby, until LiteFS resyncs it, still holds the
     # old data.db far ahead: its TXID alone would "confirm" writes it does not
     # have. A standby ahead of the primary, or at the same TXID with another
     # checksum, has not got the write.
     import asyncio
-    import socket
-    import threading
 
-    import uvicorn
-
-    from primary import standby, standby_api
+    from primary import standby
 
     primary_db, standby_db = tmp_path / "data.db", tmp_path / "mnt" / "data.db"
     primary_db.write_bytes(b"")
     Path(f"{primary_db}-pos").write_text(str(Pos(3, 0x111)))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     monkeypatch.setenv("BROADSHEET_DATA_DB", str(primary_db))
-    monkeypatch.setenv("BROADSHEET_STANDBY_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("BROADSHEET_STANDBY_URL", serving)
     monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "0.3")
-    server = uvicorn.Server(uvicorn.Config(standby_api.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        import httpx
+    for standby_pos, confirmed in [(Pos(5000, 0x999), False), (Pos(3, 0x222), False), (Pos(3, 0x111), True), (Pos(2, 0x111), False)]:
+        Path(f"{standby_db}-pos").write_text(str(standby_pos))
+        missing = asyncio.run(standby.wait_for(3))
+        assert (missing is None) == confirmed, (standby_pos, missing)
 
-        from conftest import wait_until
 
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/status", timeout=1).status_code == 200, timeout=20)
-        for standby_pos, confirmed in [(Pos(5000, 0x999), False), (Pos(3, 0x222), False), (Pos(3, 0x111), True), (Pos(2, 0x111), False)]:
-            Path(f"{standby_db}-pos").write_text(str(standby_pos))
-            missing = asyncio.run(standby.wait_for(3))
-            assert (missing is None) == confirmed, (standby_pos, missing)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+def test_a_primary_does_not_start_below_what_its_standby_holds(standby_env, serving):
+    # Asked before the primary's LiteFS starts, from its own newest LTX file.
+    import time
+
+    import httpx
+
+    from broadsheet.cluster import free_port
+    from broadsheet.litefs import NewestLtx
+    from primary.standby import NewerCopyElsewhere, check_no_newer_copy
+
+    def at(pos):
+        return NewestLtx(pos, 0.0)
+
+    def check(own, urls=(serving,), **kw):
+        check_no_newer_copy(list(urls), own, cluster_id="c1", **kw)
+
+    for own, words in [(None, "is empty"), (at(Pos(40, 0xABC)), "at TXID 40"), (at(Pos(41, 0x1)), "another data.db at the same TXID")]:
+        with pytest.raises(NewerCopyElsewhere, match=words) as refused:
+            check(own)
+        assert "holds data.db TXID 41 (epoch 1)" in str(refused.value) and "Promote the standby" in str(refused.value)
+    check(at(Pos(41, 0xABC)))  # the same data.db: an ordinary restart
+    check(at(Pos(60, 0x2)))  # ahead of it: the standby is behind
+    # What it acknowledged counts, even above what it holds now.
+    assert httpx.get(f"{serving}/wait", params={"txid": 41}).status_code == 200
+    Path(f"{standby_env / 'mnt' / 'data.db'}-pos").write_text(str(Pos(10, 0x3)))
+    with pytest.raises(NewerCopyElsewhere, match="acknowledged writes .* up to TXID 41"):
+        check(at(Pos(30, 0x4)))
+    # A standby that does not answer: a primary with data of its own starts;
+    # an empty one waits for it, then refuses.
+    nobody = f"http://127.0.0.1:{free_port()}"
+    check(at(Pos(5, 0x5)), urls=[nobody])
+    started = time.monotonic()
+    with pytest.raises(NewerCopyElsewhere, match="has not answered"):
+        check(None, urls=[nobody], wait=1.0)
+    assert time.monotonic() - started >= 1.0

@@ -164,17 +164,17 @@ def test_backup_wipe_restore_and_everyone_converges(compose, token):
     assert compose.exec(standby, "python3", "-c", COUNT, "SELECT count(*) FROM archive").stdout.strip() == "11"
 
     # Restoring anyway, as the message says: the standby's volume emptied
-    # first, then the primary started again (a fresh data.db, with the
-    # sample tables), then the restore, then the standby back.
+    # first and the standby started again, empty; then the primary starts
+    # (a fresh data.db, with the sample tables), then the restore.
     compose("rm", "-s", "-f", "standby", timeout=120)
     compose.docker("volume", "rm", f"{compose.project}_standby-data", timeout=60)
+    compose("up", "-d", "--no-deps", "standby", timeout=300)
+    (standby,) = compose.containers("standby")
     compose.docker("restart", empty, timeout=120)
     wait_until(lambda: status_code(f"{control}/health") == 200, timeout=180, message="the new primary")
     (primary,) = compose.containers("primary")
     out = compose.exec(primary, "broadsheet", "restore", taken["path"]).stdout
     assert f"taken at data.db TXID {taken['txid']}" in out and "public.db rebuilt" in out, out
-    compose("up", "-d", "--no-deps", "standby", timeout=300)
-    (standby,) = compose.containers("standby")
 
     # data.db is the backup's state; so is every read node's public.db, and
     # the new standby follows.
