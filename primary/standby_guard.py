@@ -166,7 +166,15 @@ class Guard:
         writer.write(conn.data_to_send())
         requests: dict[int, tuple[dict, bytearray]] = {}
         windows: dict[int, asyncio.Event] = {}
-        tasks: set[asyncio.Task] = set()
+        tasks: dict[int, asyncio.Task] = {}
+
+        def finished(stream_id: int):
+            def forget(task) -> None:
+                tasks.pop(stream_id, None)
+                windows.pop(stream_id, None)
+
+            return forget
+
         try:
             while True:
                 data = await reader.read(65536)
@@ -184,14 +192,17 @@ class Guard:
                         headers, body = requests.pop(event.stream_id)
                         stream = _Downstream(conn, writer, event.stream_id, windows[event.stream_id])
                         task = asyncio.get_running_loop().create_task(self._request(headers, bytes(body), stream))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        tasks[event.stream_id] = task
+                        task.add_done_callback(finished(event.stream_id))
                     elif isinstance(event, h2.events.WindowUpdated):
                         for stream_id in [event.stream_id] if event.stream_id else list(windows):
                             if stream_id in windows:
                                 windows[stream_id].set()
                     elif isinstance(event, h2.events.StreamReset):
+                        # LiteFS gave up on it (it is stopping, or reconnecting).
                         requests.pop(event.stream_id, None)
+                        if (task := tasks.get(event.stream_id)) is not None:
+                            task.cancel()
                     elif isinstance(event, h2.events.ConnectionTerminated):
                         return
                 writer.write(conn.data_to_send())
@@ -201,7 +212,7 @@ class Guard:
         except Exception as exc:  # a protocol error: the connection ends, LiteFS reconnects
             self.log(f"connection from the standby's LiteFS ended: {exc!r}")
         finally:
-            for task in tasks:
+            for task in list(tasks.values()):
                 task.cancel()
             self.following = False
             writer.close()
@@ -223,12 +234,14 @@ class Guard:
             self._refuse(exc.args[0])
             down.reset()
         except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
-            if not down.started:
-                await down.respond(502, f"the primary's private LiteFS at {self.primary_url}: {exc!r}\n".encode())
-            else:
+            if down.started:
                 down.reset()
-        except asyncio.CancelledError:
-            raise
+            else:
+                with contextlib.suppress(Exception):  # LiteFS may have gone meanwhile
+                    await down.respond(502, f"the primary's private LiteFS at {self.primary_url}: {exc!r}\n".encode())
+        except Exception as exc:  # HTTP/2 on either side (a stream closed under it): LiteFS reconnects
+            self.log(f"stream from {self.primary_url} ended: {exc!r}")
+            down.reset()
         finally:
             self.following = False
 
