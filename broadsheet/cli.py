@@ -60,7 +60,12 @@ def up(root, replicas, port, no_sample, with_standby):
     def on_up():
         click.echo("\nbroadsheet is up:\n" + cluster.urls() + "\n\nCtrl-C stops every process and unmounts every mount.\n")
 
-    status = run_until_signalled(cluster.start, cluster.stop, on_up)
+    def on_promote():
+        cluster.promote_standby()
+        click.echo("\nthe standby is the primary now:\n" + cluster.urls() + "\n")
+
+    # SIGUSR1: `broadsheet promote --dir` promoted the standby.
+    status = run_until_signalled(cluster.start, cluster.stop, on_up, on_promote)
     click.echo("stopped; every mount unmounted.")
     sys.exit(status)
 
@@ -105,10 +110,8 @@ def replica():
 @cli.command()
 def standby():
     """Run this machine's standby (a LiteFS replica of the private cluster's
-    data.db and its status API), configured by environment variables, until
-    SIGTERM; `broadsheet promote` turns it into the primary."""
-    import threading
-
+    data.db, its guard and its status API), configured by environment
+    variables, until SIGTERM; `broadsheet promote` turns it into the primary."""
     from primary.standby import StandbyNode, promotion
     from primary.standby import become_primary as promote_to_primary
 
@@ -120,7 +123,7 @@ def standby():
     except ConfigError as exc:
         raise click.ClickException(str(exc))
     supervisor = Supervisor(node.root / "logs", echo=sys.stdout)
-    promote_now = threading.Event()
+    promoted = []
 
     def become_primary(standby=None):
         try:
@@ -128,89 +131,82 @@ def standby():
         except ConfigError as exc:
             supervisor.log("broadsheet", f"cannot become primary: {exc}")
             return
+        promoted.append(primary)
         supervisor.log("broadsheet", f"promoted: {primary.banner}")
-
-    def on_promote():
-        # The processes a thread starts are tied to it (PR_SET_PDEATHSIG):
-        # this one lives as long as the node.
-        promote_now.wait()
-        try:
-            become_primary(node)
-        except Exception as exc:
-            supervisor.log("broadsheet", f"promotion failed: {exc}")
-        threading.Event().wait()
 
     def start():
         if promotion(node.root) is not None:
             become_primary()
         else:
-            signal.signal(signal.SIGUSR1, lambda *_: promote_now.set())
-            threading.Thread(target=on_promote, daemon=True, name="promote").start()
             node.start(supervisor)
         supervisor.watch()
 
-    sys.exit(run_until_signalled(start, supervisor.stop_all, lambda: supervisor.log("broadsheet", node.banner)))
+    def on_promote():
+        if promoted or promotion(node.root) is None:
+            return  # a stray signal: nothing (more) to do
+        become_primary(node)
 
-
-def _standby_newest(url: str) -> str | None:
-    """When the standby's newest transaction was committed, from its status API."""
-    import datetime
-
-    import httpx
-
-    try:
-        committed_at = httpx.get(f"{url}/status", timeout=2).json().get("committed_at")
-    except (httpx.HTTPError, ValueError):
-        return None
-    if not committed_at:
-        return None
-    return datetime.datetime.fromtimestamp(committed_at, datetime.timezone.utc).isoformat(timespec="milliseconds")
+    sys.exit(run_until_signalled(start, supervisor.stop_all, lambda: supervisor.log("broadsheet", node.banner), on_promote))
 
 
 @cli.command()
+@click.option(
+    "--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="BROADSHEET_DIR",
+    help="Promote the standby of the local cluster in this directory (default: this machine's standby, from its"
+    " environment; else the local cluster in .cluster).",
+)
 @click.option("--force", is_flag=True, help="Promote even though the primary still answers.")
-def promote(force):
-    """Make this machine's standby the primary of both clusters (run it on the
-    standby). Writes after the standby's last TXID are lost: see
-    `broadsheet status` for that window first."""
-    from primary.standby import AnotherPrimary, StandbyNode, check_no_other_primary, promote as record
+def promote(root, force):
+    """Make a standby the primary of both clusters: this machine's (run it on
+    the standby), or a local cluster's (--dir). Writes after the standby's
+    last TXID are lost (see `broadsheet status` for that window first);
+    refused while the primary still answers as primary, or when the
+    standby's copy is older than what it acknowledged."""
+    from primary.standby import AnotherPrimary, PromoteRefused, StandbyNode, check_no_other_primary, loss_window
+    from primary.standby import promote as record
     from primary.standby import promotion
 
     from .config import ConfigError
-    from .supervisor import PID_FILE
+    from .supervisor import holder
 
-    try:
-        node = StandbyNode.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc))
+    local = root is not None or not (os.environ.get("DATASETTE_SECRET") or os.environ.get("BROADSHEET_CLUSTER_ID"))
+    if local:
+        from .cluster import local_standby
+
+        try:
+            node, primary_litefs, pid = local_standby(root or Path(DEFAULT_DIR))
+        except FileNotFoundError as exc:
+            raise click.ClickException(str(exc))
+        fence = [primary_litefs] if primary_litefs else []
+    else:
+        try:
+            node = StandbyNode.from_env()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc))
+        fence = [node.primary_private_url, *node.peers]
+        pid = holder(node.root)
     if promotion(node.root) is not None:
         raise click.ClickException(f"{node.root} is promoted already (see {node.root}/promoted.json)")
-    if not node.data_db.exists():
-        # Its epoch and TXID are unknown: a promotion now would be no newer
-        # than the old primary, and could start an empty primary.
-        raise click.ClickException(
-            f"no data.db at {node.data_db}: this standby is not running (start it: broadsheet standby)"
-            " or has never received data.db from the primary; nothing to promote"
-        )
     if not force:
         try:
-            check_no_other_primary([node.primary_private_url, *node.peers], node.private.url)
+            check_no_other_primary(fence, node.private.url)
         except AnotherPrimary as exc:
             raise click.ClickException(f"{exc}; stop it first, or pass --force")
-    done = record(node.root, node.data_db)
-    click.echo(f"promoted at data.db TXID {done['data_db_txid']} (epoch {done['epoch']})")
-    newest = _standby_newest(node.url)
-    if newest is not None:
-        click.echo(
-            f"writes the old primary committed after {newest} are lost (those acknowledged with"
-            " Broadsheet-Wait: standby are not among them)"
-        )
     try:
-        pid = int((node.root / PID_FILE).read_text().strip())
+        done = record(node)
+    except PromoteRefused as exc:
+        raise click.ClickException(str(exc))
+    epoch = done["epoch"] if done["epoch"] is not None else "one more than data.db's, set as it starts"
+    click.echo(f"promoted at data.db TXID {done['data_db_txid']} (epoch {epoch})")
+    click.echo(loss_window(done))
+    try:
+        if pid is None:
+            raise ProcessLookupError
         os.kill(pid, signal.SIGUSR1)
-        click.echo(f"told the running standby (pid {pid}) to become the primary")
-    except (OSError, ValueError):
-        click.echo("no standby running here: it starts as the primary next time")
+        click.echo(f"told the running {'cluster' if local else 'standby'} (pid {pid}) to make it the primary")
+    except OSError:
+        later = f"broadsheet up --dir {root or DEFAULT_DIR}" if local else "broadsheet standby"
+        click.echo(f"nothing runs it now: it starts as the primary next time ({later})")
 
 
 @cli.command()
@@ -510,7 +506,8 @@ def _team(root: Path, team_db: str | None):
             from .cluster import load_state
 
             try:
-                team_db = str(Path(load_state(root)["primary"]["secret_file"]).parent / "team.db")
+                primary = load_state(root)["primary"]
+                team_db = str(Path(primary.get("root") or Path(primary["secret_file"]).parent) / "team.db")
             except FileNotFoundError as exc:
                 raise click.ClickException(f"{exc}; or pass --team-db")
     return Team(team_db)
@@ -760,6 +757,8 @@ def status(root, url, token, as_json):
                 f"{'standby':<14} data.db txid {standby['txid']:<6} behind {standby['behind_txids']:<4}"
                 f" lag {lag}  {standby['url']}"
             )
+            if standby.get("refused"):
+                click.echo(f"{'':<14} REFUSING this primary's data.db, keeping its own: {standby['refused']}")
         else:
             click.echo(f"{'standby':<14} UNREACHABLE  {standby['url']}: {standby['error']}")
     for node in nodes:
@@ -794,7 +793,7 @@ def _primary_here(root: Path) -> dict:
         info = load_state(root)["primary"]
     except FileNotFoundError as exc:
         raise click.ClickException(f"{exc}; or run this on the primary (BROADSHEET_ROOT)")
-    primary_root = Path(info["secret_file"]).parent
+    primary_root = Path(info.get("root") or Path(info["secret_file"]).parent)
     return {
         "data_db": info["data_db"], "private_litefs": info["private_litefs"],
         "backups": info.get("backups") or str(primary_root / "backups"), "root": str(primary_root),

@@ -16,6 +16,7 @@ from typing import TextIO
 
 from primary.node import PrimaryNode
 from primary.settings import ReadNodeAddress
+from primary.standby import NewerCopyElsewhere
 from replica.node import ReadNode
 
 from . import plugins
@@ -62,6 +63,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# A local cluster's node directories. Which one runs the primary is decided
+# by promotions (``node_dirs``): the roles move, the directories stay.
+NODE_DIRS = ("primary", "standby")
+
+
+def node_dirs(root: Path) -> tuple[Path, Path]:
+    """The directories the local cluster in ``root`` runs its primary and
+    its standby in: the one promoted last (its ``promoted.json``) is the
+    primary; with no promotion, ``primary/``."""
+    from primary.standby import promotion
+
+    def promoted_at(path: Path) -> float:
+        record = promotion(path)
+        if record is None:
+            return -1.0
+        try:
+            return float(record.get("promoted_at") or 0)
+        except (TypeError, ValueError):
+            return 0.0  # recorded by an older broadsheet: a promotion all the same
+
+    first, second = (Path(root) / d for d in NODE_DIRS)
+    return (second, first) if promoted_at(second) > promoted_at(first) else (first, second)
+
+
+# What a directory holds that ran a primary (beside its LiteFS directories):
+# moved aside, with them, before it runs a standby (``_retire``).
+PRIMARY_STATE = (
+    "private", "public", "publisher-watermark.json", "publisher-cycles.jsonl", "audit-events-cursor",
+    "promoted.json", "standby-acknowledged.json", "backups",
+)
+
+
 class LocalCluster:
     """Nodes on one machine, each built from the environment its role entry
     point (``broadsheet primary`` / ``broadsheet replica``) would read, and run
@@ -87,11 +120,14 @@ class LocalCluster:
         def port() -> int:
             return next(ports) if ports else free_port()
 
-        primary_root = self.root / "primary"
+        # The cluster's secret and login live in primary/, whichever node
+        # runs the primary.
+        cluster_files = self.root / NODE_DIRS[0]
+        primary_root, self._standby_root = node_dirs(self.root)
         self.primary = PrimaryNode.from_env(
             {
-                "DATASETTE_SECRET": _private_file(primary_root / "secret", lambda: secrets.token_hex(32)),
-                "BROADSHEET_TEAM_PASSWORD": self.team_password_file(primary_root).read_text().strip(),
+                "DATASETTE_SECRET": _private_file(cluster_files / "secret", lambda: secrets.token_hex(32)),
+                "BROADSHEET_TEAM_PASSWORD": self.team_password_file(cluster_files).read_text().strip(),
                 "BROADSHEET_ROOT": str(primary_root),
                 "BROADSHEET_PORT": str(port()),
                 "BROADSHEET_PRIVATE_LITEFS_PORT": str(port()),
@@ -106,13 +142,17 @@ class LocalCluster:
         self.compress = compress
         self._port = port
         self.replicas: list[ReadNode] = []
-        self.with_standby = standby
         self.standby = None
         # quiet: ``echo`` gets lifecycle lines and errors, not chatter
         # (supervisor.is_chatter); the log files get everything.
         self.supervisor = Supervisor(self.root / "logs", echo=echo, quiet=quiet)
         for _ in range(replicas):
             self.add_replica(start=False)
+        if standby:
+            # Known to the primary before it starts: it asks the standby
+            # whether it holds a newer data.db than its own.
+            self.standby = self._standby_node()
+            self.primary.standby_url = self.standby.url
 
     @staticmethod
     def team_password_file(primary_root: Path) -> Path:
@@ -124,7 +164,7 @@ class LocalCluster:
 
     @property
     def secret_file(self) -> Path:
-        return self.primary.root / "secret"
+        return self.root / NODE_DIRS[0] / "secret"
 
     def add_replica(self, start: bool = True) -> ReadNode:
         n = len(self.replicas) + 1
@@ -150,31 +190,62 @@ class LocalCluster:
             self.supervisor.start(self.primary.control_service())
         return node
 
-    def add_standby(self):
-        """A standby (primary/standby.py) of the private cluster, started, and
-        the primary's team Datasette and control plane restarted to know it.
-        On one machine its only network is loopback; the container
-        deployment puts it on a private network of its own."""
+    def _standby_node(self):
         from primary.standby import StandbyNode
 
-        node = StandbyNode.from_env(
+        return StandbyNode.from_env(
             {
-                "BROADSHEET_ROOT": str(self.root / "standby"),
+                "BROADSHEET_ROOT": str(self._standby_root),
                 "DATASETTE_SECRET": self.primary.secret,
                 "BROADSHEET_CLUSTER_ID": self.primary.cluster_id,
                 "BROADSHEET_PRIVATE_PRIMARY_URL": self.primary.private.primary_url,
                 "BROADSHEET_STANDBY_PORT": str(self._port()),
                 "BROADSHEET_STANDBY_LITEFS_ADDR": f"127.0.0.1:{self._port()}",
+                "BROADSHEET_STANDBY_GUARD_ADDR": f"127.0.0.1:{self._port()}",
                 "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
             }
         )
-        node.start(self.supervisor)
+
+    def add_standby(self):
+        """A standby (primary/standby.py) of the private cluster, started, and
+        the primary's team Datasette and control plane restarted to know it.
+        On one machine its only network is loopback; the container
+        deployment puts it on a private network of its own."""
+        node = self._standby_node()
+        self._start_standby(node)
         self.standby = node
         self.primary.standby_url = node.url
         for service in self.primary.app_services()[1:]:  # the team Datasette and the control plane
             self.supervisor.stop(service.name)
             self.supervisor.start(service)
+        self.write_state()
         return node
+
+    def _start_standby(self, node) -> None:
+        _retire(node.root, self.supervisor)
+        node.start(self.supervisor)
+
+    def promote_standby(self) -> PrimaryNode:
+        """Make the standby, promoted (``broadsheet promote --dir``), the
+        primary, on the primary's addresses (the team's URLs stay, read
+        nodes follow): the old primary's processes stop, the standby's stop,
+        and a primary starts on the standby's directory (primary/standby.py
+        ``become_primary``). ``broadsheet up`` calls it on SIGUSR1."""
+        from primary.standby import become_primary, promotion
+
+        if self.standby is None or promotion(self.standby.root) is None:
+            raise RuntimeError("SIGUSR1, but this cluster's standby has not been promoted (broadsheet promote --dir)")
+        old, standby = self.primary, self.standby
+        # Running or not (a crashed one waits for the watcher): none may
+        # come back on the addresses the new primary takes.
+        for service in reversed([*old.litefs_services(), *old.app_services(), old.backup_service()]):
+            self.supervisor.stop(service.name)
+        env = {**old.to_env(), "BROADSHEET_ROOT": str(standby.root), "BROADSHEET_STANDBY_URL": "", "BROADSHEET_SAMPLE": "false"}
+        self.primary = become_primary(standby, self.supervisor, env)
+        self.standby = None
+        self.write_state()
+        self.supervisor.log("broadsheet", f"promoted: the primary runs in {standby.root} now")
+        return self.primary
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -182,11 +253,15 @@ class LocalCluster:
         # touched, not even its cluster.json.
         self.supervisor.claim(self.root)
         try:
-            self.primary.start(self.supervisor)
+            if self.standby is not None:
+                # First: the primary asks it what it holds before starting.
+                self._start_standby(self.standby)
+            try:
+                self.primary.start(self.supervisor)
+            except NewerCopyElsewhere as exc:
+                raise NewerCopyElsewhere(f"{exc}. Here: broadsheet promote --dir {self.root}, then broadsheet up again") from None
             for node in self.replicas:
                 self.start_replica(node)
-            if self.with_standby:
-                self.add_standby()
             self.write_state()
             self.supervisor.watch()
         except BaseException:
@@ -218,6 +293,7 @@ class LocalCluster:
         info = {
             "pid": os.getpid(),
             "primary": {
+                "root": str(self.primary.root),
                 "datasette": self.primary.url,
                 "control": self.primary.control_url,
                 "secret_file": str(self.secret_file),
@@ -231,6 +307,12 @@ class LocalCluster:
                 {"name": n.name, "datasette": n.url, "litefs": n.litefs.url, "public_db": str(n.public_db)}
                 for n in self.replicas
             ],
+            "standby": {
+                "root": str(self.standby.root),
+                "status": self.standby.url,
+                "data_db": str(self.standby.data_db),
+                "litefs": self.standby.private.url,
+            } if self.standby is not None else None,
             "logs": str(self.supervisor.log_dir),
         }
         (self.root / CLUSTER_FILE).write_text(json.dumps(info, indent=2))
@@ -275,6 +357,52 @@ def load_state(root: Path) -> dict:
         raise FileNotFoundError(f"no running cluster in {root} (start one with: broadsheet up)")
     return json.loads(path.read_text())
 
+
+
+def local_standby(root: Path):
+    """The standby of the local cluster in ``root``, for ``broadsheet
+    promote --dir``: the StandbyNode (its directories), the primary's
+    private LiteFS to fence against, and the pid of the ``broadsheet up``
+    that runs it (None for both when nothing runs)."""
+    from primary.standby import StandbyNode
+
+    from .supervisor import holder
+
+    root = Path(root).resolve()
+    pid = holder(root)
+    info = None
+    if pid is not None:
+        try:
+            info = load_state(root)
+        except FileNotFoundError:
+            pass
+    if info is not None:
+        if not info.get("standby"):
+            raise FileNotFoundError(f"the cluster running in {root} (pid {pid}) has no standby (broadsheet up --standby)")
+        standby_root, primary_litefs = Path(info["standby"]["root"]), info["primary"]["private_litefs"]
+    else:
+        if not (root / NODE_DIRS[0]).exists():
+            raise FileNotFoundError(f"no local cluster in {root}")
+        standby_root, primary_litefs, pid = node_dirs(root)[1], None, None
+    return StandbyNode(root=standby_root, primary_private_url=""), primary_litefs, pid
+
+
+def _retire(node_root: Path, supervisor) -> None:
+    """Before a node directory that ran a primary runs a standby (the
+    primary moved to the other directory with a promotion): what it held as
+    the primary, its data.db included, superseded by the promotion, is moved
+    aside into ``replaced-<time>/`` there, never deleted."""
+    found = [name for name in PRIMARY_STATE if (node_root / name).exists()]
+    if not (node_root / "public").exists() and "publisher-watermark.json" not in found:
+        return  # a standby's own directory (or a new one)
+    aside = node_root / time.strftime("replaced-%Y%m%dT%H%M%S")
+    aside.mkdir(parents=True, exist_ok=True)
+    for name in found:
+        os.replace(node_root / name, aside / name)
+    supervisor.log(
+        "broadsheet",
+        f"{node_root} ran the primary a promotion replaced: its data is kept in {aside}, and a new standby starts there",
+    )
 
 
 def _private_file(path: Path, make) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -72,6 +74,117 @@ class Pos:
 
     def __str__(self) -> str:
         return f"{self.txid:016x}/{self.checksum:016x}"
+
+
+# An LTX file (superfly/ltx v0.3): a 100-byte header, the pages (LZ4-framed
+# when the header's flag says so), a 16-byte trailer.
+LTX_HEADER_SIZE = 100
+LTX_TRAILER_SIZE = 16
+LTX_COMPRESSED = 0x1
+_LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+
+
+@dataclass(frozen=True)
+class LtxHeader:
+    """What an LTX file's header says: the TXIDs it carries (a snapshot
+    starts at TXID 1 and holds every page), the position it applies to, the
+    database's size after it (0 pages: the database is deleted) and when it
+    was committed."""
+
+    flags: int
+    page_size: int
+    commit: int  # database size after it, in pages
+    min_txid: int
+    max_txid: int
+    timestamp_ms: int
+    pre_apply_checksum: int
+
+    @classmethod
+    def parse(cls, data: bytes) -> "LtxHeader":
+        if len(data) < LTX_HEADER_SIZE or data[:4] != b"LTX1":
+            raise ValueError("not an LTX header")
+        flags, page_size, commit, min_txid, max_txid, ts, pre = struct.unpack(">IIIQQqQ", data[4:48])
+        return cls(flags, page_size, commit, min_txid, max_txid, ts, pre)
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.min_txid == 1
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & LTX_COMPRESSED)
+
+
+def snapshot_to_sqlite(ltx_path: str | os.PathLike, dest: str | os.PathLike) -> LtxHeader:
+    """Write the database a snapshot LTX file holds (every page of it) to
+    ``dest`` as a plain SQLite file, to look inside it before LiteFS applies
+    it. Raises ValueError for anything but a whole snapshot."""
+    size = os.path.getsize(ltx_path)
+    with open(ltx_path, "rb") as fp, open(dest, "wb") as out:
+        header = LtxHeader.parse(fp.read(LTX_HEADER_SIZE))
+        if not header.is_snapshot or header.commit == 0:
+            raise ValueError(f"not a snapshot: TXIDs {header.min_txid}-{header.max_txid}, {header.commit} pages")
+        out.truncate(header.commit * header.page_size)
+        body = _ltx_body(fp, size - LTX_HEADER_SIZE - LTX_TRAILER_SIZE, header.compressed)
+        record = 4 + header.page_size
+        buffer = bytearray()
+        for piece in body:
+            buffer += piece
+            while len(buffer) >= 4:
+                (pgno,) = struct.unpack(">I", buffer[:4])
+                if pgno == 0:
+                    return header  # the end of the page block
+                if len(buffer) < record:
+                    break
+                if pgno > header.commit:
+                    raise ValueError(f"page {pgno} beyond the database's {header.commit} pages")
+                out.seek((pgno - 1) * header.page_size)
+                out.write(buffer[4:record])
+                del buffer[:record]
+    raise ValueError("the snapshot's page block has no end")
+
+
+def _ltx_body(fp, length: int, compressed: bool, block: int = 1 << 20) -> Iterator[bytes]:
+    if compressed:
+        import lz4.frame
+
+        decompressor = lz4.frame.LZ4FrameDecompressor()
+    while length > 0:
+        piece = fp.read(min(block, length))
+        if not piece:
+            raise ValueError("the LTX file is cut short")
+        length -= len(piece)
+        yield decompressor.decompress(piece) if compressed else piece
+
+
+@dataclass(frozen=True)
+class NewestLtx:
+    """A database's newest LTX file in a LiteFS data directory: its position
+    and when it was committed. LiteFS never removes the newest one, so this
+    is the database's position even while LiteFS is not running."""
+
+    pos: Pos
+    committed_at: float  # seconds since the epoch
+
+    @classmethod
+    def read(cls, data_dir: str | os.PathLike, db_name: str) -> "NewestLtx | None":
+        """None when the database has no LTX file there (never created, or
+        the directory is empty: a new volume)."""
+        ltx_dir = Path(data_dir) / "dbs" / db_name / "ltx"
+        try:
+            names = [n for n in os.listdir(ltx_dir) if _LTX_NAME.match(n)]
+        except FileNotFoundError:
+            return None
+        for name in sorted(names, key=lambda n: int(_LTX_NAME.match(n).group(2), 16), reverse=True):
+            try:
+                with open(ltx_dir / name, "rb") as fp:
+                    header = LtxHeader.parse(fp.read(LTX_HEADER_SIZE))
+                    fp.seek(-LTX_TRAILER_SIZE, os.SEEK_END)
+                    (checksum,) = struct.unpack(">Q", fp.read(8))
+            except (OSError, ValueError, struct.error):
+                continue  # removed by retention meanwhile, or being written
+            return cls(Pos(header.max_txid, checksum), header.timestamp_ms / 1000)
+        return None
 
 
 @dataclass(frozen=True)

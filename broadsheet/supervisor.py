@@ -445,6 +445,24 @@ class Supervisor:
         return delay
 
 
+def holder(root: Path) -> int | None:
+    """The pid of the live supervisor that holds ``root`` (see
+    ``Supervisor.claim``), or None: a pid file nobody holds is a dead one's."""
+    try:
+        fd = os.open(Path(root) / PID_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else None
+        return None
+    finally:
+        os.close(fd)
+
+
 def processes_of(root: Path) -> list[int]:
     """The processes a supervisor of ``root`` started, and their children,
     found by the mark in their environment."""
@@ -511,25 +529,41 @@ def _exists(pid: int) -> bool:
         return exc.errno not in (errno.ENOENT, errno.ESRCH)
 
 
-def run_until_signalled(start: Callable[[], None], stop: Callable[[], None], on_up: Callable[[], None]) -> int:
+def run_until_signalled(
+    start: Callable[[], None],
+    stop: Callable[[], None],
+    on_up: Callable[[], None],
+    on_usr1: Callable[[], None] | None = None,
+) -> int:
     """Run a node (or a local cluster) in the foreground: ``start`` it, call
     ``on_up``, supervise until SIGINT or SIGTERM, then ``stop`` it in order.
-    The role entry points and ``broadsheet up`` both run this way. Returns a
-    process exit status."""
+    ``on_usr1`` runs on this (the main) thread after each SIGUSR1, which
+    ``broadsheet promote`` sends: the processes it starts are tied to a
+    thread that lives as long as the node (PR_SET_PDEATHSIG). The role entry
+    points and ``broadsheet up`` all run this way. Returns a process exit
+    status."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    usr1 = threading.Event()
     # Explicitly: a shell starts background jobs with SIGINT ignored, and a
     # container's PID 1 ignores signals it has no handler for.
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    if on_usr1 is not None:
+        signal.signal(signal.SIGUSR1, lambda *_: usr1.set())
     status = 0
     try:
         start()
         on_up()
         while True:
-            time.sleep(0.5)
+            if usr1.wait(0.5):
+                usr1.clear()
+                try:
+                    on_usr1()
+                except Exception as exc:  # a promotion that failed: the node says why, and runs on
+                    print(f"\nbroadsheet: {exc}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         print("\nstopping…", flush=True)
     except Exception as exc:  # StartError, a bad setting, a missing binary

@@ -28,6 +28,7 @@ import datetime
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -94,18 +95,76 @@ def ensure_cluster(conn: apsw.Connection, cluster_id: str) -> str:
             f"CREATE TABLE IF NOT EXISTS {CLUSTER_TABLE}"
             " (cluster_id TEXT NOT NULL, created_at TEXT NOT NULL, epoch INTEGER NOT NULL DEFAULT 1)"
         )
-        if "public_litefs_id" not in {r[1] for r in conn.execute(f"PRAGMA table_info({CLUSTER_TABLE})")}:
+        columns = {r[1] for r in conn.execute(f"PRAGMA table_info({CLUSTER_TABLE})")}
+        if "public_litefs_id" not in columns:
             conn.execute(f"ALTER TABLE {CLUSTER_TABLE} ADD COLUMN public_litefs_id TEXT")
+        if "generation" not in columns:
+            conn.execute(f"ALTER TABLE {CLUSTER_TABLE} ADD COLUMN generation TEXT")
         found = cluster_of(conn)
         if found is None:
-            conn.execute(f"INSERT INTO {CLUSTER_TABLE} (cluster_id, created_at) VALUES (?, ?)", (cluster_id, state.now()))
+            conn.execute(
+                f"INSERT INTO {CLUSTER_TABLE} (cluster_id, created_at, generation) VALUES (?, ?, ?)",
+                (cluster_id, state.now(), new_generation()),
+            )
             return cluster_id
+        # A data.db made by an older broadsheet: its generation starts now.
+        conn.execute(f"UPDATE {CLUSTER_TABLE} SET generation = ? WHERE generation IS NULL", (new_generation(),))
     if found != cluster_id:
         raise BackupError(
             f"data.db belongs to cluster {found}, and this node is configured for cluster {cluster_id}"
             " (BROADSHEET_CLUSTER_ID, or derived from DATASETTE_SECRET): refusing to start on it"
         )
     return found
+
+
+def new_generation() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which data.db this is: its cluster, its epoch (one more for each
+    promotion) and its generation, a random id made with the data.db and
+    kept by every transaction, promotion and restore after it. Two copies
+    of one generation are one history; a data.db made afresh (a primary
+    started on an empty volume) is another, whatever its TXID."""
+
+    cluster_id: str | None = None
+    epoch: int = 1
+    generation: str | None = None
+
+    def __str__(self) -> str:
+        return f"epoch {self.epoch}, generation {self.generation or 'unknown'}"
+
+
+def identity_of(conn: apsw.Connection) -> Identity:
+    """data.db's identity (an empty Identity for a database that has no
+    ``_public_cluster``, as a data.db before its first start has not)."""
+    try:
+        columns = {r[1] for r in conn.execute(f"PRAGMA table_info({CLUSTER_TABLE})")}
+        if not columns:
+            return Identity()
+        generation = "generation" if "generation" in columns else "NULL"
+        row = conn.execute(f"SELECT cluster_id, epoch, {generation} FROM {CLUSTER_TABLE} LIMIT 1").fetchone()
+    except apsw.Error:
+        return Identity()
+    return Identity(row[0], int(row[1]), row[2]) if row else Identity()
+
+
+def identity_of_file(path: str | os.PathLike, immutable: bool = False) -> Identity:
+    """The identity of the data.db at ``path``, opened read-only (and
+    ``immutable``: a copy nothing writes, with no WAL beside it). An empty
+    Identity if there is no such file or it is not SQLite."""
+    if not Path(path).exists():
+        return Identity()
+    try:
+        conn = state.connect(f"file:{path}?immutable=1" if immutable else str(path), readonly=True)
+    except apsw.Error:
+        return Identity()
+    try:
+        return identity_of(conn)
+    finally:
+        conn.close()
 
 
 def epoch_of(conn: apsw.Connection) -> int:
@@ -352,6 +411,7 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
     try:
         here = cluster_of(current)
         epoch = epoch_of(current)
+        generation = identity_of(current).generation
         last_change = current.execute("SELECT max(id) FROM _public_changes").fetchone()[0] or 0
     finally:
         current.close()
@@ -373,12 +433,17 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
             # A backup taken by an older broadsheet: brought up to this
             # one's internal tables before the running primary reads it.
             state.ensure_schema(conn)
-            # The running primary's epoch and public cluster id carry over:
-            # a backup from before a promotion must not make this node look
-            # no newer than the old primary, nor bring back a public LiteFS
-            # id the read nodes no longer follow.
+            # The running primary's epoch, generation and public cluster id
+            # carry over: a backup from before a promotion must not make this
+            # node look no newer than the old primary, nor bring back a
+            # public LiteFS id the read nodes no longer follow; and its
+            # standby, which follows the import like any transaction, still
+            # holds one history with it.
             ensure_cluster(conn, here or backup.cluster_id)
             set_epoch(conn, epoch)
+            if generation:
+                with state.immediate(conn):
+                    conn.execute(f"UPDATE {CLUSTER_TABLE} SET generation = ?", (generation,))
             if public_id := public_litefs_id(data_db):
                 record_public_litefs_id(conn, public_id)
             with state.immediate(conn):

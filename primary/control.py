@@ -179,10 +179,18 @@ class StandbyInfo(BaseModel):
     last ``lag_ms``."""
 
     url: str
-    connected: bool
+    connected: bool = Field(description="Whether its status API answers")
     txid: int | None = None
     behind_txids: int | None = None
     lag_ms: float | None = Field(None, description="0 when current; else how old its newest transaction is")
+    epoch: int | None = Field(None, description="The epoch of its copy of data.db")
+    acknowledged_txid: int | None = Field(
+        None, description="The highest data.db TXID it acknowledged (Broadsheet-Wait: standby): its copy never goes below it"
+    )
+    following: bool | None = Field(None, description="Whether its LiteFS is streaming data.db from this primary")
+    refused: str | None = Field(
+        None, description="Why it refuses this primary's data.db and keeps its own (an older or another data.db), if it does"
+    )
     error: str | None = None
 
 
@@ -343,7 +351,14 @@ async def _standby(url: str, data_db_txid: int) -> StandbyInfo:
     if behind:
         committed_at = status.get("committed_at")
         lag = max(0.0, (time.time() - float(committed_at)) * 1000) if committed_at else None
-    return StandbyInfo(url=url, connected=True, txid=standby_txid, behind_txids=behind, lag_ms=lag)
+    refused = status.get("refused")
+    if refused:
+        lag = None  # it holds another data.db than this primary's: no lag to speak of
+    return StandbyInfo(
+        url=url, connected=True, txid=standby_txid, behind_txids=behind, lag_ms=lag, epoch=status.get("epoch"),
+        acknowledged_txid=status.get("acknowledged_txid"), following=status.get("following"),
+        refused=refused.get("reason") if isinstance(refused, dict) else None,
+    )
 
 
 # -- tables ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Mapping
 import httpx
 
 from broadsheet.config import ConfigError, Env, http_url, split_addr
-from broadsheet.litefs import MountConfig, derived_cluster_id, is_mounted
+from broadsheet.litefs import MountConfig, NewestLtx, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
 
 from .backup import check_schedule, default_cluster_id
@@ -267,9 +267,15 @@ class PrimaryNode:
         then data.db's publish state (and sample data on a first start), then
         the publisher, the team's Datasette and the control plane."""
         supervisor.claim(self.root)
-        from .standby import check_no_other_primary
+        from .standby import check_no_newer_copy, check_no_other_primary
 
         check_no_other_primary(self.peers, self.private.url)
+        # Before its private LiteFS starts (and could send the standby a
+        # snapshot): its own position from its LiteFS directory alone.
+        check_no_newer_copy(
+            [self.standby_url] if self.standby_url else [], NewestLtx.read(self.private.data_dir, "data.db"),
+            self.cluster_id, say=lambda line: supervisor.log("primary", line),
+        )
         for service in self.litefs_services():
             supervisor.start(service)
         self.init_data_db(supervisor)
@@ -291,11 +297,15 @@ class PrimaryNode:
             state.ensure_schema(conn)
         try:
             backup.ensure_cluster(conn, self.cluster_id)
-            from .standby import promotion
+            from .standby import promotion, record_epoch
 
             # A promoted standby's data.db says so: a newer epoch than the
-            # primary it replaced.
+            # primary it replaced (known only now if it was promoted while
+            # its LiteFS was not running).
             if (promoted := promotion(self.root)) is not None:
+                if promoted.get("epoch") is None:
+                    promoted["epoch"] = backup.epoch_of(conn) + 1
+                    record_epoch(self.root, promoted["epoch"])
                 backup.set_epoch(conn, int(promoted["epoch"]))
             public_id = self.public.data_dir / "clusterid"
             if public_id.exists():

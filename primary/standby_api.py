@@ -1,57 +1,106 @@
 """The standby's status API (primary/standby.py runs it on the private
-network): ``GET /status``, its data.db position and when its newest
-transaction was committed on the primary, which the primary's control plane
-shows on ``/health``; ``GET /wait?txid=N``, which answers once the standby
-has data.db TXID N (``Broadsheet-Wait: standby`` on the team's writes)."""
+network): ``GET /status``, its data.db position, which data.db it is, when
+its newest transaction was committed on the primary, what it acknowledged
+and whether its guard follows the primary or refuses it, which the
+primary's control plane shows on ``/health``; ``GET /wait?txid=N``, which
+answers once the standby has data.db TXID N (``Broadsheet-Wait: standby``
+on the team's writes), having recorded it as acknowledged first.
+
+The same process runs the guard (``primary/standby_guard.py``) that the
+standby's LiteFS streams data.db through.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import threading
 import time
 from pathlib import Path
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
-from broadsheet.litefs import Pos, events
+from broadsheet.config import split_addr
+from broadsheet.litefs import NewestLtx, Pos
+
+from .backup import Identity, identity_of_file
+from .standby import DATA_DB, Acknowledged, kept
+from .standby_guard import Guard
 
 
-class _Newest:
-    """The commit time of the newest data.db transaction this standby has,
-    from its LiteFS's events (stamped by the primary when it committed)."""
+class Standby:
+    """This standby's copy of data.db, what it acknowledged, and its guard."""
 
-    def __init__(self, litefs_url: str, db_name: str):
-        self.committed_at: float | None = None
-        self.txid = 0
-        self.litefs_url, self.db_name = litefs_url, db_name
-        threading.Thread(target=self._follow, daemon=True).start()
+    def __init__(self, environ=os.environ):
+        self.root = Path(environ.get("BROADSHEET_STANDBY_ROOT", "/var/lib/broadsheet"))
+        self.data_db = Path(environ.get("BROADSHEET_STANDBY_DATA_DB", self.root / "private" / "mnt" / DATA_DB))
+        self.data_dir = Path(environ.get("BROADSHEET_STANDBY_LITEFS_DATA_DIR", self.root / "private" / "litefs"))
+        self.guard_addr = environ.get("BROADSHEET_STANDBY_GUARD_ADDR", "127.0.0.1:20201")
+        self.acknowledged = Acknowledged.read(self.root)
+        self._identity: Identity | None = None
+        self._acknowledging = asyncio.Lock()
+        self.guard = Guard(
+            environ.get("BROADSHEET_PRIVATE_PRIMARY_URL", "http://primary-private:20202"),
+            DATA_DB,
+            spool=self.root,
+            kept=self._kept,
+            on_snapshot=self._forget_identity,
+        )
 
-    def _follow(self) -> None:
-        while True:
-            try:
-                for event in events(self.litefs_url):
-                    if event is not None and event.db == self.db_name and event.pos.txid >= self.txid:
-                        self.txid, self.committed_at = event.pos.txid, event.committed_at
-            except Exception:
-                pass
-            time.sleep(1.0)
+    def identity(self) -> Identity:
+        """The copy's identity, read once (through the mount) and again
+        after a snapshot replaced the copy; while it has no generation yet
+        (a data.db of an older broadsheet), at every ask."""
+        if self._identity is None or self._identity.generation is None:
+            self._identity = identity_of_file(self.data_db)
+        return self._identity
+
+    def _forget_identity(self) -> None:
+        self._identity = None
+
+    async def _kept(self, pos: Pos) -> list:
+        return kept(pos, await asyncio.to_thread(self.identity), self.acknowledged)
+
+    def status(self) -> dict:
+        pos = Pos.read(self.data_db)
+        newest = NewestLtx.read(self.data_dir, DATA_DB)
+        identity = self.identity() if pos.txid else Identity()
+        return {
+            "role": "standby",
+            **position(pos),
+            # From the newest LTX file's header: known after a restart too,
+            # not only from the next transaction on.
+            "committed_at": newest.committed_at if newest is not None and newest.pos.txid == pos.txid else None,
+            "cluster_id": identity.cluster_id,
+            "epoch": identity.epoch,
+            "generation": identity.generation,
+            "acknowledged_txid": self.acknowledged.txid if self.acknowledged else 0,
+            **self.guard.status(),
+        }
+
+    async def acknowledge(self, pos: Pos) -> None:
+        """Record ``pos`` as acknowledged, durably, before the answer goes."""
+        async with self._acknowledging:
+            if self.acknowledged is not None and self.acknowledged.txid >= pos.txid:
+                return
+            mark = Acknowledged(pos.txid, await asyncio.to_thread(self.identity), time.time())
+            await asyncio.to_thread(mark.write, self.root)
+            self.acknowledged = mark
 
 
-_newest: _Newest | None = None
-
-
-def _data_db() -> str:
-    return os.environ.get("BROADSHEET_STANDBY_DATA_DB", "/var/lib/broadsheet/private/mnt/data.db")
+_standby: Standby | None = None
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app):
-    global _newest
-    _newest = _Newest(os.environ.get("BROADSHEET_STANDBY_LITEFS_URL", "http://127.0.0.1:20202"), Path(_data_db()).name)
-    yield
+    global _standby
+    _standby = Standby()
+    await _standby.guard.start(*split_addr(_standby.guard_addr, "BROADSHEET_STANDBY_GUARD_ADDR"))
+    try:
+        yield
+    finally:
+        await _standby.guard.close()
 
 
 app = FastAPI(
@@ -59,21 +108,18 @@ app = FastAPI(
 )
 
 
-def _position(pos: Pos) -> dict:
+def position(pos: Pos) -> dict:
     return {"txid": pos.txid, "checksum": f"{pos.checksum:016x}"}
-
-
-def _status() -> dict:
-    pos = Pos.read(_data_db())
-    committed_at = _newest.committed_at if _newest is not None and _newest.txid == pos.txid else None
-    return {"role": "standby", **_position(pos), "committed_at": committed_at}
 
 
 @app.get("/status")
 async def status() -> dict:
-    """This standby's data.db position and when its newest transaction was
-    committed on the primary (seconds since the epoch; null until known)."""
-    return await asyncio.to_thread(_status)
+    """This standby's data.db position and identity (cluster, epoch,
+    generation), when its newest transaction was committed on the primary
+    (seconds since the epoch; null if unknown), the highest TXID it
+    acknowledged, and its guard's state: ``following`` the primary, or the
+    reason it ``refused`` the primary's data.db (then it keeps its own)."""
+    return await asyncio.to_thread(_standby.status)
 
 
 @app.get("/wait")
@@ -81,12 +127,18 @@ async def wait(
     txid: int = Query(ge=0, description="data.db TXID to wait for"),
     timeout: float = Query(5.0, gt=0, le=60, description="Seconds to wait"),
 ):
-    """200 once this standby has data.db TXID ``txid``; 504 if not within ``timeout``."""
+    """200 once this standby has data.db TXID ``txid`` (recorded as
+    acknowledged first); 504 if not within ``timeout``; 409 at once while
+    its guard refuses the primary's data.db."""
     deadline = time.monotonic() + timeout
     while True:
-        pos = Pos.read(_data_db())
+        if (refusal := _standby.guard.refusal) is not None:
+            pos = Pos.read(_standby.data_db)
+            return JSONResponse({"ok": False, "error": refusal.reason, "txid": pos.txid}, status_code=409)
+        pos = Pos.read(_standby.data_db)
         if pos.txid >= txid:
-            return {"ok": True, **_position(pos)}
+            await _standby.acknowledge(pos)
+            return {"ok": True, **position(pos)}
         if time.monotonic() > deadline:
             return JSONResponse(
                 {"ok": False, "error": f"the standby has data.db TXID {pos.txid}, not {txid}, after {timeout:g}s", "txid": pos.txid},

@@ -15,8 +15,10 @@ waits share one position watcher with a cap (``position.py``).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
+import os
 import re
 import sqlite3
 import weakref
@@ -38,10 +40,10 @@ from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
-from . import metadata, queries, sandbox, stream
+from . import metadata, queries, sandbox, stall, stream
 from .cache import ResponseCache
 from .custom_sql import Busy, Slots, runs_custom_sql
-from .position import PositionWatcher, TooManyWaits
+from .position import PositionWatcher, Stalled, TooManyWaits
 from .settings import BUILD, Settings, settings
 from .status import ReplicaStatus
 
@@ -72,6 +74,8 @@ class Guards:
     custom_sql: Slots  # visitors' own SQL
     streams: stream.Streams  # the primary following this node's position
     responses: ResponseCache  # whole responses at the current position
+    watchdog: stall.Watchdog  # requests a stalled LiteFS holds up
+    sized_at: Pos | None = None  # the position public.db's size was read at
 
 
 _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -80,11 +84,13 @@ _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def guards(datasette) -> Guards:
     if datasette not in _guards:
         conf = settings()
+        position = PositionWatcher(conf.public_db, conf.max_bookmark_waits, stall_timeout=conf.stall_timeout)
         _guards[datasette] = Guards(
-            position=PositionWatcher(conf.public_db, conf.max_bookmark_waits),
+            position=position,
             custom_sql=Slots(conf.max_sql_concurrency),
             streams=stream.Streams(conf.max_position_streams),
             responses=ResponseCache(conf.cache_bytes, conf.cache_max_entry),
+            watchdog=stall.Watchdog(position),
         )
     return _guards[datasette]
 
@@ -357,16 +363,26 @@ async def replication_status(datasette, request):
     db = _public_db(datasette)
     conf = settings()
     node = guards(datasette)
-    status = ReplicaStatus.read(
-        Path(db.path),
-        pos=node.position.current(),  # the watcher's open file: one pread, not an open through FUSE
-        node=conf.node_name,
-        region=conf.region,
-        url=conf.public_url,
-        bookmark_waits=node.position.waiting,
-        custom_sql=node.custom_sql.taken,
-        cache=node.responses.stats(),
-    )
+    try:
+        pos = await node.position.fresh()  # the watcher's open file: one pread, not an open through FUSE
+        status = await node.position.call(
+            lambda: ReplicaStatus.read(
+                Path(db.path),
+                pos=pos,
+                node=conf.node_name,
+                region=conf.region,
+                url=conf.public_url,
+                bookmark_waits=node.position.waiting,
+                custom_sql=node.custom_sql.taken,
+                cache=node.responses.stats(),
+            )
+        )
+    except Stalled as exc:
+        # The health check fails while LiteFS does not answer.
+        last = node.position.last
+        body = {"ok": False, "node": conf.node_name, "stalled": True, "stalled_for_s": round(exc.seconds, 1),
+                "txid": last.txid, "checksum": f"{last.checksum:016x}", "error": stall.message(exc, last.txid)}
+        return Response.json(body, status=503, headers={"Retry-After": "1"})
     return Response.json(status.as_dict())
 
 
@@ -399,12 +415,19 @@ def asgi_wrapper(datasette):
             refused = _unservable(datasette, scope)
             if refused is not None:
                 return await respond(send, refused[0], error_body(*refused))
-            pos = node.position.current() if db is not None else Pos(0)
+            try:
+                pos = Pos(0) if db is None else await node.position.fresh()
+                if db is not None:
+                    await _sized(node, db, pos)
+            except Stalled as exc:
+                return await _while_stalled(scope, send, node, exc, custom_sql, wanted)
             # Wait for the bookmark first: a table published at TXID N is
             # listed only from N on.
             if wanted is not None and pos.txid < wanted:
                 try:
                     pos = await node.position.wait_for(wanted, conf.bookmark_timeout)
+                except Stalled as exc:
+                    return await _while_stalled(scope, send, node, exc, custom_sql, wanted)
                 except TooManyWaits:
                     message = (
                         f"This read node has public TXID {pos.txid} and too many requests waiting for newer ones."
@@ -417,6 +440,18 @@ def asgi_wrapper(datasette):
                         f" within {conf.bookmark_timeout:g}s. Retry, or ask another node."
                     )
                     return await respond(send, 504, error_body(504, message, txid=pos.txid, wanted=wanted), RETRY)
+            with node.watchdog.watching(send) as watched:
+                try:
+                    return await at_position(scope, receive, watched.send, node, db, pos, custom_sql)
+                except asyncio.CancelledError:
+                    if watched.abandoned is None:
+                        raise
+                    asyncio.current_task().uncancel()  # let go by the watchdog: LiteFS stalled under it
+                    if not watched.started:
+                        await stall.refuse(send, watched.abandoned, pos.txid)
+
+        async def at_position(scope, receive, send, node: Guards, db, pos: Pos, custom_sql: bool):
+            """The request at ``pos``: from memory, or made (and kept)."""
             _request_pos.set(pos)  # the position this request is served at, for listing()
             if db is not None:
                 await queries.sync(datasette, db, pos)  # the saved queries public at this TXID
@@ -468,6 +503,34 @@ def asgi_wrapper(datasette):
 
 
 RETRY = [(b"retry-after", b"1")]
+
+
+async def _sized(node: Guards, db, pos: Pos) -> None:
+    """Datasette shows public.db's size, reading it with a stat() through
+    FUSE on the event loop each time: read it here instead (bounded) once
+    per position, which is the only time it changes."""
+    if node.sized_at != pos:
+        try:
+            db.cached_size = await node.position.call(lambda: os.stat(db.path).st_size)
+        except OSError:
+            db.cached_size = None
+        node.sized_at = pos
+
+
+async def _while_stalled(scope, send, node: Guards, exc: Stalled, custom_sql: bool, wanted: int | None) -> None:
+    """LiteFS has not answered: the node's position is still the last one
+    read (a stalled LiteFS applies nothing), so its ETag and the responses
+    kept at it are still exact; anything else is a 503 (replica/stall.py)."""
+    pos, conf = node.position.last, settings()
+    if wanted is None or wanted <= pos.txid:
+        etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
+        if pos.txid and etag in _if_none_match(scope):
+            return await respond(send, 304, b"", _cache_headers(etag, pos, conf), content_type=None)
+        key = None if custom_sql else node.responses.key(scope, pos)
+        hit = node.responses.get(pos, key) if key is not None else None
+        if hit is not None:
+            return await hit.replay(send)
+    await stall.refuse(send, exc, pos.txid)
 
 
 def _with_cache_headers(send, etag: bytes, pos: Pos, conf: "Settings"):

@@ -45,15 +45,18 @@ class Settings:
     # package names, and Datasette's ``plugins`` configuration block.
     plugins: tuple[str, ...] = ()
     plugins_config: dict = field(default_factory=dict)
+    # Seconds a read of the LiteFS mount may take before the node counts
+    # LiteFS as stalled and answers what it cannot serve from memory with
+    # 503 (replica/position.py).
+    stall_timeout: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = Env(environ)
-        timeout = env.str("BROADSHEET_BOOKMARK_TIMEOUT", "5")
-        try:
-            bookmark_timeout = float(timeout)
-        except ValueError:
-            raise ConfigError(f"BROADSHEET_BOOKMARK_TIMEOUT must be a number of seconds, not {timeout!r}") from None
+        bookmark_timeout = _seconds(env, "BROADSHEET_BOOKMARK_TIMEOUT", "5")
+        stall_timeout = _seconds(env, "BROADSHEET_STALL_TIMEOUT", "2")
+        if stall_timeout <= 0:
+            raise ConfigError(f"BROADSHEET_STALL_TIMEOUT must be more than 0 seconds, not {stall_timeout:g}")
         return cls(
             node_name=env.str("BROADSHEET_NODE_NAME", os.uname().nodename),
             region=env.str("BROADSHEET_REGION", ""),
@@ -69,6 +72,7 @@ class Settings:
             cache_max_entry=_not_negative(env, "BROADSHEET_CACHE_MAX_ENTRY", 1024 * 1024),
             plugins=_plugins(env),
             plugins_config=plugins.config(env.optional(plugins.CONFIG_VAR)),
+            stall_timeout=stall_timeout,
         )
 
     @property
@@ -84,6 +88,14 @@ def _plugins(env: Env) -> tuple[str, ...]:
     wanted = plugins.requirements(env.optional(plugins.PLUGINS_VAR))
     plugins.check_installed(wanted)
     return wanted
+
+
+def _seconds(env: Env, name: str, default: str) -> float:
+    value = env.str(name, default)
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
 
 
 def _at_least_one(env: Env, name: str, default: int) -> int:

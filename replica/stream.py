@@ -16,7 +16,7 @@ import json
 
 from broadsheet.asgi import error_body, respond
 
-from .position import PositionWatcher, TooManyWaits
+from .position import PositionWatcher, Stalled, TooManyWaits
 
 PATH = "/-/replication/stream"
 KEEPALIVE = 15.0  # seconds between blank lines when nothing moves
@@ -54,7 +54,10 @@ async def serve(scope, receive, send, position: PositionWatcher, streams: Stream
                 "headers": [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-store")],
             }
         )
-        pos = position.current()
+        try:
+            pos = await position.fresh()
+        except (Stalled, OSError):
+            pos = position.last  # a stalled LiteFS has not moved it
         await _line(send, {"node": node, "txid": pos.txid, "checksum": f"{pos.checksum:016x}"})
         while not disconnected.is_set():
             change = loop.create_task(_next(position, pos))

@@ -66,6 +66,20 @@ def new_cluster(tmp_path):
         c.stop()
 
 
+@pytest.fixture
+def usr1():
+    """``broadsheet promote --dir`` signals the process that runs the local
+    cluster (SIGUSR1), which is the test's own when it runs the cluster in
+    process: caught, as ``broadsheet up`` catches it; the test then does
+    what ``up`` does on it (``LocalCluster.promote_standby``)."""
+    import signal
+
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(True))
+    yield received
+    signal.signal(signal.SIGUSR1, previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_mounts(tmp_path_factory):
     """After the session, nothing of ours may stay mounted."""

@@ -246,11 +246,34 @@ def test_restore_keeps_the_epoch_and_public_cluster_id_of_the_running_primary(tm
     conn = state.connect(str(data_db))
     backup.set_epoch(conn, 2)
     backup.record_public_litefs_id(conn, "LFSCNOW")
+    # The running primary's generation too (a primary made afresh, then
+    # restored): its standby follows the import as one history with it.
+    with state.immediate(conn):
+        conn.execute("UPDATE _public_cluster SET generation = 'running-one'")
     conn.close()
     staged = tmp_path / "imported.db"
     import_into(monkeypatch, staged)
     backup.restore(old, data_db, "http://127.0.0.1:9", workdir=tmp_path)
-    assert read_only_rows(staged, "SELECT epoch, public_litefs_id FROM _public_cluster") == [(2, "LFSCNOW")]
+    assert read_only_rows(staged, "SELECT epoch, public_litefs_id, generation FROM _public_cluster") == [
+        (2, "LFSCNOW", "running-one")
+    ]
+
+
+def test_every_data_db_has_a_generation_of_its_own(tmp_path):
+    # Made with the data.db and kept; another data.db (a primary started
+    # afresh) gets another one, and one made by an older broadsheet gets
+    # its own at the next start.
+    first, second = make_data_db(tmp_path / "a.db"), make_data_db(tmp_path / "b.db")
+    a, b = backup.identity_of_file(first), backup.identity_of_file(second)
+    assert a.generation and b.generation and a.generation != b.generation
+    conn = state.connect(str(first))
+    backup.ensure_cluster(conn, a.cluster_id)
+    with state.immediate(conn):
+        conn.execute("UPDATE _public_cluster SET generation = NULL")
+    backup.ensure_cluster(conn, a.cluster_id)
+    conn.close()
+    assert backup.identity_of_file(first).generation not in (None, a.generation)
+    assert backup.identity_of_file(tmp_path / "none.db") == backup.Identity()
 
 
 def test_restore_brings_a_backup_of_an_older_schema_up_to_this_one(tmp_path, monkeypatch):

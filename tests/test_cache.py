@@ -232,7 +232,7 @@ async def test_the_position_file_is_read_afresh_on_every_request(read_node, publ
         set_pos(public_db, txid)
         assert (await get(ds, "/public/docs.json", _size=1)).headers["broadsheet-txid"] == str(txid)
     watcher = guards(ds).position
-    assert watcher.current() == Pos.read(public_db)
+    assert await watcher.fresh() == Pos.read(public_db)
 
 
 @in_loop
@@ -437,7 +437,7 @@ def test_a_position_file_kept_open_on_litefs_shows_every_move(cluster, db, stori
     node = cluster.replicas[0]
     for watched in (node.public_db, cluster.primary.public_db):
         watcher = PositionWatcher(watched, max_waits=1)
-        assert watcher.current() == Pos.read(watched)
+        assert asyncio.run(watcher.fresh()) == Pos.read(watched)
         for i in range(3):
             before = Pos.read(watched)
             with state.immediate(db):
@@ -446,7 +446,7 @@ def test_a_position_file_kept_open_on_litefs_shows_every_move(cluster, db, stori
             cluster.wait_for_replicas(before.txid + 1)
             fresh = Pos.read(watched)
             assert fresh.txid > before.txid
-            assert watcher.current() == fresh
+            assert asyncio.run(watcher.fresh()) == fresh
         watcher._close()
 
 
@@ -486,10 +486,10 @@ def test_a_position_file_whose_open_handle_died_is_opened_again_at_once(tmp_path
     db = tmp_path / "public.db"
     set_pos(db, 5)
     watcher = PositionWatcher(db, max_waits=1)
-    assert watcher.current().txid == 5
+    assert asyncio.run(watcher.fresh()).txid == 5
     os.close(watcher._fd)  # the handle dies under the watcher
     set_pos(db, 6)
-    assert watcher.current().txid == 6
+    assert asyncio.run(watcher.fresh()).txid == 6
     watcher._close()
 
 

@@ -264,3 +264,53 @@ def test_errors_and_warnings_reach_the_terminal_of_a_quiet_up():
         "publisher: 'notes' was re-created or rebuilt under its name; it is private until published again",
     ):
         assert not is_chatter(line), line
+
+
+def test_up_with_a_standby_makes_it_the_primary_on_promote_dir(tmp_path):
+    """`broadsheet up --standby`, then `broadsheet promote --dir` from another
+    terminal: the running `up` makes the standby the primary on the same
+    addresses (SIGUSR1), with the write acknowledged on the standby."""
+    root = tmp_path / "promoted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broadsheet.cli", "up", "--dir", str(root), "--replicas", "1", "--port", "19501",
+         "--no-sample", "--standby"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    later: list[str] = []
+    try:
+        text = _wait_up(proc, keep=later)
+        assert "standby (private)" in text, text[-3000:]
+        info = load_state(root)
+        assert info["standby"]["root"] == str(root / "standby")
+        team = info["primary"]["datasette"]
+        headers = {"Authorization": f"Bearer {_mint_token(open(info['primary']['secret_file']).read().strip(), 'tester')}"}
+        r = httpx.post(f"{team}/data/-/create", headers=headers, json={"table": "t", "pk": "id", "rows": [{"id": 1}]})
+        assert r.status_code == 201, r.text
+        r = httpx.post(f"{team}/data/t/-/insert", headers={**headers, "Broadsheet-Wait": "standby"},
+                       json={"row": {"id": 2}}, timeout=30)
+        assert r.status_code == 201, r.text
+
+        # The primary still runs: --force (promote says so without it).
+        refused = subprocess.run([sys.executable, "-m", "broadsheet.cli", "promote", "--dir", str(root)],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "must not start as a second primary" in refused.stderr, refused.stderr
+        done = subprocess.run([sys.executable, "-m", "broadsheet.cli", "promote", "--dir", str(root), "--force"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "is in it" in done.stdout and f"told the running cluster (pid {proc.pid})" in done.stdout, done.stdout
+        wait_until(lambda: "the standby is the primary now" in "".join(later), timeout=120, message="up promoting")
+        assert load_state(root)["primary"]["root"] == str(root / "standby")
+        health = wait_until(lambda: httpx.get(f"{info['primary']['control']}/health").json(), timeout=60,
+                            message="the promoted control plane on the primary's port")
+        assert health["epoch"] == 2
+        rows_ = httpx.get(f"{team}/data/t.json?_shape=array", headers=headers).json()
+        assert [row["id"] for row in rows_] == [1, 2]
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+        assert proc.returncode == 0
+        wait_until(lambda: _ours(root) == ([], []), timeout=10, message="nothing left")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        kill_everything(root)

@@ -295,8 +295,8 @@ async def test_bad_facet_and_slow_where_are_400s_not_500s(read_node):
 async def test_position_watcher_wakes_every_waiter_and_keeps_time(public_db):
     set_pos(public_db, 3)
     watcher = PositionWatcher(public_db, max_waits=2)
-    assert watcher.current() == Pos(3, 0xC0FFEE + 3) and not watcher.polling
-    since = watcher.current()
+    assert await watcher.fresh() == Pos(3, 0xC0FFEE + 3) and not watcher.polling
+    since = await watcher.fresh()
     waiting = [asyncio.create_task(watcher.wait_for(txid, 30)) for txid in (4, 4)]
     # Followers of every change (a stream, a cache) are not visitors' waits:
     # they take none of the bookmark places.

@@ -1,12 +1,13 @@
 """Losing the primary for good, on one machine (real LiteFS, real HTTP): the
 primary's processes are killed and its volume deleted in the middle of a
-stream of team writes; the standby is promoted and takes the primary's
-addresses (as it takes the DNS name in a deployment). Every write
-acknowledged with ``Broadsheet-Wait: standby`` is there, the writes lost
-are only those the standby had not received, publishing works, read nodes
-follow the new primary and converge, and the old primary, started again,
-refuses to become a second primary. (tests/deploy does the same with
-containers and networks.)
+stream of team writes; ``broadsheet promote --dir`` promotes the local
+cluster's standby, which takes the primary's addresses (as it takes the DNS
+name in a deployment). Every write acknowledged with ``Broadsheet-Wait:
+standby`` is there, the writes lost are only those the standby had not
+received, promote says so truly, publishing works, read nodes follow the
+new primary and converge, and the old primary, started again, refuses to
+become a second primary. (tests/deploy does the same with containers and
+networks.)
 """
 
 from __future__ import annotations
@@ -15,19 +16,20 @@ import shutil
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
-from broadsheet.cluster import LocalCluster
+from broadsheet.cli import cli
+from broadsheet.cluster import LocalCluster, free_port, load_state
 from broadsheet.litefs import Pos
 from conftest import read_only_rows, rows, status, wait_until
 from fault_tools import LedgerWriter
-from primary import standby as standby_mod
 from primary.standby import AnotherPrimary
 
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "2")
-    c = LocalCluster(tmp_path / "cluster", replicas=2, compress=False, sample=False)
+    c = LocalCluster(tmp_path / "cluster", replicas=2, compress=False, sample=False, standby=True)
     # A public cluster whose LiteFS id is LiteFS's own random one (as before
     # broadsheet derived it): the promoted node must still be followed.
     c.primary.public.data_dir.mkdir(parents=True)
@@ -39,10 +41,10 @@ def cluster(tmp_path, monkeypatch):
         c.stop()
 
 
-def test_promote_after_the_primary_is_destroyed_mid_stream(cluster):
+def test_promote_after_the_primary_is_destroyed_mid_stream(cluster, usr1):
     from broadsheet.cli import _mint_token
 
-    standby = cluster.add_standby()
+    standby = cluster.standby
     old = cluster.primary
     token = _mint_token(old.secret, "tester")
     client = httpx.Client(base_url=old.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
@@ -65,25 +67,22 @@ def test_promote_after_the_primary_is_destroyed_mid_stream(cluster):
     shutil.rmtree(old.root / "public")
     standby_txid = Pos.read(standby.data_db).txid
     primary_txid = writer.newest_txid
+    waited = max(txid for w, txid in acknowledged.values() if w)
 
     # What promoting would lose: the standby's lag, on its status API.
     seen = httpx.get(f"{standby.url}/status").json()
-    assert seen["txid"] == standby_txid
+    assert seen["txid"] == standby_txid and seen["acknowledged_txid"] >= waited
+    assert seen["committed_at"] is not None
 
-    promoted_env = {
-        **old.to_env(),
-        # The old primary's addresses (read nodes and the team use them),
-        # on the standby's directory, which has data.db.
-        "BROADSHEET_ROOT": str(standby.root),
-        "BROADSHEET_PRIVATE_LITEFS_PORT": str(cluster._port()),
-        "BROADSHEET_PEERS": old.private.url,
-        "BROADSHEET_STANDBY_URL": "",
-        "BROADSHEET_SAMPLE": "false",
-    }
-    record = standby_mod.promote(standby.root, standby.data_db)
-    assert record["epoch"] == 2 and record["data_db_txid"] == standby_txid
-    new = standby_mod.become_primary(standby, sup, promoted_env)
-    cluster.primary = new
+    result = CliRunner().invoke(cli, ["promote", "--dir", str(cluster.root)])
+    assert result.exit_code == 0, result.output
+    assert f"promoted at data.db TXID {standby_txid} (epoch 2)" in result.output
+    # The loss window, truly: what the standby lacks, and what it has.
+    assert f"committed after data.db TXID {standby_txid}, committed at 20" in result.output
+    assert f"every write acknowledged with Broadsheet-Wait: standby (up to TXID {seen['acknowledged_txid']}) is in it" in result.output
+    assert usr1, "promote did not tell the process running the cluster"
+    new = cluster.promote_standby()
+    assert new.root == standby.root and new.url == old.url and new.private.url == old.private.url
 
     # data.db continues from the standby's TXID, with every write it had.
     assert Pos.read(new.data_db).txid >= standby_txid
@@ -99,6 +98,8 @@ def test_promote_after_the_primary_is_destroyed_mid_stream(cluster):
     health = wait_until(lambda: httpx.get(f"{new.control_url}/health").json(), timeout=30, message="new control plane")
     assert health["epoch"] == 2 and health["data_db_txid"] >= standby_txid
     assert (new.public.data_dir / "clusterid").read_text() == "LFSC0123456789ABCDEF"
+    info = load_state(cluster.root)
+    assert info["primary"]["root"] == str(standby.root) and info["standby"] is None
 
     # Publishing works, and read nodes follow the new primary and converge.
     headers = {"Authorization": f"Bearer {_mint_token(new.secret, 'tester')}"}
@@ -113,8 +114,14 @@ def test_promote_after_the_primary_is_destroyed_mid_stream(cluster):
         wait_until(lambda: sorted(r["id"] for r in rows(node.url, "ledger", _size="max")) == expected,
                    timeout=60, message=f"{node.name} converged")
 
-    # The old primary, started again, refuses to be a second primary.
-    old.peers = [new.private.url]
+    # The old primary, started again (on a machine of its own: another
+    # private LiteFS address), refuses to be a second primary.
+    from primary.node import PrimaryNode
+
+    again = PrimaryNode.from_env({
+        **old.to_env(), "BROADSHEET_PRIVATE_LITEFS_PORT": str(free_port()), "BROADSHEET_PEERS": new.private.url,
+        "BROADSHEET_STANDBY_URL": "",
+    })
     with pytest.raises(AnotherPrimary, match="must not start as a second primary"):
-        old.start(sup)
+        again.start(cluster.supervisor)
     assert Pos.read(new.data_db).txid >= standby_txid

@@ -5,6 +5,7 @@ primary finding its read node by DNS."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,3 +117,100 @@ def test_a_bad_setting_is_named_and_nothing_starts(tmp_path, role, env, message)
     assert proc.wait(30) != 0
     assert message in log.read_text()
     assert not (tmp_path / "node").exists()
+
+
+def test_an_empty_primary_process_refuses_while_its_standby_holds_the_writes(tmp_path):
+    """`broadsheet primary` and `broadsheet standby` naming each other
+    (BROADSHEET_PEERS, as Compose sets them): three writes acknowledged with
+    Broadsheet-Wait: standby; the primary stopped, its volume emptied, and
+    started again (what a restart policy does): it refuses, naming the
+    standby's TXID and epoch. `broadsheet promote` then makes the standby
+    the primary with every acknowledged write, and the empty node, started
+    once more, refuses to be a second primary."""
+    from broadsheet.cli import _mint_token
+
+    secret = "s" * 64
+    ports = {name: free_port() for name in (
+        "team", "control", "private", "public", "status", "standby_litefs", "guard",
+        "s_team", "s_control", "s_private", "s_public",
+    )}
+    primary_env = {
+        "DATASETTE_SECRET": secret,
+        "BROADSHEET_ROOT": str(tmp_path / "primary"),
+        "BROADSHEET_PORT": str(ports["team"]),
+        "BROADSHEET_CONTROL_PORT": str(ports["control"]),
+        "BROADSHEET_PRIVATE_LITEFS_PORT": str(ports["private"]),
+        "BROADSHEET_PUBLIC_LITEFS_ADDR": f"127.0.0.1:{ports['public']}",
+        "BROADSHEET_STANDBY_URL": f"http://127.0.0.1:{ports['status']}",
+        "BROADSHEET_STANDBY_WAIT_TIMEOUT": "5",
+        "BROADSHEET_PEERS": f"http://127.0.0.1:{ports['s_private']}",
+    }
+    standby_env = {
+        "DATASETTE_SECRET": secret,
+        "BROADSHEET_ROOT": str(tmp_path / "standby"),
+        "BROADSHEET_PRIVATE_PRIMARY_URL": f"http://127.0.0.1:{ports['private']}",
+        "BROADSHEET_STANDBY_PORT": str(ports["status"]),
+        "BROADSHEET_STANDBY_LITEFS_ADDR": f"127.0.0.1:{ports['standby_litefs']}",
+        "BROADSHEET_STANDBY_GUARD_ADDR": f"127.0.0.1:{ports['guard']}",
+        "BROADSHEET_PEERS": f"http://127.0.0.1:{ports['private']}",
+        # Once promoted, the primary's settings:
+        "BROADSHEET_PORT": str(ports["s_team"]),
+        "BROADSHEET_CONTROL_PORT": str(ports["s_control"]),
+        "BROADSHEET_PRIVATE_LITEFS_PORT": str(ports["s_private"]),
+        "BROADSHEET_PUBLIC_LITEFS_ADDR": f"127.0.0.1:{ports['s_public']}",
+    }
+    token = {"Authorization": f"Bearer {_mint_token(secret, 'tester')}"}
+    team, status_url = f"http://127.0.0.1:{ports['team']}", f"http://127.0.0.1:{ports['status']}"
+    primary = run_role("primary", primary_env, tmp_path / "primary.log")
+    standby = run_role("standby", standby_env, tmp_path / "standby.log")
+    again = promoted_team = None
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{ports['control']}/health").status_code == 200,
+                   timeout=120, message="primary up")
+        r = httpx.post(f"{team}/data/-/create", headers=token, json={"table": "kept", "pk": "id", "rows": [{"id": 0}]})
+        assert r.status_code == 201, r.text
+        wait_until(lambda: httpx.get(f"{status_url}/status").json()["following"], timeout=60, message="standby following")
+        for i in (1, 2, 3):
+            r = httpx.post(f"{team}/data/kept/-/insert", headers={**token, "Broadsheet-Wait": "standby"},
+                           json={"row": {"id": i}}, timeout=30)
+            assert r.status_code == 201, r.text
+        txid = int(r.headers["broadsheet-standby-txid"])
+
+        # The primary's volume is lost; whatever restarts it starts it empty.
+        assert stop(primary) == 0
+        shutil.rmtree(tmp_path / "primary")
+        again = run_role("primary", primary_env, tmp_path / "primary-again.log")
+        assert again.wait(120) == 1
+        said = (tmp_path / "primary-again.log").read_text()
+        assert "this node's data.db is empty" in said and f"holds data.db TXID {txid} (epoch 1)" in said, said
+        assert "Promote the standby instead" in said
+        status = httpx.get(f"{status_url}/status").json()
+        assert status["txid"] == txid and status["acknowledged_txid"] == txid
+
+        promote = subprocess.run(
+            [sys.executable, "-m", "broadsheet.cli", "promote"], capture_output=True, text=True, timeout=60,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith(("BROADSHEET_", "DATASETTE_"))}, **standby_env},
+        )
+        assert promote.returncode == 0, promote.stderr + promote.stdout
+        assert f"promoted at data.db TXID {txid} (epoch 2)" in promote.stdout
+        assert f"(up to TXID {txid}) is in it" in promote.stdout and "told the running standby" in promote.stdout
+        promoted_team = f"http://127.0.0.1:{ports['s_team']}"
+        kept = wait_until(
+            lambda: httpx.get(f"{promoted_team}/data/kept.json?_shape=array", headers=token).json(),
+            timeout=120, message="the promoted standby's team Datasette",
+        )
+        assert {row["id"] for row in kept} == {0, 1, 2, 3}
+        health = wait_until(lambda: httpx.get(f"http://127.0.0.1:{ports['s_control']}/health").json(),
+                            timeout=60, message="the promoted control plane")
+        assert health["epoch"] == 2
+
+        # The empty node once more: the promoted standby is primary now.
+        again = run_role("primary", primary_env, tmp_path / "primary-third.log")
+        assert again.wait(120) == 1
+        assert "must not start as a second primary" in (tmp_path / "primary-third.log").read_text()
+    finally:
+        for proc in (primary, standby, again):
+            if proc is not None:
+                stop(proc)
+    with open("/proc/mounts") as fp:
+        assert str(tmp_path) not in fp.read()

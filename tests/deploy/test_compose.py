@@ -75,9 +75,11 @@ class Compose:
             raise AssertionError(f"docker {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done
 
-    def containers(self, service: str) -> list[str]:
+    def containers(self, service: str, stopped: bool = False) -> list[str]:
+        """The service's running containers (and the others with ``stopped``:
+        one its restart policy keeps starting again is one of those)."""
         out = self.docker(
-            "ps", "-q",
+            "ps", "-aq" if stopped else "-q",
             "--filter", f"label=com.docker.compose.project={self.project}",
             "--filter", f"label=com.docker.compose.service={service}",
         ).stdout

@@ -30,6 +30,7 @@ PROBE = (
     "    print('closed', type(exc).__name__)\n"
 )
 TXID = "from broadsheet.litefs import Pos; print(Pos.read('/var/lib/broadsheet/private/mnt/data.db').txid)"
+STATUS = "import httpx; print(httpx.get('http://127.0.0.1:8006/status').text)"
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,24 @@ def test_the_standby_follows_on_the_private_network_alone(compose, token):
 COUNT = "import sqlite3, sys; print(sqlite3.connect('file:/var/lib/broadsheet/private/mnt/data.db?mode=ro', uri=True).execute(sys.argv[1]).fetchone()[0])"
 
 
+def logs_of(compose: Compose, container: str) -> str:
+    done = compose.docker("logs", container, check=False)
+    return done.stdout + done.stderr
+
+
+def refusing(compose: Compose, words: str):
+    """The primary service's container (kept restarting by its policy), once
+    its logs say ``words``."""
+
+    def found():
+        for container in compose.containers("primary", stopped=True):
+            if words in logs_of(compose, container):
+                return container
+        return None
+
+    return found
+
+
 def test_backup_wipe_restore_and_everyone_converges(compose, token):
     (primary,) = compose.containers("primary")
     (standby,) = compose.containers("standby")
@@ -130,19 +149,35 @@ def test_backup_wipe_restore_and_everyone_converges(compose, token):
                    json={"table": "later", "pk": "id", "rows": [{"id": 1}]})
     assert r.status_code == 201, r.text
     assert httpx.post(f"{control}/tables/later/publish", headers=headers, timeout=30).status_code == 200
+    wait_until(lambda: json_get(f"{control}/health")["standby"]["behind_txids"] == 0, timeout=60, message="standby current")
+    standby_txid = int(compose.exec(standby, "python3", "-c", TXID).stdout)
 
-    # The primary's disk is lost: a new container on a new volume (it makes
-    # a fresh data.db, with the sample tables), then the restore.
+    # The primary's disk is lost: a new container on a new volume. Its
+    # standby holds a newer data.db, so it refuses to start, and keeps
+    # refusing (its restart policy starts it again and again).
     compose.docker("rm", "-f", primary, timeout=120)
     compose.docker("volume", "rm", f"{compose.project}_primary-data", timeout=60)
     compose("up", "-d", "--no-deps", "primary", timeout=300)
-    (primary,) = compose.containers("primary")
+    empty = wait_until(refusing(compose, f"holds data.db TXID {standby_txid}"), timeout=120, message="the empty primary refusing")
+    assert "this node's data.db is empty" in logs_of(compose, empty)
+    assert int(compose.exec(standby, "python3", "-c", TXID).stdout) == standby_txid
+    assert compose.exec(standby, "python3", "-c", COUNT, "SELECT count(*) FROM archive").stdout.strip() == "11"
+
+    # Restoring anyway, as the message says: the standby's volume emptied
+    # first and the standby started again, empty; then the primary starts
+    # (a fresh data.db, with the sample tables), then the restore.
+    compose("rm", "-s", "-f", "standby", timeout=120)
+    compose.docker("volume", "rm", f"{compose.project}_standby-data", timeout=60)
+    compose("up", "-d", "--no-deps", "standby", timeout=300)
+    (standby,) = compose.containers("standby")
+    compose.docker("restart", empty, timeout=120)
     wait_until(lambda: status_code(f"{control}/health") == 200, timeout=180, message="the new primary")
+    (primary,) = compose.containers("primary")
     out = compose.exec(primary, "broadsheet", "restore", taken["path"]).stdout
     assert f"taken at data.db TXID {taken['txid']}" in out and "public.db rebuilt" in out, out
 
     # data.db is the backup's state; so is every read node's public.db, and
-    # the standby follows.
+    # the new standby follows.
     ids = [row["id"] for row in httpx.get(f"{team}/data/archive.json?_shape=array", headers=headers).json()]
     assert ids == list(range(10))
     assert httpx.get(f"{team}/data/later.json", headers=headers).status_code == 404
@@ -176,8 +211,19 @@ def test_promote_after_the_primary_and_its_volume_are_destroyed(compose, token):
     standby_txid = int(compose.exec(standby, "python3", "-c", TXID).stdout)
     primary_txid = writer.newest_txid
 
+    # Before anyone promotes, the primary's container comes back on an empty
+    # volume (its restart policy, or a deploy): it does not start as primary,
+    # and the standby keeps every write.
+    compose("up", "-d", "--no-deps", "primary", timeout=300)
+    wait_until(refusing(compose, f"holds data.db TXID {standby_txid}"), timeout=120, message="the empty primary refusing")
+    assert int(compose.exec(standby, "python3", "-c", TXID).stdout) == standby_txid
+    status = json.loads(compose.exec(standby, "python3", "-c", STATUS).stdout)
+    assert status["acknowledged_txid"] >= max(txid for waited, txid in acknowledged.values() if waited)
+
     out = compose.exec(standby, "broadsheet", "promote").stdout
     assert "promoted at data.db TXID" in out and "epoch 2" in out, out
+    assert f"committed after data.db TXID {standby_txid}, committed at 20" in out
+    assert "acknowledged with Broadsheet-Wait: standby (up to TXID" in out and ") is in it" in out, out
     # The promoted node takes the name read nodes use for the primary.
     compose.docker("network", "connect", "--alias", "primary", f"{compose.project}_default", standby)
     standby_ip = ip_on(compose, standby, "default")
@@ -207,16 +253,9 @@ def test_promote_after_the_primary_and_its_volume_are_destroyed(compose, token):
         served = {row["id"] for row in json_get(f"{url}/public/ledger.json?_shape=array&_size=max")}
         assert served == ids
 
-    # The old primary, started again (a fresh container on a fresh volume),
-    # refuses to become a second primary.
-    compose("up", "-d", "--no-deps", "primary", timeout=300)
-    (again,) = compose.containers("primary") or [None]
-
-    def refused():
-        logs = compose.docker("logs", again, check=False).stdout + compose.docker("logs", again, check=False).stderr
-        return "must not start as a second primary" in logs
-
-    wait_until(refused, timeout=120, message="the old primary refusing")
+    # The old primary's container, still started again and again on its
+    # empty volume, now refuses to become a second primary.
+    wait_until(refusing(compose, "must not start as a second primary"), timeout=180, message="the old primary refusing")
     assert json_get(f"{control}/health")["epoch"] == 2
     probe = compose.exec(standby, "python3", "-c", PROBE, "primary-private", "20202").stdout
     assert probe.startswith("closed"), probe
