@@ -11,6 +11,12 @@ PUBLIC_TABLES = "_public_tables"
 PUBLIC_METADATA = "_public_metadata"
 # Replicated too: the saved queries that compile against the public copy.
 PUBLIC_QUERIES = "_public_queries"
+# Replicated too: one row, the LiteFS TXID of public.db that the publisher's
+# transaction which wrote it became. A read node compares it with the TXID
+# its LiteFS reports: LiteFS reports a TXID a moment before SQLite readers
+# can see it (it sets the position, then rewrites the shared-memory index),
+# and a response made in that moment would be old data under the new TXID.
+PUBLIC_TXID = "_public_txid"
 
 
 def is_internal(name: str) -> bool:

@@ -25,7 +25,7 @@ import apsw
 from broadsheet import fts
 from broadsheet.litefs import Pos, TxEvent, events
 from broadsheet.log import log
-from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, literal, quote
+from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, PUBLIC_TXID, literal, quote
 
 from . import identity
 from . import queries as saved_queries
@@ -226,6 +226,7 @@ class Publisher:
         self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         self.conn.execute("ATTACH ? AS src", (f"file:{self.data_db}?mode=ro",))
         with state.immediate(self.conn):
+            fresh = not self.conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = ?", (PUBLIC_TXID,)).fetchall()
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_TABLES} (table_name TEXT PRIMARY KEY)")
             # The instance's and the public tables' metadata, which read
             # nodes show where Datasette shows metadata.
@@ -234,6 +235,11 @@ class Publisher:
                 f" {', '.join(f'{k} TEXT' for k in state.METADATA_FIELDS)})"
             )
             self.conn.execute(saved_queries.PUBLIC_SCHEMA)
+            if fresh:  # this transaction changes public.db: it names its own TXID too
+                self.conn.execute(
+                    f"CREATE TABLE main.{PUBLIC_TXID} (id INTEGER PRIMARY KEY CHECK (id = 1), txid INTEGER NOT NULL)"
+                )
+                self._record_txid()
         self._maintained: tuple | None = None
         # Tables whose change log has a gap (their triggers were missing, as
         # after DROP TABLE + CREATE TABLE): copied whole in the next cycle.
@@ -447,6 +453,13 @@ class Publisher:
             f" INSERT INTO _public_changes (tbl, rid) SELECT {lit}, {new} WHERE {new} IS NOT {old}; END;"
         )
 
+    def _record_txid(self) -> None:
+        """Inside a write transaction on public.db: record the TXID it will
+        become. The publisher is public.db's only writer and holds its write
+        lock, and LiteFS gives each commit the next TXID."""
+        txid = Pos.read(self.public_db).txid + 1
+        self.conn.execute(f"INSERT OR REPLACE INTO main.{PUBLIC_TXID} (id, txid) VALUES (1, ?)", (txid,))
+
     # -- one cycle ---------------------------------------------------------
     def run_cycle(self) -> Cycle | None:
         """Bring public.db up to date with data.db. Returns the cycle, or None
@@ -469,6 +482,7 @@ class Publisher:
                 self._follow_up(plan, before.txid)
                 return None
             rows_changed = self._apply(plan)
+            self._record_txid()
             commit_started = time.perf_counter()
             conn.execute("COMMIT")
             if plan.erases:

@@ -38,7 +38,7 @@ from datasette.views.base import DatasetteError
 from broadsheet import fts
 from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
-from broadsheet.names import PUBLIC_TABLES
+from broadsheet.names import PUBLIC_TABLES, PUBLIC_TXID
 
 from . import metadata, queries, sandbox, stall, stream
 from .cache import ResponseCache
@@ -76,6 +76,8 @@ class Guards:
     responses: ResponseCache  # whole responses at the current position
     watchdog: stall.Watchdog  # requests a stalled LiteFS holds up
     sized_at: Pos | None = None  # the position public.db's size was read at
+    visible_at: Pos | None = None  # the last position SQLite was seen to show
+    unconfirmed_at: Pos | None = None  # a position SQLite did not show in time (never cached)
 
 
 _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -453,12 +455,13 @@ def asgi_wrapper(datasette):
         async def at_position(scope, receive, send, node: Guards, db, pos: Pos, custom_sql: bool):
             """The request at ``pos``: from memory, or made (and kept)."""
             _request_pos.set(pos)  # the position this request is served at, for listing()
+            shown = db is None or await _shown_by_sqlite(node, db, pos)
             if db is not None:
                 await queries.sync(datasette, db, pos)  # the saved queries public at this TXID
                 # A saved query is visitors' SQL too: a slot, never the cache.
                 custom_sql = custom_sql or queries.named_in(scope["path"], db) is not None
             etag = f'"{pos.txid:x}-{pos.checksum:x}-{BUILD}"'.encode()
-            key = None if custom_sql else node.responses.key(scope, pos)
+            key = None if custom_sql or not shown else node.responses.key(scope, pos)
             if key is not None:
                 if await _names_volatile_view(db, scope["path"]):
                     key = None  # its rows change while the position stays
@@ -503,6 +506,44 @@ def asgi_wrapper(datasette):
 
 
 RETRY = [(b"retry-after", b"1")]
+
+
+# How long a request waits for SQLite to show the TXID LiteFS reports (a
+# moment: LiteFS rewrites the shared-memory index right after it sets the
+# position) before it is served unkept.
+SHOWN_WAIT = 0.25
+
+
+async def _shown_by_sqlite(node: Guards, db, pos: Pos) -> bool:
+    """Whether a read of public.db now sees the transaction LiteFS reports
+    at ``pos`` (or a newer one), waiting a moment for it. LiteFS sets a
+    database's position before it makes the transaction visible to SQLite
+    readers, so a request that read the position in between would run on
+    the previous transaction: kept in the cache under the new position, an
+    unpublished table would be served until the next publish. The publisher
+    records each transaction's own TXID in public.db (``_public_txid``);
+    once a read sees it, every later read does. A public.db that does not
+    record it (written by an older publisher) is taken as shown; a position
+    not shown in time is served, and never kept."""
+    if node.visible_at == pos:
+        return True
+    if node.unconfirmed_at == pos:
+        return False
+    deadline = asyncio.get_running_loop().time() + SHOWN_WAIT
+    while True:
+        try:
+            rows = (await db.execute(f"SELECT txid FROM {PUBLIC_TXID}")).rows
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            rows = []
+        if not rows or rows[0][0] >= pos.txid:
+            node.visible_at = pos
+            return True
+        if asyncio.get_running_loop().time() >= deadline:
+            node.unconfirmed_at = pos
+            return False
+        await asyncio.sleep(0.002)
 
 
 async def _sized(node: Guards, db, pos: Pos) -> None:

@@ -92,6 +92,43 @@ async def test_a_table_no_longer_public_is_403_though_its_page_was_cached(read_n
 
 
 @in_loop
+async def test_a_position_sqlite_does_not_show_yet_is_never_kept(read_node, public_db):
+    """LiteFS sets a database's position a moment before SQLite readers can
+    see the transaction. A request in that moment reads the old data: it is
+    served (LiteFS will show the new data in a moment), but never kept under
+    the new position, so the unpublish arriving under it is a 403 at once."""
+    conn = sqlite3.connect(public_db)
+    with conn:
+        conn.execute("CREATE TABLE _public_txid (id INTEGER PRIMARY KEY CHECK (id = 1), txid INTEGER NOT NULL)")
+        conn.execute("INSERT INTO _public_txid VALUES (1, ?)", (BASE + 41,))
+    set_pos(public_db, BASE + 41)
+    ds = read_node()
+    assert (await get(ds, "/public/places.json")).status_code == 200
+    set_pos(public_db, BASE + 42)  # LiteFS's position moved; what SQLite shows has not
+    node = guards(ds)
+    started = asyncio.get_running_loop().time()
+    assert (await get(ds, "/public/places.json")).status_code == 200
+    assert asyncio.get_running_loop().time() - started >= 0.2  # it waited for SQLite, boundedly
+    assert (await cache_stats(ds))["entries"] == 1  # only the one made at BASE + 41
+    # Asked again at that position: not waited for twice, and still not kept.
+    started = asyncio.get_running_loop().time()
+    assert (await get(ds, "/public/places.json")).status_code == 200
+    assert asyncio.get_running_loop().time() - started < 0.2
+    assert node.unconfirmed_at == Pos(BASE + 42, 0xC0FFEE + BASE + 42)
+    # Now SQLite shows the transaction: places unpublished.
+    with conn:
+        conn.execute("DELETE FROM _public_tables WHERE table_name = 'places'")
+        conn.execute("UPDATE _public_txid SET txid = ?", (BASE + 43,))
+    conn.close()
+    set_pos(public_db, BASE + 43)
+    for _ in range(2):
+        assert (await get(ds, "/public/places.json")).status_code == 403
+    assert (await get(ds, "/public/docs.json")).status_code == 200
+    assert (await get(ds, "/public/docs.json")).status_code == 200
+    assert (await cache_stats(ds))["hits"] == 1 and node.visible_at.txid == BASE + 43
+
+
+@in_loop
 async def test_what_is_never_kept(read_node, public_db):
     set_pos(public_db, BASE + 21)
     ds = read_node(BROADSHEET_CACHE_MAX_ENTRY=900)

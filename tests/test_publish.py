@@ -4,7 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from broadsheet.cli import cli
-from conftest import create_table, file_bytes, rows, status, wait_until
+from broadsheet.litefs import Pos
+from conftest import create_table, file_bytes, read_only_rows, rows, status, wait_until
 from primary import state
 
 
@@ -25,6 +26,21 @@ def test_row_written_to_published_table_reaches_every_node(cluster, db):
     for node in cluster.replicas:
         wait_until(lambda: rows(node.url, "airports", faa="ZZZ"), message=f"row on {node.name}")
         assert rows(node.url, "airports", faa="ZZZ")[0]["name"] == "Broadsheet Field"
+
+
+def test_public_db_names_the_txid_each_cycle_became(cluster, db):
+    """The publisher records in public.db the LiteFS TXID its transaction
+    becomes: a read node compares it with its LiteFS position to know that
+    SQLite shows what LiteFS reports (see test_cache)."""
+    create_table(cluster, "txid_named", [{"id": 1, "v": "first"}])
+    publish(cluster, "txid_named")
+    for value in ("first", "second"):
+        with state.immediate(db):
+            db.execute("UPDATE txid_named SET v = ?", (value,))
+        wait_until(lambda: rows(cluster.replicas[0].url, "txid_named") == [{"id": 1, "v": value}], message=value)
+        cluster.wait_for_replicas()
+        for node in [cluster.primary, *cluster.replicas]:
+            assert read_only_rows(node.public_db, "SELECT txid FROM _public_txid") == [(Pos.read(node.public_db).txid,)]
 
 
 def test_publish_then_unpublish_on_every_node(cluster):
