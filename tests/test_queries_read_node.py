@@ -7,6 +7,7 @@ withdrawn query is 403, a write 405, a visitor's mistake a 4xx."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 from datasette.app import Datasette
@@ -116,8 +117,11 @@ async def test_a_withdrawn_or_removed_query_is_403_at_once(primary, read_node):
 async def test_saved_queries_hold_a_custom_sql_slot_and_are_never_cached(primary, read_node):
     _, _, public, save = primary
     save("answer", "SELECT 42 AS answer")
-    with open(f"{public}-pos", "w") as fp:  # a position, as LiteFS keeps one: the cache works
-        fp.write(str(Pos(7, 0xC0FFEE)))
+    # A position, as LiteFS keeps one: the TXID the publisher's last
+    # transaction became (it records it in public.db). The cache works.
+    (txid,) = sqlite3.connect(public).execute("SELECT txid FROM _public_txid").fetchone()
+    with open(f"{public}-pos", "w") as fp:
+        fp.write(str(Pos(txid, 0xC0FFEE)))
     ds = read_node
     node = guards(ds)
     for _ in range(2):
