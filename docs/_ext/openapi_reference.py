@@ -69,7 +69,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + [""]
 
 
-def render(document: dict) -> list[str]:
+def render(document: dict, models_title: str = "Models") -> list[str]:
     components = document.get("components", {}).get("schemas", {})
     out: list[str] = []
     for path, operations in document["paths"].items():
@@ -113,7 +113,7 @@ def render(document: dict) -> list[str]:
                                  _rst_escape(_type(schema)) if schema else ""])
                 out += ["Responses:", ""] + _table(["status", "meaning", "body"], rows)
     if components:
-        out += ["Models", "------", "",
+        out += [models_title, "-" * len(models_title), "",
                 "The request and response bodies above, as the OpenAPI document names them.", ""]
     for name, schema in components.items():
         out += [name, "~" * len(name), ""]
@@ -132,11 +132,21 @@ def render(document: dict) -> list[str]:
 
 
 class OpenAPIReference(SphinxDirective):
+    """``.. openapi-reference::`` renders the control plane (the
+    ``openapi_apps`` setting); ``.. openapi-reference:: module:app`` another
+    FastAPI app (the standby's status API)."""
+
     has_content = False
+    optional_arguments = 1
 
     def run(self):
-        app = load_app(self.config.openapi_apps)
-        lines = render(app.openapi())
+        if self.arguments:
+            app = load_app([self.arguments[0]])
+            title = f"Models of {app.title}"
+        else:
+            app = load_app(self.config.openapi_apps)
+            title = "Models"
+        lines = render(app.openapi(), title)
         container = nodes.section()
         container.document = self.state.document
         nested_parse_with_titles(self.state, StringList(lines, source="openapi"), container)
