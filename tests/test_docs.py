@@ -219,7 +219,7 @@ def test_the_cli_page_sees_commands_a_group_loads_lazily():
 
     class Lazy(click.Group):
         def list_commands(self, ctx):
-            return sorted([*super().list_commands(ctx), "role"])
+            return sorted({*super().list_commands(ctx), "role"})
 
         def get_command(self, ctx, name):
             return role if name == "role" else super().get_command(ctx, name)
