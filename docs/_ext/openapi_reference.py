@@ -33,7 +33,30 @@ def load_app(candidates: list[str]):
         if app is not None and hasattr(app, "openapi"):
             return app
         errors.append(f"{spec}: no FastAPI app named {attr!r}")
+    # A package that moved its app into a module of another name: the one
+    # FastAPI app among its modules.
+    for spec in candidates:
+        if (app := _find_in_package(spec.partition(":")[0])) is not None:
+            return app
     raise RuntimeError("no control plane app found: " + "; ".join(errors))
+
+
+def _find_in_package(package_name: str):
+    import pkgutil
+
+    try:
+        package = importlib.import_module(package_name)
+    except ImportError:
+        return None
+    found = []
+    for info in pkgutil.walk_packages(getattr(package, "__path__", []), package_name + "."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:
+            continue
+        found += [v for v in vars(module).values() if type(v).__name__ == "FastAPI" and hasattr(v, "openapi")]
+    unique = {id(app): app for app in found}
+    return next(iter(unique.values())) if len(unique) == 1 else None
 
 
 def _ref_name(schema: dict) -> str | None:
