@@ -4,7 +4,8 @@ small Sphinx build of the CLI page).
 - Every environment variable a broadsheet process reads is on the
   configuration page, and every variable that page lists is read somewhere.
 - Every command and option of ``broadsheet`` (its click tree, walked the way
-  click walks it) is in the CLI reference as Sphinx builds it.
+  click walks it) is in the CLI reference as Sphinx builds it, and every
+  command in the page's own table.
 - Every ``Broadsheet-*`` HTTP header the code sends or reads is documented,
   and every one the docs or the README name is one the code knows.
 """
@@ -201,6 +202,19 @@ def test_every_header_documented_is_one_the_code_knows():
     code = headers_in_code()
     named = {h.lower() for h in HEADER.findall(documented_text() + (ROOT / "README.md").read_text())}
     assert not named - code, f"documented headers the code neither sends nor reads: {sorted(named - code)}"
+
+
+def test_every_command_is_in_the_cli_pages_table():
+    """The table people read first (docs/cli.md, written by hand) names
+    every command and subcommand."""
+    from broadsheet.cli import cli
+
+    cells = " ".join(
+        line.split("|")[1] for line in (DOCS / "cli.md").read_text().splitlines() if line.startswith("| `broadsheet")
+    )
+    words = set(re.findall(r"[a-z][a-z-]*", cells))
+    missing = [" ".join(path) for path, _ in walk(cli) if path and path[-1] not in words]
+    assert not missing, f"commands missing from docs/cli.md's table: {missing}"
 
 
 def test_the_cli_page_sees_commands_a_group_loads_lazily():
