@@ -310,7 +310,7 @@ def _mint_token(secret: str, actor: str, expires_after: int | None = None) -> st
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from primary import auth
+    from primary.control import auth
 
     # A thread of its own, so that this works even where an event loop is
     # already running (a test driving a browser, a notebook).

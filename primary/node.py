@@ -373,7 +373,7 @@ class PrimaryNode:
         return Service(
             name="control-plane",
             argv=[
-                sys.executable, "-m", "uvicorn", "primary.control:app",
+                sys.executable, "-m", "uvicorn", "primary.control.app:app",
                 "--host", self.host, "--port", str(self.control_port),
                 "--no-access-log", "--log-level", "warning",
             ],

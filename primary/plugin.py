@@ -860,7 +860,7 @@ async def _ask_control_plane(actor_id: str, method: str, path: str, body: dict |
     unknowingly, so its write could run beside one of the write API's and
     its close drops their locks (table-action flips under a stream of writes
     corrupted data.db). PublishError with the control plane's status."""
-    from .auth import create_token
+    from .control.auth import create_token
 
     token = await create_token(actor_id, expires_after=60)
     try:
