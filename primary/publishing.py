@@ -46,7 +46,3 @@ async def wait_published(private_txid: int, timeout: float, table: str | None = 
         if time.monotonic() > deadline:
             raise PublishTimeout(private_txid, timeout, table)
         await asyncio.sleep(0.005)
-
-
-def actor_label(actor: dict) -> str:
-    return str(actor.get("id") or actor)

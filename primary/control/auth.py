@@ -12,7 +12,7 @@ from datasette.app import Datasette
 from datasette.tokens import TokenInvalid
 
 from ..settings import settings
-from ..team import team
+from ..datasette.team import team
 
 _instances: dict[str, Datasette] = {}
 

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ... import queries
-from ...publishing import actor_label
+from ...datasette.actors import actor_label
 from ...settings import settings
 from ..deps import Actor, TimeoutQuery, WaitQuery, connect
 from ..models import ERRORS, Error, QueryLogEntry, QueryResult, SavedQueryBody, SavedQueryInfo

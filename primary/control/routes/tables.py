@@ -7,8 +7,8 @@ import asyncio
 from fastapi import APIRouter
 
 from ... import state
+from ...datasette.actors import actor_label
 from ...preview import preview
-from ...publishing import actor_label
 from ...spec import PublishSpec
 from ..deps import Actor, TimeoutQuery, WaitQuery, connect
 from ..flips import flip
