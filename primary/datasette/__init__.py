@@ -29,6 +29,15 @@ work to the module named for what it does.
   public.db TXID that holds the write (a bookmark for read nodes), and
   ``Broadsheet-Wait: standby`` to be answered only once the standby has the
   write (``Broadsheet-Standby-Txid``), else 504.
+
+Where each lives: ``permissions`` (who may do what, the publish action),
+``actions`` (menu items), ``login`` (passwords, sessions, anonymous
+requests) with ``team`` (the team store, team.db), the pages
+``visibility`` (Make public), ``metadata`` and ``saved_queries``, their
+``forms``, ``badges``, ``body_guard`` and ``asgi`` (the ASGI wrapper),
+``alterations`` (the alter API followed), ``events``, ``data_db`` (data.db
+through this Datasette's connections), ``actors``, and ``control_plane``
+(every change to data.db, made by the control plane over HTTP).
 """
 
 from __future__ import annotations
