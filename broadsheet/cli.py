@@ -310,7 +310,7 @@ def _mint_token(secret: str, actor: str, expires_after: int | None = None) -> st
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from primary import auth
+    from primary.control import auth
 
     # A thread of its own, so that this works even where an event loop is
     # already running (a test driving a browser, a notebook).
@@ -497,7 +497,7 @@ def user():
 def _team(root: Path, team_db: str | None):
     """The primary's team store: --team-db, else BROADSHEET_ROOT's (as in a
     container), else the local cluster's."""
-    from primary.team import Team
+    from primary.datasette.team import Team
 
     if not team_db:
         if root_env := os.environ.get("BROADSHEET_ROOT"):
@@ -515,7 +515,7 @@ def _team(root: Path, team_db: str | None):
 
 def _team_change(root: Path, team_db: str | None, change) -> None:
     """Apply ``change`` to the team store; its refusal is the command's error."""
-    from primary.team import TeamError
+    from primary.datasette.team import TeamError
 
     try:
         change(_team(root, team_db))

@@ -1,5 +1,6 @@
 """A small client for the primary's control plane, used by the CLI, the
-benchmarks and anyone scripting broadsheet."""
+benchmarks, the team's Datasette (AsyncControlClient) and anyone scripting
+broadsheet."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import httpx
 
 
 class ControlError(Exception):
+    """The control plane refused (``status``: its HTTP status) or did not
+    answer (``status`` 0)."""
+
     def __init__(self, status: int, message: str):
         super().__init__(f"{status}: {message}")
         self.status = status
@@ -18,7 +22,11 @@ class ControlError(Exception):
 
 
 @dataclass
-class ControlClient:
+class _Routes:
+    """The control plane's routes, one method each. A method returns what
+    ``_call`` returns: the JSON answer (ControlClient), or an awaitable of
+    it (AsyncControlClient)."""
+
     url: str
     token: str
     timeout: float = 30.0
@@ -27,62 +35,78 @@ class ControlClient:
         return {"Authorization": f"Bearer {self.token}"}
 
     def _call(self, method: str, path: str, **kwargs):
-        try:
-            response = httpx.request(
-                method, f"{self.url}{path}", headers=self._headers(), timeout=self.timeout, **kwargs
-            )
-        except httpx.HTTPError as exc:
-            raise ControlError(0, f"cannot reach the control plane at {self.url}: {exc}") from None
+        raise NotImplementedError
+
+    def _answer(self, response: httpx.Response):
         if response.status_code >= 400:
             try:
                 message = response.json().get("error") or response.text
-            except ValueError:
+            except (ValueError, AttributeError):
                 message = response.text
             raise ControlError(response.status_code, message)
-        return response.json()
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ControlError(0, f"the control plane at {self.url} did not answer with JSON: {exc}") from None
 
-    def tables(self) -> list[dict]:
+    def _unreachable(self, exc: httpx.HTTPError) -> ControlError:
+        return ControlError(0, f"cannot reach the control plane at {self.url}: {exc}")
+
+    def tables(self):
         return self._call("GET", "/tables")
 
-    def publish(self, table: str, public: bool = True, spec: dict | None = None) -> dict:
+    def publish(self, table: str, public: bool = True, spec: dict | None = None):
         """Flip ``table``; ``spec`` ({columns, exclude_columns, where}) says
         what of it to publish (default: the whole table)."""
         verb = "publish" if public else "unpublish"
         return self._call("POST", f"/tables/{_segment(table)}/{verb}", json=spec or None)
 
-    def set_metadata(self, table: str | None, values: dict) -> dict:
+    def set_metadata(self, table: str | None, values: dict):
         """Set the instance's metadata (``table`` None) or a table's."""
         path = "/metadata" if table is None else f"/tables/{_segment(table)}/metadata"
         return self._call("PUT", path, json=values)
 
-    def metadata(self) -> dict:
+    def metadata(self):
         return self._call("GET", "/metadata")
 
-    def preview(self, table: str, spec: dict | None = None) -> dict:
+    def preview(self, table: str, spec: dict | None = None):
         return self._call("POST", f"/tables/{_segment(table)}/preview", json=spec or None)
 
-    def save_query(self, name: str, sql: str, title: str | None = None, description: str | None = None) -> dict:
+    def save_query(self, name: str, sql: str, title: str | None = None, description: str | None = None):
         """Save (or replace) a query; read nodes serve it at /public/NAME."""
         body = {"name": name, "sql": sql, "title": title, "description": description}
         return self._call("POST", "/queries", json={k: v for k, v in body.items() if v is not None})
 
-    def remove_query(self, name: str) -> dict:
+    def remove_query(self, name: str):
         return self._call("DELETE", f"/queries/{_segment(name)}")
 
-    def queries(self) -> list[dict]:
+    def queries(self):
         return self._call("GET", "/queries")
 
-    def query_log(self, name: str | None = None) -> list[dict]:
+    def query_log(self, name: str | None = None):
         return self._call("GET", "/queries/log", params={"name": name} if name else None)
 
-    def health(self) -> dict:
+    def health(self):
         return self._call("GET", "/health")
 
-    def nodes(self) -> list[dict]:
+    def nodes(self):
         return self._call("GET", "/nodes")
 
-    def propagation(self, txid: int, wait: float = 0) -> dict:
+    def propagation(self, txid: int, wait: float = 0):
         return self._call("GET", f"/publishes/{txid}", params={"wait": wait})
+
+
+class ControlClient(_Routes):
+    """For scripts and the CLI: each call waits for its answer."""
+
+    def _call(self, method: str, path: str, **kwargs):
+        try:
+            response = httpx.request(
+                method, f"{self.url}{path}", headers=self._headers(), timeout=self.timeout, **kwargs
+            )
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        return self._answer(response)
 
     def events(self) -> Iterator[tuple[str, dict]]:
         """Follow the server-sent-event stream: (event, data) pairs."""
@@ -99,6 +123,19 @@ class ControlClient:
                 elif line.startswith("data:") and event:
                     yield event, json.loads(line[5:])
                     event = None
+
+
+class AsyncControlClient(_Routes):
+    """For code on an event loop (the team's Datasette): ``await
+    client.publish(...)``."""
+
+    async def _call(self, method: str, path: str, **kwargs):
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
+                response = await client.request(method, f"{self.url}{path}", **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        return self._answer(response)
 
 
 def _segment(name: str) -> str:

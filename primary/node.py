@@ -25,7 +25,7 @@ from broadsheet.supervisor import Service
 from .backup import check_schedule, default_cluster_id
 from .settings import ReadNodeAddress
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).parent / "datasette" / "templates"
 
 # Seconds a stopping uvicorn server may wait for open streams before it is
 # told again (and exits at once).
@@ -373,7 +373,7 @@ class PrimaryNode:
         return Service(
             name="control-plane",
             argv=[
-                sys.executable, "-m", "uvicorn", "primary.control:app",
+                sys.executable, "-m", "uvicorn", "primary.control.app:app",
                 "--host", self.host, "--port", str(self.control_port),
                 "--no-access-log", "--log-level", "warning",
             ],

@@ -2,9 +2,9 @@
 
 from broadsheet.datasette_launcher import launch
 
-# Logins are primary.plugin's own (named users, sessions, a throttle:
-# primary/team.py), not datasette-auth-passwords', whose hashes it reads.
-PLUGINS = ["primary.plugin"]
+# Logins are the team plugin's own (named users, sessions, a throttle:
+# primary/datasette/team.py), not datasette-auth-passwords', whose hashes it reads.
+PLUGINS = ["primary.datasette"]
 
 if __name__ == "__main__":
     import sys

@@ -7,7 +7,7 @@ of the same is in test_flip_paths.py)."""
 from __future__ import annotations
 
 from primary import state
-from primary.propagation import describe_cycle
+from primary.control.tracker import describe_cycle
 from primary.publisher import Publisher, cycle_log_path
 from primary.spec import PublishSpec
 
@@ -75,8 +75,8 @@ def test_each_cycle_records_what_it_did_to_saved_queries_and_who_asked(tmp_path)
     record says so from the saved-query log in its own data.db snapshot,
     and the propagation record carries it, as data and in words."""
     from primary import queries
-    from primary.control import PropagationRecord
-    from primary.propagation import Propagation
+    from primary.control.models import PropagationRecord
+    from primary.control.tracker import Propagation
 
     data, public, watermark, conn = _files(
         tmp_path, "CREATE TABLE flights (id INTEGER PRIMARY KEY, delay INTEGER)",

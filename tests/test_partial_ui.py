@@ -14,7 +14,7 @@ import pytest
 from broadsheet.litefs import Pos
 from conftest import create_table, settle
 from primary import state
-from primary.plugin import SpecForm
+from primary.datasette.forms import SpecForm
 from primary.spec import PublishSpec
 
 EMAIL = "UI-EXCLUDED-EMAIL-SENTINEL-3c9"

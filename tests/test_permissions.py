@@ -12,7 +12,8 @@ import pytest
 from datasette.tokens import TokenRestrictions
 
 from conftest import create_table
-from primary import auth, state
+from primary import state
+from primary.control import auth
 
 
 def viewer() -> TokenRestrictions:

@@ -164,7 +164,7 @@ def test_health_shows_a_standby_url_that_is_not_a_standby_as_not_connected():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from primary import control
+    from primary.control.routes import health
 
     class NotAStandby(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -183,7 +183,7 @@ def test_health_shows_a_standby_url_that_is_not_a_standby_as_not_connected():
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
-        info = asyncio.run(control._standby(url, 5))
+        info = asyncio.run(health.standby_info(url, 5))
     finally:
         server.shutdown()
         server.server_close()

@@ -75,7 +75,7 @@ _SCHEMA_READY: set[str] = set()
 @functools.cache
 def team() -> "Team":
     """The primary's team store, from its settings (one per process)."""
-    from .settings import settings
+    from ..settings import settings
 
     return Team(settings().team_db, os.environ.get("BROADSHEET_TEAM_PASSWORD_HASH"))
 

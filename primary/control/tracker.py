@@ -26,8 +26,8 @@ import httpx
 
 from broadsheet.litefs import TxEvent
 
+from ..settings import ReadNodeAddress
 from .discovery import Discovery
-from .settings import ReadNodeAddress
 
 HISTORY = 500
 

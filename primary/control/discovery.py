@@ -15,7 +15,7 @@ import httpx
 
 from broadsheet.config import http_url
 
-from .settings import ReadNodeAddress
+from ..settings import ReadNodeAddress
 
 
 async def resolve(name: str, port: int) -> set[str]:

@@ -1,0 +1,269 @@
+"""The control plane's request and response models: what its OpenAPI
+document says each route takes and answers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..spec import PublishSpec
+
+class Error(BaseModel):
+    ok: bool = False
+    error: str
+    table: str | None = None
+
+
+class TableInfo(BaseModel):
+    table: str
+    public: bool
+    spec: dict | None = Field(None, description="What of it is public ({} for the whole table); null when private")
+    partial: bool = Field(False, description="Public with chosen columns or a row filter")
+
+
+class SpecBody(BaseModel):
+    """What of a table to publish. No body, or an empty one: the whole table.
+    ``columns``: exactly these (columns added later stay private);
+    ``exclude_columns``: all but these (columns added later are published);
+    ``where``: a row filter, an SQL expression over the table's own columns."""
+
+    # Unknown fields reach PublishSpec, which names them in a 400.
+    model_config = ConfigDict(extra="allow")
+
+    columns: list[str] | None = None
+    exclude_columns: list[str] | None = None
+    where: str | None = None
+
+    def spec(self) -> PublishSpec:
+        """SpecError (a 400: errors.py) for a spec no table could have."""
+        return PublishSpec.from_dict(self.model_dump(exclude_none=True))
+
+
+class PreviewResult(BaseModel):
+    """What publishing with a spec would expose; nothing is changed."""
+
+    table: str
+    spec: dict
+    columns: list[str]
+    rows: int
+    total_rows: int
+    sample: list[dict]
+    estimated_bytes: int
+    public_now: bool
+    columns_added: list[str]
+    columns_removed: list[str]
+    rows_added: int
+    rows_removed: int
+
+
+class FlipResult(BaseModel):
+    """The outcome of publish/unpublish. ``public_txid`` is the public.db TXID
+    that holds the change (ask any read node for ``?_txid=`` that);
+    ``propagation`` is where to watch it reach every node."""
+
+    ok: bool = True
+    table: str
+    public: bool
+    changed: bool
+    private_txid: int
+    public_txid: int | None
+    propagation: str | None
+
+
+class AuditEntry(BaseModel):
+    id: int
+    timestamp: str
+    actor: str | None
+    operation: str
+    table_name: str
+    private_txid: int | None
+    public_txid: int | None
+    spec_before: str | None = Field(None, description="The spec (JSON) before the change; null: private or whole")
+    spec_after: str | None = Field(None, description="The spec (JSON) after the change")
+    reason: str | None = Field(
+        None, description="Why broadsheet itself made the table private (its columns moved, it was dropped, …); null: a person did"
+    )
+
+
+class Bookmark(BaseModel):
+    """data.db up to ``private_txid`` is in public.db at ``public_txid``."""
+
+    private_txid: int
+    public_txid: int
+
+
+class NodeInfo(BaseModel):
+    name: str
+    url: str
+    region: str = Field("", description="Where the node runs (FLY_REGION), when it says")
+    txid: int
+    connected: bool
+    primary_reachable: bool | None
+    behind_txids: int
+    lag_ms: float
+    updated_at: str | None
+
+
+class Arrival(BaseModel):
+    name: str
+    arrived: bool
+    arrived_at: str | None
+    ms: float | None
+
+
+class QueryChange(BaseModel):
+    """What one publish cycle did to a saved query."""
+
+    action: Literal["published", "changed", "removed", "withdrawn"]
+    actor: str | None = Field(default=None, description="Who saved or removed it (null: the publisher withdrew it)")
+    reason: str | None = Field(default=None, description="Why the publisher withdrew it")
+
+
+class CycleSummary(BaseModel):
+    """What the publish cycle that made this TXID did, from the publisher's
+    own record of it."""
+
+    published: list[str] = Field(default=[], description="Tables (and views) newly public")
+    unpublished: list[str] = Field(default=[], description="Tables made private, erased from public.db")
+    recopied: list[str] = Field(default=[], description="Tables copied again whole (a new spec, a schema change)")
+    rows_by_table: dict[str, int] = Field(default={}, description="Rows copied or changed, per table")
+    actors: dict[str, str] = Field(default={}, description="Who asked: table -> actor of its flip (audit log)")
+    queries_changed: list = Field(default=[], description="Saved queries this cycle changed")
+    query_changes: dict[str, QueryChange] = Field(
+        default={}, description="What happened to each of those saved queries, and who asked"
+    )
+
+
+class PropagationRecord(BaseModel):
+    txid: int
+    committed_at: str | None
+    changes: list[str] = Field(
+        default=[], description='What this TXID was, in words: "planes published by alice", "42 rows changed in airports"'
+    )
+    cycle: CycleSummary | None = Field(default=None, description="The same, as data (null: not a publish cycle's, or not read yet)")
+    nodes: list[Arrival]
+    complete: bool
+
+
+class StandbyInfo(BaseModel):
+    """The standby's copy of data.db, and how far behind it is: the writes a
+    promotion now would lose are those after ``txid``, committed within the
+    last ``lag_ms``."""
+
+    url: str
+    connected: bool = Field(description="Whether its status API answers")
+    txid: int | None = None
+    behind_txids: int | None = None
+    lag_ms: float | None = Field(None, description="0 when current; else how old its newest transaction is")
+    epoch: int | None = Field(None, description="The epoch of its copy of data.db")
+    acknowledged_txid: int | None = Field(
+        None, description="The highest data.db TXID it acknowledged (Broadsheet-Wait: standby): its copy never goes below it"
+    )
+    following: bool | None = Field(None, description="Whether its LiteFS is streaming data.db from this primary")
+    refused: str | None = Field(
+        None, description="Why it refuses this primary's data.db and keeps its own (an older or another data.db), if it does"
+    )
+    error: str | None = None
+
+
+class Withdrawn(BaseModel):
+    """A table, view or saved query broadsheet took off the read nodes by
+    itself, not published again since."""
+
+    name: str
+    kind: Literal["table", "view", "query"]
+    reason: str = Field(description='Why: "view no longer compiles: no such table: t", "spec no longer fits: …"')
+    at: str = Field(description="When (the audit or saved-query log entry's timestamp)")
+
+
+class Health(BaseModel):
+    ok: bool
+    data_db_txid: int
+    public_db_txid: int
+    published_up_to: Bookmark | None
+    nodes_connected: int
+    nodes: int
+    subscribers: int = Field(description="Clients following /events")
+    epoch: int = Field(1, description="data.db's epoch: one more for each promotion of a standby")
+    standby: StandbyInfo | None = Field(None, description="The standby, when BROADSHEET_STANDBY_URL names one")
+    withdrawn: list[Withdrawn] = Field(
+        default=[], description="What broadsheet withdrew by itself (and why), private until published or saved again"
+    )
+
+
+class Metadata(BaseModel):
+    """Shown on read nodes where Datasette shows metadata: for the instance,
+    and for each public table. A field set to null (or "") is cleared."""
+
+    model_config = ConfigDict(extra="allow")  # unknown fields: a 400 that names them
+
+    title: str | None = None
+    description: str | None = None
+    license: str | None = None
+    license_url: str | None = None
+    source: str | None = None
+    source_url: str | None = None
+
+
+class MetadataAll(BaseModel):
+    instance: dict
+    tables: dict[str, dict]
+
+
+class SavedQueryBody(BaseModel):
+    """A named, read-only SQL query to publish. It may read only what is
+    public (it must compile against public.db) and take named parameters
+    (``:tz``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Its URL on read nodes: /public/NAME (letters, digits, _ and -)")
+    sql: str
+    title: str | None = None
+    description: str | None = None
+
+
+class SavedQueryInfo(BaseModel):
+    name: str
+    sql: str
+    title: str | None
+    description: str | None
+    saved_by: str | None
+    saved_at: str | None
+    published: bool = Field(description="Whether public.db holds it now (read nodes serve it)")
+    withdrawn: str | None = Field(
+        description="Why the publisher withdrew it (save it again to publish it); null: not withdrawn"
+    )
+
+
+class QueryResult(BaseModel):
+    """A save or remove. ``public_txid`` holds it; ``published`` says
+    whether read nodes serve the query from there (false after a remove, or
+    if the publisher withdrew it meanwhile: ``withdrawn`` says why)."""
+
+    ok: bool = True
+    name: str
+    changed: bool
+    private_txid: int
+    public_txid: int | None
+    published: bool
+    withdrawn: str | None
+    propagation: str | None
+
+
+class QueryLogEntry(BaseModel):
+    id: int
+    timestamp: str
+    actor: str | None
+    operation: str = Field(description="save, remove, or withdraw (by the publisher)")
+    name: str
+    sql_before: str | None
+    sql_after: str | None
+    reason: str | None
+    private_txid: int | None
+    public_txid: int | None
+
+
+# What every route that needs a team actor may answer instead.
+ERRORS = {401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error}}
