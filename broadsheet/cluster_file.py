@@ -25,5 +25,10 @@ def load_state(root: Path) -> dict:
 
 
 def local_secret(info: dict) -> str:
-    """The local cluster's shared secret (see PrimaryNode.secret)."""
-    return Path(info["primary"]["secret_file"]).read_text().strip()
+    """The local cluster's shared secret (see PrimaryNode.secret);
+    FileNotFoundError, with a message for people, when it has gone."""
+    path = Path(info["primary"]["secret_file"])
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the local cluster's secret {path} is gone (was its directory removed?)") from None

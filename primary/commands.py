@@ -159,7 +159,10 @@ def _control(root: Path, url: str | None, token: str | None):
             raise click.ClickException(f"{exc}; or pass --url and --token")
         url = url or info["primary"]["control"]
         if token is None:
-            token = tokens.mint(local_secret(info), "cli")
+            try:
+                token = tokens.mint(local_secret(info), "cli")
+            except FileNotFoundError as exc:
+                raise click.ClickException(f"{exc}; or pass --token")
     return ControlClient(url, token)
 
 
@@ -345,14 +348,19 @@ def _team(root: Path, team_db: str | None):
     return Team(team_db)
 
 
-def _team_change(root: Path, team_db: str | None, change) -> None:
-    """Apply ``change`` to the team store; its refusal is the command's error."""
+def _team_change(root: Path, team_db: str | None, change):
+    """Apply ``change`` to the team store; its refusal, or SQLite's (a
+    directory, not SQLite, no such directory), is the command's error. A
+    team.db not made yet is made: a new primary has none until then."""
     from primary.team import TeamError
 
+    team = _team(root, team_db)
     try:
-        change(_team(root, team_db))
+        return change(team)
     except TeamError as exc:
         raise click.ClickException(str(exc))
+    except sqlite_errors() as exc:
+        raise click.ClickException(f"{team.path}: {exc}")
 
 
 team_db_option = click.option(
@@ -390,7 +398,7 @@ def user_remove(root, team_db, name):
 @team_db_option
 def user_list(root, team_db):
     """List team members who can log in with a password."""
-    for name in _team(root, team_db).users():
+    for name in _team_change(root, team_db, lambda team: team.users()):
         click.echo(name)
 
 
@@ -642,10 +650,13 @@ def backup(root, data_db, dest, keep, as_json):
     from primary import backup as backups
 
     here = None if (data_db and dest) else _primary_here(root)
+    source = data_db or here["data_db"]
     try:
-        taken = backups.take(data_db or here["data_db"], dest or here["backups"], keep)
+        taken = backups.take(source, dest or here["backups"], keep)
     except backups.BackupError as exc:
         raise click.ClickException(str(exc))
+    except sqlite_errors() as exc:
+        raise click.ClickException(f"{source}: {_sqlite_message(exc)}")
     if as_json:
         click.echo(json.dumps(taken.as_dict(), indent=2))
     else:
@@ -715,7 +726,10 @@ def run_publisher(data_db, public_db, litefs_url, watermark):
     """Run the publisher (started by the supervisor on the primary)."""
     from primary.publisher import Publisher, Runner
 
-    publisher = Publisher(data_db, public_db, watermark)
+    try:
+        publisher = Publisher(data_db, public_db, watermark)
+    except sqlite_errors() as exc:  # not a data.db: say which, and let the supervisor try again
+        raise click.ClickException(f"{data_db} or {public_db}: {_sqlite_message(exc)}")
     runner = Runner(publisher, litefs_url)
 
     def stop(signum, frame):
