@@ -199,3 +199,32 @@ def test_a_bad_input_is_a_one_line_error(path, n, bad, tmp_path, monkeypatch):
 
 def test_every_command_is_tried():
     assert {path for path in COMMANDS for _ in cases(path, COMMANDS[path], NAMES)} == set(COMMANDS)
+
+
+# Every number, flag and address a read node reads, each with a bad value:
+# refused before anything starts, by a message that names the variable.
+READ_NODE_SETTINGS = {
+    "BROADSHEET_PORT": "80a",
+    "BROADSHEET_LITEFS_ADDR": "localhost",
+    "BROADSHEET_LTX_COMPRESS": "maybe",
+    "BROADSHEET_BOOKMARK_TIMEOUT": "5s",
+    "BROADSHEET_STALL_TIMEOUT": "0",
+    "BROADSHEET_CACHE_MAX_AGE": "1m",
+    "BROADSHEET_MAX_BOOKMARK_WAITS": "0",
+    "BROADSHEET_MAX_SQL_CONCURRENCY": "two",
+    "BROADSHEET_MAX_POSITION_STREAMS": "-1",
+    "BROADSHEET_CACHE_BYTES": "64MiB",
+    "BROADSHEET_CACHE_MAX_ENTRY": "-1",
+    "BROADSHEET_READ_NODE_PLUGINS": "not a package!",
+    "BROADSHEET_READ_NODE_PLUGINS_CONFIG": "{unclosed",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("variable", READ_NODE_SETTINGS)
+def test_a_bad_read_node_setting_names_its_variable(variable, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {**{k: None for k in ENV}, "BROADSHEET_ROOT": str(tmp_path), variable: READ_NODE_SETTINGS[variable]}
+    result = CliRunner().invoke(all_commands(), ["replica"], env=env)
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: {variable}") and result.stderr.count("\n") == 1, result.stderr
