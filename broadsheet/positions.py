@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from .bookmark import PublicTxid
 from .litefs import Pos
 
+# Where a read node's Datasette serves them.
+STATUS_PATH = "/-/replication.json"
+STREAM_PATH = "/-/replication/stream"
+
 
 @dataclass(frozen=True)
 class NodePosition:

@@ -23,9 +23,12 @@ the node's ``Guards`` (``guards.py``).
 
 from __future__ import annotations
 
+import re
 import sys
 
 from datasette import hookimpl
+
+from broadsheet.positions import STATUS_PATH
 
 from . import errors, pipeline, rule, sandbox, status
 from . import startup as checks
@@ -66,7 +69,7 @@ async def permission_resources_sql(datasette, actor, action):
 
 @hookimpl
 def register_routes(datasette):
-    return [(r"^/-/replication\.json$", status.replication_status)]
+    return [(f"^{re.escape(STATUS_PATH)}$", status.replication_status)]
 
 
 # trylast: applied last, so outermost: no other plugin's wrapper sees a

@@ -15,11 +15,11 @@ import asyncio
 import json
 
 from broadsheet.asgi import error_body, respond
-from broadsheet.positions import NodePosition
+from broadsheet.positions import STREAM_PATH, NodePosition
 
 from .position import PositionWatcher, Stalled, TooManyWaits
 
-PATH = "/-/replication/stream"
+PATH = STREAM_PATH
 KEEPALIVE = 15.0  # seconds between blank lines when nothing moves
 
 
