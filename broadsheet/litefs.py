@@ -18,7 +18,7 @@ from typing import Iterator
 
 import httpx
 
-from .config import http_url, split_addr
+from .config import Env, http_url, split_addr
 
 # The top-level litefs.yml, packaged with broadsheet (a link in the source
 # tree, a copy in a wheel), so that an installed broadsheet has it too.
@@ -29,7 +29,7 @@ def litefs_binary() -> str:
     """The LiteFS binary: ``$BROADSHEET_LITEFS``, else ``litefs`` beside the
     running Python (a virtualenv's ``bin/``, where ``scripts/setup`` links
     it), else ``litefs`` on ``PATH``."""
-    if env := os.environ.get("BROADSHEET_LITEFS"):
+    if env := Env().optional("BROADSHEET_LITEFS"):
         return env
     beside = Path(sys.executable).parent / "litefs"
     if beside.exists():
@@ -45,7 +45,7 @@ def litefs_binary() -> str:
 def litefs_config() -> Path:
     """The ``litefs.yml`` every LiteFS process runs with:
     ``$BROADSHEET_LITEFS_CONFIG``, else the one packaged with broadsheet."""
-    return Path(os.environ.get("BROADSHEET_LITEFS_CONFIG") or PACKAGED_CONFIG)
+    return Path(Env().optional("BROADSHEET_LITEFS_CONFIG") or PACKAGED_CONFIG)
 
 
 @dataclass(frozen=True, order=True)

@@ -42,6 +42,15 @@ def name_of(requirement: str) -> str:
     return _NAME.match(requirement).group(0)
 
 
+def _one_line(exc: yaml.YAMLError) -> str:
+    """YAML's complaint and where, on one line (it draws a caret under the
+    text on lines of their own)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def config(value: str | None, variable: str = CONFIG_VAR) -> dict:
     """The plugins' configuration: plugin name -> its settings."""
     if not value or not value.strip():
@@ -49,7 +58,7 @@ def config(value: str | None, variable: str = CONFIG_VAR) -> dict:
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{variable} must be JSON or YAML: {exc}") from None
+        raise ConfigError(f"{variable} must be JSON or YAML: {_one_line(exc)}") from None
     if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
         raise ConfigError(
             f"{variable} must map each plugin's name to its settings, as in"

@@ -576,3 +576,17 @@ def run_until_signalled(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop()
     return status
+
+
+def run_node(node) -> int:
+    """Run one node (``broadsheet primary`` / ``broadsheet replica``: a node
+    built from its environment, with ``root``, ``start(supervisor)`` and
+    ``banner``) under a supervisor of its own until SIGTERM; returns a
+    process exit status."""
+    supervisor = Supervisor(node.root / "logs", echo=sys.stdout)
+
+    def start():
+        node.start(supervisor)
+        supervisor.watch()
+
+    return run_until_signalled(start, supervisor.stop_all, lambda: supervisor.log("broadsheet", node.banner))

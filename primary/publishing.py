@@ -34,13 +34,16 @@ class Outcome:
     public_txid: int | None
 
 
-async def wait_published(private_txid: int, timeout: float, table: str | None = None) -> state.Watermark:
+async def wait_published(
+    private_txid: int, timeout: float, table: str | None = None, watermark_file: str | None = None
+) -> state.Watermark:
     """Wait until the publisher has reflected data.db TXID ``private_txid``
-    and return its watermark; PublishTimeout (naming ``table``, if given) if
-    it has not within ``timeout``."""
+    and return its watermark (``watermark_file``, default this primary's);
+    PublishTimeout (naming ``table``, if given) if it has not within
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        mark = state.Watermark.read(settings().watermark_file)
+        mark = state.Watermark.read(watermark_file or settings().watermark_file)
         if mark is not None and mark.private_txid >= private_txid:
             return mark
         if time.monotonic() > deadline:

@@ -73,7 +73,7 @@ class ReadNode:
             primary_hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
             primary_team_url=env.str("BROADSHEET_PRIMARY_URL", ""),
             public_url=env.str("BROADSHEET_PUBLIC_URL", ""),
-            region=env.str("BROADSHEET_REGION", environ.get("FLY_REGION", "")),
+            region=env.str("BROADSHEET_REGION", env.optional("FLY_REGION") or ""),
             compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
             retention=env.str("BROADSHEET_LTX_RETENTION", "10s"),
             plugins=env.str(plugins.PLUGINS_VAR, ""),

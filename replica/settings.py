@@ -14,6 +14,8 @@ import broadsheet
 from broadsheet import plugins
 from broadsheet.config import ConfigError, Env
 
+_BYTES = "a number of bytes (0 or more)"
+
 # Part of every ETag, so that a deploy that changes pages invalidates them.
 BUILD = f"{datasette.__version__}-{getattr(broadsheet, '__version__', '0')}".replace('"', "")
 
@@ -53,8 +55,8 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = Env(environ)
-        bookmark_timeout = _seconds(env, "BROADSHEET_BOOKMARK_TIMEOUT", "5")
-        stall_timeout = _seconds(env, "BROADSHEET_STALL_TIMEOUT", "2")
+        bookmark_timeout = env.seconds("BROADSHEET_BOOKMARK_TIMEOUT", 5.0)
+        stall_timeout = env.seconds("BROADSHEET_STALL_TIMEOUT", 2.0)
         if stall_timeout <= 0:
             raise ConfigError(f"BROADSHEET_STALL_TIMEOUT must be more than 0 seconds, not {stall_timeout:g}")
         return cls(
@@ -65,11 +67,11 @@ class Settings:
             bookmark_timeout=bookmark_timeout,
             cache_max_age=env.int("BROADSHEET_CACHE_MAX_AGE", 1),
             public_db=env.str("BROADSHEET_PUBLIC_DB", ""),
-            max_bookmark_waits=_at_least_one(env, "BROADSHEET_MAX_BOOKMARK_WAITS", 64),
-            max_sql_concurrency=_at_least_one(env, "BROADSHEET_MAX_SQL_CONCURRENCY", 2),
-            max_position_streams=_at_least_one(env, "BROADSHEET_MAX_POSITION_STREAMS", 4),
-            cache_bytes=_not_negative(env, "BROADSHEET_CACHE_BYTES", 64 * 1024 * 1024),
-            cache_max_entry=_not_negative(env, "BROADSHEET_CACHE_MAX_ENTRY", 1024 * 1024),
+            max_bookmark_waits=env.at_least("BROADSHEET_MAX_BOOKMARK_WAITS", 64, minimum=1),
+            max_sql_concurrency=env.at_least("BROADSHEET_MAX_SQL_CONCURRENCY", 2, minimum=1),
+            max_position_streams=env.at_least("BROADSHEET_MAX_POSITION_STREAMS", 4, minimum=1),
+            cache_bytes=env.at_least("BROADSHEET_CACHE_BYTES", 64 * 1024 * 1024, minimum=0, what=_BYTES),
+            cache_max_entry=env.at_least("BROADSHEET_CACHE_MAX_ENTRY", 1024 * 1024, minimum=0, what=_BYTES),
             plugins=_plugins(env),
             plugins_config=plugins.config(env.optional(plugins.CONFIG_VAR)),
             stall_timeout=stall_timeout,
@@ -88,28 +90,6 @@ def _plugins(env: Env) -> tuple[str, ...]:
     wanted = plugins.requirements(env.optional(plugins.PLUGINS_VAR))
     plugins.check_installed(wanted)
     return wanted
-
-
-def _seconds(env: Env, name: str, default: str) -> float:
-    value = env.str(name, default)
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
-
-
-def _at_least_one(env: Env, name: str, default: int) -> int:
-    value = env.int(name, default)
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, not {value}")
-    return value
-
-
-def _not_negative(env: Env, name: str, default: int) -> int:
-    value = env.int(name, default)
-    if value < 0:
-        raise ConfigError(f"{name} must be a number of bytes (0 or more), not {value}")
-    return value
 
 
 @cache

@@ -1,4 +1,5 @@
-"""A read node's replication status, read from its LiteFS mount."""
+"""A read node's replication status (``/-/replication.json``), read from its
+LiteFS mount: its position (broadsheet/positions.py) and how it is doing."""
 
 from __future__ import annotations
 
@@ -6,9 +7,18 @@ import datetime
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from broadsheet.litefs import Pos
+from datasette.utils.asgi import Response
 
+from broadsheet.bookmark import PublicTxid
+from broadsheet.litefs import Pos
+from broadsheet.positions import NodePosition
+
+from . import stall
 from .cache import CacheStats
+from .guards import guards
+from .position import Stalled
+from .settings import settings
+from .startup import public_db
 
 
 @dataclass(frozen=True)
@@ -16,7 +26,7 @@ class ReplicaStatus:
     node: str
     region: str
     url: str  # how visitors reach this node, when it knows ("" otherwise)
-    txid: int
+    txid: PublicTxid
     checksum: str
     primary: str | None  # the primary's hostname while connected to it
     primary_reachable: bool
@@ -42,7 +52,7 @@ class ReplicaStatus:
         **load: int,
     ) -> "ReplicaStatus":
         mount = db_path.parent
-        pos = Pos.read(db_path) if pos is None else pos
+        position = NodePosition.at(node, Pos.read(db_path) if pos is None else pos)
         try:
             primary = (mount / ".primary").read_text().strip() or None
         except OSError:
@@ -53,11 +63,11 @@ class ReplicaStatus:
         except (OSError, ValueError):
             lag_ms = None
         return cls(
-            node=node,
+            node=position.node,
             region=region,
             url=url,
-            txid=pos.txid,
-            checksum=f"{pos.checksum:016x}",
+            txid=position.txid,
+            checksum=position.checksum,
             primary=primary,
             primary_reachable=primary is not None,
             lag_ms=lag_ms,
@@ -66,5 +76,38 @@ class ReplicaStatus:
             **load,
         )
 
+    @property
+    def position(self) -> NodePosition:
+        return NodePosition(self.node, self.txid, self.checksum)
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+async def replication_status(datasette, request):
+    """This node's replication state, for people, load balancers and the
+    primary's propagation tracker."""
+    db = public_db(datasette)
+    conf = settings()
+    node = guards(datasette)
+    try:
+        pos = await node.position.fresh()  # the watcher's open file: one pread, not an open through FUSE
+        status = await node.position.call(
+            lambda: ReplicaStatus.read(
+                Path(db.path),
+                pos=pos,
+                node=conf.node_name,
+                region=conf.region,
+                url=conf.public_url,
+                bookmark_waits=node.position.waiting,
+                custom_sql=node.custom_sql.taken,
+                cache=node.responses.stats(),
+            )
+        )
+    except Stalled as exc:
+        # The health check fails while LiteFS does not answer.
+        last = node.position.last
+        body = {"ok": False, **NodePosition.at(conf.node_name, last).as_dict(), "stalled": True,
+                "stalled_for_s": round(exc.seconds, 1), "error": stall.message(exc, last.txid)}
+        return Response.json(body, status=503, headers={"Retry-After": "1"})
+    return Response.json(status.as_dict())

@@ -15,10 +15,11 @@ import asyncio
 import json
 
 from broadsheet.asgi import error_body, respond
+from broadsheet.positions import STREAM_PATH, NodePosition
 
 from .position import PositionWatcher, Stalled, TooManyWaits
 
-PATH = "/-/replication/stream"
+PATH = STREAM_PATH
 KEEPALIVE = 15.0  # seconds between blank lines when nothing moves
 
 
@@ -58,7 +59,7 @@ async def serve(scope, receive, send, position: PositionWatcher, streams: Stream
             pos = await position.fresh()
         except (Stalled, OSError):
             pos = position.last  # a stalled LiteFS has not moved it
-        await _line(send, {"node": node, "txid": pos.txid, "checksum": f"{pos.checksum:016x}"})
+        await _line(send, NodePosition.at(node, pos).as_dict())
         while not disconnected.is_set():
             change = loop.create_task(_next(position, pos))
             await asyncio.wait({change, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -68,7 +69,7 @@ async def serve(scope, receive, send, position: PositionWatcher, streams: Stream
             moved = change.result()
             if moved != pos:
                 pos = moved
-                await _line(send, {"node": node, "txid": pos.txid, "checksum": f"{pos.checksum:016x}"})
+                await _line(send, NodePosition.at(node, pos).as_dict())
             else:
                 await send({"type": "http.response.body", "body": b"\n", "more_body": True})
     except OSError:

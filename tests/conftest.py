@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlite_utils
 
-from broadsheet.cluster import LocalCluster
+from local.cluster import LocalCluster
 from broadsheet.litefs import unmount
 from primary import state
 
@@ -162,9 +162,9 @@ def file_bytes(root: Path):
 @pytest.fixture(scope="session")
 def token(cluster):
     """A team token, minted with the cluster's secret as `broadsheet create-token` does."""
-    from broadsheet.cli import _mint_token
+    from broadsheet.tokens import mint
 
-    return _mint_token(cluster.primary.secret, "tester")
+    return mint(cluster.primary.secret, "tester")
 
 
 @pytest.fixture(scope="session")

@@ -568,9 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
     from pathlib import Path
 
-    from broadsheet.cli import _mint_token
+    from broadsheet.tokens import mint
     from broadsheet.client import ControlClient
-    from broadsheet.cluster import LocalCluster
+    from local.cluster import LocalCluster
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seed {seed}, {args.steps} steps (again: scripts/differential --seed {seed} --steps {args.steps})", flush=True)
     with tempfile.TemporaryDirectory(prefix="broadsheet-differential-") as root:
         with LocalCluster(Path(root), replicas=2, compress=False, sample=False, quiet=True) as cluster:
-            token = _mint_token(cluster.primary.secret, "tester")
+            token = mint(cluster.primary.secret, "tester")
             run = Differential(cluster, ControlClient(cluster.primary.control_url, token), token, seed,
                                say=lambda line: print(line, flush=True))
             try:

@@ -27,7 +27,7 @@ from replica.cache import ResponseCache, Stored
 from replica.settings import Settings
 
 # The in-process read node and its public.db, as the hostile-visitor tests build them.
-from replica.plugin import guards
+from replica.guards import guards
 from test_hostile import eventually, get, in_loop, public_db, read_node, set_pos  # noqa: F401
 
 # Positions of these tests' own: the node's listing of public tables is
@@ -463,6 +463,31 @@ async def test_a_view_that_is_not_a_function_of_the_data_is_never_kept(read_node
     await get(ds, "/public/countries.json")
     await get(ds, "/public/countries.json")
     assert (await cache_stats(ds))["hits"] == 1
+
+
+def test_sqlite_says_which_views_call_what_changes(tmp_path):
+    """The functions a view calls are SQLite's to say (the authorizer, as
+    it compiles the view and every view it reads): a column named like one
+    (``date``) is no call, so its view is kept like a table."""
+    from replica.volatile import volatile_views
+
+    path = tmp_path / "public.db"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executescript(
+            """
+            CREATE TABLE events (id INTEGER PRIMARY KEY, date TEXT, "time" TEXT);
+            CREATE VIEW plain AS SELECT id, date, "time" FROM events;
+            CREATE VIEW dated AS SELECT id, date(date) AS day FROM events;
+            CREATE VIEW counted AS SELECT count(*) AS n, max(date) AS last FROM events;
+            CREATE VIEW ticking AS SELECT id, CURRENT_TIMESTAMP AS at FROM events;
+            CREATE VIEW ticking_too AS SELECT * FROM ticking;
+            CREATE VIEW "a ""quoted"" draw" AS SELECT randomblob(4) AS r;
+            """
+        )
+    conn.close()
+    views = ["plain", "dated", "counted", "ticking", "ticking_too", 'a "quoted" draw']
+    assert volatile_views(path, views) == {"dated", "ticking", "ticking_too", 'a "quoted" draw'}
 
 
 def test_a_position_file_kept_open_on_litefs_shows_every_move(cluster, db, stories):

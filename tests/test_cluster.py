@@ -11,8 +11,8 @@ import time
 
 import httpx
 
-from broadsheet.cli import _mint_token
-from broadsheet.cluster import load_state
+from broadsheet.tokens import mint
+from broadsheet.cluster_file import load_state
 from broadsheet.supervisor import processes_of
 from conftest import rows, status, wait_until
 from primary import state
@@ -169,7 +169,7 @@ def test_up_again_after_a_crashed_up_clears_what_it_left(tmp_path):
         conn = state.connect(data_db)
         state.set_public(conn, "stream", True, actor="test")
         conn.close()
-        token = _mint_token(open(info["primary"]["secret_file"]).read().strip(), "tester")
+        token = mint(open(info["primary"]["secret_file"]).read().strip(), "tester")
         with WriteStream(info["primary"]["datasette"], token, "stream") as stream:
             wait_until(lambda: len(stream.acked) >= 10, message="writes flowing")
             left = processes_of(root)
@@ -283,7 +283,7 @@ def test_up_with_a_standby_makes_it_the_primary_on_promote_dir(tmp_path):
         info = load_state(root)
         assert info["standby"]["root"] == str(root / "standby")
         team = info["primary"]["datasette"]
-        headers = {"Authorization": f"Bearer {_mint_token(open(info['primary']['secret_file']).read().strip(), 'tester')}"}
+        headers = {"Authorization": f"Bearer {mint(open(info['primary']['secret_file']).read().strip(), 'tester')}"}
         r = httpx.post(f"{team}/data/-/create", headers=headers, json={"table": "t", "pk": "id", "rows": [{"id": 1}]})
         assert r.status_code == 201, r.text
         r = httpx.post(f"{team}/data/t/-/insert", headers={**headers, "Broadsheet-Wait": "standby"},

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from broadsheet.cli import _mint_token
-from broadsheet.cluster import LocalCluster, free_port
+from broadsheet.tokens import mint
+from local.cluster import LocalCluster, free_port
 from broadsheet.litefs import Pos, is_mounted
 from broadsheet.supervisor import processes_of
 from conftest import count, rows, status, wait_until
@@ -69,7 +69,7 @@ def healing(tmp_path_factory):
         conn.close()
         for node in cluster.replicas:
             wait_until(lambda: status(node.url, f"/public/{TABLE}.json") == 200, message=f"{TABLE} on {node.name}")
-        yield cluster, _mint_token(cluster.primary.secret, "tester")
+        yield cluster, mint(cluster.primary.secret, "tester")
     finally:
         cluster.stop()
 
@@ -244,7 +244,7 @@ def test_primary_role_heals_litefs_and_starts_over_what_a_crashed_one_left(tmp_p
     try:
         wait_until(up, timeout=60, message="primary up")
         create_stream_table(data_db, TABLE)
-        token = _mint_token(env["DATASETTE_SECRET"], "tester")
+        token = mint(env["DATASETTE_SECRET"], "tester")
         with WriteStream(team_url, token, TABLE) as stream:
             wait_until(lambda: len(stream.acked) >= 10, message="writes flowing")
             litefs = f"LITEFS_DIR={root}/private/mnt"

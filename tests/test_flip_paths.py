@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broadsheet.cli import _mint_token
+from broadsheet.tokens import mint
 from broadsheet.client import ControlClient
-from broadsheet.cluster import LocalCluster
+from local.cluster import LocalCluster
 from conftest import create_table, wait_until
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -72,7 +72,7 @@ def arrived_everywhere(cluster, control: ControlClient, txid: int) -> dict:
 
 def test_a_flip_from_the_table_action(flips):
     cluster, events = flips
-    token = _mint_token(cluster.primary.secret, "alice")
+    token = mint(cluster.primary.secret, "alice")
     create_table(cluster, "fleet", [{"id": i, "model": f"A3{i}"} for i in range(1, 4)])
     response = httpx.post(
         f"{cluster.primary.url}/-/broadsheet/visibility/data/fleet",
@@ -102,7 +102,7 @@ def test_a_flip_from_the_table_action(flips):
 
 def test_a_flip_through_the_control_plane(flips):
     cluster, events = flips
-    control = ControlClient(cluster.primary.control_url, _mint_token(cluster.primary.secret, "bob"))
+    control = ControlClient(cluster.primary.control_url, mint(cluster.primary.secret, "bob"))
     create_table(cluster, "notes", [{"id": 1, "text": "hello"}])
     stream: queue.Queue = queue.Queue()
 
@@ -188,7 +188,7 @@ def test_the_watch_page_says_what_each_txid_was(flips):
             page = team_page(cluster, browser)
             page.goto(f"{cluster.primary.control_url}/watch")  # the login cookie is good here too
             expect(page.locator("#conn")).to_have_text("live")
-            control = ControlClient(cluster.primary.control_url, _mint_token(cluster.primary.secret, "dana"))
+            control = ControlClient(cluster.primary.control_url, mint(cluster.primary.secret, "dana"))
             txid = control.publish("crews", True)["public_txid"]
             row = page.locator(f'#publishes tr[data-txid="{txid}"]')
             expect(row.locator("td.what")).to_have_text("crews published by dana (2 rows)")
@@ -205,7 +205,7 @@ def test_the_teams_own_permission_rule_holds_on_every_path(flips):
 
     cluster, events = flips
     create_table(cluster, "payroll", [{"id": 1, "salary": 100}])
-    token = _mint_token(cluster.primary.secret, "alice")
+    token = mint(cluster.primary.secret, "alice")
     page = httpx.post(
         f"{cluster.primary.url}/-/broadsheet/visibility/data/payroll",
         data={"operation": "publish"}, headers={"Authorization": f"Bearer {token}"}, timeout=30,

@@ -29,7 +29,7 @@ from datasette.utils import StartupError
 import replica.plugin
 from broadsheet.litefs import Pos
 from conftest import rows, team_db, wait_until
-from replica.plugin import guards
+from replica.guards import guards
 from replica.position import PositionWatcher, TooManyWaits
 from replica.sandbox import (
     NAMING_PRAGMAS,

@@ -5,7 +5,7 @@ files, mount) nor anywhere in the primary's public cluster (WAL, LTX)."""
 
 from __future__ import annotations
 
-from broadsheet.cluster import LocalCluster
+from local.cluster import LocalCluster
 from conftest import create_table, file_bytes, rows, status, wait_until
 from primary import state
 

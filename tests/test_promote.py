@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from broadsheet.cli import cli
-from broadsheet.cluster import LocalCluster, free_port, load_state
+from local.cluster import LocalCluster, free_port
+from broadsheet.cluster_file import load_state
 from broadsheet.litefs import Pos
 from conftest import read_only_rows, rows, status, wait_until
 from fault_tools import LedgerWriter
@@ -42,11 +43,11 @@ def cluster(tmp_path, monkeypatch):
 
 
 def test_promote_after_the_primary_is_destroyed_mid_stream(cluster, usr1):
-    from broadsheet.cli import _mint_token
+    from broadsheet.tokens import mint
 
     standby = cluster.standby
     old = cluster.primary
-    token = _mint_token(old.secret, "tester")
+    token = mint(old.secret, "tester")
     client = httpx.Client(base_url=old.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     r = client.post("/data/-/create", json={"table": "ledger", "pk": "id", "rows": [{"id": 0, "waited": 1}]})
     assert r.status_code == 201, r.text
@@ -102,7 +103,7 @@ def test_promote_after_the_primary_is_destroyed_mid_stream(cluster, usr1):
     assert info["primary"]["root"] == str(standby.root) and info["standby"] is None
 
     # Publishing works, and read nodes follow the new primary and converge.
-    headers = {"Authorization": f"Bearer {_mint_token(new.secret, 'tester')}"}
+    headers = {"Authorization": f"Bearer {mint(new.secret, 'tester')}"}
     with httpx.Client(base_url=new.url, headers=headers, timeout=30) as t:
         r = t.post("/data/-/create", json={"table": "after", "pk": "id", "rows": [{"id": 1, "note": "after promotion"}]})
         assert r.status_code == 201, r.text

@@ -87,9 +87,9 @@ def subscribers(url) -> int:
 
 def test_stopped_node_shows_behind_then_catches_up(new_cluster):
     cluster = new_cluster(replicas=2)
-    from broadsheet.cli import _mint_token
+    from broadsheet.tokens import mint
 
-    control = ControlClient(cluster.primary.control_url, _mint_token(cluster.primary.secret, "tester"))
+    control = ControlClient(cluster.primary.control_url, mint(cluster.primary.secret, "tester"))
     late = cluster.replicas[1]
     wait_until(lambda: all(n["connected"] for n in control.nodes()), message="nodes connected")
 

@@ -17,7 +17,7 @@ import replica.plugin
 import replica.queries
 from broadsheet.litefs import Pos
 from primary import queries, state
-from replica.plugin import guards
+from replica.guards import guards
 from replica.settings import settings
 from test_hostile import in_loop
 from test_queries_publisher import MARKER, build_primary

@@ -22,7 +22,7 @@ from datasette.utils import StartupError
 
 import replica.plugin
 from broadsheet import plugins
-from broadsheet.cluster import SAMPLE_PLUGINS, LocalCluster
+from local.cluster import SAMPLE_PLUGINS, LocalCluster
 from broadsheet.config import ConfigError
 from conftest import status
 from replica.node import ReadNode
@@ -194,7 +194,7 @@ def test_plugins_for_datasette_0_64_get_the_extras_1_0_always_sends():
 
 
 def test_the_local_cluster_maps_the_sample_unless_the_team_chose_plugins():
-    from broadsheet.cluster import read_node_plugins
+    from local.cluster import read_node_plugins
 
     said = []
     assert read_node_plugins(True, environ={}, say=said.append) == SAMPLE_PLUGINS  # installed: test extras

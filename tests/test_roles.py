@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from broadsheet.cluster import free_port
+from local.cluster import free_port
 from conftest import wait_until
 
 
@@ -70,9 +70,9 @@ def test_roles_run_from_the_environment_and_find_each_other_by_dns(tmp_path):
         wait_until(lambda: httpx.get(airports).status_code == 200, timeout=120, message="read node serving")
         assert httpx.get(f"http://127.0.0.1:{read_port}/public/planes.json").status_code == 403
 
-        from broadsheet.cli import _mint_token
+        from broadsheet.tokens import mint
 
-        headers = {"Authorization": f"Bearer {_mint_token(secret, 'tester')}"}
+        headers = {"Authorization": f"Bearer {mint(secret, 'tester')}"}
 
         def discovered():
             nodes = httpx.get(f"http://127.0.0.1:{control}/nodes", headers=headers).json()
@@ -127,7 +127,7 @@ def test_an_empty_primary_process_refuses_while_its_standby_holds_the_writes(tmp
     standby's TXID and epoch. `broadsheet promote` then makes the standby
     the primary with every acknowledged write, and the empty node, started
     once more, refuses to be a second primary."""
-    from broadsheet.cli import _mint_token
+    from broadsheet.tokens import mint
 
     secret = "s" * 64
     ports = {name: free_port() for name in (
@@ -159,7 +159,7 @@ def test_an_empty_primary_process_refuses_while_its_standby_holds_the_writes(tmp
         "BROADSHEET_PRIVATE_LITEFS_PORT": str(ports["s_private"]),
         "BROADSHEET_PUBLIC_LITEFS_ADDR": f"127.0.0.1:{ports['s_public']}",
     }
-    token = {"Authorization": f"Bearer {_mint_token(secret, 'tester')}"}
+    token = {"Authorization": f"Bearer {mint(secret, 'tester')}"}
     team, status_url = f"http://127.0.0.1:{ports['team']}", f"http://127.0.0.1:{ports['status']}"
     primary = run_role("primary", primary_env, tmp_path / "primary.log")
     standby = run_role("standby", standby_env, tmp_path / "standby.log")

@@ -16,7 +16,8 @@ from urllib.parse import quote
 import httpx
 from click.testing import CliRunner
 
-from broadsheet.cli import _mint_token, cli
+from broadsheet.cli import cli
+from broadsheet.tokens import mint
 from broadsheet.litefs import Pos
 from conftest import wait_until
 from fault_tools import WriteStream, create_stream_table
@@ -46,7 +47,7 @@ def test_a_stalled_litefs_leaves_its_read_node_answering_and_it_recovers(new_clu
     cluster = new_cluster(replicas=2)
     node, other = cluster.replicas
     sup = cluster.supervisor
-    token = _mint_token(cluster.primary.secret, "tester")
+    token = mint(cluster.primary.secret, "tester")
     create_stream_table(cluster.primary.data_db, "stream")
     r = httpx.post(f"{cluster.primary.control_url}/tables/stream/publish",
                    headers={"Authorization": f"Bearer {token}"}, timeout=30)

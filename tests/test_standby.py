@@ -36,9 +36,9 @@ def team(cluster, token):
 
 
 def token_for(cluster):
-    from broadsheet.cli import _mint_token
+    from broadsheet.tokens import mint
 
-    return _mint_token(cluster.primary.secret, "tester")
+    return mint(cluster.primary.secret, "tester")
 
 
 def test_a_write_waited_for_is_on_the_standby_when_acknowledged(standby_cluster):
@@ -143,7 +143,8 @@ def test_an_empty_primary_refuses_to_start_and_the_promoted_standby_has_every_ac
     --standby` again. The empty primary does not start; the standby still
     holds the three writes; `promote --dir` says what is lost, truly; the
     next `up` honours the promotion, and every acknowledged write is there."""
-    from broadsheet.cluster import LocalCluster, load_state
+    from local.cluster import LocalCluster
+    from broadsheet.cluster_file import load_state
     from broadsheet.supervisor import processes_of
     from primary.standby import NewerCopyElsewhere
 

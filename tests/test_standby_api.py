@@ -36,7 +36,7 @@ def ltx_file(data_dir: Path, pos: Pos, committed_at: float, db: str = "data.db")
 
 @pytest.fixture
 def standby_env(tmp_path, monkeypatch):
-    from broadsheet.cluster import free_port
+    from local.cluster import free_port
 
     data_db = tmp_path / "mnt" / "data.db"
     data_db.parent.mkdir()
@@ -199,7 +199,7 @@ def serving(standby_env):
     import httpx
     import uvicorn
 
-    from broadsheet.cluster import free_port
+    from local.cluster import free_port
     from conftest import wait_until
     from primary import standby_api
 
@@ -244,7 +244,7 @@ def test_a_primary_does_not_start_below_what_its_standby_holds(standby_env, serv
 
     import httpx
 
-    from broadsheet.cluster import free_port
+    from local.cluster import free_port
     from broadsheet.litefs import NewestLtx
     from primary.standby import NewerCopyElsewhere, check_no_newer_copy
 

@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from broadsheet.cli import _mint_token
+from broadsheet.tokens import mint
 from conftest import wait_until
 from fault_tools import WriteStream, create_stream_table, ids_in
 from primary import state
@@ -30,7 +30,7 @@ def while_writing(cluster, step) -> tuple[int, int]:
     conn = state.connect(data_db)
     state.set_public(conn, "stream", True, actor="test")
     conn.close()
-    token = _mint_token(cluster.primary.secret, "tester")
+    token = mint(cluster.primary.secret, "tester")
     before = cluster.supervisor.pids()
     steps = 0
     with WriteStream(cluster.primary.url, token, "stream") as stream, httpx.Client(

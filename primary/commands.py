@@ -1,0 +1,742 @@
+"""The primary's commands: run the primary and its standby, and everything
+the team does to one (flip tables, import, tokens, team members, saved
+queries, status, backups), by its control plane or directly on data.db.
+Composed into the ``broadsheet`` command by its entry point
+(``broadsheet.commands``, pyproject.toml)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from broadsheet import tokens
+from broadsheet.cluster_file import load_state, local_secret
+from broadsheet.options import cluster_dir, sqlite_errors, sqlite_file
+
+
+@click.group()
+def commands():
+    """The primary's commands."""
+
+
+@commands.command()
+def primary():
+    """Run this machine's primary node (both LiteFS mounts, the publisher, the
+    team's Datasette, the control plane), configured by environment variables
+    (see the README's Configuration), until SIGTERM."""
+    from broadsheet.config import ConfigError
+    from broadsheet.supervisor import run_node
+    from primary.node import PrimaryNode
+
+    try:
+        node = PrimaryNode.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    sys.exit(run_node(node))
+
+
+@commands.command()
+def standby():
+    """Run this machine's standby (a LiteFS replica of the private cluster's
+    data.db, its guard and its status API), configured by environment
+    variables, until SIGTERM; `broadsheet promote` turns it into the primary."""
+    from primary.standby import StandbyNode, promotion
+    from primary.standby import become_primary as promote_to_primary
+
+    from broadsheet.config import ConfigError
+    from broadsheet.supervisor import Supervisor, run_until_signalled
+
+    try:
+        node = StandbyNode.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    supervisor = Supervisor(node.root / "logs", echo=sys.stdout)
+    promoted = []
+
+    def become_primary(standby=None):
+        try:
+            primary = promote_to_primary(standby, supervisor)
+        except ConfigError as exc:
+            supervisor.log("broadsheet", f"cannot become primary: {exc}")
+            return
+        promoted.append(primary)
+        supervisor.log("broadsheet", f"promoted: {primary.banner}")
+
+    def start():
+        if promotion(node.root) is not None:
+            become_primary()
+        else:
+            node.start(supervisor)
+        supervisor.watch()
+
+    def on_promote():
+        if promoted or promotion(node.root) is None:
+            return  # a stray signal: nothing (more) to do
+        become_primary(node)
+
+    sys.exit(run_until_signalled(start, supervisor.stop_all, lambda: supervisor.log("broadsheet", node.banner), on_promote))
+
+
+def _data_db(root: Path, data_db: str | None) -> str:
+    """--data-db, else the local cluster's: an SQLite file that exists (a
+    command never creates data.db somewhere it was not)."""
+    if not data_db:
+        try:
+            data_db = load_state(root)["primary"]["data_db"]
+        except FileNotFoundError as exc:
+            raise click.ClickException(str(exc))
+    return sqlite_file(data_db, "data.db")
+
+
+@contextlib.contextmanager
+def _opened(data_db: str, readonly: bool = False):
+    """A connection to the SQLite file ``data_db`` (checked by
+    ``sqlite_file``), closed after; the store's refusals and SQLite's
+    errors become the command's message."""
+    from primary import state
+
+    path = sqlite_file(data_db, "data.db")
+    try:
+        conn = state.connect(path, readonly=readonly)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    except state.PublishError as exc:
+        raise click.ClickException(exc.message)
+    except sqlite_errors() as exc:
+        raise click.ClickException(f"{path}: {_sqlite_message(exc)}")
+
+
+def _sqlite_message(exc: BaseException) -> str:
+    """SQLite's message, without APSW's class-name prefix."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text.removeprefix(f"{name}: ") if text.startswith(f"{name}: ") else text
+
+
+data_db_option = click.option("--data-db", help="Path of data.db (default: the local cluster's).")
+
+
+@commands.command()
+@cluster_dir
+@data_db_option
+@click.option("--json", "as_json", is_flag=True)
+def tables(root, data_db, as_json):
+    """List data.db's tables and whether each is public."""
+    from primary import listing
+
+    with _opened(_data_db(root, data_db), readonly=True) as conn:
+        entries = listing.tables(conn, count_rows=True)
+    rows = [
+        {"table": e.table, "public": e.public, "spec": e.spec.to_dict() if e.public else None, "rows": e.rows}
+        for e in entries
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for entry in entries:
+        label = "private" if entry.spec is None else ("public " if entry.spec.whole else "partial")
+        detail = f"  ({entry.spec.describe()})" if entry.partial else ""
+        click.echo(f"{label}  {entry.rows:>9}  {entry.table}{detail}")
+
+
+def _control(root: Path, url: str | None, token: str | None):
+    """A control-plane client for ``url`` (default: the local cluster's), with
+    ``token`` (default: one minted from the local cluster's secret)."""
+    from broadsheet.client import ControlClient
+
+    if url is None or token is None:
+        try:
+            info = load_state(root)
+        except FileNotFoundError as exc:
+            raise click.ClickException(f"{exc}; or pass --url and --token")
+        url = url or info["primary"]["control"]
+        if token is None:
+            try:
+                token = tokens.mint(local_secret(info), "cli")
+            except FileNotFoundError as exc:
+                raise click.ClickException(f"{exc}; or pass --token")
+    return ControlClient(url, token)
+
+
+control_options = [
+    click.option("--url", envvar="BROADSHEET_URL", help="Control plane URL (default: the local cluster's)."),
+    click.option("--token", envvar="BROADSHEET_TOKEN", help="Team token (default: minted for the local cluster)."),
+]
+
+
+def with_control(f):
+    for option in reversed(control_options):
+        f = option(f)
+    return f
+
+
+def _spec_options(f):
+    for option in reversed(
+        [
+            click.option("--columns", help="Publish exactly these columns (comma-separated); later ones stay private."),
+            click.option("--exclude-columns", help="Publish every column but these (comma-separated)."),
+            click.option("--where", help="Publish only the rows this SQL expression over the table's columns selects."),
+            click.option("--dry-run", is_flag=True, help="Show what would be published, change nothing."),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _spec(columns: str | None, exclude_columns: str | None, where: str | None) -> dict:
+    split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
+    spec: dict = {}
+    if columns is not None:
+        spec["columns"] = split(columns)
+    if exclude_columns is not None:
+        spec["exclude_columns"] = split(exclude_columns)
+    if where is not None:
+        spec["where"] = where
+    return spec
+
+
+def describe_preview(p: dict) -> str:
+    lines = [
+        f"{p['table']}: {p['rows']} of {p['total_rows']} rows, {len(p['columns'])} columns"
+        f" ({', '.join(p['columns'])}), about {p['estimated_bytes']:,} bytes",
+    ]
+    if p["public_now"]:
+        lines.append(
+            f"  change: columns +[{', '.join(p['columns_added'])}] -[{', '.join(p['columns_removed'])}],"
+            f" rows +{p['rows_added']} -{p['rows_removed']}"
+        )
+    for row in p["sample"]:
+        lines.append("  " + json.dumps(row, ensure_ascii=False, default=str))
+    return "\n".join(lines)
+
+
+def _flip_command(name: str, public: bool, help: str):
+    @commands.command(name, help=help)
+    @cluster_dir
+    @with_control
+    @click.option("--data-db", help="Flip directly in this data.db instead of through the control plane.")
+    @click.option("--watch", "watch_", is_flag=True, help="Then wait until every read node has it.")
+    @click.argument("table")
+    def command(root, url, token, data_db, watch_, table, columns=None, exclude_columns=None, where=None,
+                dry_run=False):
+        from broadsheet.client import ControlError, describe
+
+        verb = "public" if public else "private"
+        spec = _spec(columns, exclude_columns, where)
+        if data_db:
+            from primary import state
+            from primary.preview import preview
+            from primary.spec import PublishSpec, SpecError
+
+            with _opened(data_db, readonly=dry_run) as conn:
+                try:
+                    parsed = PublishSpec.from_dict(spec)
+                    if dry_run:
+                        click.echo(describe_preview(preview(conn, table, parsed).as_dict()))
+                        return
+                    flip = state.set_public(conn, table, public, actor="cli", spec=parsed)
+                except SpecError as exc:
+                    raise click.ClickException(str(exc))
+            click.echo(f"{table} is {'now' if flip.changed else 'already'} {verb}")
+            return
+        client = _control(root, url, token)
+        try:
+            if dry_run:
+                click.echo(describe_preview(client.preview(table, spec)))
+                return
+            result = client.publish(table, public, spec)
+            click.echo(
+                f"{table} is {'now' if result['changed'] else 'already'} {verb}"
+                f" (data.db TXID {result['private_txid']}, public TXID {result['public_txid']})"
+            )
+            if watch_ and result["public_txid"]:
+                click.echo(describe(client.propagation(result["public_txid"], wait=10)))
+        except ControlError as exc:
+            raise click.ClickException(exc.message)
+
+    if public:
+        command = _spec_options(command)
+    return command
+
+
+publish = _flip_command("publish", True, "Make TABLE public: all of it, or the columns and rows the options choose.")
+unpublish = _flip_command("unpublish", False, "Make TABLE private again.")
+
+
+@commands.command()
+@cluster_dir
+@with_control
+@click.option("--data-db", help="Set it directly in this data.db instead of through the control plane.")
+@click.argument("table", required=False)
+@click.option("--title")
+@click.option("--description")
+@click.option("--license", "license_")
+@click.option("--license-url")
+@click.option("--source")
+@click.option("--source-url")
+def meta(root, url, token, data_db, table, title, description, license_, license_url, source, source_url):
+    """Show or set the metadata read nodes show: of the public instance, or of
+    TABLE (shown while it is public). An empty value clears a field."""
+    values = {
+        k: v
+        for k, v in dict(title=title, description=description, license=license_, license_url=license_url,
+                         source=source, source_url=source_url).items()
+        if v is not None
+    }
+    if data_db:
+        from primary import state
+
+        with _opened(data_db) as conn:
+            if values:
+                click.echo(json.dumps(state.set_metadata(conn, table or state.INSTANCE, values), indent=2))
+            else:
+                click.echo(json.dumps(state.metadata(conn), indent=2))
+        return
+    from broadsheet.client import ControlError
+
+    client = _control(root, url, token)
+    try:
+        result = client.set_metadata(table, values) if values else client.metadata()
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+    click.echo(json.dumps(result, indent=2))
+
+
+@commands.command("create-token")
+@cluster_dir
+@click.argument("actor")
+@click.option("--expires-after", type=click.IntRange(min=1), help="Seconds until the token expires.")
+@click.option("--secret", envvar="DATASETTE_SECRET", help="The shared secret (default: the local cluster's).")
+def create_token(root, actor, expires_after, secret):
+    """Create a team API token (dstok_…) for ACTOR, for Datasette's write API
+    and the control plane."""
+    if not secret:
+        try:
+            secret = local_secret(load_state(root))
+        except FileNotFoundError as exc:
+            raise click.ClickException(f"{exc}; or pass --secret / set DATASETTE_SECRET")
+    click.echo(tokens.mint(secret, actor, expires_after))
+
+
+@commands.group()
+def user():
+    """Team members who log in to the team's Datasette with a password."""
+
+
+def _team(root: Path, team_db: str | None):
+    """The primary's team store: --team-db, else BROADSHEET_ROOT's (as in a
+    container), else the local cluster's."""
+    from primary.datasette.team import Team
+
+    if not team_db:
+        if root_env := os.environ.get("BROADSHEET_ROOT"):
+            team_db = str(Path(root_env) / "team.db")
+        else:
+            try:
+                primary = load_state(root)["primary"]
+                team_db = str(Path(primary.get("root") or Path(primary["secret_file"]).parent) / "team.db")
+            except FileNotFoundError as exc:
+                raise click.ClickException(f"{exc}; or pass --team-db")
+    return Team(team_db)
+
+
+def _team_change(root: Path, team_db: str | None, change):
+    """Apply ``change`` to the team store; its refusal, or SQLite's (a
+    directory, not SQLite, no such directory), is the command's error. A
+    team.db not made yet is made: a new primary has none until then."""
+    from primary.datasette.team import TeamError
+
+    team = _team(root, team_db)
+    try:
+        return change(team)
+    except TeamError as exc:
+        raise click.ClickException(str(exc))
+    except sqlite_errors() as exc:
+        raise click.ClickException(f"{team.path}: {exc}")
+
+
+team_db_option = click.option(
+    "--team-db", envvar="BROADSHEET_TEAM_DB", help="The primary's team.db (default: BROADSHEET_ROOT's, or the local cluster's)."
+)
+
+
+@user.command("add")
+@cluster_dir
+@team_db_option
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of prompting.")
+def user_add(root, team_db, name, password_stdin):
+    """Add team member NAME (asks for a password)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    _team_change(root, team_db, lambda team: team.add_user(name, password))
+    click.echo(f"{name} can now log in")
+
+
+@user.command("remove")
+@cluster_dir
+@team_db_option
+@click.argument("name")
+def user_remove(root, team_db, name):
+    """Remove team member NAME and end their sessions."""
+    _team_change(root, team_db, lambda team: team.remove_user(name))
+    click.echo(f"{name} removed; their sessions have ended")
+
+
+@user.command("list")
+@cluster_dir
+@team_db_option
+def user_list(root, team_db):
+    """List team members who can log in with a password."""
+    for name in _team_change(root, team_db, lambda team: team.users()):
+        click.echo(name)
+
+
+@commands.group()
+def query():
+    """Saved queries: named read-only SQL every read node serves at /public/NAME."""
+
+
+def _query_call(root, url, token, call):
+    from broadsheet.client import ControlError
+
+    try:
+        return call(_control(root, url, token))
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+
+
+def _query_outcome(result: dict, done: str) -> str:
+    line = f"{result['name']}: {done if result['changed'] else 'unchanged'}"
+    line += f" (data.db TXID {result['private_txid']}, public TXID {result['public_txid']})"
+    if result.get("withdrawn"):
+        line += f"\n  withdrawn by the publisher: {result['withdrawn']}"
+    return line
+
+
+@query.command("save")
+@cluster_dir
+@with_control
+@click.argument("name")
+@click.option(
+    "--sql", required=True, help="One read-only SQL statement over public tables, :name for parameters ('-': stdin)."
+)
+@click.option("--title")
+@click.option("--description")
+def query_save(root, url, token, name, sql, title, description):
+    """Save (or replace) query NAME and publish it to every read node."""
+    if sql == "-":
+        sql = sys.stdin.read()
+    result = _query_call(root, url, token, lambda c: c.save_query(name, sql, title, description))
+    click.echo(_query_outcome(result, "published" if result["published"] else "saved, not published"))
+
+
+@query.command("rm")
+@cluster_dir
+@with_control
+@click.argument("name")
+def query_rm(root, url, token, name):
+    """Remove query NAME from every read node."""
+    click.echo(_query_outcome(_query_call(root, url, token, lambda c: c.remove_query(name)), "removed"))
+
+
+@query.command("list")
+@cluster_dir
+@with_control
+@click.option("--json", "as_json", is_flag=True)
+def query_list(root, url, token, as_json):
+    """Every saved query: public, or withdrawn (and why)."""
+    rows = _query_call(root, url, token, lambda c: c.queries())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        label = "public   " if row["published"] else ("withdrawn" if row["withdrawn"] else "pending  ")
+        title = f"  {row['title']}" if row["title"] else ""
+        click.echo(f"{label}  {row['name']}{title}\n           {row['sql']}")
+        if row["withdrawn"]:
+            click.echo(f"           withdrawn: {row['withdrawn']}")
+
+
+@commands.command()
+@cluster_dir
+@with_control
+@click.option("--until", "until_txid", type=int, help="Exit once every node has this public TXID.")
+def watch(root, url, token, until_txid):
+    """Watch publishes reach every read node, live."""
+    from broadsheet.client import ControlError, describe
+
+    client = _control(root, url, token)
+    try:
+        for event, data in client.events():
+            if event == "node" and data.get("left"):
+                click.echo(f"{data['name']}: left")
+            elif event == "node":
+                state_ = "connected" if data["connected"] else "UNREACHABLE"
+                click.echo(f"{data['name']}: txid {data['txid']} ({data['behind_txids']} behind, {state_})")
+            elif event == "propagation":
+                click.echo(describe(data))
+                if until_txid is not None and data["txid"] >= until_txid and data["complete"]:
+                    return
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+    except KeyboardInterrupt:
+        pass
+
+
+@commands.command("import")
+@cluster_dir
+@data_db_option
+@click.argument("table")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=False))
+@click.option("--csv", "fmt", flag_value="csv", help="PATH is CSV (default: by extension).")
+@click.option("--json", "fmt", flag_value="json", help="PATH is a JSON array of objects.")
+@click.option("--nl", "fmt", flag_value="nl", help="PATH is newline-delimited JSON.")
+@click.option("--pk", help="Primary key column when creating the table.")
+@click.option("--replace", is_flag=True, help="Replace rows whose primary key already exists.")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+def import_(root, data_db, table, path, fmt, pk, replace, batch_size):
+    """Import CSV or JSON rows into TABLE of data.db (private until published)."""
+    import sqlite_utils
+    from sqlite_utils.utils import Format, TypeTracker, rows_from_file
+
+    from broadsheet.names import is_internal
+
+    if is_internal(table):
+        raise click.ClickException(f"{table!r} is an internal table")
+    fmt = fmt or {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "nl", ".ndjson": "nl"}.get(
+        Path(path).suffix.lower()
+    )
+    if fmt is None:
+        raise click.ClickException("Cannot tell the format from the file name: pass --csv, --json or --nl")
+    formats = {"csv": Format.CSV, "json": Format.JSON, "nl": Format.NL}
+    size = Path(path).stat().st_size
+    target = _data_db(root, data_db)
+    db = sqlite_utils.Database(target)
+    db.execute("PRAGMA busy_timeout = 10000")
+    try:
+        with open(path, "rb") as raw, click.progressbar(length=size, label=f"importing {table}", file=sys.stderr) as bar:
+            try:
+                rows, _ = rows_from_file(_Progress(raw, bar), format=formats[fmt])
+                tracker = None
+                if fmt == "csv":
+                    # sqlite-utils' --detect-types: every cell arrives as text.
+                    tracker = TypeTracker()
+                    rows = tracker.wrap({k: (None if v == "" else v) for k, v in row.items()} for row in rows)
+                db[table].insert_all(rows, pk=pk, alter=True, replace=replace, batch_size=batch_size)
+                if tracker is not None:
+                    db[table].transform(types=tracker.types)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise click.ClickException(f"{path}: {exc}")
+            except sqlite_errors() as exc:
+                raise click.ClickException(f"{target}: {exc}")
+        click.echo(f"{table}: {db[table].count} rows")
+    finally:
+        db.close()
+
+
+class _Progress:
+    """A binary file that advances a progress bar as it is read."""
+
+    def __init__(self, raw, bar):
+        self.raw, self.bar = raw, bar
+
+    def read(self, n=-1):
+        data = self.raw.read(n)
+        self.bar.update(len(data))
+        return data
+
+    def readline(self, *args):
+        line = self.raw.readline(*args)
+        self.bar.update(len(line))
+        return line
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+@commands.command()
+@cluster_dir
+@with_control
+@click.option("--json", "as_json", is_flag=True)
+def status(root, url, token, as_json):
+    """Show the primary and every read node the control plane knows (found by
+    DNS or listed), with their public.db positions."""
+    from broadsheet.client import ControlError
+
+    client = _control(root, url, token)
+    try:
+        health, nodes = client.health(), client.nodes()
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+    if as_json:
+        click.echo(json.dumps({"health": health, "nodes": nodes}, indent=2))
+        return
+    click.echo(
+        f"{'primary':<14} public.db txid {health['public_db_txid']:<6} data.db txid {health['data_db_txid']}"
+        f", {health['nodes_connected']}/{health['nodes']} read nodes connected"
+    )
+    if standby := health.get("standby"):
+        if standby["connected"]:
+            lag = "unknown" if standby["lag_ms"] is None else f"{standby['lag_ms']:.1f} ms"
+            click.echo(
+                f"{'standby':<14} data.db txid {standby['txid']:<6} behind {standby['behind_txids']:<4}"
+                f" lag {lag}  {standby['url']}"
+            )
+            if standby.get("refused"):
+                click.echo(f"{'':<14} REFUSING this primary's data.db, keeping its own: {standby['refused']}")
+        else:
+            click.echo(f"{'standby':<14} UNREACHABLE  {standby['url']}: {standby['error']}")
+    for node in nodes:
+        where = f" [{node['region']}]" if node.get("region") else ""
+        state_ = "connected" if node["connected"] else "UNREACHABLE"
+        click.echo(
+            f"{node['name']:<14} public.db txid {node['txid']:<6} behind {node['behind_txids']:<4}"
+            f" lag {node['lag_ms']:>7.1f} ms  {state_:<11} {node['url']}{where}"
+        )
+
+
+def _primary_here(root: Path) -> dict:
+    """Where this machine's primary keeps data.db, its private LiteFS API and
+    its backups: from the environment inside a primary's container (it sets
+    BROADSHEET_ROOT), else from the local cluster's state."""
+    if os.environ.get("BROADSHEET_ROOT") and os.environ.get("DATASETTE_SECRET"):
+        from primary.node import PrimaryNode
+
+        from broadsheet.config import ConfigError
+
+        try:
+            node = PrimaryNode.from_env()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc))
+        return {
+            "data_db": str(node.data_db), "private_litefs": node.private.url,
+            "backups": str(node.backups), "root": str(node.root), "watermark": str(node.watermark_file),
+        }
+    try:
+        info = load_state(root)["primary"]
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"{exc}; or run this on the primary (BROADSHEET_ROOT)")
+    primary_root = Path(info.get("root") or Path(info["secret_file"]).parent)
+    return {
+        "data_db": info["data_db"], "private_litefs": info["private_litefs"],
+        "backups": info.get("backups") or str(primary_root / "backups"), "root": str(primary_root),
+        "watermark": str(primary_root / "publisher-watermark.json"),
+    }
+
+
+@commands.command()
+@cluster_dir
+@click.option("--data-db", help="Back up this data.db (default: this machine's primary's).")
+@click.option("--to", "dest", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the backup (default: BROADSHEET_BACKUP_DIR, else the primary's backups/).")
+@click.option("--keep", type=click.IntRange(min=1), help="Then delete all but the newest KEEP backups there.")
+@click.option("--json", "as_json", is_flag=True)
+def backup(root, data_db, dest, keep, as_json):
+    """Write a consistent snapshot of data.db, with its TXID, into a directory."""
+    from primary import backup as backups
+
+    here = None if (data_db and dest) else _primary_here(root)
+    source = data_db or here["data_db"]
+    try:
+        taken = backups.take(source, dest or here["backups"], keep)
+    except backups.BackupError as exc:
+        raise click.ClickException(str(exc))
+    except sqlite_errors() as exc:
+        raise click.ClickException(f"{source}: {_sqlite_message(exc)}")
+    if as_json:
+        click.echo(json.dumps(taken.as_dict(), indent=2))
+    else:
+        click.echo(f"{taken.path}  (data.db TXID {taken.txid}, cluster {taken.cluster_id})")
+
+
+@commands.command()
+@cluster_dir
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the publisher to rebuild public.db.")
+def restore(root, file, timeout):
+    """Replace the running primary's data.db with backup FILE; the publisher
+    then rebuilds public.db from it and read nodes follow. Refuses, changing
+    nothing, a file that is not a whole broadsheet data.db of this cluster."""
+    from broadsheet import sync
+    from primary import backup as backups
+    from primary.publishing import PublishTimeout, wait_published
+
+    here = _primary_here(root)
+    try:
+        done = backups.restore(file, here["data_db"], here["private_litefs"], workdir=here["root"])
+    except backups.BackupError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(
+        f"restored {file} (taken at data.db TXID {done.backup.txid}) as data.db TXID {done.private_txid};"
+        f" republishing {len(done.tables)} public tables"
+    )
+    try:
+        mark = sync.run(wait_published(done.private_txid, timeout, watermark_file=here["watermark"]))
+    except PublishTimeout:
+        raise click.ClickException(
+            f"the publisher has not rebuilt public.db within {timeout:g}s; see the primary's logs"
+        ) from None
+    click.echo(f"public.db rebuilt at public TXID {mark.public_txid}")
+
+
+@commands.command("run-backups", hidden=True)
+@click.option("--data-db", required=True)
+@click.option("--to", "dest", required=True)
+@click.option("--keep", type=int, required=True)
+@click.option("--interval", type=float, required=True)
+def run_backups(data_db, dest, keep, interval):
+    """Take a backup every INTERVAL seconds (started by the supervisor)."""
+    import threading
+
+    from primary import backup as backups
+
+    from broadsheet.log import log
+
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    while not stopped.wait(interval):
+        try:
+            taken = backups.take(data_db, dest, keep)
+            log("backups", f"{taken.path.name}: data.db TXID {taken.txid}")
+        except Exception as exc:  # say so, and try again next time
+            log("backups", f"backup failed: {exc}")
+
+
+@commands.command("run-publisher", hidden=True)
+@click.option("--data-db", required=True)
+@click.option("--public-db", required=True)
+@click.option("--litefs-url", help="The private LiteFS node's HTTP API, for its /events stream.")
+@click.option("--watermark", help="File to record how far publishing has got, for bookmarks.")
+def run_publisher(data_db, public_db, litefs_url, watermark):
+    """Run the publisher (started by the supervisor on the primary)."""
+    from primary.publisher import Publisher, Runner
+
+    try:
+        publisher = Publisher(data_db, public_db, watermark)
+    except sqlite_errors() as exc:  # not a data.db: say which, and let the supervisor try again
+        raise click.ClickException(f"{data_db} or {public_db}: {_sqlite_message(exc)}")
+    runner = Runner(publisher, litefs_url)
+
+    def stop(signum, frame):
+        runner.stopped.set()
+        runner.wake.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runner.run()
+    publisher.close()

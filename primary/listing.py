@@ -1,0 +1,42 @@
+"""data.db's tables as the team sees them: each of its own tables, with the
+spec it is public under (None: private). The control plane's ``GET /tables``
+and ``broadsheet tables`` both list this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import apsw
+
+from broadsheet.names import quote
+
+from . import state
+from .spec import PublishSpec
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    table: str
+    spec: PublishSpec | None  # None: private
+    rows: int | None = None  # counted only when asked (a full scan)
+
+    @property
+    def public(self) -> bool:
+        return self.spec is not None
+
+    @property
+    def partial(self) -> bool:
+        return self.spec is not None and not self.spec.whole
+
+
+def tables(conn: apsw.Connection, count_rows: bool = False) -> list[TableEntry]:
+    """Every user table of data.db (``state.user_tables``), by name."""
+    specs = state.public_specs(conn)
+    return [
+        TableEntry(
+            table,
+            specs.get(table),
+            conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0] if count_rows else None,
+        )
+        for table in state.user_tables(conn)
+    ]
