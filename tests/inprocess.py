@@ -215,6 +215,16 @@ class TeamSite:
     def post(self, path: str, **kwargs) -> httpx.Response:
         return self.request("POST", path, **kwargs)
 
+    def wait_until(self, condition, timeout: float = 10.0, message: str = "condition"):
+        """Run the team Datasette's own tasks (its audit-log follower) until
+        ``condition()`` is truthy; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not (value := condition()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            self.loop.run_until_complete(asyncio.sleep(0.02))
+        return value
+
     def login(self, name: str, password: str) -> httpx.Response:
         """POST the login form; the ``ds_actor`` cookie is in the response."""
         return self.post("/-/login", data={"username": name, "password": password})
@@ -224,7 +234,11 @@ class TeamSite:
         pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
         for task in pending:
             task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+        async def cancelled():
+            await asyncio.gather(*pending, return_exceptions=True)
+
+        self.loop.run_until_complete(cancelled())
         self.loop.close()
         self._server.should_exit = True
         self._thread.join(10)

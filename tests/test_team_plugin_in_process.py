@@ -18,6 +18,8 @@ import re
 
 import httpx
 import pytest
+from datasette import hookimpl
+from datasette.plugins import pm
 from datasette.tokens import TokenRestrictions
 
 from inprocess import TEAM_PASSWORD, mint_token, plain_primary, plain_primary_files, setting  # noqa: F401 (fixtures)
@@ -314,6 +316,44 @@ def test_waiting_for_a_standby_that_is_not_there_is_refused_before_the_write(sit
     assert refused.status_code == 400
     assert "has no standby" in refused.json()["error"]
     assert plain_primary.data("SELECT count(*) FROM airports WHERE faa = 'ZZW'") == [(0,)]
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A team plugin that keeps every Datasette event it is told of."""
+
+    def __init__(self):
+        self.events = []
+
+    @hookimpl
+    def track_event(self, datasette, event):
+        self.events.append(event)
+
+    def flips(self) -> list[tuple]:
+        return [(e.name, e.table, (e.actor or {}).get("id")) for e in self.events if e.name.startswith("broadsheet-")]
+
+
+@pytest.fixture
+def recorder():
+    plugin = Recorder()
+    pm.register(plugin, name="test-recorder")
+    yield plugin
+    pm.unregister(plugin)
+
+
+def test_every_flip_is_a_datasette_event_whichever_path_made_it(site, plain_primary, recorder):
+    assert site.get("/data", token=plain_primary.token).status_code == 200  # started: it follows the audit log
+    # A flip made on data.db directly (the CLI's --data-db), then one through the control plane.
+    conn = plain_primary.connect()
+    state.set_public(conn, "planes", True, actor="cli-user")
+    conn.close()
+    assert site.control.post("/tables/airports/unpublish", params={"wait": "false"}).status_code == 200
+    site.wait_until(lambda: len(recorder.flips()) == 2, message="two flip events")
+    assert recorder.flips() == [
+        ("broadsheet-publish", "planes", "cli-user"), ("broadsheet-unpublish", "airports", "tester"),
+    ]
 
 
 # -- badges ------------------------------------------------------------------------------
