@@ -19,8 +19,11 @@ Datasette read the same settings as in a cluster. It offers:
 
 Without LiteFS no ``-pos`` file exists, so every TXID is 0: a flip returns at
 once (the watermark already covers TXID 0) with ``public_txid`` 0, and public.db
-changes only when the test runs ``publish()``. What TXIDs mean, and
-propagation to read nodes, is the cluster layer's (tests marked ``cluster``).
+changes only when the test runs ``publish()``. The public LiteFS's event
+stream, which the control plane's tracker follows, is a stub that reports
+TXID 0 (``public_litefs_events``); there are no read nodes. What TXIDs mean,
+and propagation to read nodes, is the cluster layer's (tests marked
+``cluster``).
 
 Everything here runs in one process, where apsw's SQLite (the control plane,
 the publisher) and Python's (Datasette) share POSIX locks on data.db without
@@ -32,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import shutil
 import socket
 import sqlite3
@@ -171,13 +175,13 @@ class PlainPrimary:
 
 class TeamSite:
     """The team's Datasette in-process, driven like a browser or a script:
-    ``get``/``post`` return httpx responses; ``as_token`` and ``as_login``
-    say who is asking."""
+    ``get``/``post`` return httpx responses; ``token=`` or ``cookie=`` (a
+    login's ``ds_actor``) say who is asking."""
 
-    def __init__(self, plain: PlainPrimary, datasette: Datasette, server: uvicorn.Server, thread: threading.Thread):
+    def __init__(self, plain: PlainPrimary, datasette: Datasette, served: "Served"):
         self.datasette = datasette
         self.loop = asyncio.new_event_loop()
-        self._server, self._thread = server, thread
+        self._served = served
         # The control plane the plugin talks to, over real HTTP.
         self.control = httpx.Client(
             base_url=plain.node.control_url, headers={"Authorization": f"Bearer {plain.token}"}, timeout=30
@@ -185,20 +189,11 @@ class TeamSite:
 
     @classmethod
     def start(cls, plain: PlainPrimary) -> "TeamSite":
-        server = uvicorn.Server(
-            uvicorn.Config(control.app, host="127.0.0.1", port=plain.node.control_port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, name="control-plane", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the control plane did not start")
-            time.sleep(0.01)
+        served = Served(control.app, plain.node.control_port, "the control plane")
         datasette = Datasette(
             [str(plain.data_db)], default_deny=True, template_dir=str(TEMPLATES), secret=SECRET
         )
-        return cls(plain, datasette, server, thread)
+        return cls(plain, datasette, served)
 
     def request(self, method: str, path: str, token: str | None = None, cookie: str | None = None, **kwargs):
         headers = dict(kwargs.pop("headers", {}))
@@ -240,8 +235,40 @@ class TeamSite:
 
         self.loop.run_until_complete(cancelled())
         self.loop.close()
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._served.stop()
+
+
+class Served:
+    """An ASGI app served by uvicorn on 127.0.0.1:``port``, in a thread."""
+
+    def __init__(self, app, port: int, what: str):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name=what, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+async def public_litefs_events(scope, receive, send):
+    """The public LiteFS node's ``/events`` stream as the control plane's
+    tracker reads it: public.db's position (TXID 0, without LiteFS), then
+    silence. With it, the tracker has a record of TXID 0 (complete: there
+    are no read nodes), as it would of a cluster's position, and the team's
+    pages do not wait for read nodes to report a TXID nobody announced."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    for event in ({"type": "init", "data": {}}, {"type": "tx", "db": "public.db", "data": {"txID": f"{0:016x}"}}):
+        await send({"type": "http.response.body", "body": json.dumps(event).encode() + b"\n", "more_body": True})
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _installed_plugins() -> dict:
@@ -251,6 +278,16 @@ def _installed_plugins() -> dict:
 
 def _quiet_supervisor():
     return SimpleNamespace(log=lambda *args: None)
+
+
+@pytest.fixture(scope="session")
+def public_litefs_port():
+    """Where the public LiteFS's event stream is served (one for the session)."""
+    port = free_port()
+    served = Served(public_litefs_events, port, "the public LiteFS's event stream")
+    yield port
+    served.server.force_exit = True
+    served.stop()
 
 
 @pytest.fixture(scope="session")
@@ -270,16 +307,15 @@ def plain_primary_files(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def plain_primary(plain_primary_files, tmp_path, monkeypatch):
+def plain_primary(plain_primary_files, public_litefs_port, tmp_path, monkeypatch):
     """A primary without LiteFS: see this module's docstring."""
     node = PrimaryNode(
         root=tmp_path / "primary",
         secret=SECRET,
         sample=True,
         control_port=free_port(),
-        # Nobody listens here: the control plane's tracker finds no public
-        # LiteFS (and never another test's), and keeps retrying quietly.
-        public_litefs_addr=f"127.0.0.1:{free_port()}",
+        # The control plane's tracker follows this stub, never another test's LiteFS.
+        public_litefs_addr=f"127.0.0.1:{public_litefs_port}",
         team_password_hash=team_password_hash(),
     )
     shutil.copytree(plain_primary_files, node.root)

@@ -14,7 +14,7 @@ import json
 import pytest
 from datasette.tokens import TokenRestrictions
 
-from inprocess import SECRET, mint_token, plain_primary, plain_primary_files  # noqa: F401 (fixtures)
+from inprocess import SECRET, mint_token, plain_primary, plain_primary_files, public_litefs_port  # noqa: F401 (fixtures)
 from primary import auth, state, team
 
 
@@ -397,12 +397,19 @@ def test_a_publisher_that_does_not_get_there_is_a_504_and_the_flip_stays_made(pl
 # -- propagation, without read nodes ---------------------------------------------------------
 
 
-def test_without_read_nodes_there_is_nothing_to_track(plain_primary):
+def test_without_read_nodes_every_record_is_complete_at_once(plain_primary):
+    """The tracker learns public.db's position from the public LiteFS's
+    event stream (here a stub: TXID 0) and what that cycle did from the
+    publisher's cycle log; with no read node, nobody is waited for."""
     c = plain_primary.control
     assert c.get("/nodes").json() == []
-    assert c.get("/publishes").json() == []
-    assert c.get("/publishes/1").status_code == 404
-    assert c.get("/publishes/1", params={"wait": 0.1}).json()["error"] == "no record of public TXID 1"
+    record = c.get("/publishes/0", params={"wait": 5}).json()
+    assert (record["txid"], record["complete"], record["nodes"]) == (0, True, [])
+    assert record["changes"] == ["airports published by broadsheet:sample (1,458 rows)"]
+    assert record["cycle"]["published"] == ["airports"]
+    assert c.get("/publishes").json() == [record]
+    missing = c.get("/publishes/1", params={"wait": 0.1})
+    assert missing.status_code == 404 and missing.json()["error"] == "no record of public TXID 1"
     assert c.get("/watch").status_code == 200
 
 

@@ -4,11 +4,8 @@ clicks to make a table public or private (and what each shows), who may
 click them, the badges, the metadata and saved-query forms, and the guard
 on request bodies. Every change the plugin makes goes through the control
 plane (served in a thread, as tests/inprocess.py says), and is checked in
-data.db, then in public.db after a publisher cycle.
-
-Each flip through these pages waits up to 3 s for read nodes to report the
-new TXID (there are none here), so flips are few: what TXIDs and read nodes
-show is the cluster layer's (test_partial_ui.py, test_logins.py, …)."""
+data.db, then in public.db after a publisher cycle. What TXIDs and read
+nodes show is the cluster layer's (test_partial_ui.py, test_logins.py, …)."""
 
 from __future__ import annotations
 
@@ -22,7 +19,9 @@ from datasette import hookimpl
 from datasette.plugins import pm
 from datasette.tokens import TokenRestrictions
 
-from inprocess import TEAM_PASSWORD, mint_token, plain_primary, plain_primary_files, setting  # noqa: F401 (fixtures)
+from inprocess import (  # noqa: F401 (fixtures)
+    TEAM_PASSWORD, mint_token, plain_primary, plain_primary_files, public_litefs_port, setting,
+)
 from primary import state, team
 from primary.spec import PublishSpec
 
