@@ -128,6 +128,23 @@ def test_preview_says_what_a_spec_would_expose_and_changes_nothing(plain_primary
     assert public_state(plain_primary) == before
 
 
+def test_a_preview_of_a_public_table_says_what_the_change_adds_and_removes(plain_primary):
+    shown = plain_primary.control.post("/tables/airports/preview", json={"exclude_columns": ["tz"], "where": "alt > 5000"})
+    assert shown.status_code == 200, shown.text
+    body = shown.json()
+    (high,) = plain_primary.data("SELECT count(*) FROM airports WHERE alt > 5000")[0]
+    (total,) = plain_primary.data("SELECT count(*) FROM airports")[0]
+    assert (body["public_now"], body["columns_added"], body["columns_removed"]) == (True, [], ["tz"])
+    assert (body["rows"], body["rows_added"], body["rows_removed"]) == (high, 0, total - high)
+
+
+def test_without_waiting_a_flip_says_no_public_txid(plain_primary):
+    done = plain_primary.control.post("/tables/planes/publish", params={"wait": "false"})
+    assert done.status_code == 200
+    assert (done.json()["changed"], done.json()["public_txid"], done.json()["propagation"]) == (True, None, None)
+    assert "planes" in state.public_tables(plain_primary.connect())
+
+
 # -- bad input: the status and message a client acts on, and no change ------------
 
 
