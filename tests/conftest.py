@@ -3,11 +3,20 @@
 One cluster (primary + 2 read nodes) is shared by the tests that only read and
 write data; tests that stop or crash processes start their own. Every cluster
 is stopped, and every mount unmounted, even when a test fails.
+
+Two layers: every test that starts LiteFS (through a fixture of
+CLUSTER_FIXTURES, or by itself: those carry ``@pytest.mark.cluster``) is
+marked ``cluster``; the rest is the fast layer (tests/inprocess.py: the
+control plane and the team's Datasette in-process, the publisher on plain
+files), which ``scripts/test --fast`` runs alone (``-m "not cluster"``). In
+a fast run (BROADSHEET_FAST_TESTS set), starting LiteFS fails the test at
+once, so a test that needs it and is not marked cannot hide there.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +27,96 @@ import sqlite_utils
 from local.cluster import LocalCluster
 from broadsheet.litefs import unmount
 from primary import state
+
+# Fixtures that start LiteFS (a local cluster, a role's processes) or
+# containers. A test that uses one, directly or through another fixture, is
+# marked ``cluster`` (pytest_collection_modifyitems).
+CLUSTER_FIXTURES = frozenset({
+    "cluster",  # here, and test_promote.py's own
+    "new_cluster",
+    "healing",  # test_faults.py
+    "flips",  # test_flip_paths.py
+    "mapped",  # test_read_node_plugins.py
+    "compose",  # deploy/: Docker Compose
+})
+
+FAST = "BROADSHEET_FAST_TESTS"  # set by scripts/test --fast
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+def no_litefs_in_a_fast_run(what: str) -> None:
+    if os.environ.get(FAST):
+        pytest.fail(
+            f"{what} starts LiteFS, in a fast run ({FAST} is set, -m 'not cluster'):"
+            " mark the test @pytest.mark.cluster, or use a fixture of conftest.CLUSTER_FIXTURES",
+            pytrace=False,
+        )
+
+
+class MountWatch:
+    """Every mount under the session's temporary directory seen while a test
+    runs (read from /proc/mounts every 20 ms): in a fast run, any is a LiteFS
+    a test started, even through a child process whose environment the test
+    chose (test_roles.run_role)."""
+
+    def __init__(self, base: str):
+        self.base, self.seen = base, set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _mounts(self) -> set[str]:
+        with open("/proc/mounts") as fp:
+            return {line.split()[1] for line in fp if line.split()[1].startswith(self.base)}
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.02):
+            self.seen |= self._mounts()
+
+    def take(self) -> set[str]:
+        seen, self.seen = self.seen | self._mounts(), set()
+        return seen
+
+
+@pytest.fixture(scope="session")
+def _mount_watch(tmp_path_factory):
+    watch = MountWatch(str(tmp_path_factory.getbasetemp()))
+    yield watch
+    watch.stop.set()
+
+
+@pytest.fixture(autouse=True)
+def _fast_runs_start_no_litefs(request, monkeypatch, tmp_path_factory):
+    """In a fast run, a LocalCluster started here, or LiteFS started by a
+    child process (``broadsheet up``, a role), fails the test loudly."""
+    if not os.environ.get(FAST):
+        yield
+        return
+    original = LocalCluster.start
+
+    def start(self):
+        no_litefs_in_a_fast_run("LocalCluster.start")
+        return original(self)
+
+    monkeypatch.setattr(LocalCluster, "start", start)
+    refuse = tmp_path_factory.getbasetemp() / "litefs-refused-in-a-fast-run"
+    if not refuse.exists():
+        refuse.write_text(
+            "#!/bin/sh\necho 'LiteFS started in a fast run (BROADSHEET_FAST_TESTS): mark the test cluster' >&2\nexit 97\n"
+        )
+        refuse.chmod(0o755)
+    monkeypatch.setenv("BROADSHEET_LITEFS", str(refuse))
+    watch = request.getfixturevalue("_mount_watch")
+    watch.take()
+    yield
+    if mounted := watch.take():
+        no_litefs_in_a_fast_run(f"this test (it mounted {sorted(mounted)[0]})")
+
 
 # The container tests need an engine and a built image; scripts/test-containers
 # provides both and runs them (after the suite, in .ci/run).
@@ -42,6 +141,7 @@ def wait_until(condition, timeout: float = 10.0, message: str = "condition"):
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
+    no_litefs_in_a_fast_run("the cluster fixture")
     # LTX compression off so that privacy tests can scan every byte as stored.
     c = LocalCluster(tmp_path_factory.mktemp("cluster"), replicas=2, compress=False)
     c.start()
@@ -55,6 +155,7 @@ def new_cluster(tmp_path):
     clusters = []
 
     def make(**kwargs):
+        no_litefs_in_a_fast_run("the new_cluster fixture")
         kwargs.setdefault("compress", False)
         c = LocalCluster(tmp_path / f"cluster{len(clusters)}", **kwargs)
         clusters.append(c)

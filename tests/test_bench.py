@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.cluster  # starts LiteFS itself
 def test_quick_benchmark_run_prints_a_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     only = ["propagation", "publish", "writes", "fanout"]

@@ -10,6 +10,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from broadsheet.tokens import mint
 from broadsheet.cluster_file import load_state
@@ -53,6 +54,7 @@ def _ours(root):
     return mounts, procs
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_up_prints_urls_and_ctrl_c_stops_everything(tmp_path):
     root = tmp_path / "up"
     proc = _up(root, 19301)
@@ -92,6 +94,7 @@ def test_up_prints_urls_and_ctrl_c_stops_everything(tmp_path):
             proc.wait()
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_killed_supervisor_takes_its_processes_with_it(tmp_path):
     """Even a supervisor killed with SIGKILL leaves no process and no mount
     behind."""
@@ -143,6 +146,7 @@ def _wait_up(proc: subprocess.Popen, timeout: float = 120, keep: list[str] | Non
     raise AssertionError("`up` did not come up:\n" + "".join(output)[-3000:])
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_up_again_after_a_crashed_up_clears_what_it_left(tmp_path):
     """kill -9 of `broadsheet up` at a bad moment (a read node's LiteFS
     stalled, so the SIGTERM the kernel sends cannot end it; the janitors
@@ -215,6 +219,7 @@ IDLE_SECONDS = 30
 ACCESS_LINE = re.compile(r'"(GET|HEAD|POST|PUT|DELETE) \S+ HTTP/[\d.]+" \d{3}')
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_up_prints_lifecycle_lines_not_a_line_per_request(tmp_path):
     root = tmp_path / "quiet"
     proc = _up(root, 19701)
@@ -266,6 +271,7 @@ def test_errors_and_warnings_reach_the_terminal_of_a_quiet_up():
         assert not is_chatter(line), line
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_up_with_a_standby_makes_it_the_primary_on_promote_dir(tmp_path):
     """`broadsheet up --standby`, then `broadsheet promote --dir` from another
     terminal: the running `up` makes the standby the primary on the same

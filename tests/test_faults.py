@@ -215,6 +215,7 @@ def test_stalled_litefs_is_waited_for_not_restarted(healing, service):
     _assert_nothing_lost_and_converged(cluster, stream)
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_primary_role_heals_litefs_and_starts_over_what_a_crashed_one_left(tmp_path):
     """`broadsheet primary` (what the container runs, under tini) heals as the
     local cluster does: its LiteFS killed, it is back with the processes that

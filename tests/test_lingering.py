@@ -5,6 +5,8 @@ files, mount) nor anywhere in the primary's public cluster (WAL, LTX)."""
 
 from __future__ import annotations
 
+import pytest
+
 from local.cluster import LocalCluster
 from conftest import create_table, file_bytes, rows, status, wait_until
 from primary import state
@@ -20,6 +22,7 @@ def holders(cluster: LocalCluster) -> list[str]:
     return [str(path) for root in roots for path, data in file_bytes(root) if MARKER in data]
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_unpublished_rows_leave_every_copy_within_the_window(tmp_path):
     cluster = LocalCluster(tmp_path / "cluster", replicas=2, compress=False)
     cluster.primary.retention = RETENTION

@@ -38,6 +38,7 @@ def stop(proc: subprocess.Popen) -> int:
     return proc.returncode
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_roles_run_from_the_environment_and_find_each_other_by_dns(tmp_path):
     secret = "s" * 64
     team, control, public_litefs, read_port, read_litefs = (free_port() for _ in range(5))
@@ -119,6 +120,7 @@ def test_a_bad_setting_is_named_and_nothing_starts(tmp_path, role, env, message)
     assert not (tmp_path / "node").exists()
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_an_empty_primary_process_refuses_while_its_standby_holds_the_writes(tmp_path):
     """`broadsheet primary` and `broadsheet standby` naming each other
     (BROADSHEET_PEERS, as Compose sets them): three writes acknowledged with

@@ -137,6 +137,7 @@ def _kept_ids(url: str, token: str) -> set[int]:
     return {row["id"] for row in r.json()}
 
 
+@pytest.mark.cluster  # starts LiteFS itself
 def test_an_empty_primary_refuses_to_start_and_the_promoted_standby_has_every_acknowledged_write(tmp_path, monkeypatch, usr1):
     """The issue's four steps: `up --standby`, three writes acknowledged
     with Broadsheet-Wait: standby, `down`, the primary's disk gone, `up
