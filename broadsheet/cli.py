@@ -112,8 +112,9 @@ def standby():
     """Run this machine's standby (a LiteFS replica of the private cluster's
     data.db, its guard and its status API), configured by environment
     variables, until SIGTERM; `broadsheet promote` turns it into the primary."""
-    from primary.standby import StandbyNode, promotion
-    from primary.standby import become_primary as promote_to_primary
+    from primary.standby.node import StandbyNode
+    from primary.standby.promoted import promotion
+    from primary.standby.promotion import become_primary as promote_to_primary
 
     from .config import ConfigError
     from .supervisor import Supervisor, run_until_signalled
@@ -162,9 +163,11 @@ def promote(root, force):
     last TXID are lost (see `broadsheet status` for that window first);
     refused while the primary still answers as primary, or when the
     standby's copy is older than what it acknowledged."""
-    from primary.standby import AnotherPrimary, PromoteRefused, StandbyNode, check_no_other_primary, loss_window
-    from primary.standby import promote as record
-    from primary.standby import promotion
+    from primary.standby.fencing import AnotherPrimary, check_no_other_primary
+    from primary.standby.node import StandbyNode
+    from primary.standby.promoted import loss_window, promotion
+    from primary.standby.promotion import PromoteRefused
+    from primary.standby.promotion import promote as record
 
     from .config import ConfigError
     from .supervisor import holder

@@ -24,6 +24,8 @@ from broadsheet.supervisor import Service
 
 from .backup import check_schedule, default_cluster_id
 from .settings import ReadNodeAddress
+from .standby.fencing import check_no_newer_copy, check_no_other_primary
+from .standby.promoted import promotion, record_epoch
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -267,8 +269,6 @@ class PrimaryNode:
         then data.db's publish state (and sample data on a first start), then
         the publisher, the team's Datasette and the control plane."""
         supervisor.claim(self.root)
-        from .standby import check_no_newer_copy, check_no_other_primary
-
         check_no_other_primary(self.peers, self.private.url)
         # Before its private LiteFS starts (and could send the standby a
         # snapshot): its own position from its LiteFS directory alone.
@@ -297,8 +297,6 @@ class PrimaryNode:
             state.ensure_schema(conn)
         try:
             backup.ensure_cluster(conn, self.cluster_id)
-            from .standby import promotion, record_epoch
-
             # A promoted standby's data.db says so: a newer epoch than the
             # primary it replaced (known only now if it was promoted while
             # its LiteFS was not running).
@@ -314,7 +312,7 @@ class PrimaryNode:
             conn.close()
 
     def litefs_services(self) -> list[Service]:
-        private, public = _litefs_service("private-litefs", self.private), _litefs_service("public-litefs", self.public)
+        private, public = litefs_service("private-litefs", self.private), litefs_service("public-litefs", self.public)
         public.prepare = self._prepare_public
         return [private, public]
 
@@ -388,7 +386,7 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _litefs_service(name: str, fs: MountConfig) -> Service:
+def litefs_service(name: str, fs: MountConfig) -> Service:
     # Restarted should it die: the supervisor unmounts what it left, starts
     # it on the same data, then restarts what depends on it.
     return Service(

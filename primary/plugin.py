@@ -56,7 +56,7 @@ from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES, PUBLIC_TABLES, quote
 
-from . import identity, publishing, queries, standby, state, team
+from . import identity, publishing, queries, state, team
 from .events import AuditFollower, PublishTableEvent, UnpublishTableEvent
 from .events import cursor_file as events_cursor_file
 from .publisher import cycle_log_path
@@ -64,6 +64,7 @@ from .preview import Preview
 from .projection import TableShape
 from .settings import settings
 from .spec import PublishSpec, SpecError
+from .standby import acknowledged
 
 WRITE_ACTIONS = {"insert-row", "update-row", "delete-row", "drop-table", "alter-table"}
 
@@ -1023,7 +1024,7 @@ def asgi_wrapper(datasette):
                     private_txid = Pos.read(settings().data_db).txid
                     extra = [(b"broadsheet-private-txid", str(private_txid).encode())]
                     if wait_standby:
-                        missing = await standby.wait_for(private_txid)
+                        missing = await acknowledged.wait_for(private_txid)
                         if missing is not None:
                             replaced = True
                             return await respond(send, 504, error_body(504, missing, private_txid=private_txid), extra)

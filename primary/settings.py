@@ -39,7 +39,7 @@ class Settings:
     # The team's own Datasette plugins (*.py), loaded by the team's Datasette
     # and by the control plane's permission checker alike.
     team_plugins_dir: str | None = None
-    standby_url: str = ""  # the standby's status API (primary/standby.py), if there is one
+    standby_url: str = ""  # the standby's status API (primary/standby/api.py), if there is one
     standby_wait: float = 5.0  # longest wait for the standby on Broadsheet-Wait: standby, seconds
 
     @property

@@ -145,7 +145,7 @@ def test_an_empty_primary_refuses_to_start_and_the_promoted_standby_has_every_ac
     next `up` honours the promotion, and every acknowledged write is there."""
     from broadsheet.cluster import LocalCluster, load_state
     from broadsheet.supervisor import processes_of
-    from primary.standby import NewerCopyElsewhere
+    from primary.standby.fencing import NewerCopyElsewhere
 
     monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "5")
     root = tmp_path / "C"

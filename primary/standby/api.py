@@ -1,4 +1,4 @@
-"""The standby's status API (primary/standby.py runs it on the private
+"""The standby's status API (node.py runs it on the private
 network): ``GET /status``, its data.db position, which data.db it is, when
 its newest transaction was committed on the primary, what it acknowledged
 and whether its guard follows the primary or refuses it, which the
@@ -6,7 +6,7 @@ primary's control plane shows on ``/health``; ``GET /wait?txid=N``, which
 answers once the standby has data.db TXID N (``Broadsheet-Wait: standby``
 on the team's writes), having recorded it as acknowledged first.
 
-The same process runs the guard (``primary/standby_guard.py``) that the
+The same process runs the guard (``guard.py``) that the
 standby's LiteFS streams data.db through.
 """
 
@@ -24,9 +24,11 @@ from fastapi.responses import JSONResponse
 from broadsheet.config import split_addr
 from broadsheet.litefs import NewestLtx, Pos
 
-from .backup import Identity, identity_of_file
-from .standby import DATA_DB, Acknowledged, kept
-from .standby_guard import Guard
+from primary.backup import Identity, identity_of_file
+
+from .acknowledged import Acknowledged, kept
+from .guard import Guard
+from .node import DATA_DB
 
 
 class Standby:
