@@ -263,10 +263,10 @@ data_db_option = click.option("--data-db", help="Path of data.db (default: the l
 @click.option("--json", "as_json", is_flag=True)
 def tables(root, data_db, as_json):
     """List data.db's tables and whether each is public."""
-    from primary import state
+    from primary import store
 
-    conn = state.connect(_data_db(root, data_db), readonly=True)
-    specs = state.public_specs(conn)
+    conn = store.connect(_data_db(root, data_db), readonly=True)
+    specs = store.public_specs(conn)
     rows = [
         {
             "table": t,
@@ -274,7 +274,7 @@ def tables(root, data_db, as_json):
             "spec": specs[t].to_dict() if t in specs else None,
             "rows": _count(conn, t),
         }
-        for t in state.user_tables(conn)
+        for t in store.user_tables(conn)
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -387,20 +387,20 @@ def _flip_command(name: str, public: bool, help: str):
         verb = "public" if public else "private"
         spec = _spec(columns, exclude_columns, where)
         if data_db:
-            from primary import state
-            from primary.preview import preview
-            from primary.spec import PublishSpec, SpecError
+            from primary import store
+            from primary.store import PublishSpec, SpecError
+            from primary.store.preview import preview
 
-            conn = state.connect(data_db, readonly=dry_run)
+            conn = store.connect(data_db, readonly=dry_run)
             try:
                 parsed = PublishSpec.from_dict(spec)
                 if dry_run:
                     click.echo(describe_preview(preview(conn, table, parsed).as_dict()))
                     return
-                flip = state.set_public(conn, table, public, actor="cli", spec=parsed)
+                flip = store.set_public(conn, table, public, actor="cli", spec=parsed)
             except SpecError as exc:
                 raise click.ClickException(str(exc))
-            except state.PublishError as exc:
+            except store.PublishError as exc:
                 raise click.ClickException(exc.message)
             finally:
                 conn.close()
@@ -451,15 +451,15 @@ def meta(root, url, token, data_db, table, title, description, license_, license
         if v is not None
     }
     if data_db:
-        from primary import state
+        from primary import store
 
-        conn = state.connect(data_db)
+        conn = store.connect(data_db)
         try:
             if values:
-                click.echo(json.dumps(state.set_metadata(conn, table or state.INSTANCE, values), indent=2))
+                click.echo(json.dumps(store.set_metadata(conn, table or store.INSTANCE, values), indent=2))
             else:
-                click.echo(json.dumps(state.metadata(conn), indent=2))
-        except state.PublishError as exc:
+                click.echo(json.dumps(store.metadata(conn), indent=2))
+        except store.PublishError as exc:
             raise click.ClickException(exc.message)
         finally:
             conn.close()
@@ -776,7 +776,7 @@ def status(root, url, token, as_json):
 def _primary_here(root: Path) -> dict:
     """Where this machine's primary keeps data.db, its private LiteFS API and
     its backups: from the environment inside a primary's container (it sets
-    BROADSHEET_ROOT), else from the local cluster's state."""
+    BROADSHEET_ROOT), else from the local cluster's store."""
     if os.environ.get("BROADSHEET_ROOT") and os.environ.get("DATASETTE_SECRET"):
         from primary.node import PrimaryNode
 
@@ -835,7 +835,7 @@ def restore(root, file, timeout):
     then rebuilds public.db from it and read nodes follow. Refuses, changing
     nothing, a file that is not a whole broadsheet data.db of this cluster."""
     from primary import backup as backups
-    from primary import state
+    from primary.publisher import Watermark
 
     here = _primary_here(root)
     try:
@@ -848,7 +848,7 @@ def restore(root, file, timeout):
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        mark = state.Watermark.read(here["watermark"])
+        mark = Watermark.read(here["watermark"])
         if mark is not None and mark.private_txid >= done.private_txid:
             click.echo(f"public.db rebuilt at public TXID {mark.public_txid}")
             return

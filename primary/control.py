@@ -21,15 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 
-from . import publishing, queries, state
+from . import publishing, queries, store
 from .auth import NotAuthenticated, actor_from, may_publish, may_publish_queries, may_set_instance_metadata
 from .plugin import publish_forbidden
 from .discovery import Discovery
-from .preview import preview
 from .propagation import Tracker
-from .publisher import cycle_log_path, withdrawals_path
-from .spec import PublishSpec, SpecError
+from .publisher import Watermark, Withdrawals, cycle_log_path, withdrawals_path
 from .settings import settings
+from .store import PublishSpec, SpecError
+from .store.preview import preview
 
 # -- models ---------------------------------------------------------------------
 
@@ -288,14 +288,14 @@ def tracker(request: Request) -> Tracker:
 
 
 def _connect(readonly: bool = False):
-    return state.connect(settings().data_db, readonly=readonly)
+    return store.connect(settings().data_db, readonly=readonly)
 
 
 @app.get("/health", response_model=Health, tags=["health"])
 async def health(request: Request) -> Health:
     conf = settings()
     nodes = tracker(request).node_list()
-    mark = state.Watermark.read(conf.watermark_file)
+    mark = Watermark.read(conf.watermark_file)
     data_db_txid = Pos.read(conf.data_db).txid
     return Health(
         ok=Path(conf.data_db).exists() and Path(conf.public_db).exists(),
@@ -307,7 +307,7 @@ async def health(request: Request) -> Health:
         subscribers=tracker(request).subscriber_count,
         epoch=await asyncio.to_thread(_epoch),
         standby=await _standby(conf.standby_url, data_db_txid) if conf.standby_url else None,
-        withdrawn=[Withdrawn(**vars(w)) for w in state.Withdrawals.read_file(withdrawals_path(conf.watermark_file))],
+        withdrawn=[Withdrawn(**vars(w)) for w in Withdrawals.read_file(withdrawals_path(conf.watermark_file))],
     )
 
 
@@ -370,7 +370,7 @@ tables = APIRouter(prefix="/tables", tags=["tables"], responses=ERRORS)
 async def list_tables(actor: Actor) -> list[TableInfo]:
     conn = _connect(readonly=True)
     try:
-        specs = state.public_specs(conn)
+        specs = store.public_specs(conn)
         return [
             TableInfo(
                 table=t,
@@ -378,7 +378,7 @@ async def list_tables(actor: Actor) -> list[TableInfo]:
                 spec=specs[t].to_dict() if t in specs else None,
                 partial=t in specs and not specs[t].whole,
             )
-            for t in state.user_tables(conn)
+            for t in store.user_tables(conn)
         ]
     finally:
         conn.close()
@@ -391,7 +391,7 @@ async def _flip(
         raise HTTPException(403, {"ok": False, "error": publish_forbidden(table), "table": table})
     try:
         outcome = await publishing.flip(table, public, publishing.actor_label(actor), wait, timeout, spec)
-    except state.PublishError as exc:
+    except store.PublishError as exc:
         raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
     except publishing.PublishTimeout as exc:
         raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": table})
@@ -440,7 +440,7 @@ async def preview_publish(table: str, actor: Actor, body: SpecBody | None = None
     conn = _connect(readonly=True)
     try:
         return PreviewResult(**(await asyncio.to_thread(preview, conn, table, spec)).as_dict())
-    except state.PublishError as exc:
+    except store.PublishError as exc:
         raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
     finally:
         conn.close()
@@ -474,8 +474,8 @@ class MetadataAll(BaseModel):
 def _set_metadata(table: str, body: Metadata) -> dict:
     conn = _connect()
     try:
-        return state.set_metadata(conn, table, body.model_dump(exclude_unset=True))
-    except state.PublishError as exc:
+        return store.set_metadata(conn, table, body.model_dump(exclude_unset=True))
+    except store.PublishError as exc:
         raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
     finally:
         conn.close()
@@ -500,10 +500,10 @@ metadata_router = APIRouter(tags=["metadata"], responses=ERRORS)
 async def get_metadata(actor: Actor) -> MetadataAll:
     conn = _connect(readonly=True)
     try:
-        rows = state.metadata(conn)
+        rows = store.metadata(conn)
     finally:
         conn.close()
-    return MetadataAll(instance=rows.pop(state.INSTANCE, {}), tables=rows)
+    return MetadataAll(instance=rows.pop(store.INSTANCE, {}), tables=rows)
 
 
 @metadata_router.put("/metadata", response_model=dict, responses={400: {"model": Error}})
@@ -514,7 +514,7 @@ async def set_instance_metadata(body: Metadata, actor: Actor) -> dict:
     if not await may_set_instance_metadata(actor):
         message = "This actor may not set the instance's metadata (broadsheet-publish on the whole database)"
         raise HTTPException(403, {"ok": False, "error": message})
-    return await asyncio.to_thread(_set_metadata, state.INSTANCE, body)
+    return await asyncio.to_thread(_set_metadata, store.INSTANCE, body)
 
 
 app.include_router(metadata_router)
@@ -588,22 +588,22 @@ async def list_queries(actor: Actor) -> list[SavedQueryInfo]:
     def read():
         conn = _connect(readonly=True)
         try:
-            rows = queries.saved(conn)
+            rows = store.queries.saved(conn)
         finally:
             conn.close()
         try:
-            public = queries.connect_public(settings().public_db)
+            public = store.queries.connect_public(settings().public_db)
         except Exception:
             return rows, {}
         try:
-            return rows, queries.published(public)
+            return rows, store.queries.published(public)
         finally:
             public.close()
 
     rows, public = await asyncio.to_thread(read)
     fields = ("name", "sql", "title", "description")
     return [
-        SavedQueryInfo(**row, published=public.get(row["name"]) == queries.SavedQuery(*(row[f] for f in fields)))
+        SavedQueryInfo(**row, published=public.get(row["name"]) == store.queries.SavedQuery(*(row[f] for f in fields)))
         for row in rows
     ]
 
@@ -611,7 +611,7 @@ async def list_queries(actor: Actor) -> list[SavedQueryInfo]:
 async def _query_result(work) -> QueryResult:
     try:
         outcome = await work
-    except state.PublishError as exc:
+    except store.PublishError as exc:
         raise HTTPException(exc.status, {"ok": False, "error": exc.message, "table": exc.table})
     except publishing.PublishTimeout as exc:
         raise HTTPException(exc.status, {"ok": False, "error": exc.message})
@@ -630,7 +630,7 @@ async def save_query(
     403 unless the actor may use broadsheet-publish on the whole database."""
     if not await may_publish_queries(actor):
         raise HTTPException(403, {"ok": False, "error": QUERIES_FORBIDDEN})
-    query = queries.SavedQuery(body.name, body.sql, body.title, body.description)
+    query = store.queries.SavedQuery(body.name, body.sql, body.title, body.description)
     return await _query_result(queries.save_and_wait(query, publishing.actor_label(actor), wait, timeout))
 
 
@@ -650,7 +650,7 @@ async def query_log(
     """Who saved or removed which query, and which the publisher withdrew, newest first."""
     conn = _connect(readonly=True)
     try:
-        return [QueryLogEntry(**entry) for entry in queries.log_entries(conn, name, limit)]
+        return [QueryLogEntry(**entry) for entry in store.queries.log_entries(conn, name, limit)]
     finally:
         conn.close()
 
@@ -666,7 +666,7 @@ audit = APIRouter(tags=["audit"], responses=ERRORS)
 async def audit_log(actor: Actor, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditEntry]:
     conn = _connect(readonly=True)
     try:
-        return [AuditEntry(**entry) for entry in state.audit_entries(conn, limit=limit)]
+        return [AuditEntry(**entry) for entry in store.audit_entries(conn, limit=limit)]
     finally:
         conn.close()
 

