@@ -23,7 +23,7 @@ from broadsheet.litefs import MountConfig, NewestLtx, derived_cluster_id, is_mou
 from broadsheet.supervisor import Service
 
 from .backup import check_schedule, default_cluster_id
-from .settings import ReadNodeAddress
+from .settings import ReadNodeAddress, Settings, read_nodes
 from .standby.fencing import check_no_newer_copy, check_no_other_primary
 from .standby.promoted import promotion, record_epoch
 
@@ -92,10 +92,10 @@ class PrimaryNode:
                 "DATASETTE_SECRET is not set: the primary signs tokens and logins with it"
                 " (make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')"
             )
-        try:
-            nodes = [ReadNodeAddress(**n) for n in json.loads(env.str("BROADSHEET_READ_NODES", "[]"))]
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"BROADSHEET_READ_NODES must be a JSON list of {{name, url}}: {exc}")
+        # Every setting the primary's own processes read (primary/settings.py),
+        # checked here, before any of them starts.
+        Settings.from_env(environ)
+        nodes = list(read_nodes(env))
         node = cls(
             root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
             secret=secret,
@@ -127,14 +127,6 @@ class PrimaryNode:
         if node.team_plugins_dir and not Path(node.team_plugins_dir).is_dir():
             raise ConfigError(f"BROADSHEET_TEAM_PLUGINS_DIR is not a directory: {node.team_plugins_dir}")
         check_schedule(node.backup_interval, node.backup_keep)
-        wait = env.str("BROADSHEET_STANDBY_WAIT_TIMEOUT", "5")
-        try:
-            ok = 0 < float(wait) <= 60
-        except ValueError:
-            ok = False
-        if not ok:
-            # The standby's /wait answers waits of up to 60 s.
-            raise ConfigError(f"BROADSHEET_STANDBY_WAIT_TIMEOUT must be seconds, more than 0 and at most 60: {wait!r}")
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
         if node.private_litefs_addr:
             split_addr(node.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
