@@ -48,12 +48,11 @@ from .visibility import (
 )
 
 __all__ = [
-    "AUDIT_COLUMNS", "INSTANCE", "METADATA_FIELDS", "REBUILT_ACTOR", "REBUILT_REASON",
-    "BrokenView", "DependsOnPrivate", "Flip", "InternalTable", "Preview", "Projection", "PublishError",
-    "PublishSpec", "SpecError", "TableNotFound", "TableShape",
-    "audit", "audit_entries", "audit_txids", "check_metadata", "check_name", "check_publishable", "check_spec",
-    "column_ids", "connect", "ensure_schema", "fail_closed", "fts_companions", "immediate", "metadata", "migrate",
-    "misfit",     "now", "preview", "private_reads", "projection", "public_specs", "public_tables", "queries", "set_metadata",
-    "set_public", "shadow_tables", "spec", "spec_columns", "user_tables", "view_columns", "view_reads", "views",
-    "virtual_tables",
+    "AUDIT_COLUMNS", "BrokenView", "DependsOnPrivate", "Flip", "INSTANCE", "InternalTable", "METADATA_FIELDS",
+    "Preview", "Projection", "PublishError", "PublishSpec", "REBUILT_ACTOR", "REBUILT_REASON", "SpecError",
+    "TableNotFound", "TableShape", "audit", "audit_entries", "audit_txids", "check_metadata", "check_name",
+    "check_publishable", "check_spec", "column_ids", "connect", "ensure_schema", "fail_closed", "fts_companions",
+    "immediate", "metadata", "migrate", "misfit", "now", "preview", "private_reads", "projection", "public_specs",
+    "public_tables", "queries", "set_metadata", "set_public", "shadow_tables", "spec", "spec_columns",
+    "user_tables", "view_columns", "view_reads", "views", "virtual_tables"
 ]
