@@ -225,3 +225,27 @@ def test_the_team_datasette_fires_an_event_per_audit_entry_once(tmp_path, monkey
     assert cursor < restarted._read_cursor()
     settings.cache_clear()
     conn.close()
+
+
+def test_the_cycle_record_is_one_type_from_the_log_file_to_the_control_plane(tmp_path):
+    """The cycle log holds Cycles (to_json, from_json), and what the control
+    plane shows of one is its summary: the same fields, by the same names."""
+    import dataclasses
+
+    from primary.control import CycleSummary
+
+    cycle = Cycle(
+        private_txid=7, public_txid=3, started_at="2026-01-01T00:00:00.000+00:00", duration_ms=12.34567,
+        tables_copied=("planes",), published=("planes",), rows_by_table={"planes": 5}, actors={"planes": "alice"},
+        queries_changed=("by_tz",), query_changes={"by_tz": {"action": "published", "actor": "carol", "reason": None}},
+        audit_id=4, queries_log_id=2,
+    )
+    log = CycleLog(tmp_path / "cycles.jsonl")
+    log.append(cycle)
+    [back] = log.read(1)
+    assert back == dataclasses.replace(cycle, duration_ms=12.346)  # the log keeps microseconds
+    assert set(CycleSummary.model_fields) == set(Cycle.SUMMARY)
+    shown = CycleSummary(**back.summary())
+    assert shown.published == ["planes"] and shown.query_changes["by_tz"].actor == "carol"
+    # A line from an older publisher, without the fields added since.
+    assert Cycle.from_json({"private_txid": 1, "public_txid": 1, "started_at": "x", "duration_ms": 1}).query_changes == {}
