@@ -14,7 +14,6 @@ from broadsheet.litefs import Pos
 
 from . import publishing, store
 from .settings import settings
-from .store.queries import QueryError, SavedQuery, connect_public, log_txids, published, remove, save, saved
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Outcome:
     withdrawn: str | None = None
 
 
-async def save_and_wait(query: SavedQuery, actor: str, wait: bool = True, timeout: float = 10.0) -> Outcome:
+async def save_and_wait(query: store.queries.SavedQuery, actor: str, wait: bool = True, timeout: float = 10.0) -> Outcome:
     """Save a query (QueryError if it cannot be) and wait, bounded, for the
     publisher (publishing.PublishTimeout), as publishing a table does."""
     conf = settings()
@@ -40,9 +39,10 @@ async def save_and_wait(query: SavedQuery, actor: str, wait: bool = True, timeou
         data, public = store.connect(conf.data_db), None
         try:
             if not os.path.exists(conf.public_db):
-                raise QueryError("public.db does not exist yet: the publisher has not run", query.name, status=503)
-            public = connect_public(conf.public_db)
-            return save(data, public, query, actor)
+                why = "public.db does not exist yet: the publisher has not run"
+                raise store.queries.QueryError(why, query.name, status=503)
+            public = store.queries.connect_public(conf.public_db)
+            return store.queries.save(data, public, query, actor)
         finally:
             data.close()
             if public is not None:
@@ -56,7 +56,7 @@ async def remove_and_wait(name: str, actor: str, wait: bool = True, timeout: flo
     def work():
         data = store.connect(settings().data_db)
         try:
-            return remove(data, name, actor)
+            return store.queries.remove(data, name, actor)
         finally:
             data.close()
 
@@ -75,13 +75,13 @@ async def _wait(name: str, changed: bool, log_id: int | None, wait: bool, timeou
         data = store.connect(conf.data_db)
         try:
             if log_id is not None and public_txid is not None:
-                log_txids(data, log_id, private_txid, public_txid)
-            row = next((q for q in saved(data) if q["name"] == name), None)
+                store.queries.log_txids(data, log_id, private_txid, public_txid)
+            row = next((q for q in store.queries.saved(data) if q["name"] == name), None)
         finally:
             data.close()
-        public = connect_public(conf.public_db)
+        public = store.queries.connect_public(conf.public_db)
         try:
-            return row, name in published(public)
+            return row, name in store.queries.published(public)
         finally:
             public.close()
 
