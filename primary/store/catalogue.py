@@ -31,7 +31,9 @@ def user_tables(conn: apsw.Connection, schema: str = "main") -> list[str]:
 
 
 def views(conn: apsw.Connection, schema: str = "main") -> list[str]:
-    return sorted(name for name, type_ in _table_list(conn, schema) if type_ == "view")
+    # The schema table says which are views, without table_list's work of
+    # counting each view's columns (the publisher asks once per view).
+    return [n for (n,) in conn.execute(f"SELECT name FROM {quote(schema)}.sqlite_master WHERE type = 'view' ORDER BY name")]
 
 
 def virtual_tables(conn: apsw.Connection, schema: str = "main") -> list[tuple[str, str]]:
