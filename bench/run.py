@@ -40,8 +40,9 @@ from broadsheet.tokens import mint
 from broadsheet.client import ControlClient
 from local.cluster import LocalCluster, free_port
 from broadsheet.litefs import Pos, TxEvent
+from primary import store
+from primary.publisher import Cycle, CycleLog, cycle_log_path
 from primary.sample import nycflights13_file
-from primary import state
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -270,13 +271,13 @@ async def _fanout(bench: Bench, nodes, writes: int, first_id: int) -> tuple[list
     publish_ms: list[float] = []
     apply_ms: list[float] = []
     per_node: dict[str, list[float]] = {n: [] for n in names}
-    conn = state.connect(bench.data_db)
+    conn = store.connect(bench.data_db)
     try:
         async with TxClock(_litefs_urls(bench, nodes)) as clock:
             for i in range(writes):
                 before = Pos.read(bench.cluster.primary.public_db).txid
                 started = time.perf_counter()
-                with state.immediate(conn):
+                with store.immediate(conn):
                     conn.execute("INSERT INTO fanout (id, text) VALUES (?, ?)", (first_id + i, f"write {i}"))
                 public = (await clock.until(["primary"], before + 1, 30))["primary"]
                 txid = clock.first_after("primary", before)
@@ -330,8 +331,8 @@ def _import_flights(path: str, quick: bool) -> int:
     if quick:
         rows = rows[:30_000]
     columns = list(rows[0])
-    conn = state.connect(path)
-    with state.immediate(conn):  # one transaction: one LTX, one publisher wake-up
+    conn = store.connect(path)
+    with store.immediate(conn):  # one transaction: one LTX, one publisher wake-up
         conn.execute(
             "CREATE TABLE flights ("
             + ", ".join(f"{c} {'INTEGER' if c in FLIGHT_TYPES else 'TEXT'}" for c in columns)
@@ -385,8 +386,8 @@ def _publisher_on_local_files(bench: Bench) -> dict[str, float]:
         backup.step()
     src.close()
     dst.close()
-    conn = state.connect(data)
-    state.set_public(conn, "flights", True, actor="bench")
+    conn = store.connect(data)
+    store.set_public(conn, "flights", True, actor="bench")
     conn.close()
     publisher = Publisher(data, local / "public.db")
     try:
@@ -398,11 +399,9 @@ def _publisher_on_local_files(bench: Bench) -> dict[str, float]:
     return {"cycle_s": total, "commit_s": cycle.commit_ms / 1000}
 
 
-def _cycle_for(bench: Bench, public_txid: int) -> dict | None:
-    from primary.publisher import cycle_log_path
-
-    records = state.CycleLog.read_file(cycle_log_path(bench.cluster.primary.watermark_file), 50)
-    return next((r for r in records if r["public_txid"] == public_txid), None)
+def _cycle_for(bench: Bench, public_txid: int) -> Cycle | None:
+    records = CycleLog.read_file(cycle_log_path(bench.cluster.primary.watermark_file), 50)
+    return next((r for r in records if r.public_txid == public_txid), None)
 
 
 async def _publish_on_cluster(bench: Bench, expected: int) -> dict[str, float]:
@@ -447,17 +446,17 @@ def bench_publish(bench: Bench) -> None:
     baseline = _sqlite_copy(bench.data_db, bench.root / "baseline-copy.db")
     local = _publisher_on_local_files(bench)
     cluster = asyncio.run(_publish_on_cluster(bench, expected))
-    cycle = _cycle_for(bench, cluster["public_txid"]) or {}
+    cycle = _cycle_for(bench, cluster["public_txid"])
     total = cluster["total_s"]
     # The cycle log's clock is the wall clock (one machine: the same one).
-    cycle_started = datetime.datetime.fromisoformat(cycle["started_at"]).timestamp() if cycle else 0
+    cycle_started = datetime.datetime.fromisoformat(cycle.started_at).timestamp() if cycle else 0
     parts = {
         "flip_to_cycle_start_s": cycle_started - cluster["flipped_at"] if cycle else 0,
         "sqlite_copy": baseline,
         "publisher_on_local_files": local,
         "cluster": cluster,
-        "publisher_cycle_on_litefs_s": cycle.get("duration_ms", 0) / 1000,
-        "publisher_commit_on_litefs_s": cycle.get("commit_ms", 0) / 1000,
+        "publisher_cycle_on_litefs_s": cycle.duration_ms / 1000 if cycle else 0,
+        "publisher_commit_on_litefs_s": cycle.commit_ms / 1000 if cycle else 0,
     }
     bench.add(Result("publish flights", f"flip → {expected:,} rows on every node", total, "s", baseline["total_s"],
                      "sqlite3 copy + index into a fresh file", "≤ 2× baseline + 1 s",
@@ -484,9 +483,7 @@ def bench_publish(bench: Bench) -> None:
 
 def _last_cycle_ms(bench) -> float:
     """The duration of the publisher's newest cycle, from its cycle log."""
-    from primary.publisher import cycle_log_path
-
-    return state.CycleLog.read_file(cycle_log_path(bench.cluster.primary.watermark_file), 1)[0]["duration_ms"]
+    return CycleLog.read_file(cycle_log_path(bench.cluster.primary.watermark_file), 1)[0].duration_ms
 
 
 def _publisher_cpu(bench: Bench) -> float:
@@ -506,8 +503,8 @@ def _ltx_bytes(bench: Bench, txid: int) -> int:
 
 def bench_incremental(bench: Bench) -> None:
     n = 100_000 if bench.quick else 1_000_000
-    conn = state.connect(bench.data_db)
-    with state.immediate(conn):
+    conn = store.connect(bench.data_db)
+    with store.immediate(conn):
         conn.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, label TEXT, value REAL, payload TEXT)")
         conn.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
@@ -522,7 +519,7 @@ def bench_incremental(bench: Bench) -> None:
     samples = []
     for i in range(5 if bench.quick else 20):
         cpu0 = _publisher_cpu(bench)
-        with state.immediate(conn):
+        with store.immediate(conn):
             conn.execute("UPDATE big SET value = ?, label = 'changed' WHERE id = ?", (-i, 1 + (i * 48611) % n))
         txid = bench.control._call("GET", "/bookmarks")["public_txid"]
         bench.cluster.wait_for_replicas(txid, timeout=30)
@@ -733,10 +730,10 @@ def _reads_under_writes(bench: Bench, node, url: str, seconds: int, plain: dict)
 
     def write_stream():
         nonlocal writes
-        conn = state.connect(bench.data_db)
+        conn = store.connect(bench.data_db)
         try:
             while not stop.wait(0.1):
-                with state.immediate(conn):
+                with store.immediate(conn):
                     conn.execute("UPDATE ticks SET n = n + 1 WHERE id = 1")
                 writes += 1
         finally:

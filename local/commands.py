@@ -73,9 +73,11 @@ def promote(root, force):
     standby's copy is older than what it acknowledged."""
     from broadsheet.config import ConfigError
     from broadsheet.supervisor import holder
-    from primary.standby import AnotherPrimary, PromoteRefused, StandbyNode, check_no_other_primary, loss_window
-    from primary.standby import promote as record
-    from primary.standby import promotion
+    from primary.standby.fencing import AnotherPrimary, check_no_other_primary
+    from primary.standby.node import StandbyNode
+    from primary.standby.promoted import loss_window, promotion
+    from primary.standby.promotion import PromoteRefused
+    from primary.standby.promotion import promote as record
 
     local = root is not None or not (os.environ.get("DATASETTE_SECRET") or os.environ.get("BROADSHEET_CLUSTER_ID"))
     if local:

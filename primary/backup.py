@@ -41,7 +41,7 @@ import httpx
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TABLES
 
-from . import state
+from . import store
 
 CLUSTER_TABLE = "_public_cluster"
 BACKUP_TABLE = "_public_backup"
@@ -90,7 +90,7 @@ def default_cluster_id(secret: str) -> str:
 def ensure_cluster(conn: apsw.Connection, cluster_id: str) -> str:
     """Record ``cluster_id`` in a data.db that has none; refuse (BackupError)
     a data.db that belongs to another cluster."""
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {CLUSTER_TABLE}"
             " (cluster_id TEXT NOT NULL, created_at TEXT NOT NULL, epoch INTEGER NOT NULL DEFAULT 1)"
@@ -104,7 +104,7 @@ def ensure_cluster(conn: apsw.Connection, cluster_id: str) -> str:
         if found is None:
             conn.execute(
                 f"INSERT INTO {CLUSTER_TABLE} (cluster_id, created_at, generation) VALUES (?, ?, ?)",
-                (cluster_id, state.now(), new_generation()),
+                (cluster_id, store.now(), new_generation()),
             )
             return cluster_id
         # A data.db made by an older broadsheet: its generation starts now.
@@ -158,7 +158,7 @@ def identity_of_file(path: str | os.PathLike, immutable: bool = False) -> Identi
     if not Path(path).exists():
         return Identity()
     try:
-        conn = state.connect(f"file:{path}?immutable=1" if immutable else str(path), readonly=True)
+        conn = store.connect(f"file:{path}?immutable=1" if immutable else str(path), readonly=True)
     except apsw.Error:
         return Identity()
     try:
@@ -177,7 +177,7 @@ def epoch_of(conn: apsw.Connection) -> int:
 
 
 def set_epoch(conn: apsw.Connection, epoch: int) -> None:
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute(f"UPDATE {CLUSTER_TABLE} SET epoch = ? WHERE epoch < ?", (epoch, epoch))
 
 
@@ -185,7 +185,7 @@ def record_public_litefs_id(conn: apsw.Connection, litefs_id: str) -> None:
     """Keep the public cluster's LiteFS id in data.db, so that a promoted
     standby (or a primary rebuilt from a backup) starts the public cluster
     with the id its read nodes know."""
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute(
             f"UPDATE {CLUSTER_TABLE} SET public_litefs_id = ? WHERE public_litefs_id IS NOT ?", (litefs_id, litefs_id)
         )
@@ -196,7 +196,7 @@ def public_litefs_id(data_db: str | os.PathLike) -> str | None:
     if not Path(data_db).exists():
         return None
     try:
-        conn = state.connect(str(data_db), readonly=True)
+        conn = store.connect(str(data_db), readonly=True)
         try:
             row = conn.execute(f"SELECT public_litefs_id FROM {CLUSTER_TABLE} LIMIT 1").fetchone()
         finally:
@@ -288,7 +288,7 @@ def take(data_db: str | os.PathLike, dest: str | os.PathLike, keep: int | None =
         taken_at = taken.isoformat(timespec="milliseconds")
         # One file, readable with nothing beside it.
         out.execute("PRAGMA journal_mode=DELETE")
-        with state.immediate(out):
+        with store.immediate(out):
             out.execute(f"CREATE TABLE {BACKUP_TABLE} (txid INTEGER NOT NULL, cluster_id TEXT, taken_at TEXT NOT NULL)")
             out.execute(f"INSERT INTO {BACKUP_TABLE} VALUES (?, ?, ?)", (pos.txid, cluster_id, taken_at))
         check = out.execute("PRAGMA integrity_check").fetchall()
@@ -407,7 +407,7 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
     backup = inspect(path)
     if not Path(data_db).exists():
         raise BackupError(f"{data_db} does not exist: start the primary first (it makes an empty data.db)")
-    current = state.connect(str(data_db), readonly=True)
+    current = store.connect(str(data_db), readonly=True)
     try:
         here = cluster_of(current)
         epoch = epoch_of(current)
@@ -428,11 +428,11 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
         except OSError as exc:
             # Scheduled backups may prune it meanwhile.
             raise BackupError(f"{path} could not be read for the restore: {exc.strerror or exc}") from None
-        conn = state.connect(str(staged))
+        conn = store.connect(str(staged))
         try:
             # A backup taken by an older broadsheet: brought up to this
             # one's internal tables before the running primary reads it.
-            state.ensure_schema(conn)
+            store.ensure_schema(conn)
             # The running primary's epoch, generation and public cluster id
             # carry over: a backup from before a promotion must not make this
             # node look no newer than the old primary, nor bring back a
@@ -442,11 +442,11 @@ def restore(path: str | os.PathLike, data_db: str | os.PathLike, litefs_url: str
             ensure_cluster(conn, here or backup.cluster_id)
             set_epoch(conn, epoch)
             if generation:
-                with state.immediate(conn):
+                with store.immediate(conn):
                     conn.execute(f"UPDATE {CLUSTER_TABLE} SET generation = ?", (generation,))
             if public_id := public_litefs_id(data_db):
                 record_public_litefs_id(conn, public_id)
-            with state.immediate(conn):
+            with store.immediate(conn):
                 conn.execute(f"DROP TABLE IF EXISTS {BACKUP_TABLE}")
                 public = [r[0] for r in conn.execute(f"SELECT table_name FROM {PUBLIC_TABLES} ORDER BY table_name")]
                 # Above every change id the running publisher has seen, so

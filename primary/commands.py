@@ -46,8 +46,9 @@ def standby():
     """Run this machine's standby (a LiteFS replica of the private cluster's
     data.db, its guard and its status API), configured by environment
     variables, until SIGTERM; `broadsheet promote` turns it into the primary."""
-    from primary.standby import StandbyNode, promotion
-    from primary.standby import become_primary as promote_to_primary
+    from primary.standby.node import StandbyNode
+    from primary.standby.promoted import promotion
+    from primary.standby.promotion import become_primary as promote_to_primary
 
     from broadsheet.config import ConfigError
     from broadsheet.supervisor import Supervisor, run_until_signalled
@@ -99,16 +100,16 @@ def _opened(data_db: str, readonly: bool = False):
     """A connection to the SQLite file ``data_db`` (checked by
     ``sqlite_file``), closed after; the store's refusals and SQLite's
     errors become the command's message."""
-    from primary import state
+    from primary import store
 
     path = sqlite_file(data_db, "data.db")
     try:
-        conn = state.connect(path, readonly=readonly)
+        conn = store.connect(path, readonly=readonly)
         try:
             yield conn
         finally:
             conn.close()
-    except state.PublishError as exc:
+    except store.PublishError as exc:
         raise click.ClickException(exc.message)
     except sqlite_errors() as exc:
         raise click.ClickException(f"{path}: {_sqlite_message(exc)}")
@@ -232,9 +233,9 @@ def _flip_command(name: str, public: bool, help: str):
         verb = "public" if public else "private"
         spec = _spec(columns, exclude_columns, where)
         if data_db:
-            from primary import state
-            from primary.preview import preview
-            from primary.spec import PublishSpec, SpecError
+            from primary import store
+            from primary.store.preview import preview
+            from primary.store import PublishSpec, SpecError
 
             with _opened(data_db, readonly=dry_run) as conn:
                 try:
@@ -242,7 +243,7 @@ def _flip_command(name: str, public: bool, help: str):
                     if dry_run:
                         click.echo(describe_preview(preview(conn, table, parsed).as_dict()))
                         return
-                    flip = state.set_public(conn, table, public, actor="cli", spec=parsed)
+                    flip = store.set_public(conn, table, public, actor="cli", spec=parsed)
                 except SpecError as exc:
                     raise click.ClickException(str(exc))
             click.echo(f"{table} is {'now' if flip.changed else 'already'} {verb}")
@@ -292,13 +293,13 @@ def meta(root, url, token, data_db, table, title, description, license_, license
         if v is not None
     }
     if data_db:
-        from primary import state
+        from primary import store
 
         with _opened(data_db) as conn:
             if values:
-                click.echo(json.dumps(state.set_metadata(conn, table or state.INSTANCE, values), indent=2))
+                click.echo(json.dumps(store.set_metadata(conn, table or store.INSTANCE, values), indent=2))
             else:
-                click.echo(json.dumps(state.metadata(conn), indent=2))
+                click.echo(json.dumps(store.metadata(conn), indent=2))
         return
     from broadsheet.client import ControlError
 
@@ -612,7 +613,7 @@ def status(root, url, token, as_json):
 def _primary_here(root: Path) -> dict:
     """Where this machine's primary keeps data.db, its private LiteFS API and
     its backups: from the environment inside a primary's container (it sets
-    BROADSHEET_ROOT), else from the local cluster's state."""
+    BROADSHEET_ROOT), else from the local cluster's store."""
     if os.environ.get("BROADSHEET_ROOT") and os.environ.get("DATASETTE_SECRET"):
         from primary.node import PrimaryNode
 

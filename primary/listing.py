@@ -10,8 +10,8 @@ import apsw
 
 from broadsheet.names import quote
 
-from . import state
-from .spec import PublishSpec
+from . import store
+from .store import PublishSpec
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,13 @@ class TableEntry:
 
 
 def tables(conn: apsw.Connection, count_rows: bool = False) -> list[TableEntry]:
-    """Every user table of data.db (``state.user_tables``), by name."""
-    specs = state.public_specs(conn)
+    """Every user table of data.db (``store.user_tables``), by name."""
+    specs = store.public_specs(conn)
     return [
         TableEntry(
             table,
             specs.get(table),
             conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0] if count_rows else None,
         )
-        for table in state.user_tables(conn)
+        for table in store.user_tables(conn)
     ]

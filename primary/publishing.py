@@ -10,7 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from . import state
+from .publisher import Watermark
 from .settings import settings
 
 
@@ -36,14 +36,14 @@ class Outcome:
 
 async def wait_published(
     private_txid: int, timeout: float, table: str | None = None, watermark_file: str | None = None
-) -> state.Watermark:
+) -> Watermark:
     """Wait until the publisher has reflected data.db TXID ``private_txid``
     and return its watermark (``watermark_file``, default this primary's);
     PublishTimeout (naming ``table``, if given) if it has not within
     ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        mark = state.Watermark.read(watermark_file or settings().watermark_file)
+        mark = Watermark.read(watermark_file or settings().watermark_file)
         if mark is not None and mark.private_txid >= private_txid:
             return mark
         if time.monotonic() > deadline:

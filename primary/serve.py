@@ -9,4 +9,11 @@ PLUGINS = ["primary.datasette"]
 if __name__ == "__main__":
     import sys
 
+    from broadsheet.config import ConfigError
+    from primary.settings import settings
+
+    try:
+        settings()  # every setting, checked before Datasette starts
+    except ConfigError as exc:
+        sys.exit(f"primary.serve: {exc}")
     launch(PLUGINS, sys.argv[1:])

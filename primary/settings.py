@@ -1,5 +1,10 @@
 """The primary's settings, from environment variables with defaults that make
-the local cluster work. The supervisor sets them for every process it starts."""
+the local cluster work. The supervisor sets them for every process it starts.
+
+Every one is read through ``broadsheet.config.Env``: a bad value is a
+ConfigError that names the variable, raised when ``broadsheet primary``
+starts (``PrimaryNode.from_env`` reads them all once) and again, should one
+be started by hand, when a process of the primary first reads them."""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import json
 import os
 from dataclasses import dataclass
 from functools import cache
+from typing import Mapping
+
+from broadsheet.config import ConfigError, Env
 
 
 @dataclass(frozen=True)
@@ -39,41 +47,98 @@ class Settings:
     # The team's own Datasette plugins (*.py), loaded by the team's Datasette
     # and by the control plane's permission checker alike.
     team_plugins_dir: str | None = None
-    standby_url: str = ""  # the standby's status API (primary/standby.py), if there is one
+    standby_url: str = ""  # the standby's status API (primary/standby/api.py), if there is one
     standby_wait: float = 5.0  # longest wait for the standby on Broadsheet-Wait: standby, seconds
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = Env(environ)
+        watermark = env.str("BROADSHEET_WATERMARK", "/var/lib/broadsheet/publisher-watermark.json")
+        return cls(
+            data_db=env.str("BROADSHEET_DATA_DB", "/litefs/private/data.db"),
+            public_db=env.str("BROADSHEET_PUBLIC_DB", "/litefs/public/public.db"),
+            watermark_file=watermark,
+            # Beside the node's other private state, off the LiteFS mounts.
+            team_db=env.optional("BROADSHEET_TEAM_DB") or os.path.join(os.path.dirname(watermark), "team.db"),
+            public_litefs_url=env.url("BROADSHEET_PUBLIC_LITEFS_URL", "http://127.0.0.1:20203"),
+            datasette_url=env.url("BROADSHEET_DATASETTE_URL", "http://127.0.0.1:8001"),
+            control_url=env.url("BROADSHEET_CONTROL_URL", "http://127.0.0.1:8004"),
+            read_nodes=read_nodes(env),
+            read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS"),
+            read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
+            discovery_interval=_seconds(env, "BROADSHEET_DISCOVERY_INTERVAL", 2.0),
+            max_body=_bytes(env, "BROADSHEET_MAX_BODY", 10 * 1024 * 1024),
+            # 16 KiB pages make a large first publish about 40% faster than
+            # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),
+            # while a one-row change still ships a few pages: see bench/.
+            page_size=_page_size(env, "BROADSHEET_PAGE_SIZE", 16384),
+            team_plugins_dir=env.optional("BROADSHEET_TEAM_PLUGINS_DIR"),
+            standby_url=env.url("BROADSHEET_STANDBY_URL").rstrip("/"),
+            standby_wait=_standby_wait(env, "BROADSHEET_STANDBY_WAIT_TIMEOUT", 5.0),
+        )
+
+    @property
+    def team_password_hash(self) -> str | None:
+        """The browser login "team" (primary/team.py) until the team sets
+        its own; read when needed, as the secret is."""
+        return Env().optional("BROADSHEET_TEAM_PASSWORD_HASH")
 
     @property
     def secret(self) -> str:
         # Read when needed, never stored in a settings dump.
-        secret = os.environ.get("DATASETTE_SECRET")
+        secret = Env().optional("DATASETTE_SECRET")
         if not secret:
             raise RuntimeError("DATASETTE_SECRET is not set: tokens cannot be checked")
         return secret
 
 
+def read_nodes(env: Env) -> tuple[ReadNodeAddress, ...]:
+    """BROADSHEET_READ_NODES: a JSON list of {name, url} (and optionally
+    region, public_url)."""
+    try:
+        return tuple(ReadNodeAddress(**n) for n in json.loads(env.str("BROADSHEET_READ_NODES", "[]")))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"BROADSHEET_READ_NODES must be a JSON list of {{name, url}}: {exc}") from None
+
+
+def _seconds(env: Env, name: str, default: float) -> float:
+    value = env.str(name, str(default))
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if not seconds > 0:
+        raise ConfigError(f"{name} must be more than 0 seconds, not {value!r}")
+    return seconds
+
+
+def _standby_wait(env: Env, name: str, default: float) -> float:
+    value = env.str(name, str(default))
+    try:
+        ok = 0 < float(value) <= 60
+    except ValueError:
+        ok = False
+    if not ok:
+        # The standby's /wait answers waits of up to 60 s.
+        raise ConfigError(f"{name} must be seconds, more than 0 and at most 60: {value!r}")
+    return float(value)
+
+
+def _bytes(env: Env, name: str, default: int) -> int:
+    value = env.int(name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be a number of bytes (1 or more), not {value}")
+    return value
+
+
+def _page_size(env: Env, name: str, default: int) -> int:
+    value = env.int(name, default)
+    # SQLite ignores any other page size without a word.
+    if value < 512 or value > 65536 or value & (value - 1):
+        raise ConfigError(f"{name} must be a power of two from 512 to 65536 (an SQLite page size), not {value}")
+    return value
+
+
 @cache
 def settings() -> Settings:
-    nodes = json.loads(os.environ.get("BROADSHEET_READ_NODES", "[]"))
-    watermark = os.environ.get("BROADSHEET_WATERMARK", "/var/lib/broadsheet/publisher-watermark.json")
-    return Settings(
-        data_db=os.environ.get("BROADSHEET_DATA_DB", "/litefs/private/data.db"),
-        public_db=os.environ.get("BROADSHEET_PUBLIC_DB", "/litefs/public/public.db"),
-        watermark_file=watermark,
-        # Beside the node's other private state, off the LiteFS mounts.
-        team_db=os.environ.get("BROADSHEET_TEAM_DB") or os.path.join(os.path.dirname(watermark), "team.db"),
-        public_litefs_url=os.environ.get("BROADSHEET_PUBLIC_LITEFS_URL", "http://127.0.0.1:20203"),
-        datasette_url=os.environ.get("BROADSHEET_DATASETTE_URL", "http://127.0.0.1:8001"),
-        control_url=os.environ.get("BROADSHEET_CONTROL_URL", "http://127.0.0.1:8004"),
-        read_nodes=tuple(ReadNodeAddress(**n) for n in nodes),
-        read_nodes_dns=os.environ.get("BROADSHEET_READ_NODES_DNS") or None,
-        read_node_port=int(os.environ.get("BROADSHEET_READ_NODE_PORT") or "8001"),
-        discovery_interval=float(os.environ.get("BROADSHEET_DISCOVERY_INTERVAL") or "2"),
-        max_body=int(os.environ.get("BROADSHEET_MAX_BODY", str(10 * 1024 * 1024))),
-        # 16 KiB pages make a large first publish about 40% faster than
-        # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),
-        # while a one-row change still ships a few pages: see bench/.
-        page_size=int(os.environ.get("BROADSHEET_PAGE_SIZE", "16384")),
-        team_plugins_dir=os.environ.get("BROADSHEET_TEAM_PLUGINS_DIR") or None,
-        standby_url=os.environ.get("BROADSHEET_STANDBY_URL", "").rstrip("/"),
-        standby_wait=float(os.environ.get("BROADSHEET_STANDBY_WAIT_TIMEOUT") or "5"),
-    )
+    return Settings.from_env()

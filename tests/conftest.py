@@ -26,7 +26,8 @@ import sqlite_utils
 
 from local.cluster import LocalCluster
 from broadsheet.litefs import unmount
-from primary import state
+from primary import store
+from primary.publisher import Watermark
 
 # Fixtures that start LiteFS (a local cluster, a role's processes) or
 # containers. A test that uses one, directly or through another fixture, is
@@ -196,7 +197,7 @@ def no_leftover_mounts(tmp_path_factory):
 @pytest.fixture
 def db(cluster):
     """A write connection to the cluster's private data.db."""
-    conn = state.connect(str(cluster.primary.data_db))
+    conn = store.connect(str(cluster.primary.data_db))
     yield conn
     conn.close()
 
@@ -223,7 +224,7 @@ def settle(cluster, timeout: float = 10.0) -> None:
     from broadsheet.litefs import Pos
 
     def caught_up():
-        mark = state.Watermark.read(cluster.primary.watermark_file)
+        mark = Watermark.read(cluster.primary.watermark_file)
         return mark is not None and mark.private_txid >= Pos.read(cluster.primary.data_db).txid
 
     wait_until(caught_up, timeout=timeout, message="the publisher caught up")

@@ -54,7 +54,7 @@ from datasette_auth_passwords.utils import hash_password
 from fastapi.testclient import TestClient
 
 import primary.datasette
-from primary import state
+from primary import store
 from primary.control import auth, permissions
 from primary.control.app import app as control_app
 from primary.control.routes import health
@@ -123,7 +123,7 @@ class PlainPrimary:
 
     def connect(self):
         """A connection to data.db, as the CLI and the publisher open it (apsw)."""
-        return state.connect(str(self.data_db))
+        return store.connect(str(self.data_db))
 
     def data(self, sql: str, params=()) -> list[tuple]:
         conn = self.connect()
@@ -162,7 +162,7 @@ class PlainPrimary:
     def audit(self, table: str | None = None, limit: int = 10) -> list[dict]:
         conn = self.connect()
         try:
-            return state.audit_entries(conn, table=table, limit=limit)
+            return store.audit_entries(conn, table=table, limit=limit)
         finally:
             conn.close()
 

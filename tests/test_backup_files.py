@@ -18,18 +18,18 @@ from click.testing import CliRunner
 from broadsheet.cli import cli
 from broadsheet.litefs import Pos
 from conftest import read_only_rows
-from primary import backup, state
+from primary import backup, store
 
 CLUSTER = "c0ffee0000000001"
 
 
 def make_data_db(path: Path, cluster_id: str = CLUSTER, txid: int = 7) -> Path:
-    conn = state.connect(str(path))
-    state.ensure_schema(conn)
+    conn = store.connect(str(path))
+    store.ensure_schema(conn)
     backup.ensure_cluster(conn, cluster_id)
     conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
     conn.execute("INSERT INTO notes (body) VALUES ('first'), ('second')")
-    state.set_public(conn, "notes", True, actor="test")
+    store.set_public(conn, "notes", True, actor="test")
     conn.close()
     # What LiteFS shows beside a database on its mount.
     Path(f"{path}-pos").write_text(str(Pos(txid, 0xABC)))
@@ -70,7 +70,7 @@ def test_a_backup_waits_for_a_write_in_flight_and_names_its_txid(tmp_path):
     import threading
 
     data_db = make_data_db(tmp_path / "data.db", txid=7)
-    writer = state.connect(str(data_db))
+    writer = store.connect(str(data_db))
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("INSERT INTO notes (body) VALUES ('in flight')")
     result = {}
@@ -126,7 +126,7 @@ def test_restore_refuses_what_is_not_a_broadsheet_data_db_of_this_cluster(tmp_pa
 
 def test_a_primary_refuses_a_data_db_of_another_cluster(tmp_path):
     data_db = make_data_db(tmp_path / "data.db")
-    conn = state.connect(str(data_db))
+    conn = store.connect(str(data_db))
     try:
         assert backup.ensure_cluster(conn, CLUSTER) == CLUSTER
         with pytest.raises(backup.BackupError, match="belongs to cluster c0ffee0000000001"):
@@ -239,16 +239,16 @@ def test_restore_keeps_the_epoch_and_public_cluster_id_of_the_running_primary(tm
     # node (epoch 2) must not make it look no newer than the old primary; nor
     # may it bring back a public cluster id read nodes no longer accept.
     data_db = make_data_db(tmp_path / "data.db")
-    conn = state.connect(str(data_db))
+    conn = store.connect(str(data_db))
     backup.record_public_litefs_id(conn, "LFSCOLD")
     conn.close()
     old = backup.take(data_db, tmp_path / "b").path
-    conn = state.connect(str(data_db))
+    conn = store.connect(str(data_db))
     backup.set_epoch(conn, 2)
     backup.record_public_litefs_id(conn, "LFSCNOW")
     # The running primary's generation too (a primary made afresh, then
     # restored): its standby follows the import as one history with it.
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("UPDATE _public_cluster SET generation = 'running-one'")
     conn.close()
     staged = tmp_path / "imported.db"
@@ -266,9 +266,9 @@ def test_every_data_db_has_a_generation_of_its_own(tmp_path):
     first, second = make_data_db(tmp_path / "a.db"), make_data_db(tmp_path / "b.db")
     a, b = backup.identity_of_file(first), backup.identity_of_file(second)
     assert a.generation and b.generation and a.generation != b.generation
-    conn = state.connect(str(first))
+    conn = store.connect(str(first))
     backup.ensure_cluster(conn, a.cluster_id)
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("UPDATE _public_cluster SET generation = NULL")
     backup.ensure_cluster(conn, a.cluster_id)
     conn.close()

@@ -5,13 +5,13 @@ from click.testing import CliRunner
 
 from broadsheet.cli import cli
 from conftest import settle
-from primary import state
+from primary import store
 
 
 def snapshot(cluster, db):
     settle(cluster)  # nothing of an earlier test still on its way
     return (
-        state.public_tables(db),
+        store.public_tables(db),
         db.execute("SELECT count(*) FROM _public_audit_log").fetchone()[0],
         cluster.public_pos().txid,
     )

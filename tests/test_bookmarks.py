@@ -7,7 +7,7 @@ import time
 import httpx
 
 from conftest import wait_until
-from primary import state
+from primary import store
 
 
 def test_bookmark_waits_for_a_txid_the_node_does_not_have_yet(new_cluster):
@@ -18,12 +18,12 @@ def test_bookmark_waits_for_a_txid_the_node_does_not_have_yet(new_cluster):
     # With the publisher stopped, a team write is not public yet: the node
     # cannot have TXID txid + 1 until the publisher runs again.
     sup.stop("publisher")
-    conn = state.connect(str(cluster.primary.data_db))
-    with state.immediate(conn):
+    conn = store.connect(str(cluster.primary.data_db))
+    with store.immediate(conn):
         conn.execute("INSERT INTO airports (faa, name) VALUES ('BKM', 'Bookmark Field')")
         conn.execute("CREATE TABLE fresh (id INTEGER PRIMARY KEY, text TEXT)")
         conn.execute("INSERT INTO fresh VALUES (1, 'just published')")
-    state.set_public(conn, "fresh", True, actor="test")
+    store.set_public(conn, "fresh", True, actor="test")
     conn.close()
 
     results = {}
@@ -83,7 +83,7 @@ def test_etag_and_304(cluster, db):
     assert again.status_code == 304 and again.content == b""
     assert again.headers["etag"] == etag
 
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("UPDATE airports SET name = name || '' WHERE faa = 'JFK'")
         db.execute("UPDATE airports SET alt = alt + 1 WHERE faa = 'JFK'")
     wait_until(lambda: httpx.get(f"{node.url}/public/airports.json?_size=3", timeout=5).headers["etag"] != etag)

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import create_table, rows, status, wait_until
-from primary import state
+from primary import store
 
 CHROMIUM = "/usr/bin/chromium"
 # As root, in a sandbox with no network but loopback.
@@ -120,7 +120,7 @@ def test_publish_chosen_columns_and_rows_after_a_preview(cluster, browser, db, t
     expect(page.locator(".broadsheet-sample")).to_contain_text("helper 1")
     expect(page.locator(".broadsheet-sample")).not_to_contain_text(EMAIL)
     page.screenshot(path=str(tmp_path / "preview.png"), full_page=True)
-    assert "helpers" not in state.public_tables(db)  # nothing is public before the confirmation
+    assert "helpers" not in store.public_tables(db)  # nothing is public before the confirmation
 
     page.get_by_role("button", name="Publish", exact=True).click()
     expect(page.locator(".broadsheet-outcome")).to_contain_text("is now public")
@@ -167,7 +167,7 @@ def test_set_what_read_nodes_show_from_the_make_public_page(cluster, browser, co
     expect(page.locator(".broadsheet-metadata-saved")).to_have_text("Saved: read nodes show it at the next publish cycle.")
     expect(page.get_by_label("Description")).to_have_value("Every dispatch, as filed")
     page.screenshot(path=str(tmp_path / "metadata.png"), full_page=True)
-    assert state.metadata(db)["wire_dispatches"] == {
+    assert store.metadata(db)["wire_dispatches"] == {
         "description": "Every dispatch, as filed", "source": "The wire desk", "source_url": "https://example.org/wire",
     }
 
@@ -193,7 +193,7 @@ def test_anonymous_browser_is_sent_to_login(cluster, browser):
 def test_watch_page_shows_a_publish_arriving_on_every_node(cluster, browser, control, db):
     """The live propagation page on the primary, signed in with the same
     login cookie as the team's Datasette."""
-    from primary import state
+    from primary import store
 
     page = team_page(cluster, browser)
     page.goto(f"{cluster.primary.control_url}/watch")
@@ -201,7 +201,7 @@ def test_watch_page_shows_a_publish_arriving_on_every_node(cluster, browser, con
     for node in cluster.replicas:
         expect(page.locator(f'tr[data-node="{node.name}"]')).to_contain_text("connected")
 
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("INSERT INTO airports (faa, name) VALUES ('WCH', 'Watched Field')")
     wait_until(lambda: cluster.public_pos().txid > 0)
     txid = control._call("GET", "/bookmarks")["public_txid"]

@@ -22,7 +22,7 @@ from datasette.plugins import pm
 from broadsheet.config import ConfigError
 from broadsheet.litefs import Pos
 from conftest import create_table, settle
-from primary import state
+from primary import store
 from replica.cache import ResponseCache, Stored
 from replica.settings import Settings
 
@@ -145,7 +145,7 @@ async def test_what_is_never_kept(read_node, public_db):
     )
     assert (await twice("/public/docs.json", _where="id < 3")).status_code == 200
     assert (await twice("/public/-/query.json", sql="select random()")).status_code == 200
-    # The node's own state.
+    # The node's own store.
     await twice("/-/replication.json")
     await twice("/-/versions.json")
     # Anything but a 200: a table that is not public, a visitor's mistake.
@@ -352,7 +352,7 @@ def test_a_write_shows_on_the_next_read_never_the_cached_one(cluster, db, storie
     path = f"/public/{stories}.json?id=3&_shape=objects"
     before, _ = _hit(node, path)
     assert before.json()["rows"][0]["headline"] == "story 3"
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute(f"UPDATE {stories} SET headline = 'story 3, updated' WHERE id = 3")
     settle(cluster)
     cluster.wait_for_replicas()
@@ -502,7 +502,7 @@ def test_a_position_file_kept_open_on_litefs_shows_every_move(cluster, db, stori
         assert asyncio.run(watcher.fresh()) == Pos.read(watched)
         for i in range(3):
             before = Pos.read(watched)
-            with state.immediate(db):
+            with store.immediate(db):
                 db.execute(f"UPDATE {stories} SET headline = 'kept open {i}' WHERE id = 5")
             settle(cluster)
             cluster.wait_for_replicas(before.txid + 1)

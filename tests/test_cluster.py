@@ -16,7 +16,7 @@ from broadsheet.tokens import mint
 from broadsheet.cluster_file import load_state
 from broadsheet.supervisor import processes_of
 from conftest import rows, status, wait_until
-from primary import state
+from primary import store
 from fault_tools import WriteStream, create_stream_table, ids_in, kill_everything, started_in
 
 
@@ -170,8 +170,8 @@ def test_up_again_after_a_crashed_up_clears_what_it_left(tmp_path):
 
         data_db = info["primary"]["data_db"]
         create_stream_table(data_db, "stream")
-        conn = state.connect(data_db)
-        state.set_public(conn, "stream", True, actor="test")
+        conn = store.connect(data_db)
+        store.set_public(conn, "stream", True, actor="test")
         conn.close()
         token = mint(open(info["primary"]["secret_file"]).read().strip(), "tester")
         with WriteStream(info["primary"]["datasette"], token, "stream") as stream:

@@ -11,9 +11,9 @@ import sqlite3
 import apsw
 import pytest
 
-from primary import identity, preview, state
-from primary.publisher import Publisher, withdrawals_path
-from primary.spec import PublishSpec
+from primary import store
+from primary.publisher import Publisher, Withdrawals, withdrawals_path
+from primary.store import PublishSpec, column_ids, preview
 
 SENTINEL = "SWAPPED-IN-SENTINEL-3c9e"
 
@@ -27,8 +27,8 @@ WHOLE = PublishSpec()
 def primary(tmp_path):
     """data.db with ``people`` (a sentinel in ``secret``) and a publisher."""
     data, public = str(tmp_path / "data.db"), str(tmp_path / "public.db")
-    conn = state.connect(data)
-    state.ensure_schema(conn)
+    conn = store.connect(data)
+    store.ensure_schema(conn)
     conn.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, secret TEXT, city TEXT)")
     conn.executemany(
         "INSERT INTO people VALUES (?, ?, ?, ?)",
@@ -103,15 +103,15 @@ SWAP = ["ALTER TABLE people RENAME COLUMN name TO old_name", "ALTER TABLE people
 )
 def test_a_name_that_denotes_another_column_makes_the_table_private(primary, spec, change, reason):
     conn, publisher, data, public = primary
-    state.set_public(conn, "people", True, actor="alice", spec=spec)
+    store.set_public(conn, "people", True, actor="alice", spec=spec)
     settle(publisher)
     assert public_copy(public) == expected(data, spec)
-    with state.immediate(conn):  # one transaction, as a script would
+    with store.immediate(conn):  # one transaction, as a script would
         for sql in change:
             conn.execute(sql)
     settle(publisher)
-    assert "people" not in state.public_tables(conn)
-    entry = state.audit_entries(conn, table="people", limit=1)[0]
+    assert "people" not in store.public_tables(conn)
+    entry = store.audit_entries(conn, table="people", limit=1)[0]
     assert entry["operation"] == "unpublish" and reason in entry["reason"], entry
     assert entry["actor"].startswith("broadsheet:publisher (spec no longer fits: ")
     assert public_copy(public) is None
@@ -121,13 +121,13 @@ def test_a_name_that_denotes_another_column_makes_the_table_private(primary, spe
         except FileNotFoundError:
             pass
     # Named where the control plane's /health reads it.
-    withdrawn = state.Withdrawals.read_file(withdrawals_path(publisher.watermark_file))
+    withdrawn = Withdrawals.read_file(withdrawals_path(publisher.watermark_file))
     assert [(w.name, w.kind) for w in withdrawn] == [("people", "table")] and reason in withdrawn[0].reason
     # Published again, it follows the columns as they are now.
-    state.set_public(conn, "people", True, actor="alice", spec=PublishSpec(columns=("id",)))
+    store.set_public(conn, "people", True, actor="alice", spec=PublishSpec(columns=("id",)))
     settle(publisher)
     assert public_copy(public) == expected(data, PublishSpec(columns=("id",)))
-    assert state.Withdrawals.read_file(withdrawals_path(publisher.watermark_file)) == []
+    assert Withdrawals.read_file(withdrawals_path(publisher.watermark_file)) == []
 
 
 @pytest.mark.parametrize(
@@ -147,13 +147,13 @@ def test_a_name_that_denotes_another_column_makes_the_table_private(primary, spe
 )
 def test_a_change_that_keeps_each_name_on_its_column_keeps_the_table_public(primary, spec, change):
     conn, publisher, data, public = primary
-    state.set_public(conn, "people", True, actor="alice", spec=spec)
+    store.set_public(conn, "people", True, actor="alice", spec=spec)
     settle(publisher)
-    with state.immediate(conn):
+    with store.immediate(conn):
         for sql in change:
             conn.execute(sql)
     settle(publisher)
-    assert state.public_specs(conn)["people"] == spec
+    assert store.public_specs(conn)["people"] == spec
     assert public_copy(public) == expected(data, spec)
     # Later writes keep arriving.
     conn.execute("UPDATE people SET id = 100 WHERE id = 1")
@@ -166,13 +166,13 @@ def test_the_cycle_checks_the_columns_inside_its_own_snapshot(primary):
     (maintain_triggers) and before the cycle's snapshot is caught by the
     cycle itself: nothing of the swapped-in column is copied."""
     conn, publisher, data, public = primary
-    state.set_public(conn, "people", True, actor="alice", spec=COLUMNS)
+    store.set_public(conn, "people", True, actor="alice", spec=COLUMNS)
     settle(publisher)
     publisher.maintain_triggers()
     looked = publisher.maintain_triggers
     publisher.maintain_triggers = lambda: None  # it has looked already
     try:
-        with state.immediate(conn):
+        with store.immediate(conn):
             for sql in SWAP:
                 conn.execute(sql)
         conn.execute("INSERT INTO people (id, old_name, name, city) VALUES (50, 'new', ?, 'Leeds')", (f"{SENTINEL} 50",))
@@ -181,22 +181,22 @@ def test_the_cycle_checks_the_columns_inside_its_own_snapshot(primary):
     finally:
         publisher.maintain_triggers = looked
     settle(publisher)
-    assert "people" not in state.public_tables(conn)
+    assert "people" not in store.public_tables(conn)
     assert SENTINEL.encode() not in open(public, "rb").read()
 
 
 def test_a_table_listed_by_a_direct_write_is_followed_from_the_first_cycle(primary):
     conn, publisher, data, public = primary
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("""INSERT INTO _public_tables (table_name, spec) VALUES ('people', '{"columns": ["id", "name"]}')""")
     settle(publisher)
     assert public_copy(public) == expected(data, COLUMNS)
-    assert identity.read(conn, "main", "people").called_now == ("id", "name", "secret", "city")
-    with state.immediate(conn):
+    assert column_ids.read(conn, "main", "people").called_now == ("id", "name", "secret", "city")
+    with store.immediate(conn):
         for sql in SWAP:
             conn.execute(sql)
     settle(publisher)
-    assert "people" not in state.public_tables(conn) and public_copy(public) is None
+    assert "people" not in store.public_tables(conn) and public_copy(public) is None
 
 
 def test_a_data_db_from_before_is_migrated_in_place(tmp_path):
@@ -212,14 +212,14 @@ def test_a_data_db_from_before_is_migrated_in_place(tmp_path):
     )
     old.close()
     publisher = Publisher(data, public, tmp_path / "watermark.json")
-    conn = state.connect(data)
-    assert identity.read(conn, "main", "people").called_now == ("id", "name", "secret")
+    conn = store.connect(data)
+    assert column_ids.read(conn, "main", "people").called_now == ("id", "name", "secret")
     settle(publisher)
-    with state.immediate(conn):
+    with store.immediate(conn):
         for sql in SWAP:
             conn.execute(sql)
     settle(publisher)
-    assert "people" not in state.public_tables(conn) and public_copy(public) is None
+    assert "people" not in store.public_tables(conn) and public_copy(public) is None
     publisher.close()
     conn.close()
 
@@ -232,7 +232,7 @@ def test_a_view_that_stops_compiling_is_withdrawn_and_never_stops_a_cycle(primar
     conn.execute("CREATE TABLE towns (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO towns VALUES (1, 'Leeds')")
     conn.execute("CREATE VIEW town_names AS SELECT name FROM towns")
     for table in ("people", "towns", "town_names"):
-        state.set_public(conn, table, True, actor="alice")
+        store.set_public(conn, table, True, actor="alice")
     settle(publisher)
     conn.execute("DROP TABLE towns")
     conn.execute("UPDATE people SET name = 'changed' WHERE id = 1")
@@ -240,19 +240,19 @@ def test_a_view_that_stops_compiling_is_withdrawn_and_never_stops_a_cycle(primar
     assert cycle.rows_by_table == {"people": 1}
     assert public_copy(public)[1][0][1] == "changed"
     settle(publisher)
-    assert "town_names" not in state.public_tables(conn)
+    assert "town_names" not in store.public_tables(conn)
     check = apsw.Connection(public, flags=apsw.SQLITE_OPEN_READONLY)
     assert not check.execute("SELECT 1 FROM sqlite_master WHERE name = 'town_names'").fetchall()
     check.close()
-    entry = state.audit_entries(conn, table="town_names", limit=1)[0]
+    entry = store.audit_entries(conn, table="town_names", limit=1)[0]
     assert entry["operation"] == "unpublish" and entry["reason"] == "view no longer compiles: no such table: towns"
-    withdrawn = state.Withdrawals.read_file(withdrawals_path(publisher.watermark_file))
+    withdrawn = Withdrawals.read_file(withdrawals_path(publisher.watermark_file))
     assert [(w.name, w.kind, w.reason) for w in withdrawn] == [
         ("town_names", "view", "view no longer compiles: no such table: towns")
     ]
     # Publishing it again is refused while it does not compile, clearly.
-    with pytest.raises(state.PublishError, match="does not compile: no such table: towns"):
-        state.set_public(conn, "town_names", True, actor="alice")
+    with pytest.raises(store.PublishError, match="does not compile: no such table: towns"):
+        store.set_public(conn, "town_names", True, actor="alice")
 
 
 def test_a_view_whose_column_is_dropped_is_withdrawn(primary):
@@ -262,14 +262,14 @@ def test_a_view_whose_column_is_dropped_is_withdrawn(primary):
     conn, publisher, data, public = primary
     script = sqlite3.connect(data, isolation_level=None)
     script.execute('CREATE VIEW cities AS SELECT "id", "city" FROM people')
-    state.set_public(conn, "people", True, actor="alice")
-    state.set_public(conn, "cities", True, actor="alice")
+    store.set_public(conn, "people", True, actor="alice")
+    store.set_public(conn, "cities", True, actor="alice")
     settle(publisher)
     script.execute("ALTER TABLE people DROP COLUMN city")
     script.close()
     settle(publisher)
-    assert "cities" not in state.public_tables(conn) and "people" in state.public_tables(conn)
-    assert state.audit_entries(conn, table="cities", limit=1)[0]["reason"].startswith(
+    assert "cities" not in store.public_tables(conn) and "people" in store.public_tables(conn)
+    assert store.audit_entries(conn, table="cities", limit=1)[0]["reason"].startswith(
         'view no longer compiles: no such column: "city"'
     )
 
@@ -284,10 +284,10 @@ def test_a_view_whose_column_is_dropped_is_withdrawn(primary):
     ],
 )
 def test_preview_counts_are_exact_with_null_filters(tmp_path, current, proposed, added, removed):
-    conn = state.connect(str(tmp_path / "data.db"))
-    state.ensure_schema(conn)
+    conn = store.connect(str(tmp_path / "data.db"))
+    store.ensure_schema(conn)
     conn.execute("CREATE TABLE scores (id INTEGER PRIMARY KEY, score INTEGER); INSERT INTO scores VALUES (1, 10), (2, 90), (3, NULL)")
-    state.set_public(conn, "scores", True, actor="alice", spec=PublishSpec(where=current))
+    store.set_public(conn, "scores", True, actor="alice", spec=PublishSpec(where=current))
     result = preview.preview(conn, "scores", PublishSpec(where=proposed))
     assert (result.rows_added, result.rows_removed) == (added, removed)
     want = conn.execute(f"SELECT count(*) FROM scores WHERE {proposed or 1}").fetchone()[0]
@@ -311,4 +311,4 @@ def test_preview_counts_are_exact_with_null_filters(tmp_path, current, proposed,
 def test_an_alteration_whose_operations_are_known_is_followed(names, renamed, dropped, after, problem):
     """Datasette's alter API (the team plugin's write_wrapper): renames and
     drops by the request's own operations."""
-    assert identity.moved_by(names, renamed, dropped, after) == problem
+    assert column_ids.moved_by(names, renamed, dropped, after) == problem

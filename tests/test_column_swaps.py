@@ -16,7 +16,7 @@ import pytest
 
 from broadsheet.litefs import Pos
 from conftest import create_table, rows, settle, status, team_db, wait_until
-from primary import state
+from primary import store
 from test_partial import scan
 
 
@@ -46,12 +46,12 @@ def swap_table(cluster, control, table: str, sentinel: str, spec: dict) -> None:
 
 
 def assert_private_and_said_why(cluster, db, table: str, needles: list[str], reason: str, by: str) -> None:
-    wait_until(lambda: table not in state.public_tables(db), message=f"{table} made private")
+    wait_until(lambda: table not in store.public_tables(db), message=f"{table} made private")
     settle(cluster)
     cluster.wait_for_replicas()
     for node in cluster.replicas:
         assert status(node.url, f"/public/{table}.json") == 403
-    entry = state.audit_entries(db, table=table, limit=1)[0]
+    entry = store.audit_entries(db, table=table, limit=1)[0]
     assert entry["operation"] == "unpublish" and reason in (entry["reason"] or ""), entry
     assert entry["actor"].startswith(by), entry
     assert scan(cluster, [n.encode() for n in needles]) == []
@@ -82,7 +82,7 @@ def test_a_swap_through_the_alter_api_publishes_nothing_of_the_swapped_in_column
         cluster, db, table, [f"{sentinel}-{k}" for k in kinds],
         f"{name!r} now names another column (the one published as {other!r})", "broadsheet:alter-table by tester",
     )
-    actors = [e["actor"] for e in state.audit_entries(db, table=table, limit=5)]
+    actors = [e["actor"] for e in store.audit_entries(db, table=table, limit=5)]
     assert not any(a.endswith("(alter-table)") for a in actors), actors
     health = control.health()
     assert any(w["name"] == table and w["kind"] == "table" for w in health["withdrawn"]), health["withdrawn"]
@@ -96,11 +96,11 @@ def test_a_swap_in_one_sql_transaction_publishes_nothing_of_the_swapped_in_colum
     spec, (name, other), kinds = SPECS[variant]
     table, sentinel = f"sql_swap_{variant}", f"SQL-SWAP-SENTINEL-{variant.upper()}"
     swap_table(cluster, control, table, sentinel, spec)
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute(f'ALTER TABLE "{table}" RENAME COLUMN {name} TO old_{name}')
         db.execute(f'ALTER TABLE "{table}" RENAME COLUMN {other} TO {name}')
         db.execute(f"INSERT INTO \"{table}\" (id, {name}) VALUES (99, '{sentinel}-SECRET later')")
-    with state.immediate(db):  # by a script that knows nothing of it
+    with store.immediate(db):  # by a script that knows nothing of it
         db.execute(f"INSERT INTO \"{table}\" (id, {name}) VALUES (100, '{sentinel}-SECRET afterwards')")
     assert_private_and_said_why(
         cluster, db, table, [f"{sentinel}-{k}" for k in kinds],
@@ -116,7 +116,7 @@ def test_a_swap_by_sqlite_utils_transform_from_a_script_publishes_nothing(cluste
     table, sentinel = "transform_swap", "TRANSFORM-SWAP-SENTINEL"
     swap_table(cluster, control, table, sentinel, {"columns": ["id", "name"]})
     team_db(cluster)[table].transform(rename={"name": "old_name", "secret": "name"})
-    assert_private_and_said_why(cluster, db, table, [f"{sentinel}-SECRET"], state.REBUILT_REASON, state.REBUILT_ACTOR)
+    assert_private_and_said_why(cluster, db, table, [f"{sentinel}-SECRET"], store.REBUILT_REASON, store.REBUILT_ACTOR)
 
 
 def test_a_view_whose_table_is_dropped_is_withdrawn_and_publishing_goes_on(cluster, control, token, db):
@@ -128,7 +128,7 @@ def test_a_view_whose_table_is_dropped_is_withdrawn_and_publishing_goes_on(clust
     create_table(cluster, "beats", [{"id": i, "desk": f"desk {i}"} for i in range(1, 4)])
     create_table(cluster, "wires", [{"id": 1, "text": "first"}])
     create_table(cluster, "bystander", [{"id": 1, "text": "here"}])
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE VIEW beat_desks AS SELECT desk FROM beats")
     try:
         for name in ("beats", "wires", "bystander", "beat_desks"):
@@ -151,11 +151,11 @@ def test_a_view_whose_table_is_dropped_is_withdrawn_and_publishing_goes_on(clust
             assert [r["text"] for r in rows(node.url, "wires")] == ["first", "second"]
         unpublished = control.publish("bystander", public=False)
         cluster.wait_for_replicas(unpublished["public_txid"])
-        wait_until(lambda: "beat_desks" not in state.public_tables(db), message="the view withdrawn")
+        wait_until(lambda: "beat_desks" not in store.public_tables(db), message="the view withdrawn")
         for node in cluster.replicas:
             assert status(node.url, "/public/beat_desks.json") == 403
             assert status(node.url, "/public/bystander.json") == 403
-        entry = state.audit_entries(db, table="beat_desks", limit=1)[0]
+        entry = store.audit_entries(db, table="beat_desks", limit=1)[0]
         assert entry["operation"] == "unpublish" and entry["reason"] == "view no longer compiles: no such table: beats"
         health = control.health()
         assert {"name": "beat_desks", "kind": "view", "reason": entry["reason"]}.items() <= next(
@@ -164,5 +164,5 @@ def test_a_view_whose_table_is_dropped_is_withdrawn_and_publishing_goes_on(clust
         assert Pos.read(cluster.primary.public_db).txid >= unpublished["public_txid"]
     finally:
         # A view whose table is gone makes SQLite refuse every RENAME in data.db: the team drops it.
-        with state.immediate(db):
+        with store.immediate(db):
             db.execute("DROP VIEW IF EXISTS beat_desks")

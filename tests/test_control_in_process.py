@@ -15,7 +15,7 @@ import pytest
 from datasette.tokens import TokenRestrictions
 
 from inprocess import SECRET, mint_token, plain_primary, plain_primary_files, public_litefs_port  # noqa: F401 (fixtures)
-from primary import state
+from primary import store
 from primary.control import auth
 from primary.datasette import team
 
@@ -24,7 +24,7 @@ def public_state(plain) -> tuple:
     """data.db's publish state and audit log, and public.db's tables."""
     conn = plain.connect()
     try:
-        specs = {t: s.to_dict() for t, s in state.public_specs(conn).items()}
+        specs = {t: s.to_dict() for t, s in store.public_specs(conn).items()}
         (audit_rows,) = conn.execute("SELECT count(*) FROM _public_audit_log").fetchone()
     finally:
         conn.close()
@@ -144,7 +144,7 @@ def test_without_waiting_a_flip_says_no_public_txid(plain_primary):
     done = plain_primary.control.post("/tables/planes/publish", params={"wait": "false"})
     assert done.status_code == 200
     assert (done.json()["changed"], done.json()["public_txid"], done.json()["propagation"]) == (True, None, None)
-    assert "planes" in state.public_tables(plain_primary.connect())
+    assert "planes" in store.public_tables(plain_primary.connect())
 
 
 # -- bad input: the status and message a client acts on, and no change ------------
@@ -224,7 +224,7 @@ def test_a_view_over_a_private_table_is_refused_with_409(plain_primary):
     refused = plain_primary.control.post("/tables/plane_makers/publish")
     assert refused.status_code == 409, refused.text
     assert "planes" in refused.json()["error"]
-    assert "plane_makers" not in state.public_tables(plain_primary.connect())
+    assert "plane_makers" not in store.public_tables(plain_primary.connect())
 
 
 # -- who may ask --------------------------------------------------------------------
@@ -408,7 +408,7 @@ def test_a_publisher_that_does_not_get_there_is_a_504_and_the_flip_stays_made(pl
     late = plain_primary.control.post("/tables/planes/publish", params={"timeout": 0.1})
     assert late.status_code == 504, late.text
     assert "has not reached data.db TXID 7 within 0.1s" in late.json()["error"]
-    assert "planes" in state.public_tables(plain_primary.connect())
+    assert "planes" in store.public_tables(plain_primary.connect())
     waited = plain_primary.control.get("/bookmarks", params={"timeout": 0.1})
     assert waited.status_code == 504 and "TXID 7" in waited.json()["error"]
 

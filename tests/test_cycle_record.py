@@ -6,10 +6,10 @@ of the same is in test_flip_paths.py)."""
 
 from __future__ import annotations
 
-from primary import state
+from primary import store
 from primary.control.tracker import describe_cycle
-from primary.publisher import Publisher, cycle_log_path
-from primary.spec import PublishSpec
+from primary.publisher import Cycle, CycleLog, Publisher, Watermark, cycle_log_path
+from primary.store import PublishSpec
 
 
 def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
@@ -17,14 +17,14 @@ def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
         tmp_path, "CREATE TABLE planes (id INTEGER PRIMARY KEY, model TEXT)",
         "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)",
     )
-    with state.immediate(conn):
+    with store.immediate(conn):
         for i in range(1, 51):
             conn.execute("INSERT INTO planes VALUES (?, ?)", (i, f"model {i}"))
         conn.execute("INSERT INTO notes VALUES (1, 'hello')")
     publisher = Publisher(data, public, watermark)
 
-    state.set_public(conn, "planes", True, actor="alice")
-    state.set_public(conn, "notes", True, actor="bob")
+    store.set_public(conn, "planes", True, actor="alice")
+    store.set_public(conn, "notes", True, actor="bob")
     first = publisher.run_cycle()
     assert set(first.published) == {"planes", "notes"}
     assert first.actors == {"planes": "alice", "notes": "bob"}
@@ -34,15 +34,15 @@ def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
     }
 
     # A team write: rows changed, nobody flipped anything.
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("UPDATE planes SET model = 'changed' WHERE id <= 42")
     rows = publisher.run_cycle()
     assert rows.published == rows.unpublished == rows.recopied == () and rows.actors == {}
     assert describe_cycle(_recorded(watermark, rows)) == ["42 rows changed in planes"]
 
     # A new spec re-copies; an unpublish erases; each names its actor.
-    state.set_public(conn, "planes", True, actor="carol", spec=PublishSpec(where="id <= 10"))
-    state.set_public(conn, "notes", False, actor="bob")
+    store.set_public(conn, "planes", True, actor="carol", spec=PublishSpec(where="id <= 10"))
+    store.set_public(conn, "notes", False, actor="bob")
     flips = publisher.run_cycle()
     assert flips.recopied == ("planes",) and flips.unpublished == ("notes",)
     assert describe_cycle(_recorded(watermark, flips)) == [
@@ -50,7 +50,7 @@ def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
     ]
 
     # A saved query (primary/queries.py) is part of what a cycle did.
-    from primary import queries
+    from primary.store import queries
 
     check = queries.connect_public(public)
     queries.save(conn, check, queries.SavedQuery("first_ten", "SELECT id, model FROM planes ORDER BY id"), "dana")
@@ -61,7 +61,7 @@ def test_each_cycle_records_what_it_did_and_who_asked(tmp_path):
     # A restarted publisher does not tell old flips again.
     publisher.close()
     publisher = Publisher(data, public, watermark)
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("UPDATE planes SET model = 'again' WHERE id = 1")
     again = publisher.run_cycle()
     said = describe_cycle(_recorded(watermark, again))
@@ -74,7 +74,7 @@ def test_each_cycle_records_what_it_did_to_saved_queries_and_who_asked(tmp_path)
     """Saved, removed, withdrawn by the publisher (and why): each cycle's
     record says so from the saved-query log in its own data.db snapshot,
     and the propagation record carries it, as data and in words."""
-    from primary import queries
+    from primary.store import queries
     from primary.control.models import PropagationRecord
     from primary.control.tracker import Propagation
 
@@ -82,12 +82,12 @@ def test_each_cycle_records_what_it_did_to_saved_queries_and_who_asked(tmp_path)
         tmp_path, "CREATE TABLE flights (id INTEGER PRIMARY KEY, delay INTEGER)",
         "CREATE TABLE airports (faa TEXT PRIMARY KEY, tz INTEGER)",
     )
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("INSERT INTO flights VALUES (1, 75), (2, 5)")
         conn.execute("INSERT INTO airports VALUES ('JFK', -5), ('LAX', -8)")
     publisher = Publisher(data, public, watermark)
-    state.set_public(conn, "flights", True, actor="alice")
-    state.set_public(conn, "airports", True, actor="alice")
+    store.set_public(conn, "flights", True, actor="alice")
+    store.set_public(conn, "airports", True, actor="alice")
     publisher.run_cycle()
 
     def save(name, sql, actor):
@@ -122,7 +122,7 @@ def test_each_cycle_records_what_it_did_to_saved_queries_and_who_asked(tmp_path)
 
     # Unpublishing the table a query reads withdraws it in the same cycle:
     # the publisher did it, and the record says why.
-    state.set_public(conn, "airports", False, actor="bob")
+    store.set_public(conn, "airports", False, actor="bob")
     withdrawn = publisher.run_cycle()
     assert withdrawn.query_changes == {
         "by_tz": {"action": "withdrawn", "actor": None, "reason": "its table airports is no longer public"},
@@ -139,7 +139,7 @@ def test_each_cycle_records_what_it_did_to_saved_queries_and_who_asked(tmp_path)
     # straight in data.db (no log entry) was changed by nobody it knows.
     publisher.close()
     publisher = Publisher(data, public, watermark)
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("UPDATE _public_queries SET title = 'Late' WHERE name = 'delayed_flights'")
     again = publisher.run_cycle()
     assert again.query_changes == {"delayed_flights": {"action": "changed", "actor": None, "reason": None}}
@@ -151,18 +151,18 @@ def test_each_cycle_records_what_it_did_to_saved_queries_and_who_asked(tmp_path)
 def _files(tmp_path, *schema: str):
     """data.db (with ``schema``), and where public.db and the watermark go."""
     data, public, watermark = str(tmp_path / "data.db"), str(tmp_path / "public.db"), tmp_path / "watermark.json"
-    conn = state.connect(data)
-    state.ensure_schema(conn)
+    conn = store.connect(data)
+    store.ensure_schema(conn)
     for sql in schema:
         conn.execute(sql)
     return data, public, watermark, conn
 
 
-def _recorded(watermark, cycle) -> dict:
+def _recorded(watermark, cycle) -> Cycle:
     """The cycle log's record of ``cycle`` (on plain files every public TXID
     is 0: the newest record, which must be this cycle's)."""
-    [record] = state.CycleLog.read_file(cycle_log_path(watermark), 1)
-    assert record["started_at"] == cycle.started_at
+    [record] = CycleLog.read_file(cycle_log_path(watermark), 1)
+    assert record.started_at == cycle.started_at
     return record
 
 
@@ -172,19 +172,19 @@ def test_the_team_datasette_fires_an_event_per_audit_entry_once(tmp_path, monkey
     the cycle that held it, and after a restart nothing twice."""
     import asyncio
 
-    from primary.events import AuditFollower, PublishTableEvent, UnpublishTableEvent
+    from primary.publisher.events import AuditFollower, PublishTableEvent, UnpublishTableEvent
 
     data, watermark = str(tmp_path / "data.db"), tmp_path / "watermark.json"
     monkeypatch.setenv("BROADSHEET_WATERMARK", str(watermark))
     from primary.settings import settings
 
     settings.cache_clear()
-    conn = state.connect(data)
-    state.ensure_schema(conn)
+    conn = store.connect(data)
+    store.ensure_schema(conn)
     conn.execute("CREATE TABLE planes (id INTEGER PRIMARY KEY); CREATE TABLE notes (id INTEGER PRIMARY KEY)")
-    state.set_public(conn, "planes", True, actor="before-it-started")
-    state.Watermark(5, 3).write(watermark)
-    log = state.CycleLog(cycle_log_path(watermark))
+    store.set_public(conn, "planes", True, actor="before-it-started")
+    Watermark(5, 3).write(watermark)
+    log = CycleLog(cycle_log_path(watermark))
 
     from datasette.app import Datasette
 
@@ -203,8 +203,8 @@ def test_the_team_datasette_fires_an_event_per_audit_entry_once(tmp_path, monkey
         async def steps():
             cursor_ = await follower._step(cursor)
             for table, public, actor in flips:
-                flip = state.set_public(conn, table, public, actor=actor)
-                log.append({"private_txid": 6, "public_txid": 4, "audit_id": flip.audit_id})
+                flip = store.set_public(conn, table, public, actor=actor)
+                log.append(Cycle.from_json({"private_txid": 6, "public_txid": 4, "audit_id": flip.audit_id}))
                 cursor_ = await follower._step(cursor_)
             return cursor_
 
@@ -225,3 +225,27 @@ def test_the_team_datasette_fires_an_event_per_audit_entry_once(tmp_path, monkey
     assert cursor < restarted._read_cursor()
     settings.cache_clear()
     conn.close()
+
+
+def test_the_cycle_record_is_one_type_from_the_log_file_to_the_control_plane(tmp_path):
+    """The cycle log holds Cycles (to_json, from_json), and what the control
+    plane shows of one is its summary: the same fields, by the same names."""
+    import dataclasses
+
+    from primary.control.models import CycleSummary
+
+    cycle = Cycle(
+        private_txid=7, public_txid=3, started_at="2026-01-01T00:00:00.000+00:00", duration_ms=12.34567,
+        tables_copied=("planes",), published=("planes",), rows_by_table={"planes": 5}, actors={"planes": "alice"},
+        queries_changed=("by_tz",), query_changes={"by_tz": {"action": "published", "actor": "carol", "reason": None}},
+        audit_id=4, queries_log_id=2,
+    )
+    log = CycleLog(tmp_path / "cycles.jsonl")
+    log.append(cycle)
+    [back] = log.read(1)
+    assert back == dataclasses.replace(cycle, duration_ms=12.346)  # the log keeps microseconds
+    assert set(CycleSummary.model_fields) == set(Cycle.SUMMARY)
+    shown = CycleSummary(**back.summary())
+    assert shown.published == ["planes"] and shown.query_changes["by_tz"].actor == "carol"
+    # A line from an older publisher, without the fields added since.
+    assert Cycle.from_json({"private_txid": 1, "public_txid": 1, "started_at": "x", "duration_ms": 1}).query_changes == {}

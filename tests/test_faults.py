@@ -19,7 +19,7 @@ from local.cluster import LocalCluster, free_port
 from broadsheet.litefs import Pos, is_mounted
 from broadsheet.supervisor import processes_of
 from conftest import count, rows, status, wait_until
-from primary import state
+from primary import store
 from fault_tools import WriteStream, argv, create_stream_table, ids_in, kill_everything, started_in
 
 TABLE = "stream"
@@ -45,8 +45,8 @@ def test_read_node_restarts_while_primary_is_down_then_catches_up(new_cluster):
     assert count(node.url, "airports") == before
 
     # The team keeps writing while the public side is down: nothing is lost.
-    conn = state.connect(str(cluster.primary.data_db))
-    with state.immediate(conn):
+    conn = store.connect(str(cluster.primary.data_db))
+    with store.immediate(conn):
         conn.execute("INSERT INTO airports (faa, name) VALUES ('CUP', 'Caught Up Field')")
     conn.close()
 
@@ -64,8 +64,8 @@ def healing(tmp_path_factory):
     try:
         cluster.start()
         create_stream_table(cluster.primary.data_db, TABLE)
-        conn = state.connect(str(cluster.primary.data_db))
-        state.set_public(conn, TABLE, True, actor="test")
+        conn = store.connect(str(cluster.primary.data_db))
+        store.set_public(conn, TABLE, True, actor="test")
         conn.close()
         for node in cluster.replicas:
             wait_until(lambda: status(node.url, f"/public/{TABLE}.json") == 200, message=f"{TABLE} on {node.name}")

@@ -218,10 +218,10 @@ def test_the_teams_own_permission_rule_holds_on_every_path(flips):
 
 
 def status_of(cluster, table: str) -> bool:
-    from primary import state
+    from primary import store
 
-    conn = state.connect(str(cluster.primary.data_db), readonly=True)
+    conn = store.connect(str(cluster.primary.data_db), readonly=True)
     try:
-        return table in state.public_tables(conn)
+        return table in store.public_tables(conn)
     finally:
         conn.close()

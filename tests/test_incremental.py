@@ -5,7 +5,8 @@ import apsw
 
 from broadsheet.litefs import Pos
 from conftest import rows, wait_until
-from primary import state
+from primary import store
+from primary.publisher import CycleLog
 
 ROWS = 200_000
 
@@ -16,7 +17,7 @@ def ltx_size(node, txid: int) -> int:
 
 
 def test_one_row_update_in_200k_row_table_ships_a_small_ltx(cluster, control, db):
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, station TEXT, value REAL, note TEXT)")
         db.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
@@ -29,7 +30,7 @@ def test_one_row_update_in_200k_row_table_ships_a_small_ltx(cluster, control, db
     full_copy = ltx_size(cluster.replicas[0], published["public_txid"])
     assert full_copy > 5_000_000  # the first publish copies the whole table
 
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("UPDATE readings SET value = -1, note = 'changed' WHERE id = 123456")
     wait_until(lambda: rows(cluster.replicas[0].url, "readings", id=123456)[0]["note"] == "changed")
     txid = Pos.read(cluster.primary.public_db).txid
@@ -51,7 +52,7 @@ def test_writes_by_any_writer_are_captured_in_one_cycle(cluster, control, db):
     inserting, updating and deleting at once, arrives as one public TXID."""
     import sqlite3
 
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, amount INTEGER)")
         db.execute("INSERT INTO ledger VALUES (1, 10), (2, 20), (3, 30)")
     control.publish("ledger")
@@ -80,10 +81,10 @@ def test_one_team_write_is_one_data_db_commit(cluster, token, db):
     from primary.publisher import cycle_log_path
 
     create_table(cluster, "tally", [{"id": 0, "n": 0}])
-    state.set_public(db, "tally", True, actor="test")
+    store.set_public(db, "tally", True, actor="test")
     settle(cluster)
     before = Pos.read(cluster.primary.data_db).txid
-    cycles_before = len(state.CycleLog.read_file(cycle_log_path(cluster.primary.watermark_file), 10_000))
+    cycles_before = len(CycleLog.read_file(cycle_log_path(cluster.primary.watermark_file), 10_000))
     writes = 30
     for i in range(1, writes + 1):
         response = httpx.post(
@@ -97,5 +98,5 @@ def test_one_team_write_is_one_data_db_commit(cluster, token, db):
     cluster.wait_for_replicas()
     assert len(rows(cluster.replicas[0].url, "tally", _size="max")) == writes + 1
     # The cycles are still recorded, beside the watermark.
-    cycles = state.CycleLog.read_file(cycle_log_path(cluster.primary.watermark_file), 10_000)
-    assert len(cycles) > cycles_before and cycles[0]["public_txid"] == Pos.read(cluster.primary.public_db).txid
+    cycles = CycleLog.read_file(cycle_log_path(cluster.primary.watermark_file), 10_000)
+    assert len(cycles) > cycles_before and cycles[0].public_txid == Pos.read(cluster.primary.public_db).txid

@@ -9,7 +9,7 @@ import pytest
 
 from local.cluster import LocalCluster
 from conftest import create_table, file_bytes, rows, status, wait_until
-from primary import state
+from primary import store
 
 MARKER = b"UNPUBLISHED-LINGER-MARKER-91c4"
 RETENTION = "3s"  # the test's window: retention + the 5 s retention check
@@ -32,9 +32,9 @@ def test_unpublished_rows_leave_every_copy_within_the_window(tmp_path):
         cluster.start()
         create_table(cluster, "leaving", [{"id": i, "text": f"{MARKER.decode()} {i}"} for i in range(50)])
         create_table(cluster, "staying", [{"id": 0, "text": "stays"}])
-        db = state.connect(str(cluster.primary.data_db))
+        db = store.connect(str(cluster.primary.data_db))
         for table in ("leaving", "staying"):
-            state.set_public(db, table, True, actor="test")
+            store.set_public(db, table, True, actor="test")
         for node in cluster.replicas:
             wait_until(lambda: len(rows(node.url, "leaving")) == 50, message=f"leaving on {node.name}")
         cluster.wait_for_replicas()
@@ -42,12 +42,12 @@ def test_unpublished_rows_leave_every_copy_within_the_window(tmp_path):
         found = holders(cluster)
         assert all(any(str(node.root) in path for path in found) for node in cluster.replicas), found
 
-        state.set_public(db, "leaving", False, actor="test")
+        store.set_public(db, "leaving", False, actor="test")
         for node in cluster.replicas:
             wait_until(lambda: status(node.url, "/public/leaving.json") == 403, message=f"403 on {node.name}")
         # Later cycles, as a working cluster has them.
         for i in range(1, 4):
-            with state.immediate(db):
+            with store.immediate(db):
                 db.execute("INSERT INTO staying (id, text) VALUES (?, 'later')", (i,))
         db.close()
         wait_until(lambda: holders(cluster) == [], timeout=30, message="the marker gone from every copy")

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from broadsheet.cli import cli
 from conftest import create_table
-from primary import state
+from primary import store
 
 
 def add_user(cluster, name: str, password: str) -> None:
@@ -48,7 +48,7 @@ def test_each_member_logs_in_as_themselves_and_the_audit_log_tells_them_apart(cl
         assert client.last.status_code == 302, client.last.text
         done = client.post("/-/broadsheet/visibility/data/minutes", data={"operation": verb})
         assert done.status_code == 200, done.text
-    entries = state.audit_entries(db, table="minutes", limit=2)
+    entries = store.audit_entries(db, table="minutes", limit=2)
     assert [(e["operation"], e["actor"]) for e in entries] == [("unpublish", "bob"), ("publish", "alice")]
 
 
@@ -106,13 +106,13 @@ def test_removing_a_member_ends_their_sessions(cluster):
     ids=["plain", "form", "text", "json"],
 )
 def test_another_site_cannot_publish_with_a_members_cookie(cluster, db, members, headers, content):
-    create_table(cluster, "csrf_target", [{"id": 1}]) if "csrf_target" not in state.user_tables(db) else None
+    create_table(cluster, "csrf_target", [{"id": 1}]) if "csrf_target" not in store.user_tables(db) else None
     cookie = login(cluster, "alice", members["alice"]).cookies["ds_actor"]
     control = httpx.Client(base_url=cluster.primary.control_url, cookies={"ds_actor": cookie}, timeout=30)
-    before = (state.public_tables(db), state.audit_entries(db, limit=3))
+    before = (store.public_tables(db), store.audit_entries(db, limit=3))
     response = control.post("/tables/csrf_target/publish", headers=headers, content=content)
     assert response.status_code == 403, response.text
-    assert (state.public_tables(db), state.audit_entries(db, limit=3)) == before
+    assert (store.public_tables(db), store.audit_entries(db, limit=3)) == before
     # From the control plane's own origin, the same cookie may.
     own = control.post("/tables/csrf_target/unpublish", headers={"Origin": cluster.primary.control_url})
     assert own.status_code == 200, own.text

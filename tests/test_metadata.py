@@ -8,7 +8,7 @@ import pytest
 
 from broadsheet.client import ControlError
 from conftest import create_table, settle
-from primary import state
+from primary import store
 
 
 def replicated(node_url: str) -> dict:
@@ -49,11 +49,11 @@ def test_metadata_reaches_read_nodes_for_public_tables_only(cluster, control, db
     ],
 )
 def test_bad_metadata_is_refused(cluster, control, db, table, values, message):
-    before = state.metadata(db)
+    before = store.metadata(db)
     with pytest.raises(ControlError) as exc:
         control.set_metadata(table, values)
     assert exc.value.status in (400, 404) and message in exc.value.message
-    assert state.metadata(db) == before
+    assert store.metadata(db) == before
 
 
 def test_read_nodes_show_metadata_where_datasette_does(cluster, control, db):
@@ -84,10 +84,10 @@ def test_a_restricted_token_cannot_set_the_instance_metadata(cluster, control, d
     from broadsheet.client import ControlClient
     from test_permissions import restricted_token, viewer
 
-    before = state.metadata(db)
+    before = store.metadata(db)
     for restrictions in (viewer(), viewer().allow_resource("data", "airports", "broadsheet-publish")):
         client = ControlClient(cluster.primary.control_url, restricted_token(cluster, restrictions))
         with pytest.raises(ControlError) as exc:
             client.set_metadata(None, {"title": "Not yours"})
         assert exc.value.status == 403
-    assert state.metadata(db) == before
+    assert store.metadata(db) == before

@@ -14,7 +14,7 @@ import pytest
 from datasette.tokens import TokenRestrictions
 
 from conftest import create_table, settle
-from primary import state
+from primary import store
 from test_partial_ui import error_message, words
 from test_permissions import restricted_token, viewer
 
@@ -37,9 +37,9 @@ def team(cluster, token):
 @pytest.fixture
 def instance_kept(db):
     """The instance's metadata is shared by the session's tests: put it back."""
-    before = state.metadata(db).get(state.INSTANCE, {})
+    before = store.metadata(db).get(store.INSTANCE, {})
     yield
-    state.set_metadata(db, state.INSTANCE, {k: before.get(k) for k in state.METADATA_FIELDS})
+    store.set_metadata(db, store.INSTANCE, {k: before.get(k) for k in store.METADATA_FIELDS})
 
 
 def field(response: httpx.Response, name: str) -> str:
@@ -74,11 +74,11 @@ def test_a_tables_metadata_set_on_its_make_public_page_shows_on_read_nodes(clust
     saved = team.post("/metadata/data/meta_ui_reports", data=values)
     assert saved.status_code == 200, error_message(saved)
     assert SAVED in words(saved)
-    assert state.metadata(db)["meta_ui_reports"] == values
-    assert "meta_ui_reports" in state.public_tables(db)  # saving metadata flips nothing
+    assert store.metadata(db)["meta_ui_reports"] == values
+    assert "meta_ui_reports" in store.public_tables(db)  # saving metadata flips nothing
     # The page is pre-filled with what is set.
     page = team.get("/visibility/data/meta_ui_reports")
-    assert {name: field(page, name) for name in state.METADATA_FIELDS} == values
+    assert {name: field(page, name) for name in store.METADATA_FIELDS} == values
 
     for node in on_read_nodes(cluster):
         shown = httpx.get(f"{node.url}/public/meta_ui_reports", timeout=10).text
@@ -88,7 +88,7 @@ def test_a_tables_metadata_set_on_its_make_public_page_shows_on_read_nodes(clust
 
     # An emptied field is cleared, the others kept.
     team.post("/metadata/data/meta_ui_reports", data={**values, "source": "", "source_url": ""})
-    assert state.metadata(db)["meta_ui_reports"] == {k: v for k, v in values.items() if not k.startswith("source")}
+    assert store.metadata(db)["meta_ui_reports"] == {k: v for k, v in values.items() if not k.startswith("source")}
     for node in on_read_nodes(cluster):
         assert "Finance desk" not in httpx.get(f"{node.url}/public/meta_ui_reports", timeout=10).text
 
@@ -100,7 +100,7 @@ def test_the_instances_metadata_set_on_its_page_shows_on_read_nodes(cluster, db,
     saved = team.post("/metadata", data=values)
     assert saved.status_code == 200, error_message(saved)
     assert SAVED in words(saved)
-    assert {k: v for k, v in state.metadata(db)[state.INSTANCE].items() if k in values} == values
+    assert {k: v for k, v in store.metadata(db)[store.INSTANCE].items() if k in values} == values
     assert field(team.get("/metadata"), "title") == "The Team Gazette"
 
     for node in on_read_nodes(cluster):
@@ -111,16 +111,16 @@ def test_the_instances_metadata_set_on_its_page_shows_on_read_nodes(cluster, db,
 
 @pytest.mark.parametrize("page", ["/metadata/data/meta_ui_bad", "/metadata"], ids=["table", "instance"])
 def test_a_bad_url_is_a_400_with_the_message_and_changes_nothing(cluster, db, team, page):
-    if "meta_ui_bad" not in state.user_tables(db):
+    if "meta_ui_bad" not in store.user_tables(db):
         create_table(cluster, "meta_ui_bad", [{"id": 1}])
-    before = state.metadata(db)
+    before = store.metadata(db)
     response = team.post(page, data={"title": "CHANGED-TITLE", "license_url": "javascript:alert(1)"})
     assert response.status_code == 400
     assert error_message(response) == "license_url must be an http(s) URL"
     # The team's input is kept, to correct it.
     assert field(response, "title") == "CHANGED-TITLE" and field(response, "license_url") == "javascript:alert(1)"
     assert SAVED not in words(response)
-    assert state.metadata(db) == before
+    assert store.metadata(db) == before
 
 
 def statuses(client: httpx.Client, title: str) -> dict[str, int]:
@@ -142,9 +142,9 @@ def statuses(client: httpx.Client, title: str) -> dict[str, int]:
     ids=["view-instance only", "publish on that table only"],
 )
 def test_a_restricted_token_gets_403_where_it_may_not_publish(cluster, db, restrictions, table, instance):
-    if "meta_ui_limited" not in state.user_tables(db):
+    if "meta_ui_limited" not in store.user_tables(db):
         create_table(cluster, "meta_ui_limited", [{"id": 1}])
-    before = state.metadata(db)
+    before = store.metadata(db)
     with broadsheet_pages(cluster, restricted_token(cluster, restrictions)) as client:
         assert statuses(client, "Limited") == {
             "table's page": table, "table's save": table, "instance's page": instance, "instance's save": instance,
@@ -153,7 +153,7 @@ def test_a_restricted_token_gets_403_where_it_may_not_publish(cluster, db, restr
             # Its table's page does not offer the instance's page.
             assert 'href="/-/broadsheet/metadata"' not in client.get("/visibility/data/meta_ui_limited").text
             before["meta_ui_limited"] = {"title": "Limited"}
-    assert state.metadata(db) == before
+    assert store.metadata(db) == before
 
 
 def test_a_cross_site_form_cannot_change_metadata_with_a_members_cookie(cluster, db):
@@ -161,7 +161,7 @@ def test_a_cross_site_form_cannot_change_metadata_with_a_members_cookie(cluster,
     with httpx.Client(base_url=cluster.primary.url, timeout=30) as browser:
         login = browser.post("/-/login", data={"username": "team", "password": cluster.primary.team_password})
         assert login.status_code == 302
-        before = state.metadata(db)
+        before = store.metadata(db)
         for page in ("/-/broadsheet/metadata", "/-/broadsheet/metadata/data/airports"):
             forged = browser.post(
                 page,
@@ -169,4 +169,4 @@ def test_a_cross_site_form_cannot_change_metadata_with_a_members_cookie(cluster,
                 headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://elsewhere.example"},
             )
             assert forged.status_code == 403, page
-        assert state.metadata(db) == before
+        assert store.metadata(db) == before

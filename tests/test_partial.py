@@ -13,7 +13,7 @@ from broadsheet.cli import cli
 from broadsheet.client import ControlError
 from broadsheet.litefs import Pos
 from conftest import create_table, file_bytes, rows, settle, status, wait_until
-from primary import state
+from primary import store
 from test_incremental import ltx_size
 from test_privacy import process_memory_contains
 
@@ -62,7 +62,7 @@ def test_excluded_columns_and_filtered_rows_never_reach_a_read_node(cluster, con
     for node in cluster.replicas:
         assert all_rows(node.url, "people") == expected
     # A row that starts matching appears; one that stops matching goes.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("UPDATE people SET consent = 1, name = 'now public' WHERE id = 2")
         db.execute("UPDATE people SET consent = 0 WHERE id = 3")
     settle(cluster)
@@ -87,10 +87,10 @@ def test_narrowing_a_spec_erases_what_it_removes(cluster, control, db):
     for node in cluster.replicas:
         assert all_rows(node.url, "staff")[0] == {"id": 1, "name": "staff 1"}
         assert b"PHONE-NARROWED" not in node.public_db.read_bytes()
-    entry = state.audit_entries(db, table="staff", limit=1)[0]
+    entry = store.audit_entries(db, table="staff", limit=1)[0]
     assert (entry["spec_before"], entry["spec_after"]) == (None, '{"columns": ["id", "name"]}')
     # An explicit column list does not publish a column added later.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("ALTER TABLE staff ADD COLUMN salary INTEGER")
         db.execute("UPDATE staff SET salary = 99999 WHERE id = 1")
     settle(cluster)
@@ -99,7 +99,7 @@ def test_narrowing_a_spec_erases_what_it_removes(cluster, control, db):
 
 
 def test_a_row_moving_across_the_filter_ships_a_small_ltx(cluster, control, db):
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, kind TEXT, shown INTEGER, note TEXT)")
         db.execute(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)"
@@ -109,7 +109,7 @@ def test_a_row_moving_across_the_filter_ships_a_small_ltx(cluster, control, db):
     cluster.wait_for_replicas(published["public_txid"])
     full_copy = ltx_size(cluster.replicas[0], published["public_txid"])
     for change in ("UPDATE events SET shown = 1 WHERE id = 1000", "UPDATE events SET shown = 0 WHERE id = 1001"):
-        with state.immediate(db):
+        with store.immediate(db):
             db.execute(change)
         settle(cluster)
         txid = Pos.read(cluster.primary.public_db).txid
@@ -146,16 +146,16 @@ def test_a_row_moving_across_the_filter_ships_a_small_ltx(cluster, control, db):
     ],
 )
 def test_a_bad_spec_is_a_clear_400_and_changes_nothing(cluster, control, db, spec, message):
-    if "drafts_spec" not in state.user_tables(db):
+    if "drafts_spec" not in store.user_tables(db):
         create_table(cluster, "drafts_spec", [{"id": 1, "title": "draft", "secret": "s"}])
     settle(cluster)
-    before = (state.public_tables(db), state.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid)
+    before = (store.public_tables(db), store.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid)
     with pytest.raises(ControlError) as exc:
         control.publish("drafts_spec", spec=spec)
     assert exc.value.status == 400 and message.lower() in exc.value.message.lower(), exc.value.message
     with pytest.raises(ControlError):
         control.preview("drafts_spec", spec)
-    assert (state.public_tables(db), state.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid) == before
+    assert (store.public_tables(db), store.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid) == before
 
 
 def test_a_filter_on_an_unpublished_column_is_allowed_and_previewed(cluster, control, db):
@@ -165,11 +165,11 @@ def test_a_filter_on_an_unpublished_column_is_allowed_and_previewed(cluster, con
     assert (preview["rows"], preview["total_rows"], preview["columns"]) == (10, 30, ["id", "name"])
     assert preview["sample"][0] == {"id": 3, "name": "member 3"}
     assert preview["estimated_bytes"] > 0
-    assert "members" not in state.public_tables(db)  # a preview changes nothing
+    assert "members" not in store.public_tables(db)  # a preview changes nothing
     dry = CliRunner().invoke(cli, ["publish", "members", "--columns", "id,name", "--where", "consent = 1",
                                    "--dry-run", "--data-db", str(cluster.primary.data_db)])
     assert dry.exit_code == 0 and "10 of 30 rows" in dry.output, dry.output
-    assert "members" not in state.public_tables(db)
+    assert "members" not in store.public_tables(db)
     result = control.publish("members", spec=spec)
     cluster.wait_for_replicas(result["public_txid"])
     assert all_rows(cluster.replicas[0].url, "members") == projection(db, "members", ["id", "name"], "consent = 1")
@@ -182,17 +182,17 @@ def test_a_schema_change_that_breaks_a_spec_makes_the_table_private(cluster, con
     create_table(cluster, "volunteers", [{"id": i, "name": f"v{i}", "region": "north", "notes": "n"} for i in range(1, 6)])
     result = control.publish("volunteers", spec={"columns": ["id", "name", "region"]})
     cluster.wait_for_replicas(result["public_txid"])
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("ALTER TABLE volunteers RENAME COLUMN region TO area")
-    wait_until(lambda: "volunteers" not in state.public_tables(db), message="volunteers made private")
-    entry = state.audit_entries(db, table="volunteers", limit=1)[0]
+    wait_until(lambda: "volunteers" not in store.public_tables(db), message="volunteers made private")
+    entry = store.audit_entries(db, table="volunteers", limit=1)[0]
     assert entry["operation"] == "unpublish" and "spec no longer fits" in entry["actor"]
     for node in cluster.replicas:
         wait_until(lambda: status(node.url, "/public/volunteers.json") == 403, message=f"403 on {node.name}")
 
 
 def test_a_foreign_key_never_names_a_private_table_on_a_read_node(cluster, control, db):
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE TABLE payroll_ledger_private (id INTEGER PRIMARY KEY, amount INTEGER)")
         db.execute(
             "CREATE TABLE shifts (id INTEGER PRIMARY KEY, day TEXT,"
@@ -215,7 +215,7 @@ def test_a_foreign_key_never_names_a_private_table_on_a_read_node(cluster, contr
 
 def test_a_view_is_published_only_if_it_reads_nothing_private(cluster, control, db):
     create_table(cluster, "donors", [{"id": i, "name": f"donor {i}", "iban": f"IBAN-VIEW-SENTINEL-{i}"} for i in range(1, 4)])
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE VIEW donor_names AS SELECT id, name FROM donors")
         db.execute("CREATE VIEW donor_accounts AS SELECT name, iban FROM donors")
     result = control.publish("donors", spec={"exclude_columns": ["iban"]})
@@ -236,7 +236,7 @@ def test_a_narrower_spec_set_by_unpublish_then_publish_is_applied(cluster, contr
     create_table(cluster, "payroll", [{"id": i, "name": f"p{i}", "salary": f"SALARY-RELISTED-{i}"} for i in range(1, 4)])
     result = control.publish("payroll")
     cluster.wait_for_replicas(result["public_txid"])
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("DELETE FROM _public_tables WHERE table_name = 'payroll'")
         db.execute("""INSERT INTO _public_tables (table_name, spec) VALUES ('payroll', '{"exclude_columns": ["salary"]}')""")
     settle(cluster)
@@ -247,7 +247,7 @@ def test_a_narrower_spec_set_by_unpublish_then_publish_is_applied(cluster, contr
 
 
 def test_a_foreign_key_to_an_excluded_column_names_nothing_private(cluster, control, db):
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE TABLE owners (id INTEGER PRIMARY KEY, name TEXT, tax_code_private TEXT UNIQUE)")
         db.execute("CREATE TABLE pets (id INTEGER PRIMARY KEY, owner_code TEXT REFERENCES owners (tax_code_private))")
         db.execute("INSERT INTO owners VALUES (1, 'ann', 'T1')")
@@ -266,9 +266,9 @@ def test_a_filter_whose_column_is_renamed_fails_closed(cluster, control, db):
     create_table(cluster, "entries", [{"id": i, "hidden": i % 2, "text": f"ENTRY-HIDDEN-{i}"} for i in range(1, 5)])
     result = control.publish("entries", spec={"where": '"hidden" IS NOT 1'})
     cluster.wait_for_replicas(result["public_txid"])
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("ALTER TABLE entries RENAME COLUMN hidden TO is_hidden")
-    wait_until(lambda: "entries" not in state.public_tables(db), message="entries made private")
+    wait_until(lambda: "entries" not in store.public_tables(db), message="entries made private")
     settle(cluster)
     cluster.wait_for_replicas()
     for node in cluster.replicas:

@@ -13,9 +13,9 @@ import pytest
 
 from broadsheet.litefs import Pos
 from conftest import create_table, settle
-from primary import state
+from primary import store
 from primary.datasette.forms import SpecForm
-from primary.spec import PublishSpec
+from primary.store import PublishSpec
 
 EMAIL = "UI-EXCLUDED-EMAIL-SENTINEL-3c9"
 COLUMNS = ["id", "name", "email", "consent"]
@@ -77,10 +77,10 @@ def test_the_form_means_the_whole_table_a_column_list_or_exclusions(form, spec):
     ],
 )
 def test_a_bad_filter_is_a_400_page_that_changes_nothing(cluster, db, team_page, action, where, message):
-    if "ui_bad_filter" not in state.user_tables(db):
+    if "ui_bad_filter" not in store.user_tables(db):
         create_table(cluster, "ui_bad_filter", people(4))
     settle(cluster)
-    before = (state.public_tables(db), state.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid)
+    before = (store.public_tables(db), store.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid)
     response = team_page.post(
         "/ui_bad_filter", data={"operation": "publish", "action": action, "columns": ["id", "name"], "where": where}
     )
@@ -90,7 +90,7 @@ def test_a_bad_filter_is_a_400_page_that_changes_nothing(cluster, db, team_page,
     assert "<span class=\"broadsheet-state\">private<" in response.text and html.escape(where, quote=True) in response.text
     assert 'class="broadsheet-preview"' not in response.text and "Publish</button>" not in response.text
     settle(cluster)
-    assert (state.public_tables(db), state.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid) == before
+    assert (store.public_tables(db), store.audit_entries(db, limit=3), Pos.read(cluster.primary.public_db).txid) == before
 
 
 def test_preview_then_publish_exactly_that_and_the_page_shows_it(cluster, db, team_page):
@@ -100,15 +100,15 @@ def test_preview_then_publish_exactly_that_and_the_page_shows_it(cluster, db, te
     preview = team_page.post("/ui_people", data={**form, "action": "preview"})
     assert preview.status_code == 200, error_message(preview)
     assert "serve 20 of 40 rows and 3 columns (id, name, consent)" in words(preview) and "person 1<" in preview.text and EMAIL not in preview.text
-    assert "ui_people" not in state.public_tables(db)  # a preview changes nothing
+    assert "ui_people" not in store.public_tables(db)  # a preview changes nothing
     assert 'value="id"' in preview.text  # the disabled INTEGER PRIMARY KEY goes with the confirmation
 
     published = team_page.post("/ui_people", data={**form, "action": "publish"})
     assert published.status_code == 200, error_message(published)
     assert "ui_people is now public (all columns but email; rows where consent = 1)" in words(published)
     spec = PublishSpec(exclude_columns=("email",), where="consent = 1")
-    assert state.public_specs(db)["ui_people"] == spec
-    entry = state.audit_entries(db, table="ui_people", limit=1)[0]
+    assert store.public_specs(db)["ui_people"] == spec
+    entry = store.audit_entries(db, table="ui_people", limit=1)[0]
     assert (entry["operation"], entry["spec_after"]) == ("publish", spec.to_json())
 
     # The page of a public table: its spec, and the form pre-filled with it.
@@ -122,16 +122,16 @@ def test_preview_then_publish_exactly_that_and_the_page_shows_it(cluster, db, te
     change = team_page.post("/ui_people", data={**form, "columns": COLUMNS, "where": "", "action": "preview"})
     assert change.status_code == 200, error_message(change)
     assert "adds column email; adds 20 rows, removes 0 rows" in words(change)
-    assert state.public_specs(db)["ui_people"] == spec
+    assert store.public_specs(db)["ui_people"] == spec
 
 
 def test_a_script_posting_operation_alone_publishes_the_whole_table(cluster, db, team_page):
     create_table(cluster, "ui_whole", people(3))
     response = team_page.post("/ui_whole", data={"operation": "publish"})
     assert response.status_code == 200, error_message(response)
-    assert state.public_specs(db)["ui_whole"] == PublishSpec()
+    assert store.public_specs(db)["ui_whole"] == PublishSpec()
     response = team_page.post("/ui_whole", data={"operation": "unpublish"})
-    assert response.status_code == 200 and "ui_whole" not in state.public_tables(db)
+    assert response.status_code == 200 and "ui_whole" not in store.public_tables(db)
 
 
 def test_a_cross_site_form_cannot_publish_with_a_members_cookie(cluster, db):
@@ -141,19 +141,19 @@ def test_a_cross_site_form_cannot_publish_with_a_members_cookie(cluster, db):
     with httpx.Client(base_url=cluster.primary.url, timeout=30) as browser:
         login = browser.post("/-/login", data={"username": "team", "password": cluster.primary.team_password})
         assert login.status_code == 302
-        before = (state.public_tables(db), state.audit_entries(db, limit=3))
+        before = (store.public_tables(db), store.audit_entries(db, limit=3))
         forged = browser.post(
             "/-/broadsheet/visibility/data/ui_cross_site",
             data={"operation": "publish", "action": "publish", "columns": COLUMNS},
             headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://elsewhere.example"},
         )
         assert forged.status_code == 403
-        assert (state.public_tables(db), state.audit_entries(db, limit=3)) == before
+        assert (store.public_tables(db), store.audit_entries(db, limit=3)) == before
 
 
 def test_a_view_is_previewed_and_published_whole(cluster, db, team_page):
     create_table(cluster, "ui_view_base", people(3))
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE VIEW ui_high_airports AS SELECT faa, name, alt FROM airports WHERE alt > 5000")
         db.execute("CREATE VIEW ui_private_view AS SELECT name FROM ui_view_base")
     (high,) = db.execute("SELECT count(*) FROM ui_high_airports").fetchone()
@@ -164,7 +164,7 @@ def test_a_view_is_previewed_and_published_whole(cluster, db, team_page):
     assert f"serve {high} of {high} rows and 3 columns (faa, name, alt)" in words(preview)
     published = team_page.post("/ui_high_airports", data={"operation": "publish", "action": "publish"})
     assert published.status_code == 200, error_message(published)
-    assert state.public_specs(db)["ui_high_airports"] == PublishSpec()
+    assert store.public_specs(db)["ui_high_airports"] == PublishSpec()
     # A view over a private table: the preview already says so.
     refused = team_page.post("/ui_private_view", data={"operation": "publish", "action": "preview"})
     assert refused.status_code == 400 and "ui_view_base" in error_message(refused)

@@ -12,7 +12,7 @@ import pytest
 from datasette.tokens import TokenRestrictions
 
 from conftest import create_table
-from primary import state
+from primary import store
 from primary.control import auth
 
 
@@ -45,8 +45,8 @@ def flip_everywhere(cluster, token: str, table: str) -> tuple[int, int, bool | N
 def table(cluster):
     create_table(cluster, "perm_notes", [{"id": 1, "text": "hello"}])
     yield "perm_notes"
-    conn = state.connect(str(cluster.primary.data_db))
-    state.set_public(conn, "perm_notes", False, actor="test")
+    conn = store.connect(str(cluster.primary.data_db))
+    store.set_public(conn, "perm_notes", False, actor="test")
     conn.execute("DROP TABLE perm_notes")
     conn.close()
 
@@ -61,15 +61,15 @@ def table(cluster):
     ids=["view-instance only", "insert-row on another table", "publish on another table"],
 )
 def test_a_restricted_token_cannot_publish(cluster, db, table, restrictions):
-    before = (state.public_tables(db), state.audit_entries(db, limit=5))
+    before = (store.public_tables(db), store.audit_entries(db, limit=5))
     control, action, offered = flip_everywhere(cluster, restricted_token(cluster, restrictions), table)
     assert (control, action) == (403, 403)
     assert offered is (None if restrictions.all == ["view-instance"] else False)
-    assert (state.public_tables(db), state.audit_entries(db, limit=5)) == before
+    assert (store.public_tables(db), store.audit_entries(db, limit=5)) == before
 
 
 def test_a_token_allowed_to_publish_that_table_can(cluster, db, table):
     restrictions = viewer().allow_resource("data", table, "broadsheet-publish")
     control, action, offered = flip_everywhere(cluster, restricted_token(cluster, restrictions), table)
     assert (control, action, offered) == (200, 200, True)
-    assert table in state.public_tables(db)
+    assert table in store.public_tables(db)

@@ -5,7 +5,7 @@ memory of its processes."""
 import re
 
 from conftest import create_table, file_bytes, rows, status, wait_until
-from primary import state
+from primary import store
 from test_publish import publish
 
 SENTINELS = [b"SENTINEL-7f3a9c-PRIVATE", "SENTINEL-ünïcode-ßecret".encode()]
@@ -44,7 +44,7 @@ def test_private_sentinels_never_reach_a_read_node(cluster, db):
 
     # Several publish cycles while the private table keeps changing too.
     for i in range(1, 8):
-        with state.immediate(db):
+        with store.immediate(db):
             db.execute("INSERT INTO bulletin (id, text) VALUES (?, ?)", (i, f"bulletin {i}"))
             db.execute(
                 "INSERT INTO private_notes (id, note) VALUES (?, ?)", (100 + i, f"{SENTINELS[0].decode()} later {i}")
@@ -104,15 +104,15 @@ def test_sentinels_absent_from_compressed_ltx_files(new_cluster):
     files, decompressing each before looking."""
     cluster = new_cluster(replicas=1, compress=True)
     node = cluster.replicas[0]
-    conn = state.connect(str(cluster.primary.data_db))
-    with state.immediate(conn):
+    conn = store.connect(str(cluster.primary.data_db))
+    with store.immediate(conn):
         conn.execute("CREATE TABLE secrets (id INTEGER PRIMARY KEY, note TEXT)")
         conn.executemany("INSERT INTO secrets (note) VALUES (?)", [(f"{SENTINELS[0].decode()} {i}",) for i in range(50)])
         conn.execute("CREATE TABLE notices (id INTEGER PRIMARY KEY, note TEXT)")
         conn.executemany("INSERT INTO notices (note) VALUES (?)", [(f"PUBLIC-NOTICE-91b2 {i}",) for i in range(50)])
-    state.set_public(conn, "notices", True, actor="test")
+    store.set_public(conn, "notices", True, actor="test")
     for i in range(5):
-        with state.immediate(conn):
+        with store.immediate(conn):
             conn.execute("INSERT INTO notices (note) VALUES (?)", (f"PUBLIC-NOTICE-91b2 later {i}",))
             conn.execute("INSERT INTO secrets (note) VALUES (?)", (f"{SENTINELS[0].decode()} later {i}",))
         wait_until(lambda: len(rows(node.url, "notices", _size="max")) == 51 + i)

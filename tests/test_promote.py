@@ -24,7 +24,7 @@ from broadsheet.cluster_file import load_state
 from broadsheet.litefs import Pos
 from conftest import read_only_rows, rows, status, wait_until
 from fault_tools import LedgerWriter
-from primary.standby import AnotherPrimary
+from primary.standby.fencing import AnotherPrimary
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from broadsheet.cli import cli
 from broadsheet.client import ControlClient
 from conftest import create_table, rows, wait_until
-from primary import state
+from primary import store
 
 
 def test_publish_yields_a_propagation_record_for_every_node(cluster, control):
@@ -37,7 +37,7 @@ def test_event_stream_delivers_propagation(cluster, control, db):
     first = events.get(timeout=10)
     assert first[0] == "node"  # the stream opens with every node's position
 
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("INSERT INTO airports (faa, name) VALUES ('SSE', 'Event Stream Field')")
     wait_until(lambda: rows(cluster.replicas[0].url, "airports", faa="SSE"))
     txid = cluster.public_pos().txid
@@ -54,7 +54,7 @@ def test_event_stream_delivers_propagation(cluster, control, db):
 
 def test_cli_watch_prints_arrivals(cluster, token, db):
     url = cluster.primary.control_url
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("INSERT INTO airports (faa, name) VALUES ('CLI', 'Watch Field')")
     wait_until(lambda: rows(cluster.replicas[-1].url, "airports", faa="CLI"))
     txid = cluster.public_pos().txid
@@ -68,7 +68,7 @@ def test_cli_watch_prints_arrivals(cluster, token, db):
     thread = threading.Thread(target=run)
     thread.start()
     wait_until(lambda: subscribers(url) > baseline, timeout=10, message="watch connected")
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("UPDATE airports SET name = 'Watch Field 2' WHERE faa = 'CLI'")
     thread.join(30)
     result = output["result"]
@@ -134,7 +134,7 @@ def test_a_read_node_streams_its_position_to_a_bounded_number_of_followers(clust
             first = next(lines)
             assert first["node"] == node.name and first["txid"] == Pos.read(node.public_db).txid
             create_table(cluster, "streamed", [{"id": 1}])
-            state.set_public(db, "streamed", True, actor="test")
+            store.set_public(db, "streamed", True, actor="test")
             settle(cluster)
             assert next(lines)["txid"] > first["txid"]
         # The control plane holds one of the node's four places.

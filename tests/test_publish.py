@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from broadsheet.cli import cli
 from broadsheet.litefs import Pos
 from conftest import create_table, file_bytes, read_only_rows, rows, status, wait_until
-from primary import state
+from primary import store
 
 
 def publish(cluster, table, public=True):
@@ -18,7 +18,7 @@ def publish(cluster, table, public=True):
 
 
 def test_row_written_to_published_table_reaches_every_node(cluster, db):
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute(
             "INSERT INTO airports (faa, name, lat, lon, alt, tz, dst, tzone)"
             " VALUES ('ZZZ', 'Broadsheet Field', 1.5, 2.5, 10, 0, 'N', 'UTC')"
@@ -35,7 +35,7 @@ def test_public_db_names_the_txid_each_cycle_became(cluster, db):
     create_table(cluster, "txid_named", [{"id": 1, "v": "first"}])
     publish(cluster, "txid_named")
     for value in ("first", "second"):
-        with state.immediate(db):
+        with store.immediate(db):
             db.execute("UPDATE txid_named SET v = ?", (value,))
         wait_until(lambda: rows(cluster.replicas[0].url, "txid_named") == [{"id": 1, "v": value}], message=value)
         cluster.wait_for_replicas()
@@ -83,13 +83,13 @@ def test_dropping_a_published_table_makes_its_name_private(cluster, db):
     publish(cluster, "ephemeral")
     for node in cluster.replicas:
         wait_until(lambda: status(node.url, "/public/ephemeral.json") == 200)
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("DROP TABLE ephemeral")
-    wait_until(lambda: "ephemeral" not in state.public_tables(db), message="ephemeral unlisted")
+    wait_until(lambda: "ephemeral" not in store.public_tables(db), message="ephemeral unlisted")
     audit = db.execute("SELECT actor, operation FROM _public_audit_log ORDER BY id DESC LIMIT 1").fetchone()
     assert audit == ("broadsheet:publisher (table was dropped)", "unpublish")
     # A new table under the old name starts out private.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE TABLE ephemeral (id INTEGER PRIMARY KEY, v TEXT)")
         db.execute("INSERT INTO ephemeral VALUES (1, 'NEW-PRIVATE-ROW')")
     cluster.wait_for_replicas()
@@ -110,13 +110,13 @@ def test_a_table_recreated_under_a_published_name_is_private(cluster, db, same_s
     for node in cluster.replicas:
         wait_until(lambda: status(node.url, f"/public/{name}.json") == 200)
     columns = "id INTEGER PRIMARY KEY, v TEXT" if same_schema else "id INTEGER PRIMARY KEY, v TEXT, extra TEXT"
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute(f"DROP TABLE {name}")
         db.execute(f"CREATE TABLE {name} ({columns})")
         db.execute(f"INSERT INTO {name} (id, v) VALUES (1, ?), (2, ?)", (marker, marker))
-    wait_until(lambda: name not in state.public_tables(db), message=f"{name} unlisted")
-    newest = state.audit_entries(db, table=name, limit=1)[0]
-    assert (newest["operation"], newest["actor"]) == ("unpublish", state.REBUILT_ACTOR)
+    wait_until(lambda: name not in store.public_tables(db), message=f"{name} unlisted")
+    newest = store.audit_entries(db, table=name, limit=1)[0]
+    assert (newest["operation"], newest["actor"]) == ("unpublish", store.REBUILT_ACTOR)
     cluster.wait_for_replicas()
     for node in cluster.replicas:
         assert status(node.url, f"/public/{name}.json") == 403

@@ -9,17 +9,18 @@ import dataclasses
 
 import apsw
 
-from primary import state
-from primary.projection import project
-from primary.publisher import Publisher, _copy_table
-from primary.spec import PublishSpec
+from primary import store
+from primary.publisher import Publisher
+from primary.publisher.copy import copy_table
+from primary.store import PublishSpec
+from primary.store.projection import project
 
 
 def _data_db(path) -> apsw.Connection:
     """A table without an INTEGER PRIMARY KEY whose rowids have gaps (rows
     deleted at the start, in the middle and at the end), with an index."""
-    conn = state.connect(str(path))
-    state.ensure_schema(conn)
+    conn = store.connect(str(path))
+    store.ensure_schema(conn)
     conn.execute("CREATE TABLE notes (code TEXT, body TEXT, n INTEGER)")
     conn.execute(
         "WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM i WHERE x < 500)"
@@ -41,7 +42,7 @@ def _rows(path, sql: str) -> list:
 def test_a_table_published_whole_keeps_its_rowids_and_index_and_takes_row_updates(tmp_path):
     data, public = tmp_path / "data.db", tmp_path / "public.db"
     conn = _data_db(data)
-    state.set_public(conn, "notes", True, actor="test")
+    store.set_public(conn, "notes", True, actor="test")
     publisher = Publisher(data, public)
     try:
         publisher.run_cycle()
@@ -51,7 +52,7 @@ def test_a_table_published_whole_keeps_its_rowids_and_index_and_takes_row_update
             ("notes_code",)
         ]
         # A row-level apply finds each row by data.db's rowid.
-        with state.immediate(conn):
+        with store.immediate(conn):
             conn.execute("UPDATE notes SET body = 'changed' WHERE n = 100")
             conn.execute("DELETE FROM notes WHERE n = 200")
         publisher.run_cycle()
@@ -67,13 +68,13 @@ def test_rowids_are_kept_when_sqlite_cannot_copy_the_table_as_it_is(tmp_path):
     and numbers the rows 1..N, which the copy notices and repairs."""
     conn = _data_db(tmp_path / "data.db")
     # The publisher's connection: public.db as main, data.db as src.
-    pub = state.connect(str(tmp_path / "public.db"))
+    pub = store.connect(str(tmp_path / "public.db"))
     pub.execute("ATTACH ? AS src", (str(tmp_path / "data.db"),))
     projection = project(pub, "notes", PublishSpec(), {"notes": {"code", "body", "n"}})
     only_here = ("notes_n", "CREATE INDEX notes_n ON notes (n)")
     projection = dataclasses.replace(projection, indexes=(*projection.indexes, only_here))
-    with state.immediate(pub):
-        assert _copy_table(pub, projection) == 490 - 3 - 70
+    with store.immediate(pub):
+        assert copy_table(pub, projection) == 490 - 3 - 70
     everything = "SELECT _rowid_, code, body, n FROM {}.notes ORDER BY _rowid_"
     assert pub.execute(everything.format("main")).fetchall() == pub.execute(everything.format("src")).fetchall()
     pub.close()

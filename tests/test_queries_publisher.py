@@ -8,9 +8,9 @@ import apsw
 import pytest
 import sqlite_utils
 
-from primary import queries, state
-from primary.publisher import Publisher, withdrawals_path
-from primary.spec import PublishSpec
+from primary import store
+from primary.publisher import Publisher, Withdrawals, withdrawals_path
+from primary.store import PublishSpec, queries
 
 MARKER = "PRIVATE-MARKER-7f3a"
 
@@ -19,15 +19,15 @@ def build_primary(tmp_path):
     """data.db with a public table (airports) and a private one (planes,
     holding MARKER), and a publisher that has run its first cycle."""
     data, public = str(tmp_path / "data.db"), str(tmp_path / "public.db")
-    conn = state.connect(data)
-    state.ensure_schema(conn)
+    conn = store.connect(data)
+    store.ensure_schema(conn)
     conn.execute(
         "CREATE TABLE airports (id INTEGER PRIMARY KEY, faa TEXT, name TEXT, tz INTEGER, secret TEXT);"
         "INSERT INTO airports VALUES (1, 'JFK', 'John F Kennedy', -5, 'x'), (2, 'LAX', 'Los Angeles', -8, 'y'),"
         " (3, 'EWR', 'Newark', -5, 'z');"
         f"CREATE TABLE planes (id INTEGER PRIMARY KEY, tailnum TEXT); INSERT INTO planes VALUES (1, '{MARKER}');"
     )
-    state.set_public(conn, "airports", True, actor="alice")
+    store.set_public(conn, "airports", True, actor="alice")
     publisher = Publisher(data, public, tmp_path / "watermark.json")
     publisher.run_cycle()
     return conn, publisher, public
@@ -60,7 +60,7 @@ def public_queries(public) -> dict:
 def written_straight_into_data_db(conn, publisher, public, direct: dict) -> dict:
     """Rows put into ``_public_queries`` without saving's checks: the next
     cycle publishes none of them and withdraws them all; why, by name."""
-    with state.immediate(conn):
+    with store.immediate(conn):
         for name, sql in direct.items():
             conn.execute("INSERT INTO _public_queries (name, sql) VALUES (?, ?)", (name, sql))
     publisher.run_cycle()
@@ -159,7 +159,7 @@ def test_bad_names_and_fields_are_refused(files):
 
 def test_a_column_that_is_not_published_cannot_be_read(files):
     conn, publisher, public = files
-    state.set_public(conn, "airports", True, actor="alice", spec=PublishSpec(exclude_columns=("secret",)))
+    store.set_public(conn, "airports", True, actor="alice", spec=PublishSpec(exclude_columns=("secret",)))
     publisher.run_cycle()
     with pytest.raises(queries.QueryError) as refused:
         save(conn, public, "leak", "SELECT secret FROM airports")
@@ -173,7 +173,7 @@ def test_unpublishing_a_table_withdraws_its_queries_in_the_same_cycle(files):
     save(conn, public, "constant", "SELECT 42 AS answer")
     publisher.run_cycle()
     assert set(public_queries(public)) == {"west", "constant"}
-    state.set_public(conn, "airports", False, actor="bob")
+    store.set_public(conn, "airports", False, actor="bob")
     cycle = publisher.run_cycle()
     # The table and the query that read it leave public.db in one cycle.
     assert cycle.tables_dropped == ("airports",) and cycle.queries_changed == ("west",)
@@ -184,10 +184,10 @@ def test_unpublishing_a_table_withdraws_its_queries_in_the_same_cycle(files):
     assert entry["operation"] == "withdraw" and entry["actor"] == queries.WITHDRAW_ACTOR
     assert "airports" in entry["reason"]
     # Named where the control plane's /health reads it.
-    withdrawn = lambda: state.Withdrawals.read_file(withdrawals_path(publisher.watermark_file))  # noqa: E731
+    withdrawn = lambda: Withdrawals.read_file(withdrawals_path(publisher.watermark_file))  # noqa: E731
     assert [(w.name, w.kind, w.reason) for w in withdrawn()] == [("west", "query", entry["reason"])]
     # Publishing the table again does not bring it back (fail closed) ...
-    state.set_public(conn, "airports", True, actor="alice")
+    store.set_public(conn, "airports", True, actor="alice")
     publisher.run_cycle()
     assert set(public_queries(public)) == {"constant"}
     # ... saving it again does.
@@ -201,7 +201,7 @@ def test_a_renamed_column_withdraws_a_query_that_named_it(files):
     conn, publisher, public = files
     save(conn, public, "names", "SELECT faa, name FROM airports")
     publisher.run_cycle()
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("ALTER TABLE airports RENAME COLUMN faa TO code")
     publisher.run_cycle()
     assert public_queries(public) == {}
@@ -246,7 +246,7 @@ def test_judging_a_query_never_acts_on_the_publishers_connection(files):
     straight into data.db cannot turn off secure_delete (or anything else)
     on the connection that writes public.db."""
     conn, publisher, public = files
-    with state.immediate(conn):
+    with store.immediate(conn):
         for name, pragma in (("sd", "secure_delete=OFF"), ("qo", "query_only=1"), ("ws", "writable_schema=1")):
             conn.execute("INSERT INTO _public_queries (name, sql) VALUES (?, ?)", (name, f"PRAGMA {pragma}"))
     publisher.run_cycle()
@@ -278,9 +278,9 @@ def test_a_table_published_under_a_saved_querys_name_withdraws_the_query(files):
     conn, publisher, public = files
     save(conn, public, "routes", "SELECT faa FROM airports")
     publisher.run_cycle()
-    with state.immediate(conn):
+    with store.immediate(conn):
         conn.execute("CREATE TABLE routes (id INTEGER PRIMARY KEY, path TEXT)")
-    state.set_public(conn, "routes", True, actor="alice")
+    store.set_public(conn, "routes", True, actor="alice")
     assert publisher.run_cycle().queries_changed == ("routes",)
     assert public_queries(public) == {}
     assert "a public table or view is named 'routes'" in queries.saved(conn)[0]["withdrawn"]

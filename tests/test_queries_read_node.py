@@ -16,7 +16,8 @@ from datasette.plugins import pm
 import replica.plugin
 import replica.queries
 from broadsheet.litefs import Pos
-from primary import queries, state
+from primary import store
+from primary.store import queries
 from replica.guards import guards
 from replica.settings import settings
 from test_hostile import in_loop
@@ -102,7 +103,7 @@ async def test_a_withdrawn_or_removed_query_is_403_at_once(primary, read_node):
     save("answer", "SELECT 42 AS answer")
     ds = read_node
     assert (await ds.client.get("/public/by_tz.json", params={"tz": "-5"})).status_code == 200
-    state.set_public(conn, "airports", False, actor="bob")
+    store.set_public(conn, "airports", False, actor="bob")
     publisher.run_cycle()
     assert (await ds.client.get("/public/by_tz.json", params={"tz": "-5"})).status_code == 403
     assert (await ds.client.get("/public/answer.json")).status_code == 200

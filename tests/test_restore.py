@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from broadsheet.cli import cli
 from broadsheet.litefs import Pos
 from conftest import create_table, read_only_rows, rows, settle, status, team_db, wait_until
-from primary import backup, state
+from primary import backup, store
 
 AFTER = "WRITTEN-AFTER-THE-BACKUP-5e1d"
 
@@ -99,8 +99,8 @@ def test_backup_wipe_restore_and_read_nodes_converge(new_cluster):
     node_urls = [n.url for n in cluster.replicas]
     create_table(cluster, "ledger", [{"id": i, "note": f"row {i}"} for i in range(20)])
     create_table(cluster, "drafts", [{"id": 1, "note": "not public at the backup"}])
-    conn = state.connect(str(cluster.primary.data_db))
-    state.set_public(conn, "ledger", True, actor="test")
+    conn = store.connect(str(cluster.primary.data_db))
+    store.set_public(conn, "ledger", True, actor="test")
     conn.close()
     settle(cluster)
 
@@ -114,8 +114,8 @@ def test_backup_wipe_restore_and_read_nodes_converge(new_cluster):
     with db.conn:
         db["ledger"].insert({"id": 100, "note": AFTER})
     db.close()
-    conn = state.connect(str(cluster.primary.data_db))
-    state.set_public(conn, "drafts", True, actor="test")
+    conn = store.connect(str(cluster.primary.data_db))
+    store.set_public(conn, "drafts", True, actor="test")
     conn.close()
     settle(cluster)
     cluster.wait_for_replicas()
@@ -147,8 +147,8 @@ def test_backup_wipe_restore_and_read_nodes_converge(new_cluster):
         assert read_only_rows(node.public_db, "SELECT * FROM ledger ORDER BY id") == read_only_rows(kept, "SELECT * FROM ledger ORDER BY id")
 
     # Publishing works on the restored primary.
-    conn = state.connect(str(cluster.primary.data_db))
-    state.set_public(conn, "drafts", True, actor="test")
+    conn = store.connect(str(cluster.primary.data_db))
+    store.set_public(conn, "drafts", True, actor="test")
     conn.close()
     for url in node_urls:
         wait_until(lambda: status(url, "/public/drafts.json") == 200, timeout=30, message="drafts published again")

@@ -7,7 +7,7 @@ import sqlite_utils
 
 from broadsheet.client import ControlError
 from conftest import create_table, rows, settle, status, team_db, wait_until
-from primary import state
+from primary import store
 
 
 def columns(node_url: str, table: str) -> list[str]:
@@ -31,7 +31,7 @@ def test_schema_changes_propagate(cluster, control, db):
     cluster.wait_for_replicas(published["public_txid"])
 
     # New column, then rows that use it.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("ALTER TABLE stories ADD COLUMN section TEXT")
         db.execute("UPDATE stories SET section = 'news' WHERE id <= 5")
     for node in cluster.replicas:
@@ -39,7 +39,7 @@ def test_schema_changes_propagate(cluster, control, db):
         wait_until(lambda: len(rows(node.url, "stories", section="news")) == 5)
 
     # New index.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE INDEX stories_section ON stories (section)")
     cluster_index = lambda node: httpx.get(  # noqa: E731
         f"{node.url}/public/-/query.json",
@@ -50,7 +50,7 @@ def test_schema_changes_propagate(cluster, control, db):
         wait_until(lambda: cluster_index(node), message=f"index on {node.name}")
 
     # Column rename.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("ALTER TABLE stories RENAME COLUMN words TO word_count")
     for node in cluster.replicas:
         wait_until(lambda: "word_count" in columns(node.url, "stories"), message=f"rename on {node.name}")
@@ -61,11 +61,11 @@ def test_schema_changes_propagate(cluster, control, db):
     # the table (create, copy, drop, rename), which the publisher cannot tell
     # from a new table under the old name, so the table fails closed until
     # someone publishes it again.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("DROP INDEX stories_section")
     team_db(cluster)["stories"].transform(drop={"section"})
-    wait_until(lambda: "stories" not in state.public_tables(db), message="rebuilt stories made private")
-    assert state.audit_entries(db, table="stories", limit=1)[0]["actor"] == state.REBUILT_ACTOR
+    wait_until(lambda: "stories" not in store.public_tables(db), message="rebuilt stories made private")
+    assert store.audit_entries(db, table="stories", limit=1)[0]["actor"] == store.REBUILT_ACTOR
     for node in cluster.replicas:
         wait_until(lambda: status(node.url, "/public/stories.json") == 403, message=f"stories private on {node.name}")
     control.publish("stories")
@@ -75,7 +75,7 @@ def test_schema_changes_propagate(cluster, control, db):
         assert len(rows(node.url, "stories")) == 10
 
     # Later row changes still arrive after the rebuild.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("UPDATE stories SET title = 'rewritten' WHERE id = 1")
     for node in cluster.replicas:
         wait_until(lambda: rows(node.url, "stories", id=1)[0]["title"] == "rewritten")
@@ -111,7 +111,7 @@ def test_full_text_search_works_on_read_nodes(cluster, control):
 def test_view_of_published_tables_can_be_published(cluster, control, db):
     create_table(cluster, "teams", [{"id": 1, "name": "Data"}, {"id": 2, "name": "Desk"}])
     create_table(cluster, "salaries", [{"id": 1, "team_id": 1, "amount": 123456, "note": "SALARY-NOTE-8f1c"}])
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("CREATE VIEW team_names AS SELECT name FROM teams")
         db.execute(
             "CREATE VIEW team_pay AS SELECT teams.name, salaries.amount, salaries.note"
@@ -152,9 +152,9 @@ def test_renamed_table_stays_public_under_its_new_name(cluster, control, token, 
         wait_until(lambda: status(node.url, "/public/columns_v2.json") == 200, message=f"new name on {node.name}")
         assert status(node.url, "/public/columns_v1.json") == 403
         assert rows(node.url, "columns_v2") == [{"id": 1, "text": "by-line"}]
-    assert "columns_v2" in state.public_tables(db) and "columns_v1" not in state.public_tables(db)
+    assert "columns_v2" in store.public_tables(db) and "columns_v1" not in store.public_tables(db)
     # Writes under the new name keep arriving.
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("INSERT INTO columns_v2 VALUES (2, 'second')")
     for node in cluster.replicas:
         wait_until(lambda: len(rows(node.url, "columns_v2")) == 2)
@@ -182,17 +182,17 @@ def test_datasette_alter_table_keeps_a_public_table_public(cluster, control, tok
     for node in cluster.replicas:
         wait_until(lambda: "scratch" not in columns(node.url, "columns_alter"), timeout=15,
                    message=f"column dropped on {node.name}")
-    assert "columns_alter" in state.public_tables(db)
+    assert "columns_alter" in store.public_tables(db)
     # Datasette drops a column by rebuilding the table (sqlite-utils'
     # transform): the publisher made it private, the altering actor's name
     # published it again.
-    entries = [(e["operation"], e["actor"]) for e in state.audit_entries(db, table="columns_alter", limit=3)]
+    entries = [(e["operation"], e["actor"]) for e in store.audit_entries(db, table="columns_alter", limit=3)]
     assert entries == [
         ("publish", "tester (alter-table)"),
-        ("unpublish", state.REBUILT_ACTOR),
+        ("unpublish", store.REBUILT_ACTOR),
         ("publish", "tester"),
     ]
-    with state.immediate(db):
+    with store.immediate(db):
         db.execute("INSERT INTO columns_alter (id, text) VALUES (4, 'after the alter')")
     for node in cluster.replicas:
         wait_until(lambda: len(rows(node.url, "columns_alter")) == 4, message=f"later write on {node.name}")
@@ -205,9 +205,9 @@ def test_an_alter_table_rebuild_keeps_a_partial_spec(cluster, control, token, db
                                    for i in range(1, 4)])
     control.publish("crew", spec={"exclude_columns": ["wage"]})
     alter(cluster, token, "crew", "drop_column", name="notes")
-    wait_until(lambda: state.audit_entries(db, table="crew", limit=1)[0]["actor"] == "tester (alter-table)",
+    wait_until(lambda: store.audit_entries(db, table="crew", limit=1)[0]["actor"] == "tester (alter-table)",
                message="crew published again by the altering actor")
-    assert state.public_specs(db)["crew"].exclude_columns == ("wage",)
+    assert store.public_specs(db)["crew"].exclude_columns == ("wage",)
     settle(cluster)
     cluster.wait_for_replicas()
     for node in cluster.replicas:

@@ -147,7 +147,7 @@ def test_an_empty_primary_refuses_to_start_and_the_promoted_standby_has_every_ac
     from local.cluster import LocalCluster
     from broadsheet.cluster_file import load_state
     from broadsheet.supervisor import processes_of
-    from primary.standby import NewerCopyElsewhere
+    from primary.standby.fencing import NewerCopyElsewhere
 
     monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "5")
     root = tmp_path / "C"

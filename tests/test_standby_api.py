@@ -51,7 +51,7 @@ def standby_env(tmp_path, monkeypatch):
 
 
 def test_status_and_bounded_waits(standby_env):
-    from primary import standby_api
+    from primary.standby import api as standby_api
 
     with TestClient(standby_api.app) as client:
         status = client.get("/status").json()
@@ -72,7 +72,7 @@ def test_what_a_standby_acknowledged_and_its_newest_commit_outlive_a_restart(sta
     # it); what it acknowledged is kept beside LiteFS's files, not in them.
     import json
 
-    from primary import standby_api
+    from primary.standby import api as standby_api
 
     ltx_file(standby_env / "litefs", Pos(40, 0x1), 1_700_000_000.0)
     ltx_file(standby_env / "litefs", Pos(41, 0xABC), 1_700_000_123.5)
@@ -93,9 +93,9 @@ def test_a_refusing_standby_answers_a_wait_at_once(standby_env):
     import time
 
     from broadsheet.litefs import Pos as P
-    from primary import standby_api
+    from primary.standby import api as standby_api
     from primary.backup import Identity
-    from primary.standby_guard import Refusal
+    from primary.standby.guard import Refusal
 
     with TestClient(standby_api.app) as client:
         standby_api._standby.guard.refusal = Refusal("the primary's data.db is another data.db", 4, Identity(), time.time())
@@ -115,7 +115,7 @@ def test_bad_standby_settings_are_refused_at_start(tmp_path):
 
     from broadsheet.config import ConfigError
     from primary.node import PrimaryNode
-    from primary.standby import StandbyNode
+    from primary.standby.node import StandbyNode
 
     base = {"BROADSHEET_ROOT": str(tmp_path), "DATASETTE_SECRET": "s"}
     for name, value in [
@@ -201,7 +201,7 @@ def serving(standby_env):
 
     from local.cluster import free_port
     from conftest import wait_until
-    from primary import standby_api
+    from primary.standby import api as standby_api
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(standby_api.app, host="127.0.0.1", port=port, log_level="warning"))
@@ -224,7 +224,7 @@ def test_a_standby_holding_another_primarys_data_db_does_not_confirm_a_write(sta
     # checksum, has not got the write.
     import asyncio
 
-    from primary import standby
+    from primary.standby import acknowledged
 
     primary_db, standby_db = tmp_path / "data.db", tmp_path / "mnt" / "data.db"
     primary_db.write_bytes(b"")
@@ -234,7 +234,7 @@ def test_a_standby_holding_another_primarys_data_db_does_not_confirm_a_write(sta
     monkeypatch.setenv("BROADSHEET_STANDBY_WAIT_TIMEOUT", "0.3")
     for standby_pos, confirmed in [(Pos(5000, 0x999), False), (Pos(3, 0x222), False), (Pos(3, 0x111), True), (Pos(2, 0x111), False)]:
         Path(f"{standby_db}-pos").write_text(str(standby_pos))
-        missing = asyncio.run(standby.wait_for(3))
+        missing = asyncio.run(acknowledged.wait_for(3))
         assert (missing is None) == confirmed, (standby_pos, missing)
 
 
@@ -246,7 +246,7 @@ def test_a_primary_does_not_start_below_what_its_standby_holds(standby_env, serv
 
     from local.cluster import free_port
     from broadsheet.litefs import NewestLtx
-    from primary.standby import NewerCopyElsewhere, check_no_newer_copy
+    from primary.standby.fencing import NewerCopyElsewhere, check_no_newer_copy
 
     def at(pos):
         return NewestLtx(pos, 0.0)

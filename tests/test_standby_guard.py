@@ -12,8 +12,8 @@ import sqlite_utils
 
 from broadsheet.litefs import LtxHeader, Pos, snapshot_to_sqlite
 from primary.backup import Identity, identity_of_file
-from primary.standby import Acknowledged, kept
-from primary.standby_guard import Kept, _position_of, judge
+from primary.standby.acknowledged import Acknowledged, kept
+from primary.standby.guard import Kept, _position_of, judge
 
 OURS = Identity("c1", 1, "gen-a")
 

@@ -16,7 +16,7 @@ import httpx
 from broadsheet.tokens import mint
 from conftest import wait_until
 from fault_tools import WriteStream, create_stream_table, ids_in
-from primary import state
+from primary import store
 
 BROWSE_SECONDS = 10
 
@@ -27,8 +27,8 @@ def while_writing(cluster, step) -> tuple[int, int]:
     Returns the steps taken and the writes acknowledged."""
     data_db = str(cluster.primary.data_db)
     create_stream_table(data_db, "stream")
-    conn = state.connect(data_db)
-    state.set_public(conn, "stream", True, actor="test")
+    conn = store.connect(data_db)
+    store.set_public(conn, "stream", True, actor="test")
     conn.close()
     token = mint(cluster.primary.secret, "tester")
     before = cluster.supervisor.pids()
@@ -44,7 +44,7 @@ def while_writing(cluster, step) -> tuple[int, int]:
     assert "fatal error" not in (cluster.supervisor.log_dir / "private-litefs.log").read_text()
     assert cluster.supervisor.pids() == before, "a process was restarted"
     assert stream.ids and stream.ids <= ids_in(data_db, "stream")
-    conn = state.connect(data_db, readonly=True)
+    conn = store.connect(data_db, readonly=True)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:

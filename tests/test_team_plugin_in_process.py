@@ -22,9 +22,9 @@ from datasette.tokens import TokenRestrictions
 from inprocess import (  # noqa: F401 (fixtures)
     TEAM_PASSWORD, mint_token, plain_primary, plain_primary_files, public_litefs_port, setting,
 )
-from primary import state
+from primary import store
 from primary.datasette import team
-from primary.spec import PublishSpec
+from primary.store import PublishSpec
 
 VISIBILITY = "/-/broadsheet/visibility/data"
 
@@ -63,9 +63,9 @@ def cookie_of(response: httpx.Response) -> str:
 def public_state(plain) -> tuple:
     conn = plain.connect()
     try:
-        specs = {t: s.to_dict() for t, s in state.public_specs(conn).items()}
+        specs = {t: s.to_dict() for t, s in store.public_specs(conn).items()}
         audit = conn.execute("SELECT count(*) FROM _public_audit_log").fetchone()[0]
-        meta = state.metadata(conn)
+        meta = store.metadata(conn)
     finally:
         conn.close()
     return specs, audit, meta
@@ -212,7 +212,7 @@ def test_preview_then_publish_exactly_what_was_previewed(site, plain_primary):
     assert posted["columns"] == ["tailnum", "year"] and posted["where"] == ["year > 2010"]
     done = site.post(f"{VISIBILITY}/planes", data={**posted, "action": "publish"}, token=token)
     assert done.status_code == 200, message(done)
-    spec = state.public_specs(plain_primary.connect())["planes"]
+    spec = store.public_specs(plain_primary.connect())["planes"]
     assert (spec.where, set(spec.exclude_columns)) == ("year > 2010", set(
         c for (c,) in plain_primary.data("SELECT name FROM pragma_table_info('planes')") if c not in ("tailnum", "year")
     ))
@@ -252,7 +252,7 @@ def test_make_private_takes_the_table_off_public_db(site, plain_primary):
     done = site.post(f"{VISIBILITY}/airports", data={"operation": "unpublish"}, token=plain_primary.token)
     assert done.status_code == 200, message(done)
     assert "airports is now private" in words(done)
-    assert "airports" not in state.public_tables(plain_primary.connect())
+    assert "airports" not in store.public_tables(plain_primary.connect())
     assert plain_primary.audit("airports", limit=1)[0]["operation"] == "unpublish"
     plain_primary.publish()
     assert plain_primary.public_tables() == set()
@@ -347,7 +347,7 @@ def test_every_flip_is_a_datasette_event_whichever_path_made_it(site, plain_prim
     assert site.get("/data", token=plain_primary.token).status_code == 200  # started: it follows the audit log
     # A flip made on data.db directly (the CLI's --data-db), then one through the control plane.
     conn = plain_primary.connect()
-    state.set_public(conn, "planes", True, actor="cli-user")
+    store.set_public(conn, "planes", True, actor="cli-user")
     conn.close()
     assert site.control.post("/tables/airports/unpublish", params={"wait": "false"}).status_code == 200
     site.wait_until(lambda: len(recorder.flips()) == 2, message="two flip events")
@@ -361,7 +361,7 @@ def test_every_flip_is_a_datasette_event_whichever_path_made_it(site, plain_prim
 
 def test_public_and_partial_tables_carry_a_badge(site, plain_primary):
     conn = plain_primary.connect()
-    state.set_public(conn, "planes", True, actor="test", spec=PublishSpec(columns=("tailnum", "year")))
+    store.set_public(conn, "planes", True, actor="test", spec=PublishSpec(columns=("tailnum", "year")))
     conn.close()
     database = badges(site.get("/data", token=plain_primary.token))
     assert {name: b["label"] for name, b in database.items()} == {"airports": "public", "planes": "partial"}
@@ -388,8 +388,8 @@ def test_the_instance_and_table_metadata_forms_save_through_the_control_plane(si
     assert table.status_code == 200
     conn = plain_primary.connect()
     try:
-        assert state.metadata(conn) == {
-            state.INSTANCE: {"title": "NYC flights", "license": "CC0"},
+        assert store.metadata(conn) == {
+            store.INSTANCE: {"title": "NYC flights", "license": "CC0"},
             "airports": {"title": "Airports", "source": "FAA"},
         }
     finally:

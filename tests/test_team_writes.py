@@ -15,7 +15,7 @@ import httpx
 from broadsheet.tokens import mint
 from conftest import create_table, wait_until
 from fault_tools import WriteStream, create_stream_table, ids_in
-from primary import state
+from primary import store
 
 STREAM = "team_writes_stream"
 FLIPPED = "team_writes_flipped"
@@ -43,10 +43,10 @@ def test_flips_and_metadata_beside_write_api_inserts_lose_nothing(new_cluster):
             assert flipped.status_code == 200, flipped.text[-2000:]
             saved = pages.post(f"/metadata/data/{FLIPPED}", data={"description": f"version {i}"})
             assert saved.status_code == 200, saved.text[-2000:]
-            conn = state.connect(str(data_db), readonly=True)
+            conn = store.connect(str(data_db), readonly=True)
             try:
-                assert (FLIPPED in state.public_tables(conn)) == public
-                assert state.metadata(conn)[FLIPPED]["description"] == f"version {i}"
+                assert (FLIPPED in store.public_tables(conn)) == public
+                assert store.metadata(conn)[FLIPPED]["description"] == f"version {i}"
             finally:
                 conn.close()
         before = len(stream.acked)
@@ -55,9 +55,9 @@ def test_flips_and_metadata_beside_write_api_inserts_lose_nothing(new_cluster):
     assert len(stream.acked) > FLIPS
     missing = stream.ids - ids_in(data_db, STREAM)
     assert not missing, f"{len(missing)} acknowledged inserts lost: {sorted(missing)[:10]}"
-    conn = state.connect(str(data_db), readonly=True)
+    conn = store.connect(str(data_db), readonly=True)
     try:
-        flips = state.audit_entries(conn, table=FLIPPED, limit=100)
+        flips = store.audit_entries(conn, table=FLIPPED, limit=100)
     finally:
         conn.close()
     assert len(flips) == FLIPS

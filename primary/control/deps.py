@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from .. import state
+from .. import store
 from ..settings import settings
 from .auth import actor_from
 from .tracker import Tracker
@@ -27,7 +27,7 @@ def tracker(request: Request) -> Tracker:
 
 
 def connect(readonly: bool = False):
-    return state.connect(settings().data_db, readonly=readonly)
+    return store.connect(settings().data_db, readonly=readonly)
 
 
 WaitQuery = Annotated[bool, Query(description="Wait for the publisher and return the public TXID")]

@@ -13,8 +13,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from ..publishing import PublishTimeout
-from ..spec import SpecError
-from ..state import PublishError
+from ..store import SpecError
+from ..store import PublishError
 from .auth import NotAuthenticated
 from .permissions import NotAllowed
 

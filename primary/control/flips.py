@@ -9,10 +9,10 @@ import asyncio
 
 from broadsheet.litefs import Pos
 
-from .. import state
+from .. import store
 from ..publishing import Outcome, wait_published
 from ..settings import settings
-from ..spec import PublishSpec
+from ..store import PublishSpec
 
 
 async def flip(
@@ -23,11 +23,11 @@ async def flip(
     timeout: float = 10.0,
     spec: PublishSpec | None = None,
 ) -> Outcome:
-    """Raises state.PublishError for a table (or spec) that cannot be
+    """Raises store.PublishError for a table (or spec) that cannot be
     flipped, and PublishTimeout if the publisher does not get there in time."""
-    conn = state.connect(settings().data_db)
+    conn = store.connect(settings().data_db)
     try:
-        result = await asyncio.to_thread(state.set_public, conn, table, public, actor, spec)
+        result = await asyncio.to_thread(store.set_public, conn, table, public, actor, spec)
     finally:
         conn.close()
     # Read after our commit: at least our transaction's TXID.
@@ -41,8 +41,8 @@ async def flip(
 
 
 def _record_txids(audit_id: int, private_txid: int, public_txid: int) -> None:
-    conn = state.connect(settings().data_db)
+    conn = store.connect(settings().data_db)
     try:
-        state.audit_txids(conn, audit_id, private_txid, public_txid)
+        store.audit_txids(conn, audit_id, private_txid, public_txid)
     finally:
         conn.close()

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..spec import PublishSpec
+from ..store import PublishSpec
 
 class Error(BaseModel):
     ok: bool = False

@@ -26,6 +26,7 @@ import httpx
 
 from broadsheet.litefs import TxEvent
 
+from ..publisher.cycle import Cycle
 from ..settings import ReadNodeAddress
 from .discovery import Discovery
 
@@ -70,31 +71,31 @@ def _rows(n: int) -> str:
     return f"{n:,} row{'' if n == 1 else 's'}"
 
 
-def describe_cycle(cycle: dict) -> list[str]:
+def describe_cycle(cycle: Cycle) -> list[str]:
     """What one publish cycle did, in words, from its record in the
     publisher's cycle log: ``["planes published by alice (3,322 rows)",
     "42 rows changed in airports", "notes unpublished by bob", "saved query
     by_tz withdrawn (its table airports is no longer public)"]``."""
-    actors = cycle.get("actors") or {}
+    actors = cycle.actors
 
     def by(table: str) -> str:
         return f" by {actors[table]}" if actors.get(table) else ""
 
-    rows = cycle.get("rows_by_table") or {}
+    rows = cycle.rows_by_table
     said = []
-    for table in cycle.get("published", []):
+    for table in cycle.published:
         said.append(f"{table} published{by(table)}" + (f" ({_rows(rows[table])})" if table in rows else ""))
-    for table in cycle.get("recopied", []):
+    for table in cycle.recopied:
         why = f" (what is public changed{by(table)})" if actors.get(table) else ""
         said.append(f"{table} re-copied{why}" + (f": {_rows(rows[table])}" if table in rows else ""))
-    for table in cycle.get("unpublished", []):
+    for table in cycle.unpublished:
         said.append(f"{table} unpublished{by(table)}")
-    shown = {*cycle.get("published", []), *cycle.get("recopied", [])}
+    shown = {*cycle.published, *cycle.recopied}
     for table, n in rows.items():
         if table not in shown:
             said.append(f"{_rows(n)} changed in {table}")
-    told = cycle.get("query_changes") or {}
-    for query in cycle.get("queries_changed") or []:
+    told = cycle.query_changes
+    for query in cycle.queries_changed:
         name = query if isinstance(query, str) else json.dumps(query)
         change = told.get(name) or {}  # a record from before query_changes: just "changed"
         line = f"saved query {name} {change.get('action') or 'changed'}"
@@ -103,14 +104,9 @@ def describe_cycle(cycle: dict) -> list[str]:
         if change.get("reason"):
             line += f" ({change['reason']})"
         said.append(line)
-    if cycle.get("metadata_changed"):
+    if cycle.metadata_changed:
         said.append("titles, descriptions or licenses changed")
     return said
-
-
-# What a propagation record carries of its cycle (the rest of the cycle
-# log's record is the publisher's own timing).
-CYCLE_FIELDS = ("published", "unpublished", "recopied", "rows_by_table", "actors", "queries_changed", "query_changes")
 
 
 @dataclass
@@ -121,15 +117,14 @@ class Propagation:
     txid: int
     committed_at: float
     arrivals: dict[str, float] = field(default_factory=dict)  # node -> seconds since epoch
-    cycle: dict | None = None  # the publisher's cycle log record
+    cycle: Cycle | None = None  # the publisher's cycle log record
 
     def as_dict(self, nodes: list[str]) -> dict:
-        cycle = self.cycle or {}
         return {
             "txid": self.txid,
             "committed_at": _iso(self.committed_at),
-            "changes": describe_cycle(cycle),
-            "cycle": {k: cycle[k] for k in CYCLE_FIELDS if k in cycle} if self.cycle is not None else None,
+            "changes": describe_cycle(self.cycle) if self.cycle is not None else [],
+            "cycle": self.cycle.summary() if self.cycle is not None else None,
             "nodes": [
                 {
                     "name": name,
@@ -173,7 +168,7 @@ class Tracker:
         self._node_tasks: dict[str, list[asyncio.Task]] = {}
         self._changed = asyncio.Condition()
         self.cycle_log = Path(cycle_log) if cycle_log else None
-        self.cycles: collections.OrderedDict[int, dict] = collections.OrderedDict()  # public TXID -> record
+        self.cycles: collections.OrderedDict[int, Cycle] = collections.OrderedDict()  # public TXID -> record
         self._cycle_log_offset, self._cycle_log_partial = 0, b""
 
     # -- lifecycle -----------------------------------------------------------
@@ -406,10 +401,11 @@ class Tracker:
         told = []
         for line in lines[-HISTORY:]:
             try:
-                record = json.loads(line)
-            except ValueError:
+                data = json.loads(line)
+                txid = data.get("public_txid")
+                record = Cycle.from_json(data)
+            except (ValueError, TypeError, AttributeError):
                 continue  # a line cut short by a crash
-            txid = record.get("public_txid")
             if not isinstance(txid, int):
                 continue
             self.cycles[txid] = record

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from datasette import hookimpl
 
-from ..events import PublishTableEvent, UnpublishTableEvent
+from ..publisher.events import PublishTableEvent, UnpublishTableEvent
 from . import actions, alterations, asgi, badges, events, login, metadata, permissions, saved_queries, team, visibility
 from .actors import is_team
 from .data_db import data_db_name

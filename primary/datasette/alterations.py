@@ -13,9 +13,11 @@ from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import PUBLIC_TABLES
 
-from .. import identity, publishing, state
+from .. import publishing, store
+
+from ..store import column_ids
 from ..settings import settings
-from ..spec import PublishSpec, SpecError
+from ..store import PublishSpec, SpecError
 from . import control_plane
 from .actors import actor_label
 from .body_guard import BODY
@@ -49,12 +51,12 @@ async def republish_rebuilt(datasette, table: str, actor: dict, after_schema: st
     db = datasette.get_database(data_db_name())
     rows = (
         await db.execute(
-            f"SELECT {', '.join(state.AUDIT_COLUMNS)} FROM _public_audit_log WHERE table_name = ? ORDER BY id DESC LIMIT 1",
+            f"SELECT {', '.join(store.AUDIT_COLUMNS)} FROM _public_audit_log WHERE table_name = ? ORDER BY id DESC LIMIT 1",
             (table,),
         )
     ).rows
-    newest = [dict(zip(state.AUDIT_COLUMNS, row)) for row in rows]
-    if not newest or (newest[0]["operation"], newest[0]["actor"]) != ("unpublish", state.REBUILT_ACTOR):
+    newest = [dict(zip(store.AUDIT_COLUMNS, row)) for row in rows]
+    if not newest or (newest[0]["operation"], newest[0]["actor"]) != ("unpublish", store.REBUILT_ACTOR):
         return
     if newest[0]["id"] <= mark or not await db.table_exists(table):
         return  # made private by an earlier rebuild, not by this alteration
@@ -66,14 +68,14 @@ async def republish_rebuilt(datasette, table: str, actor: dict, after_schema: st
     rebuilder = {"id": f"{actor_label(actor)} (alter-table)"}
     try:
         await control_plane.flip(datasette, rebuilder, table, True, spec)
-    except state.PublishError as exc:
+    except store.PublishError as exc:
         log("primary", f"{table!r} stays private after the alteration: its spec no longer fits ({exc.message})")
 
 
 def follow_columns(database, request):
     """Datasette's alter API renames columns by rebuilding the table
     (sqlite-utils' transform), which no trigger survives, so the publisher
-    cannot follow columns through it (primary/identity.py). The request's
+    cannot follow columns through it (primary/column_ids.py). The request's
     own operations can: inside the alteration's transaction, a public
     table whose spec's names would denote other columns afterwards (or
     none), or whose columns had already moved, is made private, audit-logged
@@ -87,23 +89,23 @@ def follow_columns(database, request):
 
     def follow(conn):
         row = conn.execute(f"SELECT spec FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,)).fetchone()
-        if row is None or table not in state.user_tables(conn):
+        if row is None or table not in store.user_tables(conn):
             yield
             return
         spec = PublishSpec.from_json(row[0])
-        before = identity.table_columns(conn, "main", table)
+        before = column_ids.table_columns(conn, "main", table)
         try:
             names = spec.named_columns(table, [c.name for c in before])
         except SpecError:
             names = {*(spec.columns or ()), *spec.exclude_columns}
-        record = identity.read(conn, "main", table)
+        record = column_ids.read(conn, "main", table)
         problem = record.problem(before, names) if record is not None else None
         (mark,) = conn.execute("SELECT ifnull(max(id), 0) FROM _public_audit_log").fetchone()
         result = yield
         if problem is None:
-            after = [c.name for c in identity.table_columns(conn, "main", table)]
-            problem = identity.moved_by(names, renamed, dropped, after)
-        if problem is not None and state.fail_closed(conn, table, f"spec no longer fits: {problem}", by=by):
+            after = [c.name for c in column_ids.table_columns(conn, "main", table)]
+            problem = column_ids.moved_by(names, renamed, dropped, after)
+        if problem is not None and store.fail_closed(conn, table, f"spec no longer fits: {problem}", by=by):
             log("primary", f"{table!r} made private by the alteration: {problem}")
         elif problem is None:
             # Public before, its columns where they were: if the publisher

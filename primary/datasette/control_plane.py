@@ -18,10 +18,10 @@ from datasette.utils import tilde_encode
 
 from broadsheet.client import AsyncControlClient, ControlError
 
-from .. import publishing, state
-from ..preview import Preview
+from .. import publishing, store
+from ..store.preview import Preview
 from ..settings import settings
-from ..spec import PublishSpec
+from ..store import PublishSpec
 
 
 async def ask(datasette, actor: dict, call, table: str | None = None, timeout: float = 30.0):
@@ -31,7 +31,7 @@ async def ask(datasette, actor: dict, call, table: str | None = None, timeout: f
     try:
         return await call(AsyncControlClient(settings().control_url, token, timeout=timeout))
     except ControlError as exc:
-        error = state.PublishError(exc.message, table)
+        error = store.PublishError(exc.message, table)
         error.status = exc.status or 502
         raise error from None
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from broadsheet.names import PUBLIC_TABLES
 
-from .. import state
+from .. import store
 from ..settings import settings
-from ..spec import PublishSpec
+from ..store import PublishSpec
 
 
 def data_db_name() -> str:
@@ -38,4 +38,4 @@ async def public_specs(datasette) -> dict[str, PublishSpec]:
 
 
 async def metadata_of(datasette, table: str) -> dict:
-    return (await read_data_db(datasette, state.metadata)).get(table, {})
+    return (await read_data_db(datasette, store.metadata)).get(table, {})

@@ -9,8 +9,8 @@ import json
 
 from broadsheet.log import log
 
-from ..events import AuditFollower
-from ..events import cursor_file as events_cursor_file
+from ..publisher.events import AuditFollower
+from ..publisher.events import cursor_file as events_cursor_file
 from ..publisher import cycle_log_path
 from ..settings import settings
 from .data_db import data_db_name

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import state
-from ..spec import PublishSpec
+from .. import store
+from ..store import PublishSpec
 from . import control_plane
 from .data_db import metadata_of
 
@@ -58,7 +58,7 @@ class SpecForm:
 @dataclass(frozen=True)
 class MetadataForm:
     """The "What read nodes show" form: the six metadata fields of a table
-    or of the instance (state.METADATA_FIELDS), and what became of saving
+    or of the instance (store.METADATA_FIELDS), and what became of saving
     them: ``saved``, or the ``error`` (and its HTTP ``status``) with the
     team's input kept to correct it."""
 
@@ -73,12 +73,12 @@ class MetadataForm:
         a field left out keeps its value, an empty one is cleared). A bad
         value changes nothing."""
         posted = {k: v.strip() for k, v in (await request.post_vars()).items() if k != "csrftoken"}
-        target = None if table == state.INSTANCE else table
+        target = None if table == store.INSTANCE else table
         try:
             answer = await control_plane.ask(
                 datasette, request.actor, lambda client: client.set_metadata(target, posted), table
             )
             return cls(answer, saved=True)
-        except state.PublishError as exc:
+        except store.PublishError as exc:
             current = await metadata_of(datasette, table)
             return cls({**current, **posted}, error=exc.message, status=exc.status)

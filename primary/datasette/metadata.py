@@ -7,7 +7,7 @@ from datasette import Forbidden
 from datasette.utils import tilde_encode
 from datasette.utils.asgi import Response
 
-from .. import state
+from .. import store
 from .actors import is_team
 from .data_db import data_db_name, metadata_of
 from .forms import MetadataForm
@@ -26,9 +26,9 @@ async def instance_metadata(datasette, request):
             f" {data_db_name()} as a whole)"
         )
     if request.method == "POST":
-        metadata = await MetadataForm.save(datasette, request, state.INSTANCE)
+        metadata = await MetadataForm.save(datasette, request, store.INSTANCE)
     else:
-        metadata = MetadataForm(await metadata_of(datasette, state.INSTANCE))
+        metadata = MetadataForm(await metadata_of(datasette, store.INSTANCE))
     context = {
         "metadata_form": metadata,
         "metadata_action": datasette.urls.path("/-/broadsheet/metadata"),

@@ -10,7 +10,7 @@ from datasette import Forbidden
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import Response
 
-from .. import queries, state
+from .. import queries, store
 from . import control_plane
 from .actors import is_team
 from .data_db import data_db_name, read_data_db
@@ -47,9 +47,9 @@ async def publish_query(datasette, request):
                     form["name"], form["sql"], form["title"] or None, form["description"] or None
                 ))
             context["outcome"] = queries.Outcome(**{f.name: answer[f.name] for f in dataclasses.fields(queries.Outcome)})
-        except state.PublishError as exc:
+        except store.PublishError as exc:
             context["error"], status = exc.message, exc.status
-    context["saved"] = await read_data_db(datasette, queries.saved)
+    context["saved"] = await read_data_db(datasette, store.queries.saved)
     return Response.html(
         await datasette.render_template("broadsheet_query.html", context, request=request), status=status
     )

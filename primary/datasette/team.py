@@ -16,7 +16,6 @@ from ``BROADSHEET_TEAM_PASSWORD`` / ``…_HASH`` and cannot be removed here.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import secrets
 import sqlite3
@@ -77,7 +76,7 @@ def team() -> "Team":
     """The primary's team store, from its settings (one per process)."""
     from ..settings import settings
 
-    return Team(settings().team_db, os.environ.get("BROADSHEET_TEAM_PASSWORD_HASH"))
+    return Team(settings().team_db, settings().team_password_hash)
 
 
 class Team:

@@ -10,10 +10,10 @@ from datasette import Forbidden
 from datasette.utils import tilde_decode, tilde_encode
 from datasette.utils.asgi import Response
 
-from .. import publishing, state
-from ..projection import TableShape
+from .. import publishing, store
+from ..store import TableShape
 from ..settings import settings
-from ..spec import PublishSpec, SpecError
+from ..store import PublishSpec, SpecError
 from . import control_plane
 from .actors import is_team
 from .data_db import data_db_name, read_data_db
@@ -56,10 +56,10 @@ async def visibility_page(
     any) or with what became of saving the table's ``metadata``."""
     context = {"database": database, "table": table, "outcome": None, "error": None, "live": [], "preview": None}
     def read(conn):
-        is_view = table in state.views(conn)
-        exists = is_view or table in state.user_tables(conn)
+        is_view = table in store.views(conn)
+        exists = is_view or table in store.user_tables(conn)
         shape = TableShape.read(conn, table) if exists and not is_view else TableShape((), True)
-        return is_view, exists, shape, state.public_specs(conn).get(table)
+        return is_view, exists, shape, store.public_specs(conn).get(table)
 
     is_view, exists, shape, current = await read_data_db(datasette, read)
     form = SpecForm.from_spec(current or PublishSpec(), shape.columns)
@@ -69,7 +69,7 @@ async def visibility_page(
             form = SpecForm.from_post(fields, shape.rowid_alias)
         try:
             if operation not in ("publish", "unpublish") or action not in (None, "preview", "publish"):
-                raise state.PublishError("Choose publish or unpublish, and preview or publish")
+                raise store.PublishError("Choose publish or unpublish, and preview or publish")
             spec = form.spec(shape.columns) if action and operation == "publish" else PublishSpec()
             if action == "preview":
                 context["preview"] = await control_plane.preview(datasette, request.actor, table, spec)
@@ -77,10 +77,10 @@ async def visibility_page(
                 await _flip(datasette, request.actor, database, table, operation == "publish", spec, context)
         except SpecError as exc:
             context["error"] = str(exc)
-        except (state.PublishError, publishing.PublishTimeout) as exc:
+        except (store.PublishError, publishing.PublishTimeout) as exc:
             context["error"] = exc.message
     def read_after(conn):
-        return state.public_specs(conn).get(table), state.audit_entries(conn, table=table, limit=20), state.metadata(conn)
+        return store.public_specs(conn).get(table), store.audit_entries(conn, table=table, limit=20), store.metadata(conn)
 
     current, context["audit"], every_metadata = await read_data_db(datasette, read_after)
     metadata = metadata or MetadataForm(every_metadata.get(table, {}))

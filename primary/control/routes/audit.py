@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from broadsheet.litefs import Pos
 
-from ... import state
+from ... import store
 from ...publishing import wait_published
 from ...settings import settings
 from ..deps import Actor, TimeoutQuery, connect
@@ -22,7 +22,7 @@ router = APIRouter(tags=["audit"], responses=ERRORS)
 async def audit_log(actor: Actor, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditEntry]:
     conn = connect(readonly=True)
     try:
-        return [AuditEntry(**entry) for entry in state.audit_entries(conn, limit=limit)]
+        return [AuditEntry(**entry) for entry in store.audit_entries(conn, limit=limit)]
     finally:
         conn.close()
 

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Request
 
 from broadsheet.litefs import Pos
 
-from ... import state
+
+from ...publisher import Watermark, Withdrawals
 from ...publisher import withdrawals_path
 from ...settings import settings
 from ..deps import connect, tracker
@@ -25,7 +26,7 @@ router = APIRouter(tags=["health"])
 async def health(request: Request) -> Health:
     conf = settings()
     nodes = tracker(request).node_list()
-    mark = state.Watermark.read(conf.watermark_file)
+    mark = Watermark.read(conf.watermark_file)
     data_db_txid = Pos.read(conf.data_db).txid
     return Health(
         ok=Path(conf.data_db).exists() and Path(conf.public_db).exists(),
@@ -37,7 +38,7 @@ async def health(request: Request) -> Health:
         subscribers=tracker(request).subscriber_count,
         epoch=await asyncio.to_thread(_epoch),
         standby=await standby_info(conf.standby_url, data_db_txid) if conf.standby_url else None,
-        withdrawn=[Withdrawn(**vars(w)) for w in state.Withdrawals.read_file(withdrawals_path(conf.watermark_file))],
+        withdrawn=[Withdrawn(**vars(w)) for w in Withdrawals.read_file(withdrawals_path(conf.watermark_file))],
     )
 
 

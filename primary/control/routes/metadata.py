@@ -8,7 +8,7 @@ import asyncio
 
 from fastapi import APIRouter
 
-from ... import state
+from ... import store
 from ..deps import Actor, connect
 from ..models import ERRORS, Error, Metadata, MetadataAll
 from ..permissions import check_instance_metadata
@@ -17,11 +17,11 @@ router = APIRouter(tags=["metadata"], responses=ERRORS)
 
 
 def set_metadata(table: str, body: Metadata) -> dict:
-    """Merge ``body`` into what ``table`` (or state.INSTANCE) has; a
+    """Merge ``body`` into what ``table`` (or store.INSTANCE) has; a
     PublishError names a field that cannot be set so."""
     conn = connect()
     try:
-        return state.set_metadata(conn, table, body.model_dump(exclude_unset=True))
+        return store.set_metadata(conn, table, body.model_dump(exclude_unset=True))
     finally:
         conn.close()
 
@@ -30,10 +30,10 @@ def set_metadata(table: str, body: Metadata) -> dict:
 async def get_metadata(actor: Actor) -> MetadataAll:
     conn = connect(readonly=True)
     try:
-        rows = state.metadata(conn)
+        rows = store.metadata(conn)
     finally:
         conn.close()
-    return MetadataAll(instance=rows.pop(state.INSTANCE, {}), tables=rows)
+    return MetadataAll(instance=rows.pop(store.INSTANCE, {}), tables=rows)
 
 
 @router.put("/metadata", response_model=dict, responses={400: {"model": Error}})
@@ -42,4 +42,4 @@ async def set_instance_metadata(body: Metadata, actor: Actor) -> dict:
     their URLs (merged with what it has). 403 unless the actor may use the
     broadsheet-publish action on the whole database."""
     await check_instance_metadata(actor)
-    return await asyncio.to_thread(set_metadata, state.INSTANCE, body)
+    return await asyncio.to_thread(set_metadata, store.INSTANCE, body)

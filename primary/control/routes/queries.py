@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ... import queries
+from ... import queries, store
 from ...datasette.actors import actor_label
 from ...settings import settings
 from ..deps import Actor, TimeoutQuery, WaitQuery, connect
@@ -25,22 +25,22 @@ async def list_queries(actor: Actor) -> list[SavedQueryInfo]:
     def read():
         conn = connect(readonly=True)
         try:
-            rows = queries.saved(conn)
+            rows = store.queries.saved(conn)
         finally:
             conn.close()
         try:
-            public = queries.connect_public(settings().public_db)
+            public = store.queries.connect_public(settings().public_db)
         except Exception:
             return rows, {}
         try:
-            return rows, queries.published(public)
+            return rows, store.queries.published(public)
         finally:
             public.close()
 
     rows, public = await asyncio.to_thread(read)
     fields = ("name", "sql", "title", "description")
     return [
-        SavedQueryInfo(**row, published=public.get(row["name"]) == queries.SavedQuery(*(row[f] for f in fields)))
+        SavedQueryInfo(**row, published=public.get(row["name"]) == store.queries.SavedQuery(*(row[f] for f in fields)))
         for row in rows
     ]
 
@@ -61,7 +61,7 @@ async def save_query(
     is not public, writes, or is not one statement (the error says what);
     403 unless the actor may use broadsheet-publish on the whole database."""
     await check_publish_queries(actor)
-    query = queries.SavedQuery(body.name, body.sql, body.title, body.description)
+    query = store.queries.SavedQuery(body.name, body.sql, body.title, body.description)
     return await _query_result(queries.save_and_wait(query, actor_label(actor), wait, timeout))
 
 
@@ -80,6 +80,6 @@ async def query_log(
     """Who saved or removed which query, and which the publisher withdrew, newest first."""
     conn = connect(readonly=True)
     try:
-        return [QueryLogEntry(**entry) for entry in queries.log_entries(conn, name, limit)]
+        return [QueryLogEntry(**entry) for entry in store.queries.log_entries(conn, name, limit)]
     finally:
         conn.close()

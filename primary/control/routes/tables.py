@@ -6,10 +6,10 @@ import asyncio
 
 from fastapi import APIRouter
 
-from ... import state
+from ... import store
 from ...datasette.actors import actor_label
-from ...preview import preview
-from ...spec import PublishSpec
+from ...store.preview import preview
+from ...store import PublishSpec
 from ..deps import Actor, TimeoutQuery, WaitQuery, connect
 from ..flips import flip
 from ..models import ERRORS, Error, FlipResult, Metadata, PreviewResult, SpecBody, TableInfo
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/tables", tags=["tables"], responses=ERRORS)
 async def list_tables(actor: Actor) -> list[TableInfo]:
     conn = connect(readonly=True)
     try:
-        specs = state.public_specs(conn)
+        specs = store.public_specs(conn)
         return [
             TableInfo(
                 table=t,
@@ -31,7 +31,7 @@ async def list_tables(actor: Actor) -> list[TableInfo]:
                 spec=specs[t].to_dict() if t in specs else None,
                 partial=t in specs and not specs[t].whole,
             )
-            for t in state.user_tables(conn)
+            for t in store.user_tables(conn)
         ]
     finally:
         conn.close()

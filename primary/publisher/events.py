@@ -21,7 +21,9 @@ from datasette.events import Event
 from broadsheet.litefs import Pos
 from broadsheet.log import log
 
-from . import publishing, state
+from primary import publishing, store
+
+from .cycle import Cycle, CycleLog
 
 
 @dataclass
@@ -58,7 +60,7 @@ class UnpublishTableEvent(FlipEvent):
 
 
 def event_for(entry: dict, database: str, private_txid: int, public_txid: int | None) -> Event:
-    """The event of one audit log entry (``state.audit_entries``)."""
+    """The event of one audit log entry (``store.audit_entries``)."""
     common = dict(
         actor={"id": entry["actor"]} if entry["actor"] else None,
         database=database,
@@ -74,15 +76,15 @@ def event_for(entry: dict, database: str, private_txid: int, public_txid: int | 
 CYCLES_READ = 1000
 
 
-def txids_of(entry: dict, cycles: list[dict], private_txid: int, public_txid: int | None) -> tuple[int, int | None]:
+def txids_of(entry: dict, cycles: list[Cycle], private_txid: int, public_txid: int | None) -> tuple[int, int | None]:
     """The data.db and public TXIDs that hold an audited flip: the first
     publish cycle whose snapshot held the entry (``cycles``, the newest
     CYCLES_READ of the publisher's cycle log, newest first), else what the
     flip recorded, else the watermark's (``private_txid``, ``public_txid``)."""
-    holding = [c for c in cycles if c.get("audit_id", 0) >= entry["id"]]
+    holding = [c for c in cycles if c.audit_id >= entry["id"]]
     # Every cycle read holding it, and more not read: the first may be older.
     if holding and (len(holding) < len(cycles) or len(cycles) < CYCLES_READ):
-        return holding[-1]["private_txid"], holding[-1]["public_txid"]
+        return holding[-1].private_txid, holding[-1].public_txid
     if entry["public_txid"] is not None:
         return entry["private_txid"], entry["public_txid"]
     return private_txid, public_txid
@@ -135,11 +137,11 @@ class AuditFollower:
                 entries = [{"id": last}]
             else:
                 rows = await db.execute(
-                    f"SELECT {', '.join(state.AUDIT_COLUMNS)} FROM _public_audit_log"
+                    f"SELECT {', '.join(store.AUDIT_COLUMNS)} FROM _public_audit_log"
                     " WHERE id > ? ORDER BY id",
                     (audit_id,),
                 )
-                entries = [dict(zip(state.AUDIT_COLUMNS, row)) for row in rows.rows]
+                entries = [dict(zip(store.AUDIT_COLUMNS, row)) for row in rows.rows]
         except Exception as exc:  # no audit log yet (a data.db broadsheet has not touched)
             if "no such table" not in str(exc):
                 raise
@@ -178,7 +180,7 @@ class AuditFollower:
         except publishing.PublishTimeout:
             public_txid = None
         # The publisher records a cycle before it moves the watermark.
-        cycles = state.CycleLog.read_file(self.cycle_log, CYCLES_READ) if self.cycle_log else []
+        cycles = CycleLog.read_file(self.cycle_log, CYCLES_READ) if self.cycle_log else []
         for entry in entries:
             txids = txids_of(entry, cycles, private_txid, public_txid)
             await self.datasette.track_event(event_for(entry, self.database, *txids))

@@ -9,8 +9,10 @@ import apsw
 
 from broadsheet.names import quote
 
-from . import state
+from .catalogue import views
+from .errors import PublishError
 from .spec import PublishSpec, SpecError
+from .visibility import check_publishable, check_spec, public_specs, spec_columns
 
 SAMPLE_ROWS = 5
 
@@ -36,15 +38,15 @@ class Preview:
 
 
 def preview(conn: apsw.Connection, table: str, spec: PublishSpec) -> Preview:
-    """Raises state.PublishError (as publishing would) for a table or spec
+    """Raises PublishError (as publishing would) for a table or spec
     that cannot be published."""
-    state.check_publishable(conn, table)
-    if table in state.views(conn):
+    check_publishable(conn, table)
+    if table in views(conn):
         if not spec.whole:
-            raise state.PublishError("A view is published whole: it has no columns or rows to choose", table)
+            raise PublishError("A view is published whole: it has no columns or rows to choose", table)
     else:
-        state.check_spec(conn, table, spec)
-    columns = state.spec_columns(conn, table, spec)
+        check_spec(conn, table, spec)
+    columns = spec_columns(conn, table, spec)
     t = quote(table)
     where = f" WHERE ({spec.where})" if spec.where else ""
     cols = ", ".join(map(quote, columns))
@@ -52,7 +54,7 @@ def preview(conn: apsw.Connection, table: str, spec: PublishSpec) -> Preview:
     size = " + ".join(f"ifnull(length(CAST({quote(c)} AS BLOB)), 0)" for c in columns)
     rows, estimated = conn.execute(f"SELECT count(*), total({size}) FROM {t}{where}").fetchone()
     sample = [dict(zip(columns, row)) for row in conn.execute(f"SELECT {cols} FROM {t}{where} LIMIT {SAMPLE_ROWS}")]
-    current = state.public_specs(conn).get(table)
+    current = public_specs(conn).get(table)
     result = Preview(
         table=table,
         spec=spec.to_dict(),
@@ -66,7 +68,7 @@ def preview(conn: apsw.Connection, table: str, spec: PublishSpec) -> Preview:
     if current is None:
         return result
     try:
-        before = state.spec_columns(conn, table, current)
+        before = spec_columns(conn, table, current)
     except SpecError:
         before = []  # the current spec no longer fits: the table is on its way to private
     # A row is public where the filter is true, as a WHERE clause takes it:

@@ -46,7 +46,7 @@ from typing import Awaitable, Callable
 
 from broadsheet.litefs import LTX_HEADER_SIZE, LtxHeader, Pos, snapshot_to_sqlite
 
-from .backup import Identity, identity_of_file
+from primary.backup import Identity, identity_of_file
 
 # LiteFS stream frames (client.go): a 4-byte type, then its fields.
 LTX, READY, END, DROP_DB, HANDOFF, HWM, HEARTBEAT = range(1, 8)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from broadsheet import fts
 from broadsheet.names import literal, quote
 
+from .catalogue import fts_companions
 from .spec import PublishSpec, SpecError
 
 
@@ -182,17 +182,6 @@ def project(
     return Projection(
         table, spec, tuple(published), create_sql, tuple(sorted(indexes)), tuple(fts_tables), rowid, tuple(published)
     )
-
-
-def fts_companions(conn: apsw.Connection, schema: str, table: str) -> list[tuple[str, str]]:
-    """External-content full-text tables that index ``table``: (name, sql)."""
-    return [
-        (name, sql)
-        for name, sql in conn.execute(
-            f"SELECT name, sql FROM {schema}.sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%'"
-        )
-        if fts.content_table(sql) == table
-    ]
 
 
 def _fts_columns(conn: apsw.Connection, fts_table: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The standby's status API (primary/standby.py runs it on the private
+"""The standby's status API (node.py runs it on the private
 network): ``GET /status``, its data.db position, which data.db it is, when
 its newest transaction was committed on the primary, what it acknowledged
 and whether its guard follows the primary or refuses it, which the
@@ -6,7 +6,7 @@ primary's control plane shows on ``/health``; ``GET /wait?txid=N``, which
 answers once the standby has data.db TXID N (``Broadsheet-Wait: standby``
 on the team's writes), having recorded it as acknowledged first.
 
-The same process runs the guard (``primary/standby_guard.py``) that the
+The same process runs the guard (``guard.py``) that the
 standby's LiteFS streams data.db through.
 """
 
@@ -14,34 +14,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from pathlib import Path
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
-from broadsheet.config import split_addr
+from broadsheet.config import Env, split_addr
 from broadsheet.litefs import NewestLtx, Pos
 
-from .backup import Identity, identity_of_file
-from .standby import DATA_DB, Acknowledged, kept
-from .standby_guard import Guard
+from primary.backup import Identity, identity_of_file
+
+from .acknowledged import Acknowledged, kept
+from .guard import Guard
+from .node import DATA_DB
 
 
 class Standby:
     """This standby's copy of data.db, what it acknowledged, and its guard."""
 
-    def __init__(self, environ=os.environ):
-        self.root = Path(environ.get("BROADSHEET_STANDBY_ROOT", "/var/lib/broadsheet"))
-        self.data_db = Path(environ.get("BROADSHEET_STANDBY_DATA_DB", self.root / "private" / "mnt" / DATA_DB))
-        self.data_dir = Path(environ.get("BROADSHEET_STANDBY_LITEFS_DATA_DIR", self.root / "private" / "litefs"))
-        self.guard_addr = environ.get("BROADSHEET_STANDBY_GUARD_ADDR", "127.0.0.1:20201")
+    def __init__(self, environ=None):
+        # Set by StandbyNode.start, which has checked them (from_env).
+        env = Env(environ)
+        self.root = Path(env.str("BROADSHEET_STANDBY_ROOT", "/var/lib/broadsheet"))
+        self.data_db = Path(env.str("BROADSHEET_STANDBY_DATA_DB", str(self.root / "private" / "mnt" / DATA_DB)))
+        self.data_dir = Path(env.str("BROADSHEET_STANDBY_LITEFS_DATA_DIR", str(self.root / "private" / "litefs")))
+        self.guard_addr = env.str("BROADSHEET_STANDBY_GUARD_ADDR", "127.0.0.1:20201")
+        split_addr(self.guard_addr, "BROADSHEET_STANDBY_GUARD_ADDR")
         self.acknowledged = Acknowledged.read(self.root)
         self._identity: Identity | None = None
         self._acknowledging = asyncio.Lock()
         self.guard = Guard(
-            environ.get("BROADSHEET_PRIVATE_PRIMARY_URL", "http://primary-private:20202"),
+            env.url("BROADSHEET_PRIVATE_PRIMARY_URL", "http://primary-private:20202"),
             DATA_DB,
             spool=self.root,
             kept=self._kept,
