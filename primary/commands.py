@@ -46,12 +46,11 @@ def standby():
     """Run this machine's standby (a LiteFS replica of the private cluster's
     data.db, its guard and its status API), configured by environment
     variables, until SIGTERM; `broadsheet promote` turns it into the primary."""
+    from broadsheet.config import ConfigError
+    from broadsheet.supervisor import Supervisor, run_until_signalled
     from primary.standby.node import StandbyNode
     from primary.standby.promoted import promotion
     from primary.standby.promotion import become_primary as promote_to_primary
-
-    from broadsheet.config import ConfigError
-    from broadsheet.supervisor import Supervisor, run_until_signalled
 
     try:
         node = StandbyNode.from_env()
@@ -131,7 +130,7 @@ data_db_option = click.option("--data-db", help="Path of data.db (default: the l
 @click.option("--json", "as_json", is_flag=True)
 def tables(root, data_db, as_json):
     """List data.db's tables and whether each is public."""
-    from primary import listing
+    from primary.store import listing
 
     with _opened(_data_db(root, data_db), readonly=True) as conn:
         entries = listing.tables(conn, count_rows=True)
@@ -234,8 +233,8 @@ def _flip_command(name: str, public: bool, help: str):
         spec = _spec(columns, exclude_columns, where)
         if data_db:
             from primary import store
-            from primary.store.preview import preview
             from primary.store import PublishSpec, SpecError
+            from primary.store.preview import preview
 
             with _opened(data_db, readonly=dry_run) as conn:
                 try:
@@ -615,9 +614,8 @@ def _primary_here(root: Path) -> dict:
     its backups: from the environment inside a primary's container (it sets
     BROADSHEET_ROOT), else from the local cluster's store."""
     if os.environ.get("BROADSHEET_ROOT") and os.environ.get("DATASETTE_SECRET"):
-        from primary.node import PrimaryNode
-
         from broadsheet.config import ConfigError
+        from primary.node import PrimaryNode
 
         try:
             node = PrimaryNode.from_env()
@@ -703,9 +701,8 @@ def run_backups(data_db, dest, keep, interval):
     """Take a backup every INTERVAL seconds (started by the supervisor)."""
     import threading
 
-    from primary import backup as backups
-
     from broadsheet.log import log
+    from primary import backup as backups
 
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

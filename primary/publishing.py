@@ -10,6 +10,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from broadsheet.bookmark import PrivateTxid, PublicTxid
+
 from .publisher import Watermark
 from .settings import settings
 
@@ -30,8 +32,8 @@ class Outcome:
     table: str
     public: bool
     changed: bool
-    private_txid: int
-    public_txid: int | None
+    private_txid: PrivateTxid
+    public_txid: PublicTxid | None
 
 
 async def wait_published(

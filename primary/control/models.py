@@ -7,7 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broadsheet.bookmark import Bookmark as BookmarkRecord
+from broadsheet.bookmark import PrivateTxid, PublicTxid
+
 from ..store import PublishSpec
+
 
 class Error(BaseModel):
     ok: bool = False
@@ -87,10 +91,15 @@ class AuditEntry(BaseModel):
 
 
 class Bookmark(BaseModel):
-    """data.db up to ``private_txid`` is in public.db at ``public_txid``."""
+    """data.db up to ``private_txid`` is in public.db at ``public_txid``
+    (``broadsheet.bookmark.Bookmark`` on the wire)."""
 
-    private_txid: int
-    public_txid: int
+    private_txid: PrivateTxid
+    public_txid: PublicTxid
+
+    @classmethod
+    def of(cls, bookmark: BookmarkRecord) -> "Bookmark":
+        return cls(**bookmark.as_dict())
 
 
 class NodeInfo(BaseModel):

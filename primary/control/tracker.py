@@ -24,7 +24,9 @@ from pathlib import Path
 
 import httpx
 
+from broadsheet.bookmark import PublicTxid
 from broadsheet.litefs import TxEvent
+from broadsheet.positions import STATUS_PATH, STREAM_PATH, NodePosition
 
 from ..publisher.cycle import Cycle
 from ..settings import ReadNodeAddress
@@ -40,13 +42,13 @@ def _iso(ts: float | None) -> str | None:
 
 
 @dataclass
-class NodePosition:
+class TrackedNode:
     """One read node as the primary sees it."""
 
     name: str
     url: str
     region: str = ""
-    txid: int = 0
+    txid: PublicTxid = PublicTxid(0)
     connected: bool = False
     primary_reachable: bool | None = None
     updated_at: float | None = None
@@ -157,7 +159,7 @@ class Tracker:
         self.public_litefs_url = public_litefs_url
         self.static = tuple(nodes)
         self.addresses: dict[str, ReadNodeAddress] = {}
-        self.nodes: dict[str, NodePosition] = {}
+        self.nodes: dict[str, TrackedNode] = {}
         self.primary_txid = 0
         self.propagations: collections.OrderedDict[int, Propagation] = collections.OrderedDict()
         self.reconnect = reconnect
@@ -189,7 +191,7 @@ class Tracker:
 
     def _add(self, address: ReadNodeAddress) -> None:
         self.addresses[address.name] = address
-        self.nodes[address.name] = NodePosition(address.name, address.public_url or address.url, address.region)
+        self.nodes[address.name] = TrackedNode(address.name, address.public_url or address.url, address.region)
         self._node_tasks[address.name] = [
             asyncio.create_task(self._follow_node(address)),
             asyncio.create_task(self._poll_node(address)),
@@ -273,7 +275,7 @@ class Tracker:
         return self.cycle_log is not None and max(self.cycles, default=0) <= txid
 
     # -- internals -----------------------------------------------------------
-    def _node_dict(self, node: NodePosition) -> dict:
+    def _node_dict(self, node: TrackedNode) -> dict:
         return node.as_dict(self.primary_txid, self._oldest_missing_at(node.txid))
 
     def _spawn(self, coro) -> None:
@@ -341,13 +343,14 @@ class Tracker:
 
     async def _check_node(self, address: ReadNodeAddress, client: httpx.AsyncClient) -> bool:
         try:
-            status = (await client.get(f"{address.url}/-/replication.json")).json()
-        except (httpx.HTTPError, ValueError):
+            status = (await client.get(f"{address.url}{STATUS_PATH}")).json()
+            position = NodePosition.from_dict(status)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             return False
         node = self.nodes.get(address.name)
         if node is None:
             return False
-        await self._advanced(address.name, status["txid"], node.connected, status.get("primary_reachable"))
+        await self._advanced(address.name, position.txid, node.connected, status.get("primary_reachable"))
         return True
 
     async def _poll_node(self, address: ReadNodeAddress, interval: float = 5.0) -> None:
@@ -374,10 +377,10 @@ class Tracker:
                 await self._broadcast("node", self._node_dict(node))
 
         # Keep-alives every 15 s: 30 s of silence is a dead connection.
-        stream = _lines(f"{address.url}{POSITION_STREAM}", self.reconnect, on_connect, on_disconnect, read_timeout=30.0)
+        stream = _lines(f"{address.url}{STREAM_PATH}", self.reconnect, on_connect, on_disconnect, read_timeout=30.0)
         async for line in stream:
             if line.strip():
-                await self._advanced(address.name, int(json.loads(line)["txid"]))
+                await self._advanced(address.name, NodePosition.from_dict(json.loads(line)).txid)
 
 
     def _read_cycles(self) -> list["Propagation"]:
@@ -428,7 +431,6 @@ class Tracker:
 
 
 # A read node's position, as its Datasette streams it (replica/stream.py).
-POSITION_STREAM = "/-/replication/stream"
 
 
 async def _tx_events(url: str, reconnect: float):

@@ -7,6 +7,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from broadsheet.bookmark import Bookmark, PrivateTxid, PublicTxid
+
 
 @dataclass(frozen=True)
 class Watermark:
@@ -17,8 +19,8 @@ class Watermark:
     nothing to publish, to a small file beside (not inside) the LiteFS mounts.
     """
 
-    private_txid: int
-    public_txid: int
+    private_txid: PrivateTxid
+    public_txid: PublicTxid
     # The publisher's change-log position at that point: entries up to it
     # are in public.db at ``public_txid`` (0: unknown).
     processed: int = 0
@@ -38,4 +40,9 @@ class Watermark:
                 data = json.load(fp)
         except (FileNotFoundError, ValueError):
             return None
-        return cls(int(data["private_txid"]), int(data["public_txid"]), int(data.get("processed", 0)))
+        return cls(PrivateTxid(int(data["private_txid"])), PublicTxid(int(data["public_txid"])), int(data.get("processed", 0)))
+
+    @property
+    def bookmark(self) -> Bookmark:
+        """What a caller is told: data.db up to ``private_txid`` is public at ``public_txid``."""
+        return Bookmark(self.private_txid, self.public_txid)

@@ -12,7 +12,8 @@ about the publisher, the control plane or Datasette.
 - ``view_analysis``: what a view reads
 - ``spec``: the publish spec; ``projection``: a table as its spec publishes
   it; ``column_ids``: which column is which across renames
-- ``visibility``: making a table public or private, failing closed
+- ``visibility``: making a table public or private, failing closed;
+  ``listing``: each table with the spec it is public under
 - ``audit_log``, ``public_metadata``, ``queries`` (saved queries),
   ``preview`` (what a flip would expose)
 - ``errors``: why a request cannot be carried out

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from broadsheet.bookmark import Bookmark as BookmarkRecord
+from broadsheet.bookmark import PrivateTxid
 from broadsheet.litefs import Pos
 
 from ... import store
@@ -37,4 +39,4 @@ async def bookmark(
     (bounded) for the publisher if it is not there yet."""
     wanted = Pos.read(settings().data_db).txid if private_txid is None else private_txid
     mark = await wait_published(wanted, timeout)
-    return Bookmark(private_txid=wanted, public_txid=mark.public_txid)
+    return Bookmark.of(BookmarkRecord(PrivateTxid(wanted), mark.public_txid))

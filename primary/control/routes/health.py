@@ -12,9 +12,7 @@ from fastapi import APIRouter, Request
 
 from broadsheet.litefs import Pos
 
-
-from ...publisher import Watermark, Withdrawals
-from ...publisher import withdrawals_path
+from ...publisher import Watermark, Withdrawals, withdrawals_path
 from ...settings import settings
 from ..deps import connect, tracker
 from ..models import Bookmark, Health, StandbyInfo, Withdrawn
@@ -32,7 +30,7 @@ async def health(request: Request) -> Health:
         ok=Path(conf.data_db).exists() and Path(conf.public_db).exists(),
         data_db_txid=data_db_txid,
         public_db_txid=Pos.read(conf.public_db).txid,
-        published_up_to=Bookmark(**vars(mark)) if mark else None,
+        published_up_to=Bookmark.of(mark.bookmark) if mark else None,
         nodes_connected=sum(n["connected"] for n in nodes),
         nodes=len(nodes),
         subscribers=tracker(request).subscriber_count,

@@ -6,10 +6,9 @@ import asyncio
 
 from fastapi import APIRouter
 
-from ... import store
 from ...datasette.actors import actor_label
+from ...store import PublishSpec, listing
 from ...store.preview import preview
-from ...store import PublishSpec
 from ..deps import Actor, TimeoutQuery, WaitQuery, connect
 from ..flips import flip
 from ..models import ERRORS, Error, FlipResult, Metadata, PreviewResult, SpecBody, TableInfo
@@ -23,15 +22,9 @@ router = APIRouter(prefix="/tables", tags=["tables"], responses=ERRORS)
 async def list_tables(actor: Actor) -> list[TableInfo]:
     conn = connect(readonly=True)
     try:
-        specs = store.public_specs(conn)
         return [
-            TableInfo(
-                table=t,
-                public=t in specs,
-                spec=specs[t].to_dict() if t in specs else None,
-                partial=t in specs and not specs[t].whole,
-            )
-            for t in store.user_tables(conn)
+            TableInfo(table=t.table, public=t.public, spec=t.spec.to_dict() if t.public else None, partial=t.partial)
+            for t in listing.tables(conn)
         ]
     finally:
         conn.close()

@@ -10,8 +10,9 @@ import apsw
 
 from broadsheet.names import quote
 
-from . import store
-from .store import PublishSpec
+from .catalogue import user_tables
+from .spec import PublishSpec
+from .visibility import public_specs
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,13 @@ class TableEntry:
 
 
 def tables(conn: apsw.Connection, count_rows: bool = False) -> list[TableEntry]:
-    """Every user table of data.db (``store.user_tables``), by name."""
-    specs = store.public_specs(conn)
+    """Every user table of data.db (``user_tables``), by name."""
+    specs = public_specs(conn)
     return [
         TableEntry(
             table,
             specs.get(table),
             conn.execute(f"SELECT count(*) FROM {quote(table)}").fetchone()[0] if count_rows else None,
         )
-        for table in store.user_tables(conn)
+        for table in user_tables(conn)
     ]
