@@ -98,7 +98,7 @@ CHATTER = re.compile(
     r"|.*\blevel=(INFO|DEBUG)\b"  # LiteFS's structured lines
     r"|LiteFS v\d|waiting for signal or subprocess to exit$|signal received, litefs shutting down$"
     r"|litefs shut down complete$"
-    r"|event: \{"  # primary/plugin.py: one line per Datasette event (logins, writes)
+    r"|event: \{"  # primary/datasette/events.py: one line per Datasette event (logins, writes)
     r"|publisher: (cycle: |copied |unpublishing )"
 )
 

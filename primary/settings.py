@@ -41,7 +41,7 @@ class Settings:
     read_nodes_dns: str | None  # a name that resolves to every read node
     read_node_port: int  # their Datasette, on each address the name resolves to
     discovery_interval: float  # seconds between two look-ups of read_nodes_dns
-    team_db: str  # team members, their sessions, failed logins (primary/team.py)
+    team_db: str  # team members, their sessions, failed logins (primary/datasette/team.py)
     max_body: int  # largest write request, bytes
     page_size: int  # of a new public.db
     # The team's own Datasette plugins (*.py), loaded by the team's Datasette
@@ -79,7 +79,7 @@ class Settings:
 
     @property
     def team_password_hash(self) -> str | None:
-        """The browser login "team" (primary/team.py) until the team sets
+        """The browser login "team" (primary/datasette/team.py) until the team sets
         its own; read when needed, as the secret is."""
         return Env().optional("BROADSHEET_TEAM_PASSWORD_HASH")
 

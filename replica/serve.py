@@ -11,5 +11,5 @@ if __name__ == "__main__":
     from .settings import settings
 
     # The team's own plugins (BROADSHEET_READ_NODE_PLUGINS) beside ours:
-    # replica/plugin.py's startup refuses to serve should one widen access.
+    # replica/startup.py refuses to serve should one widen access.
     launch(PLUGINS, sys.argv[1:], packages=settings().plugins)

@@ -15,7 +15,7 @@ work to the module named for what it does.
   the public instance at ``/-/broadsheet/metadata``.
 - A "public" or "partial" badge beside each public table's name.
 - Publish and unpublish are Datasette events (``track_event``) for every
-  flip, whichever path made it: fired from the audit log (primary/events.py).
+  flip, whichever path made it: fired from the audit log (primary/publisher/events.py).
 - A "Publish this query" query action, leading to ``/-/broadsheet/query/data``
   where the team names a query and publishes it as a saved query (served by
   every read node at ``/public/NAME``), and removes saved queries.

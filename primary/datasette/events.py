@@ -1,6 +1,6 @@
 """Events of the team's Datasette: every one (logins, writes, publishes) to
 the process log, and the publish events of every flip, whichever path made
-it, fired by following the audit log (primary/events.py)."""
+it, fired by following the audit log (primary/publisher/events.py)."""
 
 from __future__ import annotations
 

@@ -143,7 +143,7 @@ def _forget_rebuilt(conn: apsw.Connection, public: apsw.Connection) -> None:
     # transaction or between two cycles), or rebuilt by a schema tool.
     # Fail closed: it is private until someone publishes it again
     # (Datasette's alter-table does so for its own rebuilds, see
-    # primary/plugin.py).
+    # primary/datasette/alterations.py).
     copied = set(store.user_tables(public, "main"))
     for table in publishable(conn, "main"):
         if table in copied and not has_triggers(conn, "main", table):
