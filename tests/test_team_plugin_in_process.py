@@ -80,12 +80,18 @@ def test_an_anonymous_browser_is_sent_to_the_login_page(site, path):
     assert (page.status_code, page.headers["location"]) == (302, "/-/login")
 
 
+@pytest.mark.parametrize("path", [f"{VISIBILITY}/planes", "/-/broadsheet/metadata", "/-/broadsheet/metadata/data/planes", "/-/broadsheet/query/data"])
+def test_an_anonymous_browser_on_a_team_page_under_dash_is_sent_to_the_login_page(site, path):
+    page = site.get(path, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert (page.status_code, page.headers["location"]) == (302, "/-/login")
+
+
 @pytest.mark.parametrize(
     "method, path",
     [
         ("GET", "/data.json"),
         ("GET", "/data/airports.json"),
-        ("GET", f"{VISIBILITY}/planes"),  # a /-/ page: answered as JSON
+        ("GET", f"{VISIBILITY}/planes"),  # a /-/ page asked for without Accept: text/html
         ("POST", "/data/airports/-/insert"),
         ("POST", f"{VISIBILITY}/planes"),
         ("POST", "/-/broadsheet/metadata"),
