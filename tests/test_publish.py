@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from broadsheet.cli import cli
 from broadsheet.litefs import Pos
-from conftest import create_table, file_bytes, read_only_rows, rows, status, wait_until
+from conftest import create_table, file_bytes, read_only_rows, rows, settle, status, wait_until
 from primary import store
 
 
@@ -92,6 +92,7 @@ def test_dropping_a_published_table_makes_its_name_private(cluster, db):
     with store.immediate(db):
         db.execute("CREATE TABLE ephemeral (id INTEGER PRIMARY KEY, v TEXT)")
         db.execute("INSERT INTO ephemeral VALUES (1, 'NEW-PRIVATE-ROW')")
+    settle(cluster)  # the publisher has published data.db as it is now (the unlisting is a data.db write)
     cluster.wait_for_replicas()
     for node in cluster.replicas:
         assert status(node.url, "/public/ephemeral.json") == 403
@@ -117,6 +118,7 @@ def test_a_table_recreated_under_a_published_name_is_private(cluster, db, same_s
     wait_until(lambda: name not in store.public_tables(db), message=f"{name} unlisted")
     newest = store.audit_entries(db, table=name, limit=1)[0]
     assert (newest["operation"], newest["actor"]) == ("unpublish", store.REBUILT_ACTOR)
+    settle(cluster)  # the publisher has published data.db as it is now (the unlisting is a data.db write)
     cluster.wait_for_replicas()
     for node in cluster.replicas:
         assert status(node.url, f"/public/{name}.json") == 403

@@ -11,7 +11,8 @@ import contextlib
 from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 
-from .. import publishing, standby
+from .. import publishing
+from ..standby import acknowledged
 from ..settings import settings
 from .body_guard import BODY, BadBody, read_body, replay
 from .login import ANONYMOUS_POSTS, AUTH_HEADERS, AUTH_REQUIRED, without_dead_login
@@ -56,7 +57,7 @@ def wrapper(datasette):
                     private_txid = Pos.read(settings().data_db).txid
                     extra = [(b"broadsheet-private-txid", str(private_txid).encode())]
                     if wait_standby:
-                        missing = await standby.wait_for(private_txid)
+                        missing = await acknowledged.wait_for(private_txid)
                         if missing is not None:
                             replaced = True
                             return await respond(send, 504, error_body(504, missing, private_txid=private_txid), extra)
