@@ -13,7 +13,7 @@ import sqlite_utils
 from broadsheet.litefs import LtxHeader, Pos, snapshot_to_sqlite
 from primary.backup import Identity, identity_of_file
 from primary.standby.acknowledged import Acknowledged, kept
-from primary.standby.guard import Kept, _position_of, judge
+from primary.standby.guard import Kept, judge, position_of
 
 OURS = Identity("c1", 1, "gen-a")
 
@@ -75,8 +75,8 @@ def test_the_position_map_a_replica_sends():
         return struct.pack(">I", len(name)) + name.encode() + struct.pack(">QQ", txid, checksum)
 
     body = struct.pack(">I", 2) + entry("a.db", 5, 6) + entry("data.db", 119, 0xABC)
-    assert _position_of(body, "data.db") == Pos(119, 0xABC)
-    assert _position_of(struct.pack(">I", 0), "data.db") == Pos(0)
+    assert position_of(body, "data.db") == Pos(119, 0xABC)
+    assert position_of(struct.pack(">I", 0), "data.db") == Pos(0)
 
 
 @pytest.mark.parametrize("compressed", [False, True])

@@ -258,7 +258,7 @@ class Guard:
 
     # -- HTTP/2 towards the primary's private LiteFS ----------------------------
     async def _stream(self, target: str, headers: dict, body: bytes, down: "_Downstream") -> None:
-        ours = _position_of(body, self.db_name)
+        ours = position_of(body, self.db_name)
         forwarded = [(k, v) for k, v in headers.items() if k.lower().startswith("litefs-")]
         upstream = await _Upstream.open(self.upstream, target, forwarded, body)
         try:
@@ -377,7 +377,7 @@ def _identity_in(ltx: Path, scratch: Path) -> Identity:
     return identity_of_file(scratch, immutable=True)
 
 
-def _position_of(body: bytes, db_name: str) -> Pos:
+def position_of(body: bytes, db_name: str) -> Pos:
     """The position of ``db_name`` in the map a LiteFS replica sends to the
     primary (http.go ``WritePosMapTo``): a count, then per database its
     name's length and name, its TXID and checksum."""
