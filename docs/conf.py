@@ -38,5 +38,5 @@ html_title = "broadsheet"
 
 # Where the control plane's FastAPI app lives, tried in order (it may move
 # into a package of its own).
-openapi_apps = ["primary.control:app", "primary.control.app:app"]
+openapi_apps = ["primary.control.app:app"]
 

@@ -5,7 +5,7 @@ sphinx-click lists a group's commands from its ``commands`` dict and asks
 that loads some commands lazily (each role's group on demand) would then
 lose them from the reference. So, before any page is read, every group of
 the tree is walked the way click itself walks it and its ``commands``
-filled in. A loader the CLI offers (``load_all_commands``) runs first.
+filled in. A loader the CLI offers (``all_commands``) runs first.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ CLI = "broadsheet.cli:cli"
 def load_cli(spec: str = CLI) -> click.Command:
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)
-    loader = getattr(module, "load_all_commands", None)
+    loader = getattr(module, "all_commands", None)
     if callable(loader):
         loader()
     return getattr(module, attr)

@@ -177,6 +177,6 @@ class OpenAPIReference(SphinxDirective):
 
 
 def setup(app):
-    app.add_config_value("openapi_apps", ["primary.control:app"], "env")
+    app.add_config_value("openapi_apps", ["primary.control.app:app"], "env")
     app.add_directive("openapi-reference", OpenAPIReference)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

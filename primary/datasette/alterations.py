@@ -75,7 +75,7 @@ async def republish_rebuilt(datasette, table: str, actor: dict, after_schema: st
 def follow_columns(database, request):
     """Datasette's alter API renames columns by rebuilding the table
     (sqlite-utils' transform), which no trigger survives, so the publisher
-    cannot follow columns through it (primary/column_ids.py). The request's
+    cannot follow columns through it (primary/store/column_ids.py). The request's
     own operations can: inside the alteration's transaction, a public
     table whose spec's names would denote other columns afterwards (or
     none), or whose columns had already moved, is made private, audit-logged
