@@ -311,10 +311,45 @@ def is_mounted(path: str | os.PathLike) -> bool:
 
 def unmount(path: str | os.PathLike) -> None:
     """Unmount a FUSE mount that its LiteFS process left behind (after a
-    SIGKILL, say). Lazy, so that a process still holding a file open cannot
-    keep the mount alive."""
+    SIGKILL, say). Its FUSE connection is aborted first, so that a process
+    waiting inside a request to the dead LiteFS is let go (and can die);
+    then the unmount is lazy, so that a process still holding a file open
+    cannot keep the mount alive."""
     if is_mounted(path):
+        abort_connection(path)
         subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
+
+
+FUSE_CONNECTIONS = "/sys/fs/fuse/connections"
+
+
+def abort_connection(path: str | os.PathLike) -> bool:
+    """Abort the FUSE connection of the mount at ``path`` (through
+    /sys/fs/fuse/connections, found from mountinfo without touching the
+    mount, which may not answer). False where there is none to abort."""
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as fp:
+            devices = [line.split()[2] for line in fp if line.split()[4] == target]
+    except OSError:
+        return False
+    try:
+        unmounted_fusectl = bool(devices) and not os.listdir(FUSE_CONNECTIONS)
+    except OSError:
+        return False  # no FUSE control filesystem here at all
+    if unmounted_fusectl:
+        # The fusectl filesystem is where connections are aborted; most
+        # systems mount it at boot, a bare VM or a container may not.
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", FUSE_CONNECTIONS], check=False, capture_output=True)
+    for device in devices:
+        minor = device.partition(":")[2]
+        try:
+            with open(f"{FUSE_CONNECTIONS}/{minor}/abort", "w") as fp:
+                fp.write("1")
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def wait_for_file(path: Path, timeout: float) -> bool:

@@ -200,6 +200,9 @@ class Supervisor:
             _kill(orphans)
             for mount in sorted(mounts, reverse=True):
                 litefs.unmount(mount)
+            # A process that was inside a request to a dead LiteFS dies once
+            # its connection is aborted: wait for it too.
+            _kill([pid for pid in orphans if _exists(pid)])
             stuck = [str(pid) for pid in orphans if _exists(pid)] + [m for m in mounts if litefs.is_mounted(m)]
             if stuck:
                 raise StartError(f"cannot clear {root}: still there after SIGKILL and unmount: {', '.join(stuck)}")
