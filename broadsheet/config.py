@@ -51,8 +51,9 @@ class Env:
             raise ConfigError(f"{name} must be {what or f'at least {minimum}'}, not {value}")
         return value
 
-    def seconds(self, name: str, default: float) -> float:
-        """A duration in seconds (a decimal number)."""
+    def seconds(self, name: str, default: float, positive: bool = False, at_most: float | None = None) -> float:
+        """A duration in seconds (a decimal number): more than 0 if
+        ``positive``, at most ``at_most`` if given."""
         value = self.environ.get(name, "")
         if not value:
             return default
@@ -62,6 +63,10 @@ class Env:
             seconds = math.nan
         if not math.isfinite(seconds):
             raise ConfigError(f"{name} must be a number of seconds, not {value!r}")
+        if positive and seconds <= 0:
+            raise ConfigError(f"{name} must be more than 0 seconds, not {value!r}")
+        if at_most is not None and seconds > at_most:
+            raise ConfigError(f"{name} must be at most {at_most:g} seconds, not {value!r}")
         return seconds
 
     def port(self, name: str, default: int) -> int:

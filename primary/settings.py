@@ -66,15 +66,16 @@ class Settings:
             read_nodes=read_nodes(env),
             read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS"),
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
-            discovery_interval=_seconds(env, "BROADSHEET_DISCOVERY_INTERVAL", 2.0),
-            max_body=_bytes(env, "BROADSHEET_MAX_BODY", 10 * 1024 * 1024),
+            discovery_interval=env.seconds("BROADSHEET_DISCOVERY_INTERVAL", 2.0, positive=True),
+            max_body=env.at_least("BROADSHEET_MAX_BODY", 10 * 1024 * 1024, minimum=1, what="a number of bytes (1 or more)"),
             # 16 KiB pages make a large first publish about 40% faster than
             # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),
             # while a one-row change still ships a few pages: see bench/.
             page_size=_page_size(env, "BROADSHEET_PAGE_SIZE", 16384),
             team_plugins_dir=env.optional("BROADSHEET_TEAM_PLUGINS_DIR"),
             standby_url=env.url("BROADSHEET_STANDBY_URL").rstrip("/"),
-            standby_wait=_standby_wait(env, "BROADSHEET_STANDBY_WAIT_TIMEOUT", 5.0),
+            # The standby's /wait answers waits of up to 60 s.
+            standby_wait=env.seconds("BROADSHEET_STANDBY_WAIT_TIMEOUT", 5.0, positive=True, at_most=60),
         )
 
     @property
@@ -99,36 +100,6 @@ def read_nodes(env: Env) -> tuple[ReadNodeAddress, ...]:
         return tuple(ReadNodeAddress(**n) for n in json.loads(env.str("BROADSHEET_READ_NODES", "[]")))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"BROADSHEET_READ_NODES must be a JSON list of {{name, url}}: {exc}") from None
-
-
-def _seconds(env: Env, name: str, default: float) -> float:
-    value = env.str(name, str(default))
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
-    if not seconds > 0:
-        raise ConfigError(f"{name} must be more than 0 seconds, not {value!r}")
-    return seconds
-
-
-def _standby_wait(env: Env, name: str, default: float) -> float:
-    value = env.str(name, str(default))
-    try:
-        ok = 0 < float(value) <= 60
-    except ValueError:
-        ok = False
-    if not ok:
-        # The standby's /wait answers waits of up to 60 s.
-        raise ConfigError(f"{name} must be seconds, more than 0 and at most 60: {value!r}")
-    return float(value)
-
-
-def _bytes(env: Env, name: str, default: int) -> int:
-    value = env.int(name, default)
-    if value < 1:
-        raise ConfigError(f"{name} must be a number of bytes (1 or more), not {value}")
-    return value
 
 
 def _page_size(env: Env, name: str, default: int) -> int:

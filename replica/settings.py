@@ -12,7 +12,7 @@ import datasette
 
 import broadsheet
 from broadsheet import plugins
-from broadsheet.config import ConfigError, Env
+from broadsheet.config import Env
 
 _BYTES = "a number of bytes (0 or more)"
 
@@ -56,9 +56,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = Env(environ)
         bookmark_timeout = env.seconds("BROADSHEET_BOOKMARK_TIMEOUT", 5.0)
-        stall_timeout = env.seconds("BROADSHEET_STALL_TIMEOUT", 2.0)
-        if stall_timeout <= 0:
-            raise ConfigError(f"BROADSHEET_STALL_TIMEOUT must be more than 0 seconds, not {stall_timeout:g}")
+        stall_timeout = env.seconds("BROADSHEET_STALL_TIMEOUT", 2.0, positive=True)
         return cls(
             node_name=env.str("BROADSHEET_NODE_NAME", os.uname().nodename),
             region=env.str("BROADSHEET_REGION", ""),
