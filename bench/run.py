@@ -36,10 +36,10 @@ import apsw
 import click
 import httpx
 
-from broadsheet.tokens import mint
 from broadsheet.client import ControlClient
-from local.cluster import LocalCluster, free_port
 from broadsheet.litefs import Pos, TxEvent
+from broadsheet.tokens import mint
+from local.cluster import LocalCluster, free_port
 from primary import store
 from primary.publisher import Cycle, CycleLog, cycle_log_path
 from primary.sample import nycflights13_file

@@ -355,9 +355,8 @@ def local_standby(root: Path):
     promote --dir``: the StandbyNode (its directories), the primary's
     private LiteFS to fence against, and the pid of the ``broadsheet up``
     that runs it (None for both when nothing runs)."""
-    from primary.standby.node import StandbyNode
-
     from broadsheet.supervisor import holder
+    from primary.standby.node import StandbyNode
 
     root = Path(root).resolve()
     pid = holder(root)

@@ -11,8 +11,8 @@ from datasette.actor_auth_cookie import actor_from_request
 from datasette.app import Datasette
 from datasette.tokens import TokenInvalid
 
-from ..settings import settings
 from ..datasette.team import team
+from ..settings import settings
 
 _instances: dict[str, Datasette] = {}
 

@@ -13,8 +13,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from ..publishing import PublishTimeout
-from ..store import SpecError
-from ..store import PublishError
+from ..store import PublishError, SpecError
 from .auth import NotAuthenticated
 from .permissions import NotAllowed
 

@@ -14,10 +14,8 @@ from broadsheet.log import log
 from broadsheet.names import PUBLIC_TABLES
 
 from .. import publishing, store
-
-from ..store import column_ids
 from ..settings import settings
-from ..store import PublishSpec, SpecError
+from ..store import PublishSpec, SpecError, column_ids
 from . import control_plane
 from .actors import actor_label
 from .body_guard import BODY

@@ -12,8 +12,8 @@ from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 
 from .. import publishing
-from ..standby import acknowledged
 from ..settings import settings
+from ..standby import acknowledged
 from .body_guard import BODY, BadBody, read_body, replay
 from .login import ANONYMOUS_POSTS, AUTH_HEADERS, AUTH_REQUIRED, without_dead_login
 

@@ -19,9 +19,9 @@ from datasette.utils import tilde_encode
 from broadsheet.client import AsyncControlClient, ControlError
 
 from .. import publishing, store
-from ..store.preview import Preview
 from ..settings import settings
 from ..store import PublishSpec
+from ..store.preview import Preview
 
 
 async def ask(datasette, actor: dict, call, table: str | None = None, timeout: float = 30.0):

@@ -9,9 +9,9 @@ import json
 
 from broadsheet.log import log
 
+from ..publisher import cycle_log_path
 from ..publisher.events import AuditFollower
 from ..publisher.events import cursor_file as events_cursor_file
-from ..publisher import cycle_log_path
 from ..settings import settings
 from .data_db import data_db_name
 

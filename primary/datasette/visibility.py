@@ -11,9 +11,8 @@ from datasette.utils import tilde_decode, tilde_encode
 from datasette.utils.asgi import Response
 
 from .. import publishing, store
-from ..store import TableShape
 from ..settings import settings
-from ..store import PublishSpec, SpecError
+from ..store import PublishSpec, SpecError, TableShape
 from . import control_plane
 from .actors import is_team
 from .data_db import data_db_name, read_data_db

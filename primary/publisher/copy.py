@@ -13,7 +13,6 @@ import apsw
 
 from broadsheet.log import log
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, literal, quote
-
 from primary.store import Projection, fts_companions
 
 from . import published_queries

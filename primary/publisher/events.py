@@ -20,7 +20,6 @@ from datasette.events import Event
 
 from broadsheet.litefs import Pos
 from broadsheet.log import log
-
 from primary import publishing, store
 
 from .cycle import Cycle, CycleLog

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import apsw
 
 from broadsheet.names import PUBLIC_TABLES
-
 from primary import store
 from primary.store import Projection, SpecError, TableShape
 from primary.store.projection import copied_signature, project

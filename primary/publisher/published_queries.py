@@ -10,7 +10,6 @@ import re
 import apsw
 
 from broadsheet.names import PUBLIC_QUERIES
-
 from primary.store.queries import QueryError, SavedQuery, check_fields, compile_check, readable
 
 # public.db's copy: what read nodes serve, without who saved it or when.

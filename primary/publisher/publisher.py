@@ -21,7 +21,6 @@ import apsw
 from broadsheet.litefs import Pos
 from broadsheet.log import log
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, PUBLIC_TXID
-
 from primary import store
 from primary.settings import settings
 

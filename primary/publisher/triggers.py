@@ -16,7 +16,6 @@ import apsw
 
 from broadsheet.log import log
 from broadsheet.names import PUBLIC_TABLES, literal, quote
-
 from primary import store
 from primary.store import TableShape, column_ids
 from primary.store.projection import has_rowid

@@ -12,7 +12,6 @@ from pathlib import Path
 import apsw
 
 from broadsheet.names import PUBLIC_QUERIES
-
 from primary.store import views
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 
 from broadsheet.litefs import Pos
-
 from primary.backup import Identity
 from primary.settings import settings
 

@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse
 
 from broadsheet.config import Env, split_addr
 from broadsheet.litefs import NewestLtx, Pos
-
 from primary.backup import Identity, identity_of_file
 
 from .acknowledged import Acknowledged, kept

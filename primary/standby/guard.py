@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from broadsheet.litefs import LTX_HEADER_SIZE, LtxHeader, Pos, snapshot_to_sqlite
-
 from primary.backup import Identity, identity_of_file
 
 # LiteFS stream frames (client.go): a 4-byte type, then its fields.

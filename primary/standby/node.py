@@ -15,7 +15,6 @@ import httpx
 from broadsheet.config import ConfigError, Env, http_url, split_addr
 from broadsheet.litefs import MountConfig, NewestLtx, Pos, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
-
 from primary import backup
 from primary.backup import check_schedule, default_cluster_id
 from primary.node import litefs_service

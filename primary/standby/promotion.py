@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Mapping
 
 from broadsheet.litefs import NewestLtx, is_mounted
-
 from primary.backup import identity_of_file
 from primary.node import PrimaryNode
 
