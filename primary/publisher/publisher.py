@@ -61,6 +61,9 @@ class Publisher:
         # column's name as a string (SQLite's double-quoted-string fallback).
         self.conn.config(apsw.SQLITE_DBCONFIG_DQS_DML, 0)
         self.conn.execute("ATTACH ? AS src", (f"file:{self.data_db}?mode=ro",))
+        # public.db's TXID as the publisher's last commit left it (None: not
+        # known, read it): what its next transaction will become, less one.
+        self._public_txid: int | None = None
         with store.immediate(self.conn):
             fresh = not self.conn.execute("SELECT 1 FROM main.sqlite_master WHERE name = ?", (PUBLIC_TXID,)).fetchall()
             self.conn.execute(f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_TABLES} (table_name TEXT PRIMARY KEY)")
@@ -135,8 +138,10 @@ class Publisher:
     def _record_txid(self) -> None:
         """Inside a write transaction on public.db: record the TXID it will
         become. The publisher is public.db's only writer and holds its write
-        lock, and LiteFS gives each commit the next TXID."""
-        txid = Pos.read(self.public_db).txid + 1
+        lock, and LiteFS gives each commit the next TXID (read back after
+        each cycle's commit, so a cycle reads public.db's position once)."""
+        last = Pos.read(self.public_db).txid if self._public_txid is None else self._public_txid
+        txid, self._public_txid = last + 1, None  # known again once the commit is read back
         self.conn.execute(f"INSERT OR REPLACE INTO main.{PUBLIC_TXID} (id, txid) VALUES (1, ?)", (txid,))
 
     # -- one cycle ---------------------------------------------------------
@@ -175,6 +180,7 @@ class Publisher:
                 conn.execute("ROLLBACK")
             raise
         public = Pos.read(self.public_db)
+        self._public_txid = public.txid
         created = [v for v in plan.create_views if v in plan.views and v not in plan.present_views]
         gone = sorted(plan.present_views - set(plan.views))
         cycle = Cycle(
