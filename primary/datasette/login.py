@@ -35,18 +35,12 @@ def forbidden(datasette, request):
 
 
 def _wants_json(request) -> bool:
-    """A script's request (a write, a .json, an API path, asking for JSON),
-    not a browser's; a browser asks for HTML, and gets the login page on
-    the team's own pages under /-/ too."""
+    """A script's request (a write, a .json, asking for JSON, a /-/ API
+    path), not a browser's: a browser asks for HTML, on a /-/ page too."""
     accept = request.headers.get("accept", "")
-    if request.method == "GET" and "text/html" in accept and request.path.startswith("/-/broadsheet/"):
-        return False
-    return (
-        request.method != "GET"
-        or request.path.endswith(".json")
-        or "/-/" in request.path
-        or "application/json" in request.headers.get("accept", "")
-    )
+    if request.method != "GET" or request.path.endswith(".json") or "application/json" in accept:
+        return True
+    return "/-/" in request.path and "text/html" not in accept
 
 
 async def login(datasette, request):
