@@ -311,12 +311,9 @@ def is_mounted(path: str | os.PathLike) -> bool:
 
 def unmount(path: str | os.PathLike) -> None:
     """Unmount a FUSE mount that its LiteFS process left behind (after a
-    SIGKILL, say). Its FUSE connection is aborted first, so that a process
-    waiting inside a request to the dead LiteFS is let go (and can die);
-    then the unmount is lazy, so that a process still holding a file open
-    cannot keep the mount alive."""
+    SIGKILL, say). Lazy, so that a process still holding a file open cannot
+    keep the mount alive."""
     if is_mounted(path):
-        abort_connection(path)
         subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
 
 

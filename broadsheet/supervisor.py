@@ -199,6 +199,9 @@ class Supervisor:
             )
             _kill(orphans)
             for mount in sorted(mounts, reverse=True):
+                # Its FUSE connection first: a process inside a request to
+                # the dead LiteFS is let go (and can die) only then.
+                litefs.abort_connection(mount)
                 litefs.unmount(mount)
             # A process that was inside a request to a dead LiteFS dies once
             # its connection is aborted: wait for it too.
