@@ -521,7 +521,7 @@ def bench_incremental(bench: Bench) -> None:
         cpu0 = _publisher_cpu(bench)
         with store.immediate(conn):
             conn.execute("UPDATE big SET value = ?, label = 'changed' WHERE id = ?", (-i, 1 + (i * 48611) % n))
-        txid = bench.control._call("GET", "/bookmarks")["public_txid"]
+        txid = bench.control.bookmark()["public_txid"]
         bench.cluster.wait_for_replicas(txid, timeout=30)
         time.sleep(0.05)  # let the cycle's bookkeeping finish before reading CPU
         cpu = (_publisher_cpu(bench) - cpu0) * 1000

@@ -82,6 +82,13 @@ class _Routes:
     def query_log(self, name: str | None = None):
         return self._call("GET", "/queries/log", params={"name": name} if name else None)
 
+    def bookmark(self, private_txid: int | None = None):
+        """The public TXID holding data.db up to ``private_txid`` (default: now)."""
+        return self._call("GET", "/bookmarks", params={"private_txid": private_txid} if private_txid is not None else None)
+
+    def audit(self, limit: int = 100):
+        return self._call("GET", "/audit", params={"limit": limit})
+
     def health(self):
         return self._call("GET", "/health")
 

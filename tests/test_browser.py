@@ -204,7 +204,7 @@ def test_watch_page_shows_a_publish_arriving_on_every_node(cluster, browser, con
     with store.immediate(db):
         db.execute("INSERT INTO airports (faa, name) VALUES ('WCH', 'Watched Field')")
     wait_until(lambda: cluster.public_pos().txid > 0)
-    txid = control._call("GET", "/bookmarks")["public_txid"]
+    txid = control.bookmark()["public_txid"]
     row = page.locator(f'tr[data-txid="{txid}"]')
     for node in cluster.replicas:
         expect(row).to_contain_text(f"{node.name} ✓")

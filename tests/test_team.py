@@ -111,7 +111,7 @@ def test_control_plane_lists_tables_and_audit(cluster, control):
     tables = {t["table"]: t["public"] for t in control.tables()}
     assert tables["airports"] is True and tables["planes"] is False
     assert "_public_tables" not in tables
-    audit = control._call("GET", "/audit", params={"limit": 5})
+    audit = control.audit(limit=5)
     assert audit and {"timestamp", "actor", "operation", "table_name", "public_txid"} <= set(audit[0])
 
 
