@@ -44,7 +44,7 @@ ENV PATH=/opt/broadsheet/bin:$PATH \
     BROADSHEET_LITEFS=/opt/broadsheet/bin/litefs \
     BROADSHEET_LITEFS_CONFIG=/etc/litefs.yml \
     BROADSHEET_ROOT=/var/lib/broadsheet \
-    BROADSHEET_HOST=0.0.0.0 \
+    BROADSHEET_HOST=:: \
     BROADSHEET_READ_NODE_PLUGINS=${READ_NODE_PLUGINS}
 
 # LiteFS's data (and on the primary, data.db's): keep it on a volume.

@@ -114,6 +114,14 @@ def http_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def listen_host(host: str) -> str:
+    """The host a server (uvicorn, Datasette) is told to bind for a
+    ``BROADSHEET_HOST``: ``::`` means every address, IPv6 and IPv4, as it
+    does for LiteFS (Go); asyncio would bind ``::`` for IPv6 alone, and binds
+    both families for an empty host."""
+    return "" if host.strip("[]") == "::" else host
+
+
 def split_addr(addr: str, name: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` for IPv6) as a pair; ``:port`` binds every
     interface."""

@@ -85,6 +85,9 @@ class Service:
     # control plane) waits for open streams to end on the first signal and
     # exits at once on a SIGINT after it. None: one signal, then SIGKILL.
     force_after: float | None = None
+    # Variables of the supervisor's own environment the process must not
+    # inherit (a read node's processes never see a team secret).
+    drop_env: tuple[str, ...] = ()
 
 
 # What a person watching ``broadsheet up`` need not read, line by line: a
@@ -232,7 +235,8 @@ class Supervisor:
             service.mount.mkdir(parents=True, exist_ok=True)
         if service.prepare is not None:
             service.prepare()
-        env = self._marked({**os.environ, **service.env, "PYTHONUNBUFFERED": "1"})
+        inherited = {k: v for k, v in os.environ.items() if k not in service.drop_env}
+        env = self._marked({**inherited, **service.env, "PYTHONUNBUFFERED": "1"})
         proc = subprocess.Popen(
             service.argv,
             env=env,

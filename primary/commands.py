@@ -17,7 +17,12 @@ import click
 
 from broadsheet import tokens
 from broadsheet.cluster_file import load_state, local_secret
+from broadsheet.config import ConfigError
 from broadsheet.options import cluster_dir, sqlite_errors, sqlite_file
+
+# The team store of a primary in its image's default root (a container, a
+# Fly machine: what `fly ssh console` finds when BROADSHEET_ROOT is not set).
+MACHINE_TEAM_DB = Path("/var/lib/broadsheet/team.db")
 
 
 @click.group()
@@ -319,11 +324,29 @@ def create_token(root, actor, expires_after, secret):
     """Create a team API token (dstok_…) for ACTOR, for Datasette's write API
     and the control plane."""
     if not secret:
-        try:
-            secret = local_secret(load_state(root))
-        except FileNotFoundError as exc:
-            raise click.ClickException(f"{exc}; or pass --secret / set DATASETTE_SECRET")
+        secret = _machine_secret(root)
     click.echo(tokens.mint(secret, actor, expires_after))
+
+
+def _machine_secret(root: Path) -> str:
+    """The secret of the local cluster, else of the primary on this machine
+    (the one it made on its volume: what `fly ssh console` finds)."""
+    from primary.node import read_secret, secret_file
+
+    try:
+        return local_secret(load_state(root))
+    except FileNotFoundError as exc:
+        local_error = str(exc)
+    path = secret_file(os.environ)
+    try:
+        found = read_secret(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    if found:
+        return found
+    raise click.ClickException(
+        f"{local_error}, and this machine's primary has no secret at {path}; pass --secret / set DATASETTE_SECRET"
+    )
 
 
 @commands.group()
@@ -344,7 +367,9 @@ def _team(root: Path, team_db: str | None):
                 primary = load_state(root)["primary"]
                 team_db = str(Path(primary.get("root") or Path(primary["secret_file"]).parent) / "team.db")
             except FileNotFoundError as exc:
-                raise click.ClickException(f"{exc}; or pass --team-db")
+                if not MACHINE_TEAM_DB.exists():
+                    raise click.ClickException(f"{exc}; or pass --team-db")
+                team_db = str(MACHINE_TEAM_DB)  # a primary's, in its image's default root
     return Team(team_db)
 
 

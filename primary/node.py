@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import secrets
 import signal
 import sys
 from dataclasses import asdict, dataclass, field
@@ -18,7 +20,8 @@ from typing import Mapping
 
 import httpx
 
-from broadsheet.config import ConfigError, Env, http_url, split_addr
+from broadsheet import fly
+from broadsheet.config import ConfigError, Env, http_url, listen_host, split_addr
 from broadsheet.litefs import MountConfig, NewestLtx, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
 
@@ -32,6 +35,56 @@ TEMPLATES = Path(__file__).parent / "datasette" / "templates"
 # Seconds a stopping uvicorn server may wait for open streams before it is
 # told again (and exits at once).
 UVICORN_GRACE = 2.0
+
+
+def secret_file(environ: Mapping[str, str]) -> Path:
+    """Where a primary given no DATASETTE_SECRET keeps the one it made:
+    BROADSHEET_SECRET_FILE, else ``secret`` in BROADSHEET_ROOT."""
+    env = Env(environ)
+    return Path(env.str("BROADSHEET_SECRET_FILE", str(Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")) / "secret")))
+
+
+def read_secret(path: Path) -> str | None:
+    """The secret in ``path``, None if there is none yet; ConfigError if it
+    cannot be read or is empty (never a new one over a file that exists)."""
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the primary's secret {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"the primary's secret {path} is empty: remove it to make a new one, or set DATASETTE_SECRET")
+    return value
+
+
+def make_secret(path: Path) -> str:
+    """A new secret in ``path`` (mode 0600, written whole or not at all); the
+    one already there if another process made it first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fp:
+        fp.write(secrets.token_hex(32) + "\n")
+        fp.flush()
+        os.fsync(fp.fileno())
+    try:
+        os.link(tmp, path)  # never over an existing secret
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return read_secret(path) or ""
+
+
+def _default_cluster_id(environ: Mapping[str, str], secret: str | None, made: Path | None) -> str:
+    """The cluster id when BROADSHEET_CLUSTER_ID is not set: from the secret
+    the deployment gives; for a secret the primary made itself on Fly, from
+    the app's name, so that a new volume (a restore from backup) is the same
+    cluster."""
+    if made is not None and (app := fly.app_name(environ)):
+        return default_cluster_id(f"fly app {app}")
+    return default_cluster_id(secret or "")
 
 
 def hash_password(password: str) -> str:
@@ -85,20 +138,24 @@ class PrimaryNode:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PrimaryNode":
+        environ = os.environ if environ is None else environ
         env = Env(environ)
+        root = Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet"))
         secret = env.optional("DATASETTE_SECRET")
+        made_secret: Path | None = None
         if not secret:
-            raise ConfigError(
-                "DATASETTE_SECRET is not set: the primary signs tokens and logins with it"
-                " (make one with: python3 -c 'import secrets; print(secrets.token_hex(32))')"
-            )
+            # The primary's own secret, made on its volume at first start:
+            # nothing a deployment hands to every machine (on Fly, secrets
+            # reach read nodes too) holds the key that mints team tokens.
+            made_secret = secret_file(environ)
+            secret = read_secret(made_secret)
         # Every setting the primary's own processes read (primary/settings.py),
         # checked here, before any of them starts.
         Settings.from_env(environ)
         nodes = list(read_nodes(env))
         node = cls(
-            root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
-            secret=secret,
+            root=root,
+            secret=secret or "",
             host=env.str("BROADSHEET_HOST", "127.0.0.1"),
             port=env.port("BROADSHEET_PORT", 8001),
             control_port=env.port("BROADSHEET_CONTROL_PORT", 8004),
@@ -108,18 +165,18 @@ class PrimaryNode:
             standby_url=env.url("BROADSHEET_STANDBY_URL"),
             peers=env.urls("BROADSHEET_PEERS"),
             public_litefs_addr=env.str("BROADSHEET_PUBLIC_LITEFS_ADDR", "127.0.0.1:20203"),
-            public_litefs_url=env.str("BROADSHEET_PUBLIC_LITEFS_URL", ""),
+            public_litefs_url=env.str("BROADSHEET_PUBLIC_LITEFS_URL", fly.primary_litefs_url(environ) or ""),
             hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
             compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
             retention=env.str("BROADSHEET_LTX_RETENTION", "1m"),
             team_password=env.optional("BROADSHEET_TEAM_PASSWORD"),
             team_password_hash=env.optional("BROADSHEET_TEAM_PASSWORD_HASH"),
             read_nodes=nodes,
-            read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS"),
+            read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS") or fly.read_nodes_dns(environ),
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
             sample=env.bool("BROADSHEET_SAMPLE", False),
             team_plugins_dir=env.str("BROADSHEET_TEAM_PLUGINS_DIR", ""),
-            cluster_id=env.str("BROADSHEET_CLUSTER_ID", default_cluster_id(secret)),
+            cluster_id=env.str("BROADSHEET_CLUSTER_ID", _default_cluster_id(environ, secret, made_secret)),
             backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
@@ -130,6 +187,10 @@ class PrimaryNode:
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
         if node.private_litefs_addr:
             split_addr(node.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
+        if made_secret is not None and not secret:
+            # Every setting checked: only now is anything written.
+            node.secret = make_secret(made_secret)
+            node.cluster_id = env.str("BROADSHEET_CLUSTER_ID", _default_cluster_id(environ, node.secret, made_secret))
         return node
 
     def to_env(self) -> dict[str, str]:
@@ -339,7 +400,7 @@ class PrimaryNode:
                 name="primary-datasette",
                 argv=[
                     sys.executable, "-m", "primary.serve", "serve", str(self.data_db),
-                    "--host", self.host, "--port", str(self.port),
+                    "--host", listen_host(self.host), "--port", str(self.port),
                     "--default-deny",
                     "--template-dir", str(TEMPLATES),
                     *(["--plugins-dir", self.team_plugins_dir] if self.team_plugins_dir else []),
@@ -364,7 +425,7 @@ class PrimaryNode:
             name="control-plane",
             argv=[
                 sys.executable, "-m", "uvicorn", "primary.control.app:app",
-                "--host", self.host, "--port", str(self.control_port),
+                "--host", listen_host(self.host), "--port", str(self.control_port),
                 "--no-access-log", "--log-level", "warning",
             ],
             env=self.env(),

@@ -18,10 +18,11 @@ from typing import Mapping
 
 import httpx
 
-from broadsheet import plugins
-from broadsheet.config import Env, http_url, split_addr
+from broadsheet import fly, plugins
+from broadsheet.config import Env, http_url, listen_host, split_addr
 from broadsheet.litefs import MountConfig, is_mounted, wait_for_file
 from broadsheet.supervisor import Service
+from broadsheet.team_secrets import TEAM_SECRET_VARS, refuse_team_secrets
 
 from .settings import Settings
 
@@ -62,11 +63,14 @@ class ReadNode:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ReadNode":
         environ = os.environ if environ is None else environ
+        refuse_team_secrets(environ)
         env = Env(environ)
         node = cls(
             name=env.str("BROADSHEET_NODE_NAME", default_name(environ)),
             root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
-            primary_public_url=env.str("BROADSHEET_PRIMARY_LITEFS_URL", "http://primary:20203"),
+            primary_public_url=env.str(
+                "BROADSHEET_PRIMARY_LITEFS_URL", fly.primary_litefs_url(environ) or "http://primary:20203"
+            ),
             host=env.str("BROADSHEET_HOST", "127.0.0.1"),
             port=env.port("BROADSHEET_PORT", 8001),
             litefs_addr=env.str("BROADSHEET_LITEFS_ADDR", "127.0.0.1:20202"),
@@ -174,12 +178,13 @@ class ReadNode:
                 prepare=lambda: fs.data_dir.mkdir(parents=True, exist_ok=True),
                 stop_signal=signal.SIGINT,
                 restart=True,
+                drop_env=tuple(TEAM_SECRET_VARS),
             ),
             Service(
                 name=self.datasette_service,
                 argv=[
                     sys.executable, "-m", "replica.serve", "serve", str(self.public_db),
-                    "--host", self.host, "--port", str(self.port),
+                    "--host", listen_host(self.host), "--port", str(self.port),
                     "--default-deny",
                     "--setting", "default_allow_sql", "on",
                     "--setting", "sql_time_limit_ms", "1000",
@@ -202,6 +207,7 @@ class ReadNode:
                 depends_on=(self.litefs_service,),
                 # The primary's position stream never ends by itself.
                 force_after=2.0,
+                drop_env=tuple(TEAM_SECRET_VARS),
             ),
         ]
 

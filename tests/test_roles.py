@@ -104,7 +104,10 @@ def test_roles_run_from_the_environment_and_find_each_other_by_dns(tmp_path):
 @pytest.mark.parametrize(
     "role, env, message",
     [
-        ("primary", {}, "DATASETTE_SECRET is not set"),
+        ("primary", {"BROADSHEET_PORT": "eighty"}, "BROADSHEET_PORT must be an integer"),
+        ("replica", {"DATASETTE_SECRET": "x"}, "refusing to start a read node that holds a team secret: DATASETTE_SECRET"),
+        ("replica", {"BROADSHEET_TEAM_PASSWORD": "pw", "BROADSHEET_TOKEN": "dstok_x"},
+         "BROADSHEET_TEAM_PASSWORD (the team's login password); BROADSHEET_TOKEN (a team API token)"),
         ("primary", {"DATASETTE_SECRET": "x", "BROADSHEET_PORT": "eighty"}, "BROADSHEET_PORT must be an integer"),
         ("primary", {"DATASETTE_SECRET": "x", "BROADSHEET_READ_NODES": "{"}, "BROADSHEET_READ_NODES must be a JSON list"),
         ("primary", {"DATASETTE_SECRET": "x", "BROADSHEET_PUBLIC_LITEFS_ADDR": "nowhere"}, "must be host:port"),

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import httpx
 
-from broadsheet.config import ConfigError, Env, http_url, split_addr
+from broadsheet.config import ConfigError, Env, http_url, listen_host, split_addr
 from broadsheet.litefs import MountConfig, NewestLtx, Pos, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
 from primary import backup
@@ -122,7 +122,7 @@ class StandbyNode:
                 name="standby-status",
                 argv=[
                     sys.executable, "-m", "uvicorn", "primary.standby.api:app",
-                    "--host", self.host, "--port", str(self.port),
+                    "--host", listen_host(self.host), "--port", str(self.port),
                     "--no-access-log", "--log-level", "warning",
                 ],
                 env={

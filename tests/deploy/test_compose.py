@@ -56,6 +56,8 @@ class Compose:
             "BROADSHEET_IMAGE": IMAGE,
             "BROADSHEET_HOST_TEAM_PORT": str(self.team_port),
             "BROADSHEET_HOST_CONTROL_PORT": str(self.control_port),
+            # The sample tables: airports is public from the start.
+            "BROADSHEET_SAMPLE": "true",
             # Raw LTX files, so that the byte scan below sees every page.
             "BROADSHEET_LTX_COMPRESS": "false",
         }
