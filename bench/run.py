@@ -88,9 +88,12 @@ class Bench:
         self.cluster.start()
         self.token = mint(self.cluster.primary.secret, "bench")
         self.control = ControlClient(self.cluster.primary.control_url, self.token, timeout=600)
+        self.memory = MemorySampler(self.cluster)
+        self.memory.start()
         return self
 
     def __exit__(self, *exc):
+        self.memory.stop()
         self.cluster.stop()
 
     @property
@@ -108,6 +111,68 @@ class Bench:
     def add(self, result: Result) -> None:
         self.results.append(result)
         say(f"  {result.name}: {result.metric} = {result.value:.3g} {result.unit}")
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fp:
+            for line in fp:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class MemorySampler(threading.Thread):
+    """The peak resident memory of each node's processes, summed per node,
+    sampled every half second for the whole run: what sizes a machine
+    (fly.toml's [[vm]]). The supervisor itself is not in it: in a
+    deployment it is one more Python process (`broadsheet primary`)."""
+
+    def __init__(self, cluster):
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.done = threading.Event()
+        self.peak: dict[str, float] = {}  # node -> peak of the sum of its processes
+        self.service_peak: dict[str, float] = {}
+
+    def owner(self, service: str) -> tuple[str, str]:
+        """(kind, node) of a service: ("read node", its name) or ("primary", "primary")."""
+        for node in self.cluster.replicas:
+            if service.startswith(f"{node.name}-"):
+                return "read node", node.name
+        return "primary", "primary"
+
+    def node_of(self, service: str) -> str:
+        return self.owner(service)[0]
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            totals: dict[str, float] = {}
+            per_node: dict[tuple[str, str], float] = {}
+            for service, pid in self.cluster.supervisor.pids().items():
+                rss = _rss_mib(pid)
+                self.service_peak[service] = max(self.service_peak.get(service, 0.0), rss)
+                key = self.owner(service)
+                per_node[key] = per_node.get(key, 0.0) + rss
+            for (kind, _), total in per_node.items():
+                totals[kind] = max(totals.get(kind, 0.0), total)
+            for kind, total in totals.items():
+                self.peak[kind] = max(self.peak.get(kind, 0.0), total)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(5)
+
+    def results(self) -> list["Result"]:
+        return [
+            Result("memory", f"{kind} peak RSS (all its processes)", value, "MiB",
+                   details={k: round(v, 1) for k, v in self.service_peak.items()
+                            if self.node_of(k) == kind})
+            for kind, value in sorted(self.peak.items())
+        ]
 
 
 def say(message: str) -> None:
@@ -869,6 +934,9 @@ def main(only, quick, output):
                 if name == "reads" and "publish" not in names:
                     say("  (reads use the airports table; add publish to read flights)")
                 BENCHMARKS[name](bench)
+            bench.memory.stop()
+            for result in bench.memory.results():
+                bench.add(result)
             results = bench.results
     finally:
         shutil.rmtree(root, ignore_errors=True)
