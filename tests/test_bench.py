@@ -19,7 +19,11 @@ def test_quick_benchmark_run_prints_a_table_and_writes_json(tmp_path):
     assert "propagation" in result.stdout and "baseline" in result.stdout
     report = json.loads(out.read_text())
     names = {r["name"] for r in report["results"]}
-    assert names == {"propagation", "publish flights", "writes", "fan-out"}
+    assert names == {"propagation", "publish flights", "writes", "fan-out", "memory"}
+    # Each node's peak memory was sampled while the benchmarks ran.
+    memory = {r["metric"]: r["value"] for r in report["results"] if r["name"] == "memory"}
+    assert set(memory) == {"primary peak RSS (all its processes)", "read node peak RSS (all its processes)"}
+    assert all(value > 10 for value in memory.values()), memory
     for r in report["results"]:
         assert r["value"] >= 0 and (r["baseline"] is None or r["baseline"] > 0)
     headline = [r for r in report["results"] if not r["metric"].startswith("  ")]
