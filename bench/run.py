@@ -135,7 +135,7 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.cluster = cluster
         self.done = threading.Event()
-        self.peak: dict[str, float] = {}  # node -> peak of the sum of its processes
+        self.peak: dict[str, float] = {}  # kind of node -> peak of the sum of one node's processes
         self.service_peak: dict[str, float] = {}
 
     def owner(self, service: str) -> tuple[str, str]:
@@ -145,21 +145,15 @@ class MemorySampler(threading.Thread):
                 return "read node", node.name
         return "primary", "primary"
 
-    def node_of(self, service: str) -> str:
-        return self.owner(service)[0]
-
     def run(self) -> None:
         while not self.done.wait(0.5):
-            totals: dict[str, float] = {}
-            per_node: dict[tuple[str, str], float] = {}
+            sums: dict[tuple[str, str], float] = {}  # (kind, node) -> its processes' RSS now
             for service, pid in self.cluster.supervisor.pids().items():
                 rss = _rss_mib(pid)
                 self.service_peak[service] = max(self.service_peak.get(service, 0.0), rss)
                 key = self.owner(service)
-                per_node[key] = per_node.get(key, 0.0) + rss
-            for (kind, _), total in per_node.items():
-                totals[kind] = max(totals.get(kind, 0.0), total)
-            for kind, total in totals.items():
+                sums[key] = sums.get(key, 0.0) + rss
+            for (kind, _), total in sums.items():
                 self.peak[kind] = max(self.peak.get(kind, 0.0), total)
 
     def stop(self) -> None:
@@ -170,7 +164,7 @@ class MemorySampler(threading.Thread):
         return [
             Result("memory", f"{kind} peak RSS (all its processes)", value, "MiB",
                    details={k: round(v, 1) for k, v in self.service_peak.items()
-                            if self.node_of(k) == kind})
+                            if self.owner(k)[0] == kind})
             for kind, value in sorted(self.peak.items())
         ]
 

@@ -12,6 +12,10 @@ import math
 import os
 from typing import Mapping
 
+# Where a node keeps its data unless BROADSHEET_ROOT says otherwise: the
+# image's volume.
+DEFAULT_ROOT = "/var/lib/broadsheet"
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""

@@ -38,8 +38,3 @@ def refuse_team_secrets(environ: Mapping[str, str]) -> None:
         + "`; secrets there reach every machine, and the primary makes its own on its volume)."
     )
 
-
-def without_team_secrets(environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` with every team secret removed: what a read node's
-    processes are given."""
-    return {k: v for k, v in environ.items() if k not in TEAM_SECRET_VARS}

@@ -17,6 +17,7 @@ from typing import TextIO
 from broadsheet import plugins
 from broadsheet.cluster_file import CLUSTER_FILE, load_state
 from broadsheet.litefs import Pos
+from broadsheet.private_file import private_file
 from broadsheet.supervisor import Supervisor
 from primary.node import PrimaryNode
 from primary.settings import ReadNodeAddress
@@ -124,7 +125,7 @@ class LocalCluster:
         primary_root, self._standby_root = node_dirs(self.root)
         self.primary = PrimaryNode.from_env(
             {
-                "DATASETTE_SECRET": _private_file(cluster_files / "secret", lambda: secrets.token_hex(32)),
+                "DATASETTE_SECRET": private_file(cluster_files / "secret", lambda: secrets.token_hex(32)),
                 "BROADSHEET_TEAM_PASSWORD": self.team_password_file(cluster_files).read_text().strip(),
                 "BROADSHEET_ROOT": str(primary_root),
                 "BROADSHEET_PORT": str(port()),
@@ -157,7 +158,7 @@ class LocalCluster:
         """The local cluster's browser login (user ``team``): made on first
         start; Datasette sees only its hash."""
         path = primary_root / "team-password"
-        _private_file(path, lambda: secrets.token_urlsafe(12))
+        private_file(path, lambda: secrets.token_urlsafe(12))
         return path
 
     @property
@@ -393,14 +394,3 @@ def _retire(node_root: Path, supervisor) -> None:
         "broadsheet",
         f"{node_root} ran the primary a promotion replaced: its data is kept in {aside}, and a new standby starts there",
     )
-
-
-def _private_file(path: Path, make) -> str:
-    """The contents of a file only its owner may read, made with ``make()`` if
-    absent. The local cluster's secret and login live in such files beside its
-    data, never in the repository."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(make())
-    return path.read_text().strip()

@@ -17,12 +17,12 @@ import click
 
 from broadsheet import tokens
 from broadsheet.cluster_file import load_state, local_secret
-from broadsheet.config import ConfigError
+from broadsheet.config import DEFAULT_ROOT, ConfigError
 from broadsheet.options import cluster_dir, sqlite_errors, sqlite_file
 
 # The team store of a primary in its image's default root (a container, a
 # Fly machine: what `fly ssh console` finds when BROADSHEET_ROOT is not set).
-MACHINE_TEAM_DB = Path("/var/lib/broadsheet/team.db")
+MACHINE_TEAM_DB = Path(DEFAULT_ROOT) / "team.db"
 
 
 @click.group()

@@ -21,8 +21,9 @@ from typing import Mapping
 import httpx
 
 from broadsheet import fly
-from broadsheet.config import ConfigError, Env, http_url, listen_host, split_addr
+from broadsheet.config import DEFAULT_ROOT, ConfigError, Env, http_url, listen_host, split_addr
 from broadsheet.litefs import MountConfig, NewestLtx, derived_cluster_id, is_mounted
+from broadsheet.private_file import private_file
 from broadsheet.supervisor import Service
 
 from .backup import check_schedule, default_cluster_id
@@ -41,7 +42,7 @@ def secret_file(environ: Mapping[str, str]) -> Path:
     """Where a primary given no DATASETTE_SECRET keeps the one it made:
     BROADSHEET_SECRET_FILE, else ``secret`` in BROADSHEET_ROOT."""
     env = Env(environ)
-    return Path(env.str("BROADSHEET_SECRET_FILE", str(Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")) / "secret")))
+    return Path(env.str("BROADSHEET_SECRET_FILE", str(Path(env.str("BROADSHEET_ROOT", DEFAULT_ROOT)) / "secret")))
 
 
 def read_secret(path: Path) -> str | None:
@@ -58,33 +59,14 @@ def read_secret(path: Path) -> str | None:
     return value
 
 
-def make_secret(path: Path) -> str:
-    """A new secret in ``path`` (mode 0600, written whole or not at all); the
-    one already there if another process made it first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fp:
-        fp.write(secrets.token_hex(32) + "\n")
-        fp.flush()
-        os.fsync(fp.fileno())
-    try:
-        os.link(tmp, path)  # never over an existing secret
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return read_secret(path) or ""
-
-
-def _default_cluster_id(environ: Mapping[str, str], secret: str | None, made: Path | None) -> str:
+def _default_cluster_id(environ: Mapping[str, str], secret: str, made: Path | None) -> str:
     """The cluster id when BROADSHEET_CLUSTER_ID is not set: from the secret
     the deployment gives; for a secret the primary made itself on Fly, from
     the app's name, so that a new volume (a restore from backup) is the same
     cluster."""
     if made is not None and (app := fly.app_name(environ)):
         return default_cluster_id(f"fly app {app}")
-    return default_cluster_id(secret or "")
+    return default_cluster_id(secret)
 
 
 def hash_password(password: str) -> str:
@@ -140,7 +122,7 @@ class PrimaryNode:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PrimaryNode":
         environ = os.environ if environ is None else environ
         env = Env(environ)
-        root = Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet"))
+        root = Path(env.str("BROADSHEET_ROOT", DEFAULT_ROOT))
         secret = env.optional("DATASETTE_SECRET")
         made_secret: Path | None = None
         if not secret:
@@ -176,7 +158,6 @@ class PrimaryNode:
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
             sample=env.bool("BROADSHEET_SAMPLE", False),
             team_plugins_dir=env.str("BROADSHEET_TEAM_PLUGINS_DIR", ""),
-            cluster_id=env.str("BROADSHEET_CLUSTER_ID", _default_cluster_id(environ, secret, made_secret)),
             backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
@@ -187,10 +168,10 @@ class PrimaryNode:
         split_addr(node.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
         if node.private_litefs_addr:
             split_addr(node.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
-        if made_secret is not None and not secret:
+        if not node.secret:
             # Every setting checked: only now is anything written.
-            node.secret = make_secret(made_secret)
-            node.cluster_id = env.str("BROADSHEET_CLUSTER_ID", _default_cluster_id(environ, node.secret, made_secret))
+            node.secret = private_file(made_secret, lambda: secrets.token_hex(32))
+        node.cluster_id = env.str("BROADSHEET_CLUSTER_ID", _default_cluster_id(environ, node.secret, made_secret))
         return node
 
     def to_env(self) -> dict[str, str]:

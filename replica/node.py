@@ -19,7 +19,7 @@ from typing import Mapping
 import httpx
 
 from broadsheet import fly, plugins
-from broadsheet.config import Env, http_url, listen_host, split_addr
+from broadsheet.config import DEFAULT_ROOT, Env, http_url, listen_host, split_addr
 from broadsheet.litefs import MountConfig, is_mounted, wait_for_file
 from broadsheet.supervisor import Service
 from broadsheet.team_secrets import TEAM_SECRET_VARS, refuse_team_secrets
@@ -67,7 +67,7 @@ class ReadNode:
         env = Env(environ)
         node = cls(
             name=env.str("BROADSHEET_NODE_NAME", default_name(environ)),
-            root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
+            root=Path(env.str("BROADSHEET_ROOT", DEFAULT_ROOT)),
             primary_public_url=env.str(
                 "BROADSHEET_PRIMARY_LITEFS_URL", fly.primary_litefs_url(environ) or "http://primary:20203"
             ),

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import httpx
 
-from broadsheet.config import ConfigError, Env, http_url, listen_host, split_addr
+from broadsheet.config import DEFAULT_ROOT, ConfigError, Env, http_url, listen_host, split_addr
 from broadsheet.litefs import MountConfig, NewestLtx, Pos, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
 from primary import backup
@@ -50,7 +50,7 @@ class StandbyNode:
         if not secret and not env.optional("BROADSHEET_CLUSTER_ID"):
             raise ConfigError("DATASETTE_SECRET is not set: a standby needs the primary's (it is promoted with it)")
         node = cls(
-            root=Path(env.str("BROADSHEET_ROOT", "/var/lib/broadsheet")),
+            root=Path(env.str("BROADSHEET_ROOT", DEFAULT_ROOT)),
             primary_private_url=env.url("BROADSHEET_PRIVATE_PRIMARY_URL", "http://primary-private:20202"),
             host=env.str("BROADSHEET_HOST", "127.0.0.1"),
             port=env.port("BROADSHEET_STANDBY_PORT", 8006),
