@@ -88,7 +88,7 @@ def apply(conn: apsw.Connection, plan: Plan) -> int:
             conn.execute(
                 f"INSERT INTO main.{PUBLIC_METADATA} (table_name, {', '.join(keys)})"
                 f" VALUES (?, {', '.join('?' for _ in keys)})",
-                (table, *fields.values()),
+                (table, *(json.dumps(v) if isinstance(v, dict) else v for v in fields.values())),
             )
     if plan.public_tables_changed:
         conn.execute(f"DELETE FROM main.{PUBLIC_TABLES}")

@@ -235,10 +235,31 @@ class Planner:
         current = [n for (n,) in conn.execute(f"SELECT table_name FROM main.{PUBLIC_TABLES} ORDER BY table_name")]
         plan.public_tables_changed = current != sorted(published + plan.views)
         shown = {store.INSTANCE, *published, *plan.views}
-        wanted = {t: m for t, m in store.metadata(conn, "src").items() if t in shown and m}
+        wanted = {}
+        for t, m in store.metadata(conn, "src").items():
+            if t in shown and (m := _published_columns(conn, m, plan.projections.get(t), t)):
+                wanted[t] = m
         if wanted != store.metadata(conn, "main"):
             plan.metadata = wanted
         plan.queries_public = store.queries.published(conn, "main")
         plan.queries_live = store.queries.published(conn, "src", live=True)
         plan.queries_due = plan.queries_live != plan.queries_public
         return plan
+
+
+def _published_columns(conn, fields: dict, projection, name: str) -> dict:
+    """A metadata row as read nodes may see it: the descriptions of the
+    columns the copy has only (a private column's name never reaches
+    public.db), every column of a published view."""
+    described = fields.get(store.COLUMNS)
+    if not described:
+        return fields
+    if projection is not None:
+        shown = set(projection.visible or projection.columns)
+    elif name:  # a view: its own columns
+        shown = {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?, 'src')", (name,))}
+    else:
+        shown = set()
+    kept = {c: d for c, d in described.items() if c in shown}
+    rest = {k: v for k, v in fields.items() if k != store.COLUMNS}
+    return {**rest, store.COLUMNS: kept} if kept else rest

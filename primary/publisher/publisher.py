@@ -71,8 +71,11 @@ class Publisher:
             # nodes show where Datasette shows metadata.
             self.conn.execute(
                 f"CREATE TABLE IF NOT EXISTS main.{PUBLIC_METADATA} (table_name TEXT PRIMARY KEY,"
-                f" {', '.join(f'{k} TEXT' for k in store.METADATA_FIELDS)})"
+                f" {', '.join(f'{k} TEXT' for k in store.METADATA_FIELDS)}, {store.COLUMNS} TEXT)"
             )
+            if store.COLUMNS not in {r[1] for r in self.conn.execute(f"PRAGMA main.table_info({PUBLIC_METADATA})")}:
+                # A public.db from before column descriptions.
+                self.conn.execute(f"ALTER TABLE main.{PUBLIC_METADATA} ADD COLUMN {store.COLUMNS} TEXT")
             self.conn.execute(published_queries.PUBLIC_SCHEMA)
             if fresh:  # this transaction changes public.db: it names its own TXID too
                 self.conn.execute(

@@ -30,7 +30,7 @@ from .errors import DependsOnPrivate, InternalTable, PublishError, TableNotFound
 from .migrations import ensure_schema, migrate
 from .preview import Preview
 from .projection import Projection, TableShape
-from .public_metadata import INSTANCE, METADATA_FIELDS, check_metadata, metadata, set_metadata
+from .public_metadata import COLUMNS, INSTANCE, METADATA_FIELDS, check_metadata, metadata, set_metadata, write_metadata
 from .spec import PublishSpec, SpecError
 from .view_analysis import BrokenView, private_reads, view_columns, view_reads
 from .visibility import (
@@ -49,11 +49,11 @@ from .visibility import (
 )
 
 __all__ = [
-    "AUDIT_COLUMNS", "BrokenView", "DependsOnPrivate", "Flip", "INSTANCE", "InternalTable", "METADATA_FIELDS",
+    "AUDIT_COLUMNS", "BrokenView", "COLUMNS", "DependsOnPrivate", "Flip", "INSTANCE", "InternalTable", "METADATA_FIELDS",
     "Preview", "Projection", "PublishError", "PublishSpec", "REBUILT_ACTOR", "REBUILT_REASON", "SpecError",
     "TableNotFound", "TableShape", "audit", "audit_entries", "audit_txids", "check_metadata", "check_name",
     "check_publishable", "check_spec", "column_ids", "connect", "ensure_schema", "fail_closed", "fts_companions",
     "immediate", "metadata", "migrate", "misfit", "now", "preview", "private_reads", "projection", "public_specs",
-    "public_tables", "queries", "set_metadata", "set_public", "shadow_tables", "spec", "spec_columns",
+    "public_tables", "queries", "set_metadata", "set_public", "write_metadata", "shadow_tables", "spec", "spec_columns",
     "user_tables", "view_columns", "view_reads", "views", "virtual_tables"
 ]

@@ -17,6 +17,8 @@ transactional snapshot (the datasette-public plugin's first design):
 - ``_public_queries``: saved queries (queries.py), with
   ``_public_queries_log``, their audit log; public.db holds those that
   compile against the public copy.
+- ``_public_adoptions``: SQLite files adopted into data.db (adoption.py),
+  with the metadata document each came with, kept whole.
 - ``_public_cycles``: no longer written (cycle records cost no data.db
   commit now: primary/publisher/cycle.py); kept so that an older data.db
   still opens.
@@ -57,7 +59,8 @@ CREATE TABLE IF NOT EXISTS _public_changes (
 );
 CREATE TABLE IF NOT EXISTS {PUBLIC_METADATA} (
     table_name TEXT PRIMARY KEY,  -- '' for the instance
-    title TEXT, description TEXT, license TEXT, license_url TEXT, source TEXT, source_url TEXT
+    title TEXT, description TEXT, license TEXT, license_url TEXT, source TEXT, source_url TEXT,
+    columns TEXT  -- column name -> description, as JSON (Datasette's per-column metadata)
 );
 CREATE TABLE IF NOT EXISTS {PUBLIC_QUERIES} (
     name TEXT PRIMARY KEY,
@@ -79,6 +82,16 @@ CREATE TABLE IF NOT EXISTS _public_queries_log (
     reason TEXT,
     private_txid INTEGER,
     public_txid INTEGER
+);
+CREATE TABLE IF NOT EXISTS _public_adoptions (
+    id INTEGER PRIMARY KEY,
+    timestamp TEXT NOT NULL,
+    actor TEXT,
+    files TEXT NOT NULL,  -- JSON: [{"name", "bytes"}] of the SQLite files adopted
+    tables TEXT NOT NULL,  -- JSON: the tables and views it created
+    replaced TEXT NOT NULL,  -- JSON: those that replaced tables or views of the same name
+    metadata TEXT,  -- the metadata document as given, kept whole (JSON)
+    ignored TEXT  -- JSON: the document's keys broadsheet does not use
 );
 CREATE TABLE IF NOT EXISTS _public_cycles (
     id INTEGER PRIMARY KEY,
@@ -116,6 +129,7 @@ MIGRATIONS = (
     ("_public_audit_log", "spec_after", "TEXT"),
     (PUBLIC_TABLES, "column_identity", "TEXT"),
     ("_public_audit_log", "reason", "TEXT"),
+    (PUBLIC_METADATA, "columns", "TEXT"),
 )
 
 

@@ -4,6 +4,8 @@ table."""
 
 from __future__ import annotations
 
+import json
+
 import apsw
 
 from broadsheet.names import PUBLIC_METADATA, quote
@@ -15,6 +17,9 @@ from .migrations import migrate
 
 METADATA_FIELDS = ("title", "description", "license", "license_url", "source", "source_url")
 INSTANCE = ""  # the metadata row of the public instance itself
+# A table's column descriptions (column name -> text), as Datasette's
+# metadata has them: JSON in the row's ``columns``.
+COLUMNS = "columns"
 
 
 def check_metadata(values: dict) -> dict:
@@ -39,22 +44,39 @@ def set_metadata(conn: apsw.Connection, table: str, values: dict) -> dict:
     values = check_metadata(values)
     with immediate(conn):
         migrate(conn)
-        if table != INSTANCE and table not in user_tables(conn) + views(conn):
-            raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
-        current = metadata(conn).get(table, {})
-        merged = {**{k: current.get(k) for k in METADATA_FIELDS}, **values}
-        conn.execute(
-            f"INSERT OR REPLACE INTO {PUBLIC_METADATA} (table_name, {', '.join(METADATA_FIELDS)})"
-            f" VALUES (?, {', '.join('?' for _ in METADATA_FIELDS)})",
-            (table, *(merged[k] for k in METADATA_FIELDS)),
-        )
-    return {k: v for k, v in merged.items() if v}
+        merged = write_metadata(conn, table, values)
+    return {k: v for k, v in merged.items() if v and k != COLUMNS}
+
+
+def write_metadata(conn: apsw.Connection, table: str, values: dict, columns: dict | None = None) -> dict:
+    """Merge checked ``values`` (and, if given, column descriptions) into
+    what ``table`` has, in the caller's transaction."""
+    if table != INSTANCE and table not in user_tables(conn) + views(conn):
+        raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
+    current = metadata(conn).get(table, {})
+    merged = {**{k: current.get(k) for k in METADATA_FIELDS}, **values}
+    described = {**current.get(COLUMNS, {}), **(columns or {})}
+    conn.execute(
+        f"INSERT OR REPLACE INTO {PUBLIC_METADATA} (table_name, {', '.join(METADATA_FIELDS)}, {COLUMNS})"
+        f" VALUES (?, {', '.join('?' for _ in METADATA_FIELDS)}, ?)",
+        (table, *(merged[k] for k in METADATA_FIELDS), json.dumps(described) if described else None),
+    )
+    return {**merged, COLUMNS: described} if described else merged
 
 
 def metadata(conn: apsw.Connection, schema: str = "main") -> dict[str, dict]:
-    """Every metadata row: table name ('' for the instance) -> its fields that are set."""
+    """Every metadata row: table name ('' for the instance) -> its fields that
+    are set (``columns``: its column descriptions, a dict)."""
     try:
-        cursor = conn.execute(f"SELECT table_name, {', '.join(METADATA_FIELDS)} FROM {quote(schema)}.{PUBLIC_METADATA}")
+        cursor = conn.execute(
+            f"SELECT table_name, {', '.join(METADATA_FIELDS)}, {COLUMNS} FROM {quote(schema)}.{PUBLIC_METADATA}"
+        )
     except apsw.SQLError:
-        return {}  # a data.db from before metadata
-    return {row[0]: {k: v for k, v in zip(METADATA_FIELDS, row[1:]) if v} for row in cursor}
+        return {}  # a data.db from before metadata (or before column descriptions: migrate() adds them)
+    found = {}
+    for row in cursor:
+        fields = {k: v for k, v in zip(METADATA_FIELDS, row[1:]) if v}
+        if row[-1]:
+            fields[COLUMNS] = json.loads(row[-1])
+        found[row[0]] = fields
+    return found
