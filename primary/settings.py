@@ -43,6 +43,7 @@ class Settings:
     discovery_interval: float  # seconds between two look-ups of read_nodes_dns
     team_db: str  # team members, their sessions, failed logins (primary/datasette/team.py)
     max_body: int  # largest write request, bytes
+    adopt_max_bytes: int  # largest SQLite file the control plane takes for adoption (POST /adoptions)
     page_size: int  # of a new public.db
     # The team's own Datasette plugins (*.py), loaded by the team's Datasette
     # and by the control plane's permission checker alike.
@@ -68,6 +69,9 @@ class Settings:
             read_node_port=env.port("BROADSHEET_READ_NODE_PORT", 8001),
             discovery_interval=env.seconds("BROADSHEET_DISCOVERY_INTERVAL", 2.0, positive=True),
             max_body=env.at_least("BROADSHEET_MAX_BODY", 10 * 1024 * 1024, minimum=1, what="a number of bytes (1 or more)"),
+            adopt_max_bytes=env.at_least(
+                "BROADSHEET_ADOPT_MAX_BYTES", 2 * 1024**3, minimum=1, what="a number of bytes (1 or more)"
+            ),
             # 16 KiB pages make a large first publish about 40% faster than
             # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),
             # while a one-row change still ships a few pages: see bench/.

@@ -75,6 +75,23 @@ class FlipResult(BaseModel):
     propagation: str | None
 
 
+class AdoptResult(BaseModel):
+    """What an adoption created in data.db (every table private), what it
+    replaced, the tables given metadata, the metadata keys left unused (kept
+    in data.db's ``_public_adoptions``), the data.db TXID that holds it, and
+    the outcome of each publish asked for."""
+
+    ok: bool = True
+    tables: list[str]
+    replaced: list[str]
+    rows: int
+    seconds: float = Field(description="How long data.db's transaction took")
+    metadata_tables: list[str]
+    ignored: list[str]
+    private_txid: int
+    published: list[FlipResult] = []
+
+
 class AuditEntry(BaseModel):
     id: int
     timestamp: str

@@ -62,6 +62,14 @@ async def may_publish_queries(actor: dict) -> bool:
     return await team_permissions.may_publish_queries(await _checker_datasette(), actor)
 
 
+ADOPT_FORBIDDEN = "This actor may not adopt files (create-table on data.db, and drop-table to replace)"
+
+
+async def check_adopt(actor: dict, replace: bool = False) -> None:
+    if not await team_permissions.may_adopt(await _checker_datasette(), actor, replace):
+        raise NotAllowed(ADOPT_FORBIDDEN)
+
+
 async def check_publish(actor: dict, table: str) -> None:
     """NotAllowed unless ``actor`` may flip ``table`` (or set its metadata)."""
     if not await may_publish(actor, table):

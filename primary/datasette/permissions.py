@@ -65,6 +65,15 @@ async def may_publish_queries(datasette, actor) -> bool:
     return await may_set_instance_metadata(datasette, actor)
 
 
+async def may_adopt(datasette, actor, replace: bool = False) -> bool:
+    """Adopting a file creates tables in data.db (Datasette's create-table
+    on the database), and with ``replace`` drops some (drop-table)."""
+    resource = DatabaseResource(data_db_name())
+    if not await datasette.allowed(action="create-table", resource=resource, actor=actor):
+        return False
+    return not replace or await datasette.allowed(action="drop-table", resource=resource, actor=actor)
+
+
 def resources_sql(actor, action) -> list[PermissionSQL] | None:
     """Team members may do everything Datasette offers, except write to
     broadsheet's own tables."""

@@ -175,17 +175,27 @@ class Plan:
         return [name for s in self.sources for name in s.relations]
 
 
+def check_between(sources: list[Source]) -> None:
+    """NameCollision if two of the files hold the same name (SQLite's names
+    are one namespace, whatever their case), naming each."""
+    seen: dict[str, list[tuple[str, SchemaObject]]] = {}
+    for source in sources:
+        for obj in source.objects:
+            seen.setdefault(obj.name.lower(), []).append((source.path.name, obj))
+    twice = {key: where for key, where in seen.items() if len(where) > 1}
+    if twice:
+        said = [" and ".join(f"{obj.type} {obj.name!r} in {file}" for file, obj in where) for where in twice.values()]
+        raise NameCollision(
+            "The files' names collide, nothing was adopted: " + "; ".join(said),
+            [where[0][1].name for where in twice.values()],
+        )
+
+
 def check(conn: apsw.Connection, sources: list[Source], replace: bool = False) -> Plan:
     """NameCollision unless every name the files hold is new: to data.db
     (tables and views of data.db may be replaced, with ``replace``) and
     to the other files."""
-    seen: dict[str, list[str]] = {}
-    for source in sources:
-        for obj in source.objects:
-            seen.setdefault(obj.name.lower(), []).append(f"{obj.type} {obj.name!r} ({source.path.name})")
-    twice = [" and ".join(where) for where in seen.values() if len(where) > 1]
-    if twice:
-        raise NameCollision("The files' names collide: " + "; ".join(twice), [w.split("'")[1] for w in twice])
+    check_between(sources)
     existing = {
         name.lower(): (type_, name, tbl)
         for type_, name, tbl in conn.execute("SELECT type, name, tbl_name FROM main.sqlite_master")
