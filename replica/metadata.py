@@ -12,12 +12,14 @@ longer public (the publisher replicates metadata for public tables only).
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_METADATA
 
 FIELDS = ("title", "description", "license", "license_url", "source", "source_url")
+COLUMNS = "columns"  # JSON: column name -> description (the columns the public copy has)
 
 _synced: dict[str, Pos] = {}  # database name -> the position last copied
 _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one per Datasette (and so per event loop)
@@ -38,19 +40,22 @@ async def sync(datasette, db, pos: Pos) -> None:
 
 async def _copy(datasette, db, pos: Pos) -> None:
     try:
-        rows = (await db.execute(f"SELECT table_name, {', '.join(FIELDS)} FROM {PUBLIC_METADATA}")).rows
+        rows = (await db.execute(f"SELECT table_name, {', '.join(FIELDS)}, {COLUMNS} FROM {PUBLIC_METADATA}")).rows
     except Exception as exc:
-        if "no such table" not in str(exc):
+        if "no such table" not in str(exc) and "no such column" not in str(exc):
             return  # a passing fault: keep what is shown, try again next request
-        rows = []  # a public.db from before metadata
+        rows = []  # a public.db from before metadata (or before column descriptions: the next cycle adds them)
     instance = {}
     resources = []
+    columns = []
     for row in rows:
         fields = {k: row[k] for k in FIELDS if row[k]}
         if row["table_name"] == "":
             instance = fields
-        else:
-            resources += [(row["table_name"], k, v) for k, v in fields.items()]
+            continue
+        resources += [(row["table_name"], k, v) for k, v in fields.items()]
+        described = _descriptions(row[COLUMNS])
+        columns += [(row["table_name"], column, text) for column, text in described.items()]
 
     def write(conn):
         conn.execute("DELETE FROM metadata_instance")
@@ -66,6 +71,27 @@ async def _copy(datasette, db, pos: Pos) -> None:
             "INSERT INTO metadata_resources (database_name, resource_name, key, value) VALUES (?, ?, ?, ?)",
             [(db.name, table, k, v) for table, k, v in resources],
         )
+        # Datasette shows a column's description on its table page (and in
+        # the JSON's ``column_descriptions``) from here.
+        conn.execute("DELETE FROM metadata_columns WHERE database_name = ?", [db.name])
+        conn.executemany(
+            "INSERT INTO metadata_columns (database_name, resource_name, column_name, key, value)"
+            " VALUES (?, ?, ?, 'description', ?)",
+            [(db.name, table, column, text) for table, column, text in columns],
+        )
 
     await datasette.get_internal_database().execute_write_fn(write)
     _synced[db.name] = pos
+
+
+def _descriptions(text) -> dict[str, str]:
+    """A row's column descriptions; nothing for a value that is not a JSON
+    mapping of strings (public.db is the publisher's, but a visitor's page
+    must not fail on it)."""
+    try:
+        described = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(described, dict):
+        return {}
+    return {str(k): v for k, v in described.items() if isinstance(v, str)}

@@ -249,3 +249,21 @@ def test_an_anonymous_upload_is_refused(plain_primary, mydata):
     with open(mydata, "rb") as fp:
         answer = plain_primary.anonymous("POST", "/adoptions", files={"file": ("mydata.db", fp)})
     assert answer.status_code in (401, 403)
+
+
+# -- the commands' own checks, before anything starts or is sent ------------------------
+
+
+def test_up_refuses_colliding_files_naming_the_collisions_before_starting(tmp_path, mydata):
+    from click.testing import CliRunner
+
+    from broadsheet.cli import cli
+
+    other = tmp_path / "other.db"
+    sqlite_utils.Database(other)["budget"].insert({"id": 1})
+    result = CliRunner().invoke(cli, ["up", str(mydata), str(other), "--dir", str(tmp_path / "cluster")])
+    assert result.exit_code == 1
+    assert "'budget' in mydata.db and table 'budget' in other.db" in result.output
+    assert not (tmp_path / "cluster" / "primary" / "litefs").exists()
+    lonely = CliRunner().invoke(cli, ["up", "--metadata", str(mydata), "--dir", str(tmp_path / "cluster")])
+    assert lonely.exit_code == 1 and "--metadata describes the DATABASES" in lonely.output
