@@ -16,10 +16,17 @@
 #               Datasette plugins for read nodes, by package name
 #               ("datasette-cluster-map"): installed from build/wheels and
 #               the image's default BROADSHEET_READ_NODE_PLUGINS
+#   TEAM_PLUGINS
+#               packaged Datasette plugins for the team's Datasette on the
+#               primary ("datasette-upload-csvs datasette-edit-schema"):
+#               installed from build/wheels when EXTRAS has the primary, and
+#               the image's default BROADSHEET_TEAM_PLUGINS. A read node's
+#               Datasette loads its own list only, so they never run there.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 ARG EXTRAS=primary,replica
 ARG READ_NODE_PLUGINS=""
+ARG TEAM_PLUGINS=""
 
 # fuse3 for LiteFS's mount, tini as PID 1 (signals, zombies). A base that
 # already has them (the debootstrap one) needs no package index.
@@ -32,6 +39,7 @@ COPY build/wheels /tmp/wheels
 RUN python3 -m venv /opt/broadsheet \
     && /opt/broadsheet/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels "broadsheet[${EXTRAS}]" \
          $(echo "${READ_NODE_PLUGINS}" | tr , " ") \
+         $(case "${EXTRAS}" in *primary*) echo "${TEAM_PLUGINS}" | tr , " ";; esac) \
     && rm -rf /tmp/wheels
 
 # broadsheet finds litefs beside its Python and the packaged litefs.yml;
@@ -45,7 +53,8 @@ ENV PATH=/opt/broadsheet/bin:$PATH \
     BROADSHEET_LITEFS_CONFIG=/etc/litefs.yml \
     BROADSHEET_ROOT=/var/lib/broadsheet \
     BROADSHEET_HOST=:: \
-    BROADSHEET_READ_NODE_PLUGINS=${READ_NODE_PLUGINS}
+    BROADSHEET_READ_NODE_PLUGINS=${READ_NODE_PLUGINS} \
+    BROADSHEET_TEAM_PLUGINS=${TEAM_PLUGINS}
 
 # LiteFS's data (and on the primary, data.db's): keep it on a volume.
 VOLUME /var/lib/broadsheet

@@ -24,6 +24,18 @@ from .config import ConfigError
 
 PLUGINS_VAR = "BROADSHEET_READ_NODE_PLUGINS"
 CONFIG_VAR = "BROADSHEET_READ_NODE_PLUGINS_CONFIG"
+# The team's Datasette's packaged plugins (datasette-upload-csvs,
+# datasette-edit-schema): loaded on the primary only, never by a read node,
+# whose Datasette loads exactly its own list (datasette_launcher.py).
+TEAM_PLUGINS_VAR = "BROADSHEET_TEAM_PLUGINS"
+# The image's build argument that installs each list.
+BUILD_ARGS = {PLUGINS_VAR: "READ_NODE_PLUGINS", TEAM_PLUGINS_VAR: "TEAM_PLUGINS"}
+
+# SQLite libraries other than Python's own sqlite3 (which Datasette uses):
+# a team plugin that brings one would open data.db with a second copy of
+# SQLite in the team Datasette's process, which LiteFS sees as one lock
+# owner (docs/internals.md, Known limits): refused, not risked.
+SECOND_SQLITE = frozenset({"apsw", "pysqlite3", "pysqlite3-binary", "sqlean-py", "sqlcipher3", "sqlcipher3-binary"})
 
 # What a package name looks like (PEP 508), before any extras or version.
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
@@ -84,11 +96,53 @@ def check_installed(wanted: tuple[str, ...], variable: str = PLUGINS_VAR) -> Non
     if absent:
         raise ConfigError(
             f"{variable}: not installed here: {', '.join(absent)} (pip install them, or build the image with"
-            f" READ_NODE_PLUGINS=\"{' '.join(wanted)}\" scripts/image)"
+            f" {BUILD_ARGS.get(variable, 'READ_NODE_PLUGINS')}=\"{' '.join(wanted)}\" scripts/image)"
         )
     for requirement in wanted:
         if not _entry_points(name_of(requirement)):
             raise ConfigError(f"{variable}: {name_of(requirement)} is installed but is not a Datasette plugin")
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def second_sqlite(wanted: tuple[str, ...]) -> dict[str, str]:
+    """Each of these installed packages that requires (itself, or through
+    what it requires) an SQLite library other than Python's: package ->
+    that library."""
+    found = {}
+    for requirement in wanted:
+        seen: set[str] = set()
+        todo = [name_of(requirement)]
+        while todo:
+            package = _normal(todo.pop())
+            if package in seen:
+                continue
+            seen.add(package)
+            if package in SECOND_SQLITE:
+                found[name_of(requirement)] = package
+                break
+            try:
+                requires = importlib.metadata.requires(package) or []
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            todo += [name_of(r) for r in requires if "extra ==" not in r]
+    return found
+
+
+def check_team(wanted: tuple[str, ...]) -> None:
+    """ConfigError unless every team plugin is installed, is a Datasette
+    plugin, and keeps to Datasette's SQLite library."""
+    check_installed(wanted, TEAM_PLUGINS_VAR)
+    refused = second_sqlite(wanted)
+    if refused:
+        said = ", ".join(f"{p} (it requires {lib})" for p, lib in refused.items())
+        raise ConfigError(
+            f"{TEAM_PLUGINS_VAR}: refused: {said}. The team's Datasette opens data.db with Python's sqlite3 only:"
+            " a second SQLite library in the same process can drop the other's locks on LiteFS's data.db"
+            " (see Known limits: one SQLite library per process)"
+        )
 
 
 def install(wanted: tuple[str, ...]) -> None:

@@ -56,6 +56,23 @@ def read_node_plugins(sample: bool, environ=os.environ, say=print) -> dict[str, 
     return env
 
 
+def team_plugins(environ=os.environ, say=print) -> dict[str, str]:
+    """The team's packaged Datasette plugins (BROADSHEET_TEAM_PLUGINS) for
+    the local primary, installed into this Python's environment if missing
+    (an image installs them when it is built)."""
+    chosen = environ.get(plugins.TEAM_PLUGINS_VAR)
+    if not chosen:
+        return {}
+    absent = plugins.missing(plugins.requirements(chosen, plugins.TEAM_PLUGINS_VAR))
+    if absent:
+        say(f"installing team plugins: {' '.join(absent)}")
+        try:
+            plugins.install(tuple(absent))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise plugins.ConfigError(f"{plugins.TEAM_PLUGINS_VAR}: could not install {' '.join(absent)}: {exc}")
+    return {plugins.TEAM_PLUGINS_VAR: chosen}
+
+
 def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -38,7 +38,7 @@ def up(root, replicas, port, no_sample, with_standby, metadata_file, databases):
     from broadsheet.config import ConfigError
     from broadsheet.supervisor import run_until_signalled
 
-    from .cluster import LocalCluster, read_node_plugins
+    from .cluster import LocalCluster, read_node_plugins, team_plugins
 
     sample = not no_sample and not databases
     primary_env = {}
@@ -63,6 +63,7 @@ def up(root, replicas, port, no_sample, with_standby, metadata_file, databases):
         raise click.ClickException("--metadata describes the DATABASES given with it: name one or more")
     try:
         replica_env = read_node_plugins(sample, say=click.echo)
+        primary_env.update(team_plugins(say=click.echo))
         # The terminal shows what a person needs to read (processes starting
         # and stopping, warnings, errors); every access log line stays in the logs.
         cluster = LocalCluster(

@@ -20,7 +20,7 @@ from typing import Mapping
 
 import httpx
 
-from broadsheet import fly
+from broadsheet import fly, plugins
 from broadsheet.config import DEFAULT_ROOT, ConfigError, Env, http_url, listen_host, split_addr
 from broadsheet.litefs import MountConfig, NewestLtx, derived_cluster_id, is_mounted
 from broadsheet.private_file import private_file
@@ -115,6 +115,9 @@ class PrimaryNode:
     # Datasette plugins (``*.py`` files) the team's Datasette loads beside
     # broadsheet's own: they see every Datasette event, flips included.
     team_plugins_dir: str = ""
+    # Packaged Datasette plugins (datasette-upload-csvs …) the team's
+    # Datasette loads, installed in the image (TEAM_PLUGINS): never a read node's.
+    team_plugins: tuple[str, ...] = ()
     # Which deployment data.db belongs to (primary/backup.py): a primary
     # refuses a data.db, and restore a backup, of another cluster.
     cluster_id: str = ""
@@ -164,6 +167,7 @@ class PrimaryNode:
             adopt=[p for p in env.str("BROADSHEET_ADOPT", "").split(os.pathsep) if p],
             adopt_metadata=env.str("BROADSHEET_ADOPT_METADATA", ""),
             team_plugins_dir=env.str("BROADSHEET_TEAM_PLUGINS_DIR", ""),
+            team_plugins=plugins.requirements(env.optional(plugins.TEAM_PLUGINS_VAR), plugins.TEAM_PLUGINS_VAR),
             backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
@@ -172,6 +176,7 @@ class PrimaryNode:
             if not Path(path).is_file():
                 variable = "BROADSHEET_ADOPT" if path in node.adopt else "BROADSHEET_ADOPT_METADATA"
                 raise ConfigError(f"{variable}: no such file: {path}")
+        plugins.check_team(node.team_plugins)
         if node.team_plugins_dir and not Path(node.team_plugins_dir).is_dir():
             raise ConfigError(f"BROADSHEET_TEAM_PLUGINS_DIR is not a directory: {node.team_plugins_dir}")
         check_schedule(node.backup_interval, node.backup_keep)
@@ -209,6 +214,7 @@ class PrimaryNode:
             "BROADSHEET_ADOPT": os.pathsep.join(self.adopt),
             "BROADSHEET_ADOPT_METADATA": self.adopt_metadata,
             "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
+            plugins.TEAM_PLUGINS_VAR: " ".join(self.team_plugins),
             "BROADSHEET_CLUSTER_ID": self.cluster_id,
             "BROADSHEET_BACKUP_DIR": str(self.backup_dir or ""),
             "BROADSHEET_BACKUP_INTERVAL": str(int(self.backup_interval)),
@@ -303,6 +309,7 @@ class PrimaryNode:
             "BROADSHEET_READ_NODES_DNS": self.read_nodes_dns or "",
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
             "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
+            plugins.TEAM_PLUGINS_VAR: " ".join(self.team_plugins),
         }
 
     @property

@@ -9,11 +9,13 @@ PLUGINS = ["primary.datasette"]
 if __name__ == "__main__":
     import sys
 
+    from broadsheet import plugins
     from broadsheet.config import ConfigError
     from primary.settings import settings
 
     try:
-        settings()  # every setting, checked before Datasette starts
+        conf = settings()  # every setting, checked before Datasette starts
+        plugins.check_team(conf.team_plugins)
     except ConfigError as exc:
         sys.exit(f"primary.serve: {exc}")
-    launch(PLUGINS, sys.argv[1:])
+    launch(PLUGINS, sys.argv[1:], packages=conf.team_plugins)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Mapping
 
+from broadsheet import plugins
 from broadsheet.config import ConfigError, Env
 
 
@@ -48,6 +49,9 @@ class Settings:
     # The team's own Datasette plugins (*.py), loaded by the team's Datasette
     # and by the control plane's permission checker alike.
     team_plugins_dir: str | None = None
+    # Packaged plugins the team's Datasette loads (BROADSHEET_TEAM_PLUGINS),
+    # never a read node's (broadsheet/plugins.py).
+    team_plugins: tuple[str, ...] = ()
     standby_url: str = ""  # the standby's status API (primary/standby/api.py), if there is one
     standby_wait: float = 5.0  # longest wait for the standby on Broadsheet-Wait: standby, seconds
 
@@ -77,6 +81,7 @@ class Settings:
             # while a one-row change still ships a few pages: see bench/.
             page_size=_page_size(env, "BROADSHEET_PAGE_SIZE", 16384),
             team_plugins_dir=env.optional("BROADSHEET_TEAM_PLUGINS_DIR"),
+            team_plugins=plugins.requirements(env.optional(plugins.TEAM_PLUGINS_VAR), plugins.TEAM_PLUGINS_VAR),
             standby_url=env.url("BROADSHEET_STANDBY_URL").rstrip("/"),
             # The standby's /wait answers waits of up to 60 s.
             standby_wait=env.seconds("BROADSHEET_STANDBY_WAIT_TIMEOUT", 5.0, positive=True, at_most=60),
