@@ -552,7 +552,17 @@ def adopt(root, url, token, file, metadata_file, publish_, replace):
     client = _control(root, url, token)
     try:
         with click.progressbar(length=source.size, label=f"uploading {file.name}", file=sys.stderr) as bar:
-            result = client.adopt(file, metadata, replace=replace, publish=publish_list, progress=bar.update)
+            sent = 0
+
+            def progress(n: int) -> None:
+                nonlocal sent
+                sent += n
+                bar.update(n)
+                if n == 0 and sent >= source.size:  # the file is sent: the primary copies it now
+                    bar.label = "adopting into data.db (one transaction)"
+                    bar.render_progress()
+
+            result = client.adopt(file, metadata, replace=replace, publish=publish_list, progress=progress)
     except ControlError as exc:
         raise click.ClickException(exc.message)
     click.echo(

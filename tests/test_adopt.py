@@ -267,3 +267,28 @@ def test_up_refuses_colliding_files_naming_the_collisions_before_starting(tmp_pa
     assert not (tmp_path / "cluster" / "primary" / "litefs").exists()
     lonely = CliRunner().invoke(cli, ["up", "--metadata", str(mydata), "--dir", str(tmp_path / "cluster")])
     assert lonely.exit_code == 1 and "--metadata describes the DATABASES" in lonely.output
+
+
+def test_broadsheet_adopt_uploads_with_a_bar_and_says_what_it_made(plain_primary, mydata, metadata_yml):
+    from click.testing import CliRunner
+
+    from broadsheet.cli import cli
+
+    plain_primary.team_site()  # the control plane on real HTTP
+    result = CliRunner().invoke(cli, [
+        "adopt", str(mydata), "--metadata", str(metadata_yml), "--publish", "budget",
+        "--url", plain_primary.node.control_url, "--token", plain_primary.token,
+    ])
+    assert result.exit_code == 0, result.output
+    assert "uploading mydata.db" in result.output
+    assert "every one private" in result.output and "staff" in result.output
+    assert "metadata keys broadsheet does not use" in result.output and "sort_desc" in result.output
+    assert "budget is now public" in result.output
+    again = CliRunner().invoke(cli, [
+        "adopt", str(mydata), "--url", plain_primary.node.control_url, "--token", plain_primary.token,
+    ])
+    assert again.exit_code == 1 and "data.db already has" in again.output and "--replace" in again.output
+    unknown = CliRunner().invoke(cli, [
+        "adopt", str(mydata), "--publish", "nope", "--url", plain_primary.node.control_url, "--token", plain_primary.token,
+    ])
+    assert unknown.exit_code == 1 and "not in mydata.db: nope" in unknown.output

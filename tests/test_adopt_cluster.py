@@ -20,7 +20,7 @@ from broadsheet.cli import cli
 from broadsheet.client import ControlClient
 from broadsheet.litefs import Pos
 from broadsheet.tokens import mint
-from conftest import file_bytes, settle, status, wait_until
+from conftest import file_bytes, settle, status
 from datasette_files import SENTINEL, make_database, make_metadata
 
 pytestmark = pytest.mark.cluster
@@ -131,4 +131,15 @@ def test_adopt_refuses_without_a_commit_then_adopts_a_large_file_with_progress(a
     finally:
         conn.close()
     assert not next(t for t in control.tables() if t["table"] == "readings")["public"]
-    wait_until(lambda: Pos.read(data_db).txid > before.txid, message="the adoption's commit")
+    assert Pos.read(data_db).txid > before.txid
+
+    # Replacing what `up` adopted, publishing one table in the same request:
+    # read nodes serve it, and the replaced private tables' marker reaches none.
+    answer = control.adopt(good, replace=True, publish=["budget"])
+    assert "staff" in answer["replaced"] and answer["published"][0]["public"]
+    cluster.wait_for_replicas(answer["published"][0]["public_txid"])
+    for node in cluster.replicas:
+        assert len(httpx.get(f"{node.url}/public/budget.json?_shape=array&_size=max", timeout=10).json()) == 40
+        assert status(node.url, "/public/staff.json") == 403
+        for path, data in file_bytes(node.root):
+            assert SENTINEL.encode() not in data, f"{SENTINEL} found in {path}"
