@@ -292,3 +292,11 @@ def test_broadsheet_adopt_uploads_with_a_bar_and_says_what_it_made(plain_primary
         "adopt", str(mydata), "--publish", "nope", "--url", plain_primary.node.control_url, "--token", plain_primary.token,
     ])
     assert unknown.exit_code == 1 and "not in mydata.db: nope" in unknown.output
+
+
+def test_the_openapi_document_describes_adoptions(plain_primary):
+    doc = plain_primary.anonymous("GET", "/openapi.json").json()
+    post = doc["paths"]["/adoptions"]["post"]
+    assert {"200", "400", "403", "409", "411", "413"} <= set(post["responses"])
+    assert "file" in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert "get" in doc["paths"]["/adoptions"]

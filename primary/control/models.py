@@ -92,6 +92,26 @@ class AdoptResult(BaseModel):
     published: list[FlipResult] = []
 
 
+class AdoptedFile(BaseModel):
+    name: str
+    bytes: int
+
+
+class AdoptionEntry(BaseModel):
+    """One adoption, from data.db's ``_public_adoptions``: who, when, the
+    files, the tables and views it created and those it replaced, and the
+    metadata keys it did not use (the document itself is kept whole in
+    data.db)."""
+
+    id: int
+    timestamp: str
+    actor: str | None
+    files: list[AdoptedFile]
+    tables: list[str]
+    replaced: list[str]
+    ignored: list[str] | None
+
+
 class AuditEntry(BaseModel):
     id: int
     timestamp: str

@@ -20,7 +20,7 @@ from ...settings import settings
 from ...store import adoption
 from ...store.datasette_metadata import parse_document
 from ..deps import Actor, TimeoutQuery, connect
-from ..models import ERRORS, AdoptResult, Error
+from ..models import ERRORS, AdoptionEntry, AdoptResult, Error
 from ..permissions import check_adopt, check_publish
 from .tables import _flip
 
@@ -42,6 +42,15 @@ def _split(names: str | None) -> list[str]:
         400: {"model": Error}, 403: {"model": Error}, 409: {"model": Error}, 411: {"model": Error},
         413: {"model": Error}, 504: {"model": Error},
     },
+    # The form is read by hand (its size checked first), so it is described here.
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "The SQLite database"},
+            "metadata": {"type": "string", "description": "Datasette metadata (YAML or JSON) for it"},
+            "name": {"type": "string", "description": "Its database name in the metadata (default: the file's)"},
+        },
+    }}}}},
 )
 async def adopt_file(
     request: Request,
@@ -110,7 +119,7 @@ def _adopt(source: adoption.Source, document: dict | None, replace: bool, actor:
         conn.close()
 
 
-@router.get("", response_model=list[dict])
+@router.get("", response_model=list[AdoptionEntry])
 async def adoptions(actor: Actor, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
     """The newest adoptions: who, when, which files, the tables each created
     or replaced, the metadata keys it left unused."""
