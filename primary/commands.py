@@ -533,7 +533,8 @@ def adopt(root, url, token, file, metadata_file, publish_, replace):
     plane), every table private, with its metadata. One data.db
     transaction; a file that is not SQLite or is damaged, or names data.db
     already has (without --replace), are refused, changing nothing."""
-    from broadsheet.client import ControlError
+    import tempfile
+
     from primary.store import PublishError, adoption
     from primary.store.datasette_metadata import parse_document
 
@@ -550,21 +551,16 @@ def adopt(root, url, token, file, metadata_file, publish_, replace):
     if unknown:
         raise click.ClickException(f"not in {file.name}: {', '.join(unknown)}")
     client = _control(root, url, token)
-    try:
-        with click.progressbar(length=source.size, label=f"uploading {file.name}", file=sys.stderr) as bar:
-            sent = 0
-
-            def progress(n: int) -> None:
-                nonlocal sent
-                sent += n
-                bar.update(n)
-                if n == 0 and sent >= source.size:  # the file is sent: the primary copies it now
-                    bar.label = "adopting into data.db (one transaction)"
-                    bar.render_progress()
-
-            result = client.adopt(file, metadata, replace=replace, publish=publish_list, progress=progress)
-    except ControlError as exc:
-        raise click.ClickException(exc.message)
+    with contextlib.ExitStack() as stack:
+        # Only the file is sent: committed transactions still in its WAL
+        # would be left behind, so such a file is sent as SQLite's own
+        # snapshot of it (the backup API), under its name.
+        if adoption.has_wal(file):
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="broadsheet-adopt-"))
+            click.echo(f"{file.name} has a write-ahead log: sending a snapshot of it", err=True)
+            file = adoption.snapshot(file, Path(folder) / file.name)
+            source = adoption.inspect(file)
+        result = _upload(client, file, source, metadata, replace, publish_list)
     click.echo(
         f"adopted {len(result['tables'])} tables and views ({result['rows']:,} rows) into data.db in"
         f" {result['seconds']:.1f}s (data.db TXID {result['private_txid']}), every one private: "
@@ -581,6 +577,28 @@ def adopt(root, url, token, file, metadata_file, publish_, replace):
         )
     for flip in result["published"]:
         click.echo(f"{flip['table']} is now public (public TXID {flip['public_txid']})")
+
+
+def _upload(client, file: Path, source, metadata: str | None, replace: bool, publish_list: list[str]) -> dict:
+    """Send ``file`` for adoption with a progress bar, which says when the
+    upload is done and the primary's data.db transaction runs."""
+    from broadsheet.client import ControlError
+
+    try:
+        with click.progressbar(length=source.size, label=f"uploading {file.name}", file=sys.stderr) as bar:
+            sent = 0
+
+            def progress(n: int) -> None:
+                nonlocal sent
+                sent += n
+                bar.update(n)
+                if n == 0 and sent >= source.size:  # the file is sent: the primary copies it now
+                    bar.label = "adopting into data.db (one transaction)"
+                    bar.render_progress()
+
+            return client.adopt(file, metadata, replace=replace, publish=publish_list, progress=progress)
+    except ControlError as exc:
+        raise click.ClickException(exc.message)
 
 
 @commands.command("import")

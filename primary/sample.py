@@ -31,7 +31,10 @@ def _rows(name: str):
 def load(db_path: Path) -> None:
     """Create the sample tables in data.db: ``airports`` (made public by the
     caller) and ``planes`` (private)."""
+    from .store.migrations import DATA_DB_PAGE_SIZE
+
     db = sqlite_utils.Database(db_path)
+    db.execute(f"PRAGMA page_size={DATA_DB_PAGE_SIZE}")  # a new data.db's (store/migrations.py)
     db.enable_wal()
     db[PUBLIC].insert_all(
         _rows("airports.csv"),

@@ -300,3 +300,28 @@ def test_the_openapi_document_describes_adoptions(plain_primary):
     assert {"200", "400", "403", "409", "411", "413"} <= set(post["responses"])
     assert "file" in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert "get" in doc["paths"]["/adoptions"]
+
+
+def test_a_file_with_a_write_ahead_log_is_sent_with_what_its_log_holds(plain_primary, tmp_path):
+    from click.testing import CliRunner
+
+    from broadsheet.cli import cli
+
+    path = tmp_path / "live.db"
+    writer = sqlite3.connect(path)
+    try:
+        writer.execute("PRAGMA journal_mode=WAL")
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        writer.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, value TEXT)")
+        writer.executemany("INSERT INTO readings (value) VALUES (?)", [(f"v{i}",) for i in range(50)])
+        writer.commit()
+        assert adoption.has_wal(path)  # the rows are in live.db-wal, not in live.db
+        plain_primary.team_site()
+        result = CliRunner().invoke(cli, [
+            "adopt", str(path), "--url", plain_primary.node.control_url, "--token", plain_primary.token,
+        ])
+    finally:
+        writer.close()
+    assert result.exit_code == 0, result.output
+    assert "has a write-ahead log" in result.output
+    assert plain_primary.data("SELECT count(*) FROM readings") == [(50,)]

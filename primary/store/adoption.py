@@ -140,6 +140,28 @@ def inspect(path: str | os.PathLike, name: str | None = None) -> Source:
     return source
 
 
+def has_wal(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has a write-ahead log beside it with transactions
+    in it, which a copy of the file alone would leave behind."""
+    wal = Path(f"{path}-wal")
+    return wal.exists() and wal.stat().st_size > 0
+
+
+def snapshot(path: str | os.PathLike, to: Path) -> Path:
+    """SQLite's own copy of ``path`` (the backup API: the file with its WAL,
+    at one moment) into ``to``, a single file to send."""
+    source = connect(f"file:{_uri_path(Path(path))}?mode=ro", readonly=True)
+    target = apsw.Connection(str(to))
+    try:
+        with target.backup("main", source, "main") as copy:
+            copy.step()  # all of it
+        target.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        target.close()
+        source.close()
+    return to
+
+
 def _try_schema(source: Source, label: str) -> None:
     """Make the file's schema in a scratch database in memory: what this
     SQLite cannot make (an unknown virtual table module, say) is refused
