@@ -325,3 +325,20 @@ def test_a_file_with_a_write_ahead_log_is_sent_with_what_its_log_holds(plain_pri
     assert result.exit_code == 0, result.output
     assert "has a write-ahead log" in result.output
     assert plain_primary.data("SELECT count(*) FROM readings") == [(50,)]
+
+
+def test_the_control_plane_leaves_no_copy_of_an_upload_behind(plain_primary, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    path = tmp_path / "wal-mode.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    assert post_file(plain_primary, path).status_code == 200
+    assert post_file(plain_primary, path).status_code == 409
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("adopt-")] == []

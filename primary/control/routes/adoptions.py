@@ -5,6 +5,7 @@ metadata that came with it; and the log of what was adopted."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -103,7 +104,10 @@ async def adopt_file(
                 raise store.PublishError(f"Not in {name}, so not published: {', '.join(unknown)}")
             done = await asyncio.to_thread(_adopt, source, document, replace, actor_label(actor))
         finally:
-            os.unlink(path)
+            # A WAL-mode file, once opened, has its -wal and -shm beside it.
+            for leftover in (path, f"{path}-wal", f"{path}-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
     finally:
         await form.close()
     private_txid = Pos.read(conf.data_db).txid
