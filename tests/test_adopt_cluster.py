@@ -52,6 +52,8 @@ def test_up_with_a_datasette_database_then_publish_one_table(adopted):
     conn = sqlite3.connect(f"file:{cluster.primary.data_db}?mode=ro", uri=True)
     try:
         made = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        # A new data.db's pages (store/migrations.py): a large adoption's commit costs a quarter of the FUSE writes.
+        assert conn.execute("PRAGMA page_size").fetchone() == (16384,)
     finally:
         conn.close()
     assert {"by_department", "budget_fts", "staff_touched", "idx_budget_department"} <= made
