@@ -231,7 +231,7 @@ def check(conn: apsw.Connection, sources: list[Source], replace: bool = False) -
                 if found and found[0] in ("table", "view") and not is_internal(found[1]):
                     replaced.add(found[1].lower())
                     plan.replaced.append(found[1])
-    clashes = []
+    clashes: dict[str, str] = {}  # name -> its type in data.db
     for source in sources:
         for obj in source.objects:
             found = existing.get(obj.name.lower())
@@ -239,13 +239,16 @@ def check(conn: apsw.Connection, sources: list[Source], replace: bool = False) -
                 continue
             if found[0] in ("index", "trigger") and found[2].lower() in replaced:
                 continue  # goes with the table it belongs to
-            clashes.append(found[1])
+            clashes[found[1]] = found[0]
     if clashes:
+        # The tables and views first: their indexes and triggers follow them.
+        relations = sorted(n for n, t in clashes.items() if t in ("table", "view"))
+        others = sorted(n for n, t in clashes.items() if t not in ("table", "view"))
+        said = ", ".join(repr(n) for n in relations)
+        if others:
+            said += (" and " if said else "") + "the indexes and triggers " + ", ".join(repr(n) for n in others)
         hint = "" if replace else " (--replace replaces tables and views of the same name)"
-        raise NameCollision(
-            f"data.db already has {', '.join(repr(n) for n in sorted(clashes))}{hint}; nothing was adopted",
-            sorted(clashes),
-        )
+        raise NameCollision(f"data.db already has {said}{hint}; nothing was adopted", relations + others)
     return plan
 
 
