@@ -189,6 +189,11 @@ def _spec_options(f):
             click.option("--columns", help="Publish exactly these columns (comma-separated); later ones stay private."),
             click.option("--exclude-columns", help="Publish every column but these (comma-separated)."),
             click.option("--where", help="Publish only the rows this SQL expression over the table's columns selects."),
+            click.option(
+                "--mask", "masks", multiple=True, metavar="COLUMN=EXPR",
+                help="Serve EXPR (an SQL expression over the table's columns, e.g. 'lat=round(lat, 2)' or"
+                " 'email=NULL') under COLUMN's name; computed on the primary. Repeatable.",
+            ),
             click.option("--dry-run", is_flag=True, help="Show what would be published, change nothing."),
         ]
     ):
@@ -196,7 +201,7 @@ def _spec_options(f):
     return f
 
 
-def _spec(columns: str | None, exclude_columns: str | None, where: str | None) -> dict:
+def _spec(columns: str | None, exclude_columns: str | None, where: str | None, masks: tuple[str, ...] = ()) -> dict:
     split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
     spec: dict = {}
     if columns is not None:
@@ -205,6 +210,11 @@ def _spec(columns: str | None, exclude_columns: str | None, where: str | None) -
         spec["exclude_columns"] = split(exclude_columns)
     if where is not None:
         spec["where"] = where
+    for mask in masks:
+        column, sep, expression = mask.partition("=")
+        if not sep or not column.strip() or not expression.strip():
+            raise click.BadParameter(f"{mask!r} is not COLUMN=EXPRESSION", param_hint="--mask")
+        spec.setdefault("masks", {})[column.strip()] = expression.strip()
     return spec
 
 
@@ -231,11 +241,11 @@ def _flip_command(name: str, public: bool, help: str):
     @click.option("--watch", "watch_", is_flag=True, help="Then wait until every read node has it.")
     @click.argument("table")
     def command(root, url, token, data_db, watch_, table, columns=None, exclude_columns=None, where=None,
-                dry_run=False):
+                masks=(), dry_run=False):
         from broadsheet.client import ControlError, describe
 
         verb = "public" if public else "private"
-        spec = _spec(columns, exclude_columns, where)
+        spec = _spec(columns, exclude_columns, where, masks)
         if data_db:
             from primary import store
             from primary.store import PublishSpec, SpecError

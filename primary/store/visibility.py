@@ -141,11 +141,11 @@ def spec_columns(conn: apsw.Connection, table: str, spec: PublishSpec, schema: s
 
 def check_spec(conn: apsw.Connection, table: str, spec: PublishSpec, schema: str = "main") -> None:
     """PublishError (400) unless ``spec`` fits ``table`` now: its columns exist,
-    its row filter is a pure expression over them (as SQLite itself judges
-    it: PublishSpec.check_where)."""
+    its row filter and its masks are pure expressions over them (as SQLite
+    itself judges them: PublishSpec.check_where)."""
     try:
         spec_columns(conn, table, spec, schema)
-        if spec.where:
+        if spec.where or spec.masks:
             spec.check_where(table, TableShape.read(conn, table, schema).columns)
     except SpecError as exc:
         raise PublishError(str(exc), table) from None
@@ -167,16 +167,17 @@ def fail_closed(conn, table: str, reason: str, by: str = "broadsheet:publisher")
 def misfit(conn: apsw.Connection, schema: str, table: str, spec: PublishSpec, shape: TableShape) -> str | None:
     """Why ``spec`` no longer fits ``table`` (None: it fits): a name it
     depends on now denotes another column than when the table was published
-    (column_ids.py), or a column it needs is gone, or its row filter
-    no longer compiles."""
+    (column_ids.py), or a column it needs is gone, or its row filter or a
+    mask no longer compiles."""
     record = column_ids.read(conn, schema, table)
-    names = {*(spec.columns or ()), *spec.exclude_columns}
-    for columns in ([shape.columns] + ([[c.name for c in record.published]] if record else [])):
-        try:
-            names |= spec.filter_columns(table, columns)
-            break
-        except SpecError:
-            continue  # a filter column renamed: the names it had at publish time say which
+    names = {*(spec.columns or ()), *spec.exclude_columns, *spec.masked}
+    for reads in (spec.filter_columns, spec.mask_columns):
+        for columns in ([shape.columns] + ([[c.name for c in record.published]] if record else [])):
+            try:
+                names |= reads(table, columns)
+                break
+            except SpecError:
+                continue  # a column it reads renamed: the names it had at publish time say which
     if record is not None:
         problem = record.problem([column_ids.Column.from_xinfo(row) for row in shape.xinfo], names)
         if problem is not None:
