@@ -280,3 +280,24 @@ def test_the_make_public_page_takes_masks_previews_them_and_publishes_them(plain
     assert store.public_specs(plain_primary.connect())["people"].masked == {"email": "'hidden'"}
     plain_primary.publish()
     assert {e for (e,) in plain_primary.public_rows("SELECT email FROM people")} == {"hidden"}
+
+
+def test_the_cli_takes_repeated_masks_and_says_what_is_wrong_with_a_bad_one(tmp_path):
+    from click.testing import CliRunner
+
+    from broadsheet.cli import cli
+
+    data = tmp_path / "data.db"
+    _people(data).close()
+    run = CliRunner().invoke
+    bad = run(cli, ["publish", "people", "--data-db", str(data), "--mask", "email"])
+    assert bad.exit_code == 2 and "'email' is not COLUMN=EXPRESSION" in bad.output
+    refused = run(cli, ["publish", "people", "--data-db", str(data), "--mask", "email=random()"])
+    assert refused.exit_code == 1 and "random() (not a deterministic built-in)" in refused.output
+    done = run(
+        cli,
+        ["publish", "people", "--data-db", str(data), "--mask", "email=NULL", "--mask", "postcode=substr(postcode, 1, 4)"],
+    )
+    assert done.exit_code == 0, done.output
+    with closing(store.connect(str(data))) as conn:
+        assert store.public_specs(conn)["people"].masked == {"email": "NULL", "postcode": "substr(postcode, 1, 4)"}
