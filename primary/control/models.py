@@ -48,6 +48,27 @@ class SpecBody(BaseModel):
         return PublishSpec.from_dict(self.model_dump(exclude_none=True))
 
 
+class ScheduleBody(BaseModel):
+    """An embargo: publish (with ``spec``) or unpublish ``table`` at ``at``."""
+
+    table: str
+    operation: Literal["publish", "unpublish"] = "publish"
+    at: str = Field(description="ISO 8601 with a zone, e.g. 2026-12-02T09:30:00Z; in the future")
+    spec: SpecBody | None = None
+
+
+class ScheduleEntry(BaseModel):
+    """A pending publish or unpublish, and who set it."""
+
+    id: int
+    table: str
+    operation: Literal["publish", "unpublish"]
+    spec: dict | None = None
+    at: str = Field(description="The moment, UTC")
+    set_by: str | None = None
+    set_at: str
+
+
 class PreviewResult(BaseModel):
     """What publishing with a spec would expose; nothing is changed."""
 

@@ -17,6 +17,9 @@ transactional snapshot (the datasette-public plugin's first design):
 - ``_public_queries``: saved queries (queries.py), with
   ``_public_queries_log``, their audit log; public.db holds those that
   compile against the public copy.
+- ``_public_schedule``: publishes and unpublishes set for a moment (an
+  embargo: schedule.py), with who set or cancelled each and when it was
+  applied; never replicated.
 - ``_public_cycles``: no longer written (cycle records cost no data.db
   commit now: primary/publisher/cycle.py); kept so that an older data.db
   still opens.
@@ -79,6 +82,19 @@ CREATE TABLE IF NOT EXISTS _public_queries_log (
     reason TEXT,
     private_txid INTEGER,
     public_txid INTEGER
+);
+CREATE TABLE IF NOT EXISTS _public_schedule (
+    id INTEGER PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    operation TEXT NOT NULL CHECK (operation IN ('publish', 'unpublish')),
+    spec TEXT,  -- the PublishSpec to publish with (NULL: the whole table)
+    at TEXT NOT NULL,  -- the moment, UTC ISO 8601 with milliseconds and Z (sorts as it compares)
+    set_by TEXT,
+    set_at TEXT NOT NULL,
+    cancelled_at TEXT,
+    cancelled_by TEXT,
+    applied_at TEXT,  -- set in the same transaction as the flip: applied exactly once
+    outcome TEXT
 );
 CREATE TABLE IF NOT EXISTS _public_cycles (
     id INTEGER PRIMARY KEY,

@@ -89,47 +89,59 @@ class Flip:
 
 
 def set_public(
-    conn: apsw.Connection, table: str, public: bool, actor: str | None = None, spec: PublishSpec | None = None
+    conn: apsw.Connection,
+    table: str,
+    public: bool,
+    actor: str | None = None,
+    spec: PublishSpec | None = None,
+    in_transaction: bool = False,
 ) -> Flip:
     """Make ``table`` public (as ``spec`` says: default the whole table) or
-    private, in one data.db transaction with an audit log entry. Idempotent:
-    flipping to the current state and spec changes nothing. Publishing a
-    public table with another spec changes its spec."""
+    private, in one data.db transaction with an audit log entry (the
+    caller's, with ``in_transaction``). Idempotent: flipping to the current
+    state and spec changes nothing. Publishing a public table with another
+    spec changes its spec."""
     check_name(table)
     spec = spec or PublishSpec()
+    if in_transaction:
+        return _set_public(conn, table, public, actor, spec)
     with immediate(conn):
-        migrate(conn)  # a data.db that broadsheet has not touched yet
-        if public:
-            check_publishable(conn, table)
-            if not spec.whole:
-                if table in views(conn):
-                    raise PublishError("A view is published whole: it has no columns or rows to choose", table)
-                check_spec(conn, table, spec)
-        elif is_internal(table):
-            raise InternalTable(f"{table!r} is an internal table and is never public", table)
-        current = public_specs(conn)
-        is_public = table in current
-        if not public and not is_public and table not in user_tables(conn) + views(conn):
-            raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
-        if is_public == public and (not public or current[table] == spec):
-            return Flip(table, public, changed=False)
-        before = current[table].to_json() if is_public else None
-        if public:
-            conn.execute(
-                f"INSERT INTO {PUBLIC_TABLES} (table_name, spec) VALUES (?, ?)"
-                " ON CONFLICT (table_name) DO UPDATE SET spec = excluded.spec",
-                (table, spec.to_json()),
-            )
-            if table in user_tables(conn):
-                # The spec means these columns, as they are at this moment.
-                column_ids.record(conn, table)
-        else:
-            conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-            column_ids.forget(conn, table)
-        audit_id = audit(
-            conn, "publish" if public else "unpublish", table, actor,
-            spec_before=before, spec_after=spec.to_json() if public else None,
+        return _set_public(conn, table, public, actor, spec)
+
+
+def _set_public(conn: apsw.Connection, table: str, public: bool, actor: str | None, spec: PublishSpec) -> Flip:
+    migrate(conn)  # a data.db that broadsheet has not touched yet
+    if public:
+        check_publishable(conn, table)
+        if not spec.whole:
+            if table in views(conn):
+                raise PublishError("A view is published whole: it has no columns or rows to choose", table)
+            check_spec(conn, table, spec)
+    elif is_internal(table):
+        raise InternalTable(f"{table!r} is an internal table and is never public", table)
+    current = public_specs(conn)
+    is_public = table in current
+    if not public and not is_public and table not in user_tables(conn) + views(conn):
+        raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
+    if is_public == public and (not public or current[table] == spec):
+        return Flip(table, public, changed=False)
+    before = current[table].to_json() if is_public else None
+    if public:
+        conn.execute(
+            f"INSERT INTO {PUBLIC_TABLES} (table_name, spec) VALUES (?, ?)"
+            " ON CONFLICT (table_name) DO UPDATE SET spec = excluded.spec",
+            (table, spec.to_json()),
         )
+        if table in user_tables(conn):
+            # The spec means these columns, as they are at this moment.
+            column_ids.record(conn, table)
+    else:
+        conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+        column_ids.forget(conn, table)
+    audit_id = audit(
+        conn, "publish" if public else "unpublish", table, actor,
+        spec_before=before, spec_after=spec.to_json() if public else None,
+    )
     return Flip(table, public, changed=True, audit_id=audit_id)
 
 
