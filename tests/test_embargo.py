@@ -6,6 +6,8 @@ a 400 that says what is wrong with it."""
 
 from __future__ import annotations
 
+import html
+import re
 import threading
 import time
 from contextlib import closing, contextmanager
@@ -155,3 +157,23 @@ def test_the_control_plane_and_the_cli_schedule_list_and_cancel(plain_primary): 
     (entry_id,) = [e.id for e in schedule.pending(plain_primary.connect())]
     assert run(cli, ["schedule", "--data-db", data_db, "--cancel", str(entry_id)]).exit_code == 0
     assert run(cli, ["schedule", "--data-db", data_db]).output.strip() == "nothing scheduled"
+
+
+def test_the_make_public_page_schedules_shows_a_countdown_and_cancels(plain_primary):  # noqa: F811 (the fixture)
+    site, token = plain_primary.team_site(), plain_primary.token
+    page = "/-/broadsheet/visibility/data/planes"
+    at = (datetime.now(timezone.utc) + timedelta(hours=2)).isoformat()
+    bad = site.post(page, data={"operation": "publish", "action": "publish", "at": "09:30 tomorrow"}, token=token)
+    assert bad.status_code == 400 and "is not a time" in html.unescape(bad.text)
+    done = site.post(
+        page, data={"operation": "publish", "action": "publish", "columns": ["tailnum", "year"], "at": at}, token=token
+    )
+    assert done.status_code == 200 and "planes will be public at" in " ".join(done.text.split())
+    assert 'class="broadsheet-countdown"' in done.text
+    (entry,) = site.control.get("/schedule").json()
+    assert entry["set_by"] == "tester" and entry["spec"]["exclude_columns"]
+    assert "planes" not in {t for t, in plain_primary.data("SELECT table_name FROM _public_tables")}
+    entry_id = re.search(r'name="entry" value="(\d+)"', done.text).group(1)
+    cancelled = site.post(page, data={"operation": "cancel", "entry": entry_id}, token=token)
+    assert cancelled.status_code == 200 and "Cancelled" in cancelled.text
+    assert site.control.get("/schedule").json() == []
