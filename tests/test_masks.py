@@ -181,6 +181,16 @@ def test_a_masked_column_must_be_published(tmp_path):
         store.set_public(conn, "people", True, actor="test", spec=spec)
 
 
+def test_a_primary_key_column_cannot_be_masked(tmp_path):
+    conn = store.connect(str(tmp_path / "data.db"))
+    store.ensure_schema(conn)
+    conn.execute("CREATE TABLE pairs (a TEXT, b TEXT, v TEXT, PRIMARY KEY (a, b))")
+    with pytest.raises(PublishError, match="'a' is part of the table's primary key"):
+        store.set_public(conn, "pairs", True, actor="test", spec=PublishSpec.from_dict({"masks": {"a": "'x'"}}))
+    store.set_public(conn, "pairs", True, actor="test", spec=PublishSpec.from_dict({"masks": {"v": "upper(v)"}}))
+    conn.close()
+
+
 def test_the_preview_shows_the_masked_values(tmp_path):
     conn = _people(tmp_path / "data.db")
     conn.execute("INSERT INTO people VALUES (1, 'Ann', 'ann@example.com', 'EH1 2AB', 55.953251, 'north')")

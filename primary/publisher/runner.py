@@ -94,6 +94,10 @@ class Runner:
                 self._apply_schedule()
             except apsw.BusyError:
                 pass  # a team write holds the lock: the next turn applies it
+            except Exception:
+                # Nothing was applied (each entry is one transaction with its
+                # flip): say so, and try again on the next turn.
+                log("publisher", f"applying the schedule failed:\n{traceback.format_exc()}")
             pos = Pos.read(self.publisher.data_db)
             if not self.wake.is_set() and (pos == last or pos.txid == self.publisher.own_txid):
                 self.publisher.checkpoint()  # one deferred after an erasing cycle

@@ -107,6 +107,10 @@ class TableShape:
     def published(self, spec: PublishSpec) -> list[str]:
         """The columns ``spec`` publishes (SpecError if it no longer fits)."""
         chosen = spec.published_columns(self.columns, self.generated, self.rowid_alias)
+        in_key = [c for c in spec.masked if c in self.pk]
+        if in_key:
+            # Masked values need not be unique: the key would not hold.
+            raise SpecError(f"{in_key[0]!r} is part of the table's primary key (a row's identity) and cannot be masked")
         if not self.rowid and not set(self.pk) <= set(chosen):
             raise SpecError("A WITHOUT ROWID table can be published only with its whole primary key")
         return chosen
