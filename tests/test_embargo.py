@@ -136,7 +136,7 @@ def test_the_control_plane_and_the_cli_schedule_list_and_cancel(plain_primary): 
     assert past.status_code == 400 and "is in the past" in past.json()["error"]
     missing = control.post("/schedule", json={"table": "nope", "at": at})
     assert missing.status_code == 404
-    made = control.post("/schedule", json={"table": "planes", "at": at, "spec": {"masks": {"tailnum": "NULL"}}})
+    made = control.post("/schedule", json={"table": "planes", "at": at, "spec": {"masks": {"seats": "NULL"}}})
     assert made.status_code == 200, made.text
     entry = made.json()
     assert entry["operation"] == "publish" and entry["set_by"] == "tester" and entry["at"].endswith("Z")
