@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from conftest import count, create_table, file_bytes, status, wait_until
 from primary import store
 from primary.store import schedule
+from test_flip_paths import arrived_everywhere
 from test_partial import scan
 
 SENTINEL = "EMBARGOED-UNTIL-MOMENT-9d3"
@@ -51,6 +52,12 @@ def test_an_embargoed_table_reaches_no_read_node_before_its_moment_and_every_one
     print(f"served by every read node {served_after:.2f} s after the moment")
     published = [e for e in store.audit_entries(db, table="budget") if e["operation"] == "publish"]
     assert len(published) == 1 and f"scheduled for {at}" in published[0]["actor"]
+    # Measured as any flip is (what /watch shows): its public TXID reached every node.
+    wait_until(
+        lambda: store.audit_entries(db, table="budget", limit=1)[0]["public_txid"], timeout=10, message="its public TXID"
+    )
+    txid = store.audit_entries(db, table="budget", limit=1)[0]["public_txid"]
+    assert arrived_everywhere(cluster, control, txid)["complete"]
     (applied,) = db.execute("SELECT applied_at FROM _public_schedule WHERE id = ?", (entry["id"],)).fetchone()
     assert 0 <= (datetime.fromisoformat(applied) - moment).total_seconds() < 1
     assert control.scheduled() == []

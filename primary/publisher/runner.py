@@ -21,6 +21,7 @@ import apsw
 
 from broadsheet.litefs import Pos, TxEvent, events
 from broadsheet.log import log
+from primary import store
 from primary.store import schedule
 
 from .publisher import Publisher
@@ -44,6 +45,14 @@ class Runner:
         self.db_name = Path(publisher.data_db).name
         self._next_due: str | None = None  # the soonest pending embargo, as of _schedule_pos
         self._schedule_pos: Pos | None = None
+        self._unrecorded: list[tuple[int, int]] = []  # (audit id, data.db TXID) of applied embargoes
+
+    def _record_txids(self, cycle) -> None:
+        """The public TXID of each applied embargo that ``cycle`` copied."""
+        done = [(a, t) for a, t in self._unrecorded if cycle.private_txid >= t]
+        for audit_id, private_txid in done:
+            store.audit_txids(self.publisher.writer, audit_id, private_txid, cycle.public_txid)
+        self._unrecorded = [e for e in self._unrecorded if e not in done]
 
     def _apply_schedule(self) -> None:
         """Apply the embargoes whose moment has come (read again from
@@ -54,8 +63,12 @@ class Runner:
             self._schedule_pos, self._next_due = pos, schedule.next_moment(self.publisher.writer)
         if self._next_due is None or self._next_due > schedule.moment_text(schedule.utc_now()):
             return
-        for entry, outcome in schedule.apply_due(self.publisher.writer):
+        for entry, outcome, audit_id in schedule.apply_due(self.publisher.writer):
             log("publisher", f"scheduled {entry.as_dict()['operation']} of {entry.table!r} for {entry.at}: {outcome}")
+            if audit_id is not None:
+                # Its TXIDs go in its audit entry once a cycle has copied it,
+                # as the control plane records those of the flips it makes.
+                self._unrecorded.append((audit_id, Pos.read(self.publisher.data_db).txid))
         self._schedule_pos, self._next_due = None, None
         self.wake.set()
 
@@ -119,6 +132,11 @@ class Runner:
                 self.stopped.wait(min(10.0, 0.5 * 2**failures))
                 self.wake.set()
                 continue
+            if cycle is not None and self._unrecorded:
+                try:
+                    self._record_txids(cycle)
+                except apsw.Error as exc:
+                    log("publisher", f"recording a scheduled flip's TXIDs: {exc}")
             if cycle is not None:
                 log(
                     "publisher",

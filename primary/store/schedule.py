@@ -156,12 +156,13 @@ def _exists(conn: apsw.Connection) -> bool:
     return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_public_schedule'").fetchone())
 
 
-def apply_due(conn: apsw.Connection, now: datetime | None = None) -> list[tuple[Entry, str]]:
+def apply_due(conn: apsw.Connection, now: datetime | None = None) -> list[tuple[Entry, str, int | None]]:
     """Apply every entry whose moment has come: each in one data.db
     transaction with its flip, so none is applied twice or lost. An entry
     that can no longer be applied (its table dropped, its spec no longer
     fitting) is closed with the reason, and the table stays as it was.
-    Returns the entries applied with what became of each."""
+    Returns the entries applied with what became of each and the audit
+    log entry of its flip (None: nothing changed)."""
     from .visibility import set_public
 
     due_by = moment_text(now or utc_now())
@@ -179,10 +180,12 @@ def apply_due(conn: apsw.Connection, now: datetime | None = None) -> list[tuple[
                 conn.execute("COMMIT")
                 continue
             conn.execute("SAVEPOINT flip")
+            audit_id = None
             try:
                 actor = f"{entry.set_by or 'someone'} (scheduled for {entry.at}, entry {entry.id})"
                 flip = set_public(conn, entry.table, entry.public, actor=actor, spec=entry.spec, in_transaction=True)
                 outcome = "applied" if flip.changed else "applied (no change)"
+                audit_id = flip.audit_id
                 conn.execute("RELEASE flip")
             except PublishError as exc:
                 conn.execute("ROLLBACK TO flip")
@@ -195,7 +198,7 @@ def apply_due(conn: apsw.Connection, now: datetime | None = None) -> list[tuple[
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        done.append((entry, outcome))
+        done.append((entry, outcome, audit_id))
     return done
 
 
