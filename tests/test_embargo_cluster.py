@@ -6,6 +6,7 @@ the moment every read node serves it, once."""
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 
 from conftest import count, create_table, file_bytes, status, wait_until
@@ -63,3 +64,33 @@ def test_an_embargoed_table_reaches_no_read_node_before_its_moment_and_every_one
     assert control.scheduled() == []
     time.sleep(0.5)  # one more turn of the runner: nothing applied again
     assert len([e for e in store.audit_entries(db, table="budget") if e["operation"] == "publish"]) == 1
+
+
+def test_a_promotion_keeps_the_schedule_and_the_new_primary_applies_it_once(new_cluster, usr1):
+    from click.testing import CliRunner
+
+    from broadsheet.cli import cli
+    from broadsheet.client import ControlClient
+    from broadsheet.litefs import Pos
+    from broadsheet.tokens import mint
+
+    c = new_cluster(replicas=1, sample=False, standby=True)
+    old, standby = c.primary, c.standby
+    create_table(c, "budget", [{"id": i, "line": f"{SENTINEL} {i}"} for i in range(1, 11)])
+    at = schedule.moment_text(datetime.now(timezone.utc) + timedelta(seconds=25))
+    ControlClient(old.control_url, mint(old.secret, "tester")).schedule("budget", at)
+    wait_until(lambda: Pos.read(standby.data_db).txid >= Pos.read(old.data_db).txid, timeout=15, message="standby has it")
+    for name in ("control-plane", "primary-datasette", "publisher", "public-litefs", "private-litefs"):
+        c.supervisor.stop(name, kill=True)
+    result = CliRunner().invoke(cli, ["promote", "--dir", str(c.root)])
+    assert result.exit_code == 0, result.output
+    assert usr1
+    new = c.promote_standby()
+    (node,) = c.replicas
+    assert datetime.now(timezone.utc) < datetime.fromisoformat(at), "too slow: promoted after the moment"
+    assert status(node.url, "/public/budget.json") == 403
+    assert not [p for p, data in file_bytes(node.root) if SENTINEL.encode() in data]
+    wait_until(lambda: status(node.url, "/public/budget.json") == 200, timeout=60, message="the new primary published it")
+    with closing(store.connect(str(new.data_db), readonly=True)) as conn:
+        published = [e for e in store.audit_entries(conn, table="budget") if e["operation"] == "publish"]
+        assert len(published) == 1 and schedule.pending(conn) == []
