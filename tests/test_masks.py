@@ -151,6 +151,26 @@ def test_a_masked_column_takes_no_foreign_key_or_full_text_index_with_it(tmp_pat
     assert SENTINEL.encode() not in _bytes(public)
 
 
+def test_a_foreign_key_to_a_masked_column_is_not_published(tmp_path):
+    data, public = tmp_path / "data.db", tmp_path / "public.db"
+    conn = store.connect(str(data))
+    store.ensure_schema(conn)
+    conn.execute("CREATE TABLE towns (id INTEGER PRIMARY KEY, slug TEXT UNIQUE)")
+    conn.execute("CREATE TABLE visits (id INTEGER PRIMARY KEY, town TEXT REFERENCES towns (slug))")
+    conn.execute("INSERT INTO towns VALUES (1, 'leeds'); INSERT INTO visits VALUES (1, 'leeds')")
+    store.set_public(conn, "visits", True, actor="test")
+    store.set_public(conn, "towns", True, actor="test", spec=PublishSpec.from_dict({"masks": {"slug": "upper(slug)"}}))
+    publisher = Publisher(data, public)
+    try:
+        publisher.run_cycle()
+        assert _read(public, "SELECT slug FROM towns") == [("LEEDS",)]
+        assert _read(public, "PRAGMA foreign_key_list(visits)") == []
+        assert _read(public, "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'towns' AND type = 'index'") == [(0,)]
+    finally:
+        publisher.close()
+        conn.close()
+
+
 @pytest.mark.parametrize(
     "masks, message",
     [
