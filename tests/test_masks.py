@@ -120,55 +120,58 @@ def test_seeded_random_writes_leave_public_db_equal_to_the_masked_filtered_selec
         conn.close()
 
 
-def test_a_masked_column_takes_no_foreign_key_or_full_text_index_with_it(tmp_path):
+def _published_once(tmp_path, script: str, specs: dict[str, dict]):
+    """public.db after one cycle over a data.db made by ``script``, with
+    each of ``specs``' tables published so."""
     data, public = tmp_path / "data.db", tmp_path / "public.db"
-    conn = store.connect(str(data))
-    store.ensure_schema(conn)
-    conn.execute("CREATE TABLE towns (code TEXT PRIMARY KEY, name TEXT)")
-    conn.execute("INSERT INTO towns VALUES ('AB1', 'Aberdeen')")
-    conn.execute(
-        "CREATE TABLE notes (id INTEGER PRIMARY KEY, town TEXT REFERENCES towns (code), body TEXT, title TEXT)"
-    )
-    conn.execute(f"INSERT INTO notes VALUES (1, 'AB1', 'a {SENTINEL} body', 'A title')")
-    conn.execute("CREATE VIRTUAL TABLE notes_fts USING fts5 (body, content = 'notes', content_rowid = 'id')")
-    conn.execute("INSERT INTO notes_fts (notes_fts) VALUES ('rebuild')")
-    conn.execute("CREATE VIRTUAL TABLE notes_title_fts USING fts5 (title, content = 'notes', content_rowid = 'id')")
-    conn.execute("INSERT INTO notes_title_fts (notes_title_fts) VALUES ('rebuild')")
-    store.set_public(conn, "towns", True, actor="test")
-    store.set_public(
-        conn, "notes", True, actor="test", spec=PublishSpec.from_dict({"masks": {"town": "'?'", "body": "length(body)"}})
-    )
+    with closing(store.connect(str(data))) as conn:
+        store.ensure_schema(conn)
+        conn.execute(script)
+        for table, spec in specs.items():
+            store.set_public(conn, table, True, actor="test", spec=PublishSpec.from_dict(spec))
     publisher = Publisher(data, public)
     try:
         publisher.run_cycle()
-        assert _read(public, "SELECT id, town, body, title FROM notes") == [(1, "?", 18, "A title")]
-        assert _read(public, "PRAGMA foreign_key_list(notes)") == []
-        tables = {n for (n,) in _read(public, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert "notes_fts" not in tables and "notes_title_fts" in tables
     finally:
         publisher.close()
-        conn.close()
+    return public
+
+
+def test_a_masked_column_takes_no_foreign_key_or_full_text_index_with_it(tmp_path):
+    public = _published_once(
+        tmp_path,
+        f"""
+        CREATE TABLE towns (code TEXT PRIMARY KEY, name TEXT);
+        INSERT INTO towns VALUES ('AB1', 'Aberdeen');
+        CREATE TABLE notes (id INTEGER PRIMARY KEY, town TEXT REFERENCES towns (code), body TEXT, title TEXT);
+        INSERT INTO notes VALUES (1, 'AB1', 'a {SENTINEL} body', 'A title');
+        CREATE VIRTUAL TABLE notes_fts USING fts5 (body, content = 'notes', content_rowid = 'id');
+        INSERT INTO notes_fts (notes_fts) VALUES ('rebuild');
+        CREATE VIRTUAL TABLE notes_title_fts USING fts5 (title, content = 'notes', content_rowid = 'id');
+        INSERT INTO notes_title_fts (notes_title_fts) VALUES ('rebuild');
+        """,
+        {"towns": {}, "notes": {"masks": {"town": "'?'", "body": "length(body)"}}},
+    )
+    assert _read(public, "SELECT id, town, body, title FROM notes") == [(1, "?", 18, "A title")]
+    assert _read(public, "PRAGMA foreign_key_list(notes)") == []
+    tables = {n for (n,) in _read(public, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "notes_fts" not in tables and "notes_title_fts" in tables
     assert SENTINEL.encode() not in _bytes(public)
 
 
 def test_a_foreign_key_to_a_masked_column_is_not_published(tmp_path):
-    data, public = tmp_path / "data.db", tmp_path / "public.db"
-    conn = store.connect(str(data))
-    store.ensure_schema(conn)
-    conn.execute("CREATE TABLE towns (id INTEGER PRIMARY KEY, slug TEXT UNIQUE)")
-    conn.execute("CREATE TABLE visits (id INTEGER PRIMARY KEY, town TEXT REFERENCES towns (slug))")
-    conn.execute("INSERT INTO towns VALUES (1, 'leeds'); INSERT INTO visits VALUES (1, 'leeds')")
-    store.set_public(conn, "visits", True, actor="test")
-    store.set_public(conn, "towns", True, actor="test", spec=PublishSpec.from_dict({"masks": {"slug": "upper(slug)"}}))
-    publisher = Publisher(data, public)
-    try:
-        publisher.run_cycle()
-        assert _read(public, "SELECT slug FROM towns") == [("LEEDS",)]
-        assert _read(public, "PRAGMA foreign_key_list(visits)") == []
-        assert _read(public, "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'towns' AND type = 'index'") == [(0,)]
-    finally:
-        publisher.close()
-        conn.close()
+    public = _published_once(
+        tmp_path,
+        """
+        CREATE TABLE towns (id INTEGER PRIMARY KEY, slug TEXT UNIQUE);
+        CREATE TABLE visits (id INTEGER PRIMARY KEY, town TEXT REFERENCES towns (slug));
+        INSERT INTO towns VALUES (1, 'leeds'); INSERT INTO visits VALUES (1, 'leeds');
+        """,
+        {"visits": {}, "towns": {"masks": {"slug": "upper(slug)"}}},
+    )
+    assert _read(public, "SELECT slug FROM towns") == [("LEEDS",)]
+    assert _read(public, "PRAGMA foreign_key_list(visits)") == []
+    assert _read(public, "SELECT count(*) FROM sqlite_master WHERE tbl_name = 'towns' AND type = 'index'") == [(0,)]
 
 
 @pytest.mark.parametrize(
