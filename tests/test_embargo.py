@@ -157,6 +157,9 @@ def test_the_control_plane_and_the_cli_schedule_list_and_cancel(plain_primary): 
     (entry_id,) = [e.id for e in schedule.pending(plain_primary.connect())]
     assert run(cli, ["schedule", "--data-db", data_db, "--cancel", str(entry_id)]).exit_code == 0
     assert run(cli, ["schedule", "--data-db", data_db]).output.strip() == "nothing scheduled"
+    withdrawn = run(cli, ["unpublish", "airports", "--data-db", data_db, "--at", at])
+    assert withdrawn.exit_code == 0 and "airports will be private at" in withdrawn.output, withdrawn.output
+    assert [e.public for e in schedule.pending(plain_primary.connect())] == [False]
 
 
 def test_the_make_public_page_schedules_shows_a_countdown_and_cancels(plain_primary):  # noqa: F811 (the fixture)
