@@ -58,6 +58,17 @@ class _Routes:
         verb = "publish" if public else "unpublish"
         return self._call("POST", f"/tables/{_segment(table)}/{verb}", json=spec or None)
 
+    def schedule(self, table: str, at: str, public: bool = True, spec: dict | None = None):
+        """Publish (with ``spec``) or unpublish ``table`` at ``at`` (ISO 8601 with a zone)."""
+        body = {"table": table, "operation": "publish" if public else "unpublish", "at": at}
+        return self._call("POST", "/schedule", json={**body, **({"spec": spec} if spec else {})})
+
+    def scheduled(self):
+        return self._call("GET", "/schedule")
+
+    def cancel_scheduled(self, entry_id: int):
+        return self._call("DELETE", f"/schedule/{int(entry_id)}")
+
     def set_metadata(self, table: str | None, values: dict):
         """Set the instance's metadata (``table`` None) or a table's."""
         path = "/metadata" if table is None else f"/tables/{_segment(table)}/metadata"

@@ -189,6 +189,11 @@ def _spec_options(f):
             click.option("--columns", help="Publish exactly these columns (comma-separated); later ones stay private."),
             click.option("--exclude-columns", help="Publish every column but these (comma-separated)."),
             click.option("--where", help="Publish only the rows this SQL expression over the table's columns selects."),
+            click.option(
+                "--mask", "masks", multiple=True, metavar="COLUMN=EXPR",
+                help="Serve EXPR (an SQL expression over the table's columns, e.g. 'lat=round(lat, 2)' or"
+                " 'email=NULL') under COLUMN's name; computed on the primary. Repeatable.",
+            ),
             click.option("--dry-run", is_flag=True, help="Show what would be published, change nothing."),
         ]
     ):
@@ -196,7 +201,7 @@ def _spec_options(f):
     return f
 
 
-def _spec(columns: str | None, exclude_columns: str | None, where: str | None) -> dict:
+def _spec(columns: str | None, exclude_columns: str | None, where: str | None, masks: tuple[str, ...] = ()) -> dict:
     split = lambda text: [c.strip() for c in text.split(",") if c.strip()]  # noqa: E731
     spec: dict = {}
     if columns is not None:
@@ -205,6 +210,11 @@ def _spec(columns: str | None, exclude_columns: str | None, where: str | None) -
         spec["exclude_columns"] = split(exclude_columns)
     if where is not None:
         spec["where"] = where
+    for mask in masks:
+        column, sep, expression = mask.partition("=")
+        if not sep or not column.strip() or not expression.strip():
+            raise click.BadParameter(f"{mask!r} is not COLUMN=EXPRESSION", param_hint="--mask")
+        spec.setdefault("masks", {})[column.strip()] = expression.strip()
     return spec
 
 
@@ -229,13 +239,23 @@ def _flip_command(name: str, public: bool, help: str):
     @with_control
     @click.option("--data-db", help="Flip directly in this data.db instead of through the control plane.")
     @click.option("--watch", "watch_", is_flag=True, help="Then wait until every read node has it.")
+    @click.option(
+        "--at", metavar="TIME",
+        help="Not now but at TIME (ISO 8601 with a zone, e.g. 2026-12-02T09:30:00Z): nothing of the table"
+        " leaves the primary before it. `broadsheet schedule` lists what is pending.",
+    )
     @click.argument("table")
-    def command(root, url, token, data_db, watch_, table, columns=None, exclude_columns=None, where=None,
-                dry_run=False):
+    def command(root, url, token, data_db, watch_, at, table, columns=None, exclude_columns=None, where=None,
+                masks=(), dry_run=False):
         from broadsheet.client import ControlError, describe
 
         verb = "public" if public else "private"
-        spec = _spec(columns, exclude_columns, where)
+        spec = _spec(columns, exclude_columns, where, masks)
+        if at is not None:
+            if dry_run or watch_:
+                raise click.UsageError("--at sets a moment: it takes neither --dry-run nor --watch")
+            _schedule_flip(root, url, token, data_db, table, public, at, spec)
+            return
         if data_db:
             from primary import store
             from primary.store import PublishSpec, SpecError
@@ -270,6 +290,68 @@ def _flip_command(name: str, public: bool, help: str):
     if public:
         command = _spec_options(command)
     return command
+
+
+def _schedule_flip(root, url, token, data_db, table: str, public: bool, at: str, spec: dict) -> None:
+    from broadsheet.client import ControlError
+
+    if data_db:
+        from primary.store import PublishError, PublishSpec, SpecError, schedule
+
+        with _opened(data_db) as conn:
+            try:
+                entry = schedule.schedule(conn, table, public, at, "cli", PublishSpec.from_dict(spec)).as_dict()
+            except (SpecError, PublishError) as exc:
+                raise click.ClickException(getattr(exc, "message", str(exc)))
+    else:
+        try:
+            entry = _control(root, url, token).schedule(table, at, public, spec)
+        except ControlError as exc:
+            raise click.ClickException(exc.message)
+    click.echo(f"{table} will be {'public' if public else 'private'} at {entry['at']} (entry {entry['id']})")
+
+
+def describe_entry(e: dict) -> str:
+    spec = f" {json.dumps(e['spec'])}" if e.get("spec") else ""
+    return f"{e['id']:>4}  {e['at']}  {e['operation']:<9} {e['table']}{spec}  (set by {e['set_by']} at {e['set_at']})"
+
+
+@commands.command("schedule")
+@cluster_dir
+@with_control
+@click.option("--data-db", help="Read or change this data.db's schedule instead of through the control plane.")
+@click.option("--cancel", "cancel_id", type=int, metavar="ID", help="Remove the pending entry ID.")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def schedule_command(root, url, token, data_db, cancel_id, as_json):
+    """List the publishes and unpublishes set for a moment (`publish --at`), or cancel one."""
+    from broadsheet.client import ControlError
+
+    if data_db:
+        from primary.store import PublishError, schedule
+
+        with _opened(data_db, readonly=cancel_id is None) as conn:
+            try:
+                if cancel_id is not None:
+                    done = schedule.cancel(conn, cancel_id, "cli").as_dict()
+                else:
+                    entries = [e.as_dict() for e in schedule.pending(conn)]
+            except PublishError as exc:
+                raise click.ClickException(exc.message)
+    else:
+        client = _control(root, url, token)
+        try:
+            if cancel_id is not None:
+                done = client.cancel_scheduled(cancel_id)
+            else:
+                entries = client.scheduled()
+        except ControlError as exc:
+            raise click.ClickException(exc.message)
+    if cancel_id is not None:
+        click.echo(f"cancelled: {describe_entry(done)}")
+    elif as_json:
+        click.echo(json.dumps(entries, indent=2))
+    else:
+        click.echo("\n".join(describe_entry(e) for e in entries) or "nothing scheduled")
 
 
 publish = _flip_command("publish", True, "Make TABLE public: all of it, or the columns and rows the options choose.")

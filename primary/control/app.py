@@ -15,7 +15,7 @@ from ..publisher import cycle_log_path
 from ..settings import settings
 from . import errors
 from .discovery import Discovery
-from .routes import adoptions, audit, health, metadata, propagation, queries, tables
+from .routes import adoptions, audit, health, metadata, propagation, queries, schedule, tables
 from .tracker import Tracker
 
 
@@ -61,5 +61,5 @@ class CrossOriginProtection(CrossOriginProtectionMiddleware):
 app.add_middleware(CrossOriginProtection)
 errors.install(app)
 
-for resource in (health, tables, adoptions, metadata, queries, audit, propagation):
+for resource in (health, tables, adoptions, schedule, metadata, queries, audit, propagation):
     app.include_router(resource.router)

@@ -30,7 +30,10 @@ class SpecBody(BaseModel):
     """What of a table to publish. No body, or an empty one: the whole table.
     ``columns``: exactly these (columns added later stay private);
     ``exclude_columns``: all but these (columns added later are published);
-    ``where``: a row filter, an SQL expression over the table's own columns."""
+    ``where``: a row filter, an SQL expression over the table's own columns;
+    ``masks``: column name -> SQL expression over the table's own columns,
+    whose value read nodes serve under the column's name (computed on the
+    primary: the unmasked value never leaves it)."""
 
     # Unknown fields reach PublishSpec, which names them in a 400.
     model_config = ConfigDict(extra="allow")
@@ -38,10 +41,32 @@ class SpecBody(BaseModel):
     columns: list[str] | None = None
     exclude_columns: list[str] | None = None
     where: str | None = None
+    masks: dict[str, str] | None = None
 
     def spec(self) -> PublishSpec:
         """SpecError (a 400: errors.py) for a spec no table could have."""
         return PublishSpec.from_dict(self.model_dump(exclude_none=True))
+
+
+class ScheduleBody(BaseModel):
+    """An embargo: publish (with ``spec``) or unpublish ``table`` at ``at``."""
+
+    table: str
+    operation: Literal["publish", "unpublish"] = "publish"
+    at: str = Field(description="ISO 8601 with a zone, e.g. 2026-12-02T09:30:00Z; in the future")
+    spec: SpecBody | None = None
+
+
+class ScheduleEntry(BaseModel):
+    """A pending publish or unpublish, and who set it."""
+
+    id: int
+    table: str
+    operation: Literal["publish", "unpublish"]
+    spec: dict | None = None
+    at: str = Field(description="The moment, UTC")
+    set_by: str | None = None
+    set_at: str
 
 
 class PreviewResult(BaseModel):

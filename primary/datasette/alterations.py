@@ -95,7 +95,7 @@ def follow_columns(database, request):
         try:
             names = spec.named_columns(table, [c.name for c in before])
         except SpecError:
-            names = {*(spec.columns or ()), *spec.exclude_columns}
+            names = {*(spec.columns or ()), *spec.exclude_columns, *spec.masked}
         record = column_ids.read(conn, "main", table)
         problem = record.problem(before, names) if record is not None else None
         (mark,) = conn.execute("SELECT ifnull(max(id), 0) FROM _public_audit_log").fetchone()

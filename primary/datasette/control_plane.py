@@ -49,6 +49,25 @@ async def flip(datasette, actor: dict, table: str, public: bool, spec: PublishSp
     return publishing.Outcome(table, public, answer["changed"], answer["private_txid"], answer["public_txid"])
 
 
+async def schedule(datasette, actor: dict, table: str, public: bool, at: str, spec: PublishSpec) -> dict:
+    """Set the flip for the moment ``at`` (an embargo); the pending entry."""
+    body = spec.to_dict() if public and not spec.whole else None
+    return await ask(datasette, actor, lambda client: client.schedule(table, at, public, body), table)
+
+
+async def scheduled(datasette, actor: dict, table: str) -> list[dict]:
+    """``table``'s pending entries (none if the control plane cannot say)."""
+    try:
+        entries = await ask(datasette, actor, lambda client: client.scheduled(), table)
+    except store.PublishError:
+        return []
+    return [e for e in entries if e["table"] == table]
+
+
+async def cancel_scheduled(datasette, actor: dict, table: str, entry_id: int) -> dict:
+    return await ask(datasette, actor, lambda client: client.cancel_scheduled(entry_id), table)
+
+
 async def where_live(datasette, actor: dict, table: str, txid: int, timeout: float = 3.0) -> list[dict]:
     """Each read node, and whether it has public TXID ``txid`` yet, from the
     control plane's propagation record (waiting a little for it, since

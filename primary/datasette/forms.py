@@ -14,7 +14,8 @@ from .data_db import metadata_of
 @dataclass(frozen=True)
 class SpecForm:
     """The Make public page's form, and the PublishSpec it means: ticked
-    columns, a row filter, and whether columns added later stay private.
+    columns, a row filter, masks (a column's "mask" field), and whether
+    columns added later stay private.
 
     Everything ticked publishes the whole table (no column list), so that
     columns added later are published too, unless ``freeze_columns`` asks
@@ -25,6 +26,7 @@ class SpecForm:
     ticked: tuple[str, ...]
     where: str = ""
     freeze_columns: bool = False
+    masks: tuple[tuple[str, str], ...] = ()  # (column, expression): the "mask:<column>" fields filled in
 
     @classmethod
     def from_post(cls, fields: dict[str, list[str]], rowid_alias: str | None) -> "SpecForm":
@@ -32,7 +34,14 @@ class SpecForm:
         # The INTEGER PRIMARY KEY's checkbox is disabled, so never sent.
         if rowid_alias is not None and rowid_alias not in ticked:
             ticked = [rowid_alias, *ticked]
-        return cls(tuple(ticked), (fields.get("where") or [""])[0].strip(), bool(fields.get("freeze_columns")))
+        masks = tuple(
+            (name.removeprefix("mask:"), values[0].strip())
+            for name, values in fields.items()
+            if name.startswith("mask:") and values and values[0].strip()
+        )
+        return cls(
+            tuple(ticked), (fields.get("where") or [""])[0].strip(), bool(fields.get("freeze_columns")), masks
+        )
 
     @classmethod
     def from_spec(cls, spec: PublishSpec, columns: list[str]) -> "SpecForm":
@@ -40,7 +49,11 @@ class SpecForm:
             ticked = [c for c in columns if c in spec.columns]
         else:
             ticked = [c for c in columns if c not in spec.exclude_columns]
-        return cls(tuple(ticked), spec.where or "", spec.columns is not None)
+        return cls(tuple(ticked), spec.where or "", spec.columns is not None, spec.masks)
+
+    @property
+    def masked(self) -> dict[str, str]:
+        return dict(self.masks)
 
     def spec(self, columns: list[str]) -> PublishSpec:
         """Raises SpecError for a form no spec can come from (nothing ticked)."""
@@ -52,6 +65,8 @@ class SpecForm:
             data["exclude_columns"] = unticked
         if self.where:
             data["where"] = self.where
+        if self.masks:
+            data["masks"] = dict(self.masks)
         return PublishSpec.from_dict(data)
 
 

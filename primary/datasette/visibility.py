@@ -40,7 +40,10 @@ async def visibility(datasette, request):
     table). POST ``action=preview``: what that spec would publish, with a
     Publish button that publishes exactly it. POST ``action=publish`` (or
     no action, as scripts send it: the whole table) or
-    ``operation=unpublish``: the flip, its public TXID and where it is live."""
+    ``operation=unpublish``: the flip, its public TXID and where it is live;
+    with ``at`` (a moment), the flip is scheduled instead (an embargo,
+    listed with a countdown), and ``operation=cancel`` with ``entry``
+    cancels a pending one."""
     database, table = await publishable_table(datasette, request)
     fields = None
     if request.method == "POST":
@@ -53,7 +56,10 @@ async def visibility_page(
 ) -> Response:
     """The Make public page, after the publish form's POST ``fields`` (if
     any) or with what became of saving the table's ``metadata``."""
-    context = {"database": database, "table": table, "outcome": None, "error": None, "live": [], "preview": None}
+    context = {
+        "database": database, "table": table, "outcome": None, "error": None, "live": [], "preview": None,
+        "scheduled": None, "cancelled": None,
+    }
     def read(conn):
         is_view = table in store.views(conn)
         exists = is_view or table in store.user_tables(conn)
@@ -66,14 +72,25 @@ async def visibility_page(
         operation, action = (fields.get("operation") or [None])[0], (fields.get("action") or [None])[0]
         if "action" in fields:
             form = SpecForm.from_post(fields, shape.rowid_alias)
+        at = (fields.get("at") or [""])[0].strip()
         try:
-            if operation not in ("publish", "unpublish") or action not in (None, "preview", "publish"):
+            if operation == "cancel":
+                entry = (fields.get("entry") or [""])[0]
+                if not entry.isdigit():
+                    raise store.PublishError("Say which scheduled entry to cancel")
+                context["cancelled"] = await control_plane.cancel_scheduled(datasette, request.actor, table, int(entry))
+            elif operation not in ("publish", "unpublish") or action not in (None, "preview", "publish"):
                 raise store.PublishError("Choose publish or unpublish, and preview or publish")
-            spec = form.spec(shape.columns) if action and operation == "publish" else PublishSpec()
-            if action == "preview":
-                context["preview"] = await control_plane.preview(datasette, request.actor, table, spec)
             else:
-                await _flip(datasette, request.actor, database, table, operation == "publish", spec, context)
+                spec = form.spec(shape.columns) if action and operation == "publish" else PublishSpec()
+                if action == "preview":
+                    context["preview"] = await control_plane.preview(datasette, request.actor, table, spec)
+                elif at:
+                    context["scheduled"] = await control_plane.schedule(
+                        datasette, request.actor, table, operation == "publish", at, spec
+                    )
+                else:
+                    await _flip(datasette, request.actor, database, table, operation == "publish", spec, context)
         except SpecError as exc:
             context["error"] = str(exc)
         except (store.PublishError, publishing.PublishTimeout) as exc:
@@ -90,6 +107,7 @@ async def visibility_page(
         context["sample"] = [[_cell(row[c]) for c in context["preview"].columns] for row in context["preview"].sample]
     if context["outcome"] is not None:
         form = SpecForm.from_spec(current or PublishSpec(), shape.columns)
+    context["pending"] = await control_plane.scheduled(datasette, request.actor, table) if exists else []
     if not exists and current is None and context["outcome"] is None:
         context["error"] = context["error"] or f"Table {table!r} does not exist"
     context.update(

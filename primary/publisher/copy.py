@@ -149,7 +149,7 @@ def copy_table(conn: apsw.Connection, projection: Projection) -> int:
 def _whole(conn: apsw.Connection, projection: Projection) -> bool:
     """Whether public.db's copy has exactly data.db's columns, in order, none
     generated, and every row is published."""
-    if projection.filter_sql:
+    if projection.filter_sql or projection.spec.masks:
         return False
     columns = {
         schema: tuple(row[1] for row in conn.execute(f"PRAGMA {schema}.table_xinfo({literal(projection.table)})"))
@@ -188,12 +188,13 @@ def _same_rowids(conn: apsw.Connection, t: str) -> bool:
 
 
 def _insert_published(conn: apsw.Connection, projection: Projection) -> int:
-    """Insert the published columns of the published rows, with data.db's rowids."""
+    """Insert the published columns (masked ones as their masks compute
+    them, here on the primary) of the published rows, with data.db's rowids."""
     cols = ", ".join(quote(c) for c in projection.columns)
     rowid = "_rowid_, " if projection.has_rowid else ""
     t = quote(projection.table)
     where = f" WHERE 1{projection.filter_sql}" if projection.filter_sql else ""
-    conn.execute(f"INSERT INTO main.{t} ({rowid}{cols}) SELECT {rowid}{cols} FROM src.{t}{where}")
+    conn.execute(f"INSERT INTO main.{t} ({rowid}{cols}) SELECT {rowid}{projection.select_sql} FROM src.{t}{where}")
     return conn.changes()
 
 
@@ -216,13 +217,14 @@ def _create_fts_triggers(conn: apsw.Connection, table: str, fts_table: str) -> N
 
 def copy_rows(conn: apsw.Connection, projection: Projection, rids: list[int]) -> int:
     """Make the given rows of public.db's table equal to data.db's: delete
-    them, then insert those that still exist and pass the row filter."""
+    them, then insert those that still exist and pass the row filter (their
+    masks computed again, for these rows only)."""
     t = quote(projection.table)
     ids = json.dumps(sorted(set(rids)))
     cols = ", ".join(quote(c) for c in projection.columns)
     conn.execute(f"DELETE FROM main.{t} WHERE _rowid_ IN (SELECT value FROM json_each(?))", (ids,))
     conn.execute(
-        f"INSERT INTO main.{t} (_rowid_, {cols}) SELECT _rowid_, {cols} FROM src.{t}"
+        f"INSERT INTO main.{t} (_rowid_, {cols}) SELECT _rowid_, {projection.select_sql} FROM src.{t}"
         f" WHERE _rowid_ IN (SELECT value FROM json_each(?)){projection.filter_sql}",
         (ids,),
     )

@@ -92,7 +92,8 @@ def projections(
     for table, shape in shapes.items():
         problem = store.misfit(conn, "src", table, specs[table], shape)
         if problem is None:
-            columns[table] = set(shape.published(specs[table]))
+            # A foreign key may reference a published column, not a masked one.
+            columns[table] = set(shape.published(specs[table])) - set(specs[table].masked)
         else:
             unfit[table] = problem
     made = {}

@@ -23,7 +23,7 @@ Callers write ``from primary import store`` and ``store.set_public(...)``.
 
 from broadsheet.sqlite import connect, immediate
 
-from . import column_ids, preview, projection, queries, spec
+from . import column_ids, preview, projection, queries, schedule, spec
 from .audit_log import AUDIT_COLUMNS, audit, audit_entries, audit_txids, now
 from .catalogue import fts_companions, shadow_tables, user_tables, views, virtual_tables
 from .errors import DependsOnPrivate, InternalTable, PublishError, TableNotFound
@@ -54,6 +54,6 @@ __all__ = [
     "TableNotFound", "TableShape", "audit", "audit_entries", "audit_txids", "check_metadata", "check_name",
     "check_publishable", "check_spec", "column_ids", "connect", "ensure_schema", "fail_closed", "fts_companions",
     "immediate", "metadata", "migrate", "misfit", "now", "preview", "private_reads", "projection", "public_specs",
-    "public_tables", "queries", "set_metadata", "set_public", "write_metadata", "shadow_tables", "spec", "spec_columns",
+    "public_tables", "queries", "schedule", "set_metadata", "set_public", "write_metadata", "shadow_tables", "spec", "spec_columns",
     "user_tables", "view_columns", "view_reads", "views", "virtual_tables"
 ]

@@ -19,6 +19,9 @@ transactional snapshot (the datasette-public plugin's first design):
   compile against the public copy.
 - ``_public_adoptions``: SQLite files adopted into data.db (adoption.py),
   with the metadata document each came with, kept whole.
+- ``_public_schedule``: publishes and unpublishes set for a moment (an
+  embargo: schedule.py), with who set or cancelled each and when it was
+  applied; never replicated.
 - ``_public_cycles``: no longer written (cycle records cost no data.db
   commit now: primary/publisher/cycle.py); kept so that an older data.db
   still opens.
@@ -92,6 +95,19 @@ CREATE TABLE IF NOT EXISTS _public_adoptions (
     replaced TEXT NOT NULL,  -- JSON: those that replaced tables or views of the same name
     metadata TEXT,  -- the metadata document as given, kept whole (JSON)
     ignored TEXT  -- JSON: the document's keys broadsheet does not use
+);
+CREATE TABLE IF NOT EXISTS _public_schedule (
+    id INTEGER PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    operation TEXT NOT NULL CHECK (operation IN ('publish', 'unpublish')),
+    spec TEXT,  -- the PublishSpec to publish with (NULL: the whole table)
+    at TEXT NOT NULL,  -- the moment, UTC ISO 8601 with milliseconds and Z (sorts as it compares)
+    set_by TEXT,
+    set_at TEXT NOT NULL,
+    cancelled_at TEXT,
+    cancelled_by TEXT,
+    applied_at TEXT,  -- set in the same transaction as the flip: applied exactly once
+    outcome TEXT
 );
 CREATE TABLE IF NOT EXISTS _public_cycles (
     id INTEGER PRIMARY KEY,

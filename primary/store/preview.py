@@ -49,10 +49,11 @@ def preview(conn: apsw.Connection, table: str, spec: PublishSpec) -> Preview:
     columns = spec_columns(conn, table, spec)
     t = quote(table)
     where = f" WHERE ({spec.where})" if spec.where else ""
-    cols = ", ".join(map(quote, columns))
+    # Masked columns as read nodes will serve them: their masks' values.
+    cols = ", ".join(spec.select_sql(c) for c in columns)
     (total,) = conn.execute(f"SELECT count(*) FROM {t}").fetchone()
     size = " + ".join(f"ifnull(length(CAST({quote(c)} AS BLOB)), 0)" for c in columns)
-    rows, estimated = conn.execute(f"SELECT count(*), total({size}) FROM {t}{where}").fetchone()
+    rows, estimated = conn.execute(f"SELECT count(*), total({size}) FROM (SELECT {cols} FROM {t}{where})").fetchone()
     sample = [dict(zip(columns, row)) for row in conn.execute(f"SELECT {cols} FROM {t}{where} LIMIT {SAMPLE_ROWS}")]
     current = public_specs(conn).get(table)
     result = Preview(

@@ -2,7 +2,9 @@
 table through its publish spec.
 
 The public copy has only the published columns, and only the constraints,
-indexes, foreign keys and full-text indexes that mention nothing excluded:
+indexes, foreign keys and full-text indexes that mention nothing excluded
+or masked (a masked column is a plain column without a type, so it holds
+exactly what its mask computes):
 no private table or column name ever reaches public.db's schema. A table
 published whole keeps data.db's own CREATE TABLE text (every constraint,
 collation and generated column), unless it names a table that is not public
@@ -40,6 +42,12 @@ class Projection:
     def filter_sql(self) -> str:
         """`` AND (filter)`` for a WHERE clause, or ''."""
         return f" AND ({self.spec.where})" if self.spec.where else ""
+
+    @property
+    def select_sql(self) -> str:
+        """The published columns as the publisher selects them from data.db:
+        a masked column as its mask, under the column's name."""
+        return ", ".join(self.spec.select_sql(c) for c in self.columns)
 
     def signature(self) -> list[tuple[str, str, str]]:
         """What public.db's schema holds for this table once copied: compared
@@ -99,6 +107,10 @@ class TableShape:
     def published(self, spec: PublishSpec) -> list[str]:
         """The columns ``spec`` publishes (SpecError if it no longer fits)."""
         chosen = spec.published_columns(self.columns, self.generated, self.rowid_alias)
+        in_key = [c for c in spec.masked if c in self.pk]
+        if in_key:
+            # Masked values need not be unique: the key would not hold.
+            raise SpecError(f"{in_key[0]!r} is part of the table's primary key (a row's identity) and cannot be masked")
         if not self.rowid and not set(self.pk) <= set(chosen):
             raise SpecError("A WITHOUT ROWID table can be published only with its whole primary key")
         return chosen
@@ -119,14 +131,15 @@ def project(
     xinfo, generated, pk, rowid, rowid_alias = shape.xinfo, shape.generated, shape.pk, shape.rowid, shape.rowid_alias
     published = shape.published(spec)
     insertable = tuple(c for c in published if c not in generated)
+    masked = set(spec.masked)
     foreign_keys = _foreign_keys(conn, table)
-    shown = [fk for fk in foreign_keys if _names_only_public(conn, fk, public)]
+    shown = [fk for fk in foreign_keys if _names_only_public(conn, fk, public) and not set(fk["from"]) & masked]
     fts_tables = [
         (name, sql)
         for name, sql in fts_companions(conn, "src", table)
-        if set(_fts_columns(conn, name)) <= set(published)
+        if set(_fts_columns(conn, name)) <= set(published) - masked
     ]
-    if spec.partial_columns is False and len(shown) == len(foreign_keys):
+    if not spec.reshaped and len(shown) == len(foreign_keys):
         # Published whole and naming no private table: data.db's own schema.
         (create_sql,) = conn.execute(
             "SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?", (table,)
@@ -147,6 +160,11 @@ def project(
         if name not in chosen:
             continue
         parts = [quote(name)]
+        if name in masked:
+            # No type (no affinity to convert what the mask computes), no
+            # NOT NULL (a mask may be NULL), no default.
+            definitions.append(quote(name))
+            continue
         if type_:
             parts.append(type_)
         if name == rowid_alias:
@@ -173,8 +191,8 @@ def project(
             continue  # UNIQUE/PRIMARY KEY constraints come with the table; partial indexes read a WHERE
         keys = [row for row in conn.execute(f"PRAGMA src.index_xinfo({literal(index)})") if row[5]]
         names = [row[2] for row in keys]
-        if any(n is None for n in names) or not set(names) <= chosen:
-            continue  # an expression, or an excluded column
+        if any(n is None for n in names) or not set(names) <= chosen - masked:
+            continue  # an expression, or an excluded or masked column
         cols = ", ".join(f"{quote(r[2])}{' DESC' if r[3] else ''}" for r in keys)
         indexes.append((index, f"CREATE {'UNIQUE ' if unique else ''}INDEX {quote(index)} ON {quote(table)} ({cols})"))
     # A generated column kept here is a plain column of the copy: its values

@@ -89,47 +89,59 @@ class Flip:
 
 
 def set_public(
-    conn: apsw.Connection, table: str, public: bool, actor: str | None = None, spec: PublishSpec | None = None
+    conn: apsw.Connection,
+    table: str,
+    public: bool,
+    actor: str | None = None,
+    spec: PublishSpec | None = None,
+    in_transaction: bool = False,
 ) -> Flip:
     """Make ``table`` public (as ``spec`` says: default the whole table) or
-    private, in one data.db transaction with an audit log entry. Idempotent:
-    flipping to the current state and spec changes nothing. Publishing a
-    public table with another spec changes its spec."""
+    private, in one data.db transaction with an audit log entry (the
+    caller's, with ``in_transaction``). Idempotent: flipping to the current
+    state and spec changes nothing. Publishing a public table with another
+    spec changes its spec."""
     check_name(table)
     spec = spec or PublishSpec()
+    if in_transaction:
+        return _set_public(conn, table, public, actor, spec)
     with immediate(conn):
-        migrate(conn)  # a data.db that broadsheet has not touched yet
-        if public:
-            check_publishable(conn, table)
-            if not spec.whole:
-                if table in views(conn):
-                    raise PublishError("A view is published whole: it has no columns or rows to choose", table)
-                check_spec(conn, table, spec)
-        elif is_internal(table):
-            raise InternalTable(f"{table!r} is an internal table and is never public", table)
-        current = public_specs(conn)
-        is_public = table in current
-        if not public and not is_public and table not in user_tables(conn) + views(conn):
-            raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
-        if is_public == public and (not public or current[table] == spec):
-            return Flip(table, public, changed=False)
-        before = current[table].to_json() if is_public else None
-        if public:
-            conn.execute(
-                f"INSERT INTO {PUBLIC_TABLES} (table_name, spec) VALUES (?, ?)"
-                " ON CONFLICT (table_name) DO UPDATE SET spec = excluded.spec",
-                (table, spec.to_json()),
-            )
-            if table in user_tables(conn):
-                # The spec means these columns, as they are at this moment.
-                column_ids.record(conn, table)
-        else:
-            conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
-            column_ids.forget(conn, table)
-        audit_id = audit(
-            conn, "publish" if public else "unpublish", table, actor,
-            spec_before=before, spec_after=spec.to_json() if public else None,
+        return _set_public(conn, table, public, actor, spec)
+
+
+def _set_public(conn: apsw.Connection, table: str, public: bool, actor: str | None, spec: PublishSpec) -> Flip:
+    migrate(conn)  # a data.db that broadsheet has not touched yet
+    if public:
+        check_publishable(conn, table)
+        if not spec.whole:
+            if table in views(conn):
+                raise PublishError("A view is published whole: it has no columns or rows to choose", table)
+            check_spec(conn, table, spec)
+    elif is_internal(table):
+        raise InternalTable(f"{table!r} is an internal table and is never public", table)
+    current = public_specs(conn)
+    is_public = table in current
+    if not public and not is_public and table not in user_tables(conn) + views(conn):
+        raise TableNotFound(f"Table {table!r} does not exist in data.db", table)
+    if is_public == public and (not public or current[table] == spec):
+        return Flip(table, public, changed=False)
+    before = current[table].to_json() if is_public else None
+    if public:
+        conn.execute(
+            f"INSERT INTO {PUBLIC_TABLES} (table_name, spec) VALUES (?, ?)"
+            " ON CONFLICT (table_name) DO UPDATE SET spec = excluded.spec",
+            (table, spec.to_json()),
         )
+        if table in user_tables(conn):
+            # The spec means these columns, as they are at this moment.
+            column_ids.record(conn, table)
+    else:
+        conn.execute(f"DELETE FROM {PUBLIC_TABLES} WHERE table_name = ?", (table,))
+        column_ids.forget(conn, table)
+    audit_id = audit(
+        conn, "publish" if public else "unpublish", table, actor,
+        spec_before=before, spec_after=spec.to_json() if public else None,
+    )
     return Flip(table, public, changed=True, audit_id=audit_id)
 
 
@@ -141,11 +153,11 @@ def spec_columns(conn: apsw.Connection, table: str, spec: PublishSpec, schema: s
 
 def check_spec(conn: apsw.Connection, table: str, spec: PublishSpec, schema: str = "main") -> None:
     """PublishError (400) unless ``spec`` fits ``table`` now: its columns exist,
-    its row filter is a pure expression over them (as SQLite itself judges
-    it: PublishSpec.check_where)."""
+    its row filter and its masks are pure expressions over them (as SQLite
+    itself judges them: PublishSpec.check_where)."""
     try:
         spec_columns(conn, table, spec, schema)
-        if spec.where:
+        if spec.where or spec.masks:
             spec.check_where(table, TableShape.read(conn, table, schema).columns)
     except SpecError as exc:
         raise PublishError(str(exc), table) from None
@@ -167,16 +179,17 @@ def fail_closed(conn, table: str, reason: str, by: str = "broadsheet:publisher")
 def misfit(conn: apsw.Connection, schema: str, table: str, spec: PublishSpec, shape: TableShape) -> str | None:
     """Why ``spec`` no longer fits ``table`` (None: it fits): a name it
     depends on now denotes another column than when the table was published
-    (column_ids.py), or a column it needs is gone, or its row filter
-    no longer compiles."""
+    (column_ids.py), or a column it needs is gone, or its row filter or a
+    mask no longer compiles."""
     record = column_ids.read(conn, schema, table)
-    names = {*(spec.columns or ()), *spec.exclude_columns}
-    for columns in ([shape.columns] + ([[c.name for c in record.published]] if record else [])):
-        try:
-            names |= spec.filter_columns(table, columns)
-            break
-        except SpecError:
-            continue  # a filter column renamed: the names it had at publish time say which
+    names = {*(spec.columns or ()), *spec.exclude_columns, *spec.masked}
+    for reads in (spec.filter_columns, spec.mask_columns):
+        for columns in ([shape.columns] + ([[c.name for c in record.published]] if record else [])):
+            try:
+                names |= reads(table, columns)
+                break
+            except SpecError:
+                continue  # a column it reads renamed: the names it had at publish time say which
     if record is not None:
         problem = record.problem([column_ids.Column.from_xinfo(row) for row in shape.xinfo], names)
         if problem is not None:
