@@ -49,7 +49,13 @@ KEEP = 1000
 
 
 # -- the digest ---------------------------------------------------------------
-def _leaf(page: bytes) -> bytes:
+def _leaf(page: bytes, pgno: int = 0) -> bytes:
+    if pgno == 1:
+        # The header's bookkeeping, which a copy made with SQLite's backup
+        # API rewrites while the content stays: the journal-mode bytes (18,
+        # 19), the change counter (24), the schema cookie (40), the
+        # version-valid-for number and the writer's SQLite version (92).
+        page = page[:18] + b"\0\0" + page[20:24] + b"\0" * 4 + page[28:40] + b"\0" * 4 + page[44:92] + b"\0" * 8 + page[100:]
     return hashlib.sha256(_LEAF + page).digest()
 
 
@@ -104,6 +110,13 @@ class PageTree:
         return hashlib.sha256(_ROOT + struct.pack(">II", self.page_size, self.pages) + root).hexdigest()
 
     @classmethod
+    def of_litefs(cls, data_dir: str | os.PathLike, db_name: str, pos: Pos) -> "PageTree":
+        """The tree of a database as LiteFS holds it (see ``litefs_pages``)."""
+        page_size, pages, count = litefs_pages(data_dir, db_name)
+        zero = b"\0" * page_size
+        return cls(page_size, [_leaf(pages.get(n, zero).ljust(page_size, b"\0"), n) for n in range(1, count + 1)], pos)
+
+    @classmethod
     def of_file(cls, path: str | os.PathLike, pos: Pos = Pos(0)) -> "PageTree":
         """The tree of a plain SQLite file (no WAL beside it to apply)."""
         with open(path, "rb") as fp:
@@ -115,7 +128,7 @@ class PageTree:
             fp.seek(0)
             leaves = []
             while page := fp.read(page_size):
-                leaves.append(_leaf(page.ljust(page_size, b"\0")))
+                leaves.append(_leaf(page.ljust(page_size, b"\0"), len(leaves) + 1))
         return cls(page_size, leaves, pos)
 
     def update(self, pages: dict[int, bytes], commit: int, pos: Pos) -> None:
@@ -127,7 +140,7 @@ class PageTree:
         zero = _leaf(b"\0" * self.page_size)
         leaves.extend(zero for _ in range(commit - len(leaves)))  # the lock page, never written
         for pgno, data in pages.items():
-            leaves[pgno - 1] = _leaf(data)
+            leaves[pgno - 1] = _leaf(data, pgno)
         self._rehash({pgno - 1 for pgno in pages}, old_len)
         self.pos = pos
 
@@ -313,3 +326,84 @@ def trusted_keys(pinned: PublicKey, listed: list[tuple[PublicKey, str | None, st
         if signer is not None and signature and endorses(signer, key, signature):
             trusted[key.key_id] = key
     return trusted
+
+
+def ensure_schema(conn) -> None:
+    for statement in SCHEMA:
+        conn.execute(statement)
+
+
+def record(conn, release: Release, keep: int = KEEP) -> None:
+    """Add ``release`` to releases.db (one transaction), keeping the newest
+    ``keep``."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "INSERT OR REPLACE INTO releases (txid, digest, checksum, key_id, signature) VALUES (?, ?, ?, ?, ?)",
+            (release.txid, release.digest, release.checksum, release.key_id, release.signature),
+        )
+        conn.execute("DELETE FROM releases WHERE txid <= ?", (release.txid - keep,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def list_key(conn, key: PublicKey, added_at: str, signer: "SigningKey | None" = None) -> None:
+    """List ``key`` in releases.db's keys (endorsed by ``signer``, the key
+    before it, when there is one)."""
+    if any(k.key_id == key.key_id for k, _, _ in keys(conn)):
+        return
+    conn.execute(
+        "INSERT INTO keys (key_id, public_key, signed_by, signature, added_at) VALUES (?, ?, ?, ?, ?)",
+        (key.key_id, str(key), signer.public.key_id if signer else None, signer.endorse(key) if signer else None, added_at),
+    )
+
+
+def database_file(data_dir: str | os.PathLike, db_name: str) -> Path:
+    """The database file LiteFS keeps in its data directory."""
+    return Path(data_dir) / "dbs" / db_name / "database"
+
+
+def litefs_pages(data_dir: str | os.PathLike, db_name: str) -> tuple[int, dict[int, bytes], int]:
+    """A database as LiteFS holds it in its data directory: its page size,
+    its pages (the ``database`` file with the committed frames of the
+    ``wal`` beside it applied) and its size in pages."""
+    base = Path(data_dir) / "dbs" / db_name
+    data = (base / "database").read_bytes()
+    if not data.startswith(b"SQLite format 3\0"):
+        raise ValueError(f"{base / 'database'} is not a SQLite database")
+    (size,) = struct.unpack(">H", data[16:18])
+    page_size = 65536 if size == 1 else size
+    pages = {i // page_size + 1: data[i : i + page_size] for i in range(0, len(data), page_size)}
+    (in_header,) = struct.unpack(">I", data[28:32])
+    count = in_header or len(pages)
+    try:
+        wal = (base / "wal").read_bytes()
+    except FileNotFoundError:
+        wal = b""
+    if len(wal) >= 32 and wal[:4] in (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83"):
+        salts = wal[16:24]
+        frame = 24 + page_size
+        pending: dict[int, bytes] = {}
+        for at in range(32, len(wal) - frame + 1, frame):
+            pgno, commit = struct.unpack(">II", wal[at : at + 8])
+            if wal[at + 8 : at + 16] != salts:
+                break
+            pending[pgno] = wal[at + 24 : at + frame]
+            if commit:
+                pages.update(pending)
+                pending = {}
+                count = commit
+    return page_size, {n: p for n, p in pages.items() if n <= count}, count
+
+
+def verdict(tree_digest: str, pos: Pos, release: Release | None, trusted: dict[str, PublicKey]) -> str | None:
+    """Why the content with ``tree_digest`` at ``pos`` is not covered by a
+    signature (None: it is)."""
+    if release is None:
+        return f"TXID {pos.txid} of public.db is not covered by a signed release (yet)"
+    key = trusted.get(release.key_id)
+    if key is None:
+        return f"the release for TXID {pos.txid} is signed by key {release.key_id}, which this node does not trust"
+    return release.problem(key, pos.txid, tree_digest, pos.checksum)

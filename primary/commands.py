@@ -745,12 +745,15 @@ def run_backups(data_db, dest, keep, interval):
 @click.option("--public-db", required=True)
 @click.option("--litefs-url", help="The private LiteFS node's HTTP API, for its /events stream.")
 @click.option("--watermark", help="File to record how far publishing has got, for bookmarks.")
-def run_publisher(data_db, public_db, litefs_url, watermark):
+@click.option("--public-litefs-data-dir", help="The public LiteFS node's data directory: sign every release.")
+def run_publisher(data_db, public_db, litefs_url, watermark, public_litefs_data_dir):
     """Run the publisher (started by the supervisor on the primary)."""
     from primary.publisher import Publisher, Runner
 
     try:
         publisher = Publisher(data_db, public_db, watermark)
+        if public_litefs_data_dir:
+            publisher.sign_releases(public_litefs_data_dir)
     except sqlite_errors() as exc:  # not a data.db: say which, and let the supervisor try again
         raise click.ClickException(f"{data_db} or {public_db}: {_sqlite_message(exc)}")
     runner = Runner(publisher, litefs_url)

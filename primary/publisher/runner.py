@@ -57,7 +57,10 @@ class Runner:
         while not self.stopped.is_set():
             self.wake.wait(self.poll_interval)
             pos = Pos.read(self.publisher.data_db)
-            if not self.wake.is_set() and (pos == last or pos.txid == self.publisher.own_txid):
+            idle = not self.wake.is_set() and (pos == last or pos.txid == self.publisher.own_txid)
+            if idle and not self.publisher.check_public_db():
+                idle = False  # written behind its back: a cycle rebuilds it now
+            if idle:
                 self.publisher.checkpoint()  # one deferred after an erasing cycle
                 self.publisher.trim(idle=True)
                 continue
