@@ -152,6 +152,25 @@ def tables(root, data_db, as_json):
         click.echo(f"{label}  {entry.rows:>9}  {entry.table}{detail}")
 
 
+@commands.command("release-key")
+@cluster_dir
+@data_db_option
+def release_key(root, data_db):
+    """Print the public key the publisher signs releases with (ed25519:...),
+    for the team to publish and read nodes to pin (BROADSHEET_RELEASE_KEY)."""
+    from broadsheet.release import SigningKey
+    from primary.publisher.signer import KEYS_TABLE
+
+    with _opened(_data_db(root, data_db), readonly=True) as conn:
+        try:
+            row = conn.execute(f"SELECT private_key FROM {KEYS_TABLE} ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite_errors():
+            row = None
+    if row is None:
+        raise click.ClickException("data.db holds no signing key yet: the publisher makes one when it first runs")
+    click.echo(str(SigningKey(row[0]).public))
+
+
 def _control(root: Path, url: str | None, token: str | None):
     """A control-plane client for ``url`` (default: the local cluster's), with
     ``token`` (default: one minted from the local cluster's secret)."""

@@ -21,8 +21,8 @@ from .errors import unservable
 from .guards import Guards, guards
 from .position import Stalled
 from .settings import BUILD, Settings, settings
-from .status import RELEASE_PATH
 from .startup import public_db
+from .status import RELEASE_PATH
 
 RETRY = [(b"retry-after", b"1")]
 # Served at any position, verified or not: they say which (replica/status.py).

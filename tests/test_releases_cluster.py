@@ -46,7 +46,9 @@ def test_releases_are_signed_checked_and_a_forged_public_db_is_never_served(new_
         body = httpx.get(f"{node.url}/-/broadsheet/release.json").json()
         assert body["verified"] and body["txid"] >= txid and body["release"]["txid"] == body["txid"]
         key = key or body["key"]
-        assert body["key"] == key  # every node trusts the one key
+        assert body["key"] == key  # every node trusts the one key: the publisher's
+        printed = CliRunner().invoke(cli, ["release-key", "--data-db", str(cluster.primary.data_db)])
+        assert printed.exit_code == 0 and printed.output.strip() == key, printed.output
         status = httpx.get(f"{node.url}/-/replication.json")
         assert status.status_code == 200 and status.json()["verified"] is True
         code, out = _verify(node.url, "--key", key)
