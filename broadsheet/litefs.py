@@ -125,23 +125,31 @@ def snapshot_to_sqlite(ltx_path: str | os.PathLike, dest: str | os.PathLike) -> 
         if not header.is_snapshot or header.commit == 0:
             raise ValueError(f"not a snapshot: TXIDs {header.min_txid}-{header.max_txid}, {header.commit} pages")
         out.truncate(header.commit * header.page_size)
-        body = _ltx_body(fp, size - LTX_HEADER_SIZE - LTX_TRAILER_SIZE, header.compressed)
-        record = 4 + header.page_size
-        buffer = bytearray()
-        for piece in body:
-            buffer += piece
-            while len(buffer) >= 4:
-                (pgno,) = struct.unpack(">I", buffer[:4])
-                if pgno == 0:
-                    return header  # the end of the page block
-                if len(buffer) < record:
-                    break
-                if pgno > header.commit:
-                    raise ValueError(f"page {pgno} beyond the database's {header.commit} pages")
-                out.seek((pgno - 1) * header.page_size)
-                out.write(buffer[4:record])
-                del buffer[:record]
-    raise ValueError("the snapshot's page block has no end")
+        for pgno, page in ltx_pages(fp, header, size):
+            out.seek((pgno - 1) * header.page_size)
+            out.write(page)
+    return header
+
+
+def ltx_pages(fp, header: LtxHeader, size: int) -> Iterator[tuple[int, bytes]]:
+    """The pages of the LTX file ``fp`` (read past its header, ``size``
+    bytes in all): (page number, content), in order."""
+    body = _ltx_body(fp, size - LTX_HEADER_SIZE - LTX_TRAILER_SIZE, header.compressed)
+    record = 4 + header.page_size
+    buffer = bytearray()
+    for piece in body:
+        buffer += piece
+        while len(buffer) >= 4:
+            (pgno,) = struct.unpack(">I", buffer[:4])
+            if pgno == 0:
+                return  # the end of the page block
+            if len(buffer) < record:
+                break
+            if pgno > header.commit:
+                raise ValueError(f"page {pgno} beyond the database's {header.commit} pages")
+            yield pgno, bytes(buffer[4:record])
+            del buffer[:record]
+    raise ValueError("the LTX file's page block has no end")
 
 
 def _ltx_body(fp, length: int, compressed: bool, block: int = 1 << 20) -> Iterator[bytes]:

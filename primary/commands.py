@@ -152,6 +152,25 @@ def tables(root, data_db, as_json):
         click.echo(f"{label}  {entry.rows:>9}  {entry.table}{detail}")
 
 
+@commands.command("release-key")
+@cluster_dir
+@data_db_option
+def release_key(root, data_db):
+    """Print the public key the publisher signs releases with (ed25519:...),
+    for the team to publish and read nodes to pin (BROADSHEET_RELEASE_KEY)."""
+    from broadsheet.release import SigningKey
+    from primary.publisher.signer import KEYS_TABLE
+
+    with _opened(_data_db(root, data_db), readonly=True) as conn:
+        try:
+            row = conn.execute(f"SELECT private_key FROM {KEYS_TABLE} ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite_errors():
+            row = None
+    if row is None:
+        raise click.ClickException("data.db holds no signing key yet: the publisher makes one when it first runs")
+    click.echo(str(SigningKey(row[0]).public))
+
+
 def _control(root: Path, url: str | None, token: str | None):
     """A control-plane client for ``url`` (default: the local cluster's), with
     ``token`` (default: one minted from the local cluster's secret)."""
@@ -909,12 +928,15 @@ def run_backups(data_db, dest, keep, interval):
 @click.option("--public-db", required=True)
 @click.option("--litefs-url", help="The private LiteFS node's HTTP API, for its /events stream.")
 @click.option("--watermark", help="File to record how far publishing has got, for bookmarks.")
-def run_publisher(data_db, public_db, litefs_url, watermark):
+@click.option("--public-litefs-data-dir", help="The public LiteFS node's data directory: sign every release.")
+def run_publisher(data_db, public_db, litefs_url, watermark, public_litefs_data_dir):
     """Run the publisher (started by the supervisor on the primary)."""
     from primary.publisher import Publisher, Runner
 
     try:
         publisher = Publisher(data_db, public_db, watermark)
+        if public_litefs_data_dir:
+            publisher.sign_releases(public_litefs_data_dir)
     except sqlite_errors() as exc:  # not a data.db: say which, and let the supervisor try again
         raise click.ClickException(f"{data_db} or {public_db}: {_sqlite_message(exc)}")
     runner = Runner(publisher, litefs_url)

@@ -435,6 +435,7 @@ class PrimaryNode:
                     "--public-db", str(self.public_db),
                     "--litefs-url", self.private.url,
                     "--watermark", str(self.watermark_file),
+                    "--public-litefs-data-dir", str(self.public.data_dir),
                 ],
                 ready=lambda: self.public_db.exists(),
                 restart=True,

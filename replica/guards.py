@@ -13,6 +13,7 @@ from . import stall, stream
 from .cache import ResponseCache
 from .custom_sql import Slots
 from .position import PositionWatcher
+from .releases import Releases
 from .settings import settings
 
 
@@ -28,6 +29,7 @@ class Guards:
     sized_at: Pos | None = None  # the position public.db's size was read at
     visible_at: Pos | None = None  # the last position SQLite was seen to show
     unconfirmed_at: Pos | None = None  # a position SQLite did not show in time (never cached)
+    releases: Releases | None = None  # signed releases checked (on LiteFS)
 
 
 _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -43,5 +45,6 @@ def guards(datasette) -> Guards:
             streams=stream.Streams(conf.max_position_streams),
             responses=ResponseCache(conf.cache_bytes, conf.cache_max_entry),
             watchdog=stall.Watchdog(position),
+            releases=Releases(conf.public_db, conf.litefs_data_dir, conf.release_key) if conf.litefs_data_dir else None,
         )
     return _guards[datasette]

@@ -196,6 +196,7 @@ class ReadNode:
                     "BROADSHEET_NODE_NAME": self.name,
                     "BROADSHEET_REGION": self.region,
                     "BROADSHEET_PUBLIC_URL": self.public_url,
+                    "BROADSHEET_LITEFS_DATA_DIR": str(fs.data_dir),
                     plugins.PLUGINS_VAR: self.plugins,
                     plugins.CONFIG_VAR: self.plugins_config,
                 },

@@ -13,6 +13,7 @@ import sqlite3
 from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
 from broadsheet.names import PUBLIC_TXID
+from broadsheet.positions import STATUS_PATH
 
 from . import bookmarks, interruptions, metadata, queries, rule, stall, stream
 from .custom_sql import Busy, Slots, runs_custom_sql
@@ -21,8 +22,11 @@ from .guards import Guards, guards
 from .position import Stalled
 from .settings import BUILD, Settings, settings
 from .startup import public_db
+from .status import RELEASE_PATH
 
 RETRY = [(b"retry-after", b"1")]
+# Served at any position, verified or not: they say which (replica/status.py).
+UNCHECKED = (STATUS_PATH, RELEASE_PATH, "/-/versions.json")
 
 
 def wrapper(datasette):
@@ -68,6 +72,11 @@ def wrapper(datasette):
                 except bookmarks.NotReached as exc:
                     body = error_body(exc.status, exc.message, txid=exc.txid, wanted=exc.wanted)
                     return await respond(send, exc.status, body, RETRY)
+            if node.releases is not None and db is not None and pos.txid and scope["path"] not in UNCHECKED:
+                problem = await node.releases.check(pos)
+                if problem is not None:
+                    body = error_body(503, f"This node holds a position it cannot vouch for: {problem}.", txid=pos.txid, verified=False)
+                    return await respond(send, 503, body, RETRY)
             with node.watchdog.watching(send) as watched:
                 try:
                     return await at_position(scope, receive, watched.send, node, db, pos, custom_sql)

@@ -69,7 +69,10 @@ async def permission_resources_sql(datasette, actor, action):
 
 @hookimpl
 def register_routes(datasette):
-    return [(f"^{re.escape(STATUS_PATH)}$", status.replication_status)]
+    return [
+        (f"^{re.escape(STATUS_PATH)}$", status.replication_status),
+        (f"^{re.escape(status.RELEASE_PATH)}$", status.release_status),
+    ]
 
 
 # trylast: applied last, so outermost: no other plugin's wrapper sees a

@@ -12,7 +12,7 @@ import datasette
 
 import broadsheet
 from broadsheet import plugins
-from broadsheet.config import Env
+from broadsheet.config import ConfigError, Env
 
 _BYTES = "a number of bytes (0 or more)"
 
@@ -51,6 +51,11 @@ class Settings:
     # LiteFS as stalled and answers what it cannot serve from memory with
     # 503 (replica/position.py).
     stall_timeout: float = 2.0
+    # The node's LiteFS data directory: when set, every position is served
+    # only once a signed release covers it (replica/releases.py), checked
+    # against BROADSHEET_RELEASE_KEY when set, else the key pinned first.
+    litefs_data_dir: str = ""
+    release_key: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -73,6 +78,8 @@ class Settings:
             plugins=_plugins(env),
             plugins_config=plugins.config(env.optional(plugins.CONFIG_VAR)),
             stall_timeout=stall_timeout,
+            litefs_data_dir=env.str("BROADSHEET_LITEFS_DATA_DIR", ""),
+            release_key=_release_key(env.str("BROADSHEET_RELEASE_KEY", "")),
         )
 
     @property
@@ -82,6 +89,17 @@ class Settings:
             "This is a broadsheet read node: public.db is a read-only LiteFS replica."
             f" Write to the private primary instead{where}."
         )
+
+
+def _release_key(text: str) -> str:
+    from broadsheet.release import PublicKey
+
+    if text:
+        try:
+            PublicKey.parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"BROADSHEET_RELEASE_KEY: {exc}") from None
+    return text
 
 
 def _plugins(env: Env) -> tuple[str, ...]:

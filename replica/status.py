@@ -104,10 +104,44 @@ async def replication_status(datasette, request):
                 cache=node.responses.stats(),
             )
         )
+        if node.releases is not None and pos.txid:
+            await node.releases.check(pos, wait=0)
     except Stalled as exc:
         # The health check fails while LiteFS does not answer.
         last = node.position.last
         body = {"ok": False, **NodePosition.at(conf.node_name, last).as_dict(), "stalled": True,
                 "stalled_for_s": round(exc.seconds, 1), "error": stall.message(exc, last.txid)}
         return Response.json(body, status=503, headers={"Retry-After": "1"})
-    return Response.json(status.as_dict())
+    body = status.as_dict()
+    if node.releases is None:
+        return Response.json(body)
+    # A position no signed release covers fails the health check too.
+    body |= node.releases.status(pos)
+    return Response.json(body, status=200 if body["verified"] or not pos.txid else 503)
+
+
+RELEASE_PATH = "/-/broadsheet/release.json"
+
+
+async def release_status(datasette, request):
+    """The signed release this node serves: TXID, digest, LiteFS checksum,
+    signature and key, for anyone to check with ``broadsheet verify``."""
+    node = guards(datasette)
+    if node.releases is None:
+        return Response.json({"ok": False, "error": "this node does not check signed releases"}, status=404)
+    try:
+        pos = await node.position.fresh()
+    except Stalled as exc:
+        return Response.json({"ok": False, "error": stall.message(exc, node.position.last.txid)}, status=503)
+    problem = await node.releases.check(pos, wait=0) if pos.txid else "public.db has not arrived"
+    current = node.releases.current
+    body = {
+        "ok": problem is None,
+        "txid": pos.txid,
+        "checksum": f"{pos.checksum:016x}",
+        "verified": problem is None,
+        "problem": problem,
+        "release": current.as_dict() if current is not None and problem is None else None,
+        "key": str(node.releases.key) if node.releases.key else None,
+    }
+    return Response.json(body, status=200 if problem is None else 503)

@@ -261,6 +261,12 @@ class Health(BaseModel):
     withdrawn: list[Withdrawn] = Field(
         default=[], description="What broadsheet withdrew by itself (and why), private until published or saved again"
     )
+    unverified_nodes: list[str] = Field(
+        default=[], description="Read nodes holding a position that no release signed by the publisher covers"
+    )
+    heals: list[dict] = Field(
+        default=[], description="The newest times public.db was found written behind the publisher's back and rebuilt"
+    )
 
 
 class Metadata(BaseModel):

@@ -52,6 +52,10 @@ class TrackedNode:
     connected: bool = False
     primary_reachable: bool | None = None
     updated_at: float | None = None
+    # Whether a release signed by the publisher covers what the node holds
+    # (None: the node does not say), and why not.
+    verified: bool | None = None
+    verification: str | None = None
 
     def as_dict(self, primary_txid: int, oldest_missing_at: float | None) -> dict:
         behind = max(0, primary_txid - self.txid)
@@ -66,6 +70,8 @@ class TrackedNode:
             # How long the oldest transaction this node lacks has existed.
             "lag_ms": round((time.time() - oldest_missing_at) * 1000, 1) if behind and oldest_missing_at else 0.0,
             "updated_at": _iso(self.updated_at),
+            "verified": self.verified,
+            "verification": self.verification,
         }
 
 
@@ -350,6 +356,8 @@ class Tracker:
         node = self.nodes.get(address.name)
         if node is None:
             return False
+        if "verified" in status:
+            node.verified, node.verification = bool(status["verified"]), status.get("verification")
         await self._advanced(address.name, position.txid, node.connected, status.get("primary_reachable"))
         return True
 

@@ -107,6 +107,37 @@ class Publisher:
         self._audited = last[0].audit_id if last else 0
         self._queries_logged = last[0].queries_log_id if last else 0
         self._processed = self._resumed_position()
+        # Signs each commit and says when public.db was written by anyone
+        # else (signer.py); None for a publisher on plain files.
+        self.signer = None
+        # Why the next cycle rebuilds public.db (it was written behind the
+        # publisher's back), when it must.
+        self._heal: str | None = None
+
+    def sign_releases(self, data_dir: str | Path) -> None:
+        """Sign every public.db commit from now on (public.db on LiteFS,
+        whose data directory is ``data_dir``)."""
+        from .signer import Signer, signing_key
+
+        with store.immediate(self.writer):
+            key = signing_key(self.writer)
+        self.signer = Signer(self.public_db, data_dir, key)
+
+    def check_public_db(self) -> bool:
+        """Whether public.db is still what this publisher last committed;
+        if not, the next cycle rebuilds it (audit-logged now)."""
+        if self.signer is None or self._heal is not None:
+            return self._heal is None
+        why = self.signer.tampered()
+        if why is None:
+            return True
+        self._heal = why
+        log("publisher", f"public.db was written behind the publisher's back: {why}; rebuilding it")
+        with store.immediate(self.writer):
+            from .signer import record_heal
+
+            record_heal(self.writer, why, self.watermark_file)
+        return False
 
     def _resumed_position(self) -> int:
         """Where the change log was applied up to when the watermark was last
@@ -152,6 +183,13 @@ class Publisher:
         """Bring public.db up to date with data.db. Returns the cycle, or None
         when there was nothing to publish."""
         self.maintain_triggers()
+        healing = not self.check_public_db()
+        if healing:
+            # Every published table copied again, everything else dropped,
+            # whatever the planner remembers of public.db.
+            self.planner = Planner(self.conn)
+            self._force_copy |= set(store.public_tables(self.writer))
+            self._public_txid = None  # read again: the writes behind its back had TXIDs too
         started_at, t0 = store.now(), time.perf_counter()
         before = Pos.read(self.data_db)
         conn = self.conn
@@ -159,7 +197,7 @@ class Publisher:
         try:
             # The first read of src starts the snapshot the plan is made from.
             plan = self.planner.plan(self._processed, self._force_copy, self._audited, self._queries_logged)
-            if plan.empty:
+            if plan.empty and not healing:
                 conn.execute("ROLLBACK")
                 self.checkpoint()
                 self.planner.synced(plan)
@@ -184,6 +222,9 @@ class Publisher:
             raise
         public = Pos.read(self.public_db)
         self._public_txid = public.txid
+        if self.signer is not None:
+            self.signer.committed(public)
+        self._heal = None
         created = [v for v in plan.create_views if v in plan.views and v not in plan.present_views]
         gone = sorted(plan.present_views - set(plan.views))
         cycle = Cycle(

@@ -112,7 +112,10 @@ class Runner:
                 # flip): say so, and try again on the next turn.
                 log("publisher", f"applying the schedule failed:\n{traceback.format_exc()}")
             pos = Pos.read(self.publisher.data_db)
-            if not self.wake.is_set() and (pos == last or pos.txid == self.publisher.own_txid):
+            idle = not self.wake.is_set() and (pos == last or pos.txid == self.publisher.own_txid)
+            if idle and not self.publisher.check_public_db():
+                idle = False  # written behind its back: a cycle rebuilds it now
+            if idle:
                 self.publisher.checkpoint()  # one deferred after an erasing cycle
                 self.publisher.trim(idle=True)
                 continue

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from broadsheet.litefs import Pos
 
 from ...publisher import Watermark, Withdrawals, withdrawals_path
+from ...publisher.signer import heals_path, read_heals
 from ...settings import settings
 from ..deps import connect, tracker
 from ..models import Bookmark, Health, StandbyInfo, Withdrawn
@@ -37,6 +38,8 @@ async def health(request: Request) -> Health:
         epoch=await asyncio.to_thread(_epoch),
         standby=await standby_info(conf.standby_url, data_db_txid) if conf.standby_url else None,
         withdrawn=[Withdrawn(**vars(w)) for w in Withdrawals.read_file(withdrawals_path(conf.watermark_file))],
+        unverified_nodes=[n["name"] for n in nodes if n.get("verified") is False],
+        heals=read_heals(heals_path(conf.watermark_file)),
     )
 
 
