@@ -134,6 +134,9 @@ class LocalCluster:
                 "BROADSHEET_CONTROL_PORT": str(port()),
                 "BROADSHEET_LTX_COMPRESS": str(compress).lower(),
                 "BROADSHEET_SAMPLE": str(sample).lower(),
+                # The read nodes' credential on the replication gate: not a
+                # team secret (broadsheet/gate.py).
+                "BROADSHEET_REPLICATION_KEY": self.replication_key_file(cluster_files).read_text().strip(),
                 **(primary_env or {}),
             }
         )
@@ -161,6 +164,13 @@ class LocalCluster:
         private_file(path, lambda: secrets.token_urlsafe(12))
         return path
 
+    @staticmethod
+    def replication_key_file(primary_root: Path) -> Path:
+        """The key the local cluster's read nodes stream public.db with."""
+        path = primary_root / "replication-key"
+        private_file(path, lambda: secrets.token_urlsafe(32))
+        return path
+
     @property
     def secret_file(self) -> Path:
         return self.root / NODE_DIRS[0] / "secret"
@@ -173,7 +183,9 @@ class LocalCluster:
                 "BROADSHEET_ROOT": str(self.root / f"replica-{n}"),
                 "BROADSHEET_PORT": str(self._port()),
                 "BROADSHEET_LITEFS_ADDR": f"127.0.0.1:{self._port()}",
-                "BROADSHEET_PRIMARY_LITEFS_URL": self.primary.public.primary_url,
+                "BROADSHEET_PRIMARY_LITEFS_URL": self.primary.public_gate_url,
+                "BROADSHEET_GATE_ADDR": f"127.0.0.1:{self._port()}",
+                "BROADSHEET_REPLICATION_KEY": self.primary.replication.key or "",
                 "BROADSHEET_PRIMARY_URL": self.primary.url,
                 "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
                 **self.replica_env,
