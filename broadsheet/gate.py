@@ -150,6 +150,8 @@ class Gate:
         return why
 
     async def _handle(self, request: Request, down: Downstream) -> None:
+        # What a LiteFS replica asks for, once per (re)connection.
+        self.log(f"passing {request.method} {request.target} from {request.peer} (litefs-id {request.headers.get('litefs-id', '-')})")
         headers = [(k, v) for k, v in request.headers.items() if k.startswith("litefs-")]
         if self.key:
             headers.append((KEY_HEADER, self.key))
@@ -241,7 +243,7 @@ def gate_service(name: str, env: dict[str, str], url: str, **extra) -> "Service"
 
 async def _serve(gate: Gate, host: str, port: int, cert: str | None) -> None:
     await gate.start(host, port)
-    gate.log(f"listening on {host or '*'}:{port}, passing POST /stream to {gate.upstream.authority}")
+    gate.log(f"listening on {host or '*'}:{port}, in front of {gate.upstream.authority}")
     if cert:
         gate.log(f"TLS with {cert}: read nodes pin BROADSHEET_REPLICATION_TLS_PIN={pem_pin(cert)}")
     await asyncio.Event().wait()

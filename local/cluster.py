@@ -131,6 +131,7 @@ class LocalCluster:
                 "BROADSHEET_PORT": str(port()),
                 "BROADSHEET_PRIVATE_LITEFS_PORT": str(port()),
                 "BROADSHEET_PUBLIC_LITEFS_ADDR": f"127.0.0.1:{port()}",
+                "BROADSHEET_PUBLIC_LITEFS_LOOPBACK_PORT": str(port()),
                 "BROADSHEET_CONTROL_PORT": str(port()),
                 "BROADSHEET_LTX_COMPRESS": str(compress).lower(),
                 "BROADSHEET_SAMPLE": str(sample).lower(),
@@ -286,6 +287,7 @@ class LocalCluster:
     def stop_replica(self, node: ReadNode, kill: bool = False) -> None:
         self.supervisor.stop(node.datasette_service, kill=kill)
         self.supervisor.stop(node.litefs_service, kill=kill)
+        self.supervisor.stop(node.gate_service, kill=kill)
 
     def stop(self) -> None:
         ours = self.supervisor.root is not None
