@@ -49,6 +49,8 @@ class Compose:
         (workdir / "broadsheet.env").write_text(
             f"DATASETTE_SECRET={self.secret}\nBROADSHEET_TEAM_PASSWORD=container-test\n"
         )
+        self.replication_key = uuid.uuid4().hex
+        (workdir / "replication.env").write_text(f"BROADSHEET_REPLICATION_KEY={self.replication_key}\n")
         self.team_port = free_port()
         self.control_port = free_port()
         self.env = {
