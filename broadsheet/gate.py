@@ -54,21 +54,38 @@ from .h2relay import Downstream, Request, Server, Target, Upstream, fingerprint,
 KEY_HEADER = "broadsheet-replication-key"
 # The one request a LiteFS v0.5.14 replica makes of its primary.
 STREAM = ("POST", "/stream")
+# What fencing asks of another primary-group node (primary/standby/fencing.py):
+# whether it is primary. Only data.db's gate answers it.
+INFO = ("GET", "/info")
 # How long a resolution of the replica group is trusted.
 PEERS_TTL = 5.0
 
 
-def refusal(request: Request) -> tuple[int, str] | None:
-    """Why ``request`` is not what a LiteFS replica sends to stream, or
-    None if it is."""
+def refusal(request: Request, allowed: frozenset = frozenset({STREAM})) -> tuple[int, str] | None:
+    """Why ``request`` is not one of the ``allowed`` (method, path) pairs,
+    as LiteFS's own client sends them (no query), or None if it is."""
     parts = urllib.parse.urlsplit(request.target)
-    if (request.method, parts.path) != STREAM:
-        return 403, (
-            f"{request.method} {parts.path} refused: this LiteFS port serves POST /stream to read nodes, nothing else\n"
-        )
+    if (request.method, parts.path) not in allowed:
+        what = ", ".join(" ".join(pair) for pair in sorted(allowed))
+        return 403, f"{request.method} {parts.path} refused: this LiteFS port serves {what}, nothing else\n"
     if parts.query:
-        return 403, "POST /stream takes no query here\n"
+        return 403, f"{request.method} {parts.path} takes no query here\n"
     return None
+
+
+def derived_key(secret: str, purpose: str) -> str:
+    """A key for ``purpose`` that every node holding ``secret`` derives
+    alike, and that reveals nothing of it: data.db's gate admits the
+    standby with one made from the secret both already hold."""
+    return hmac.new(secret.encode(), f"broadsheet {purpose}".encode(), "sha256").hexdigest()
+
+
+def parse_allowed(value: str) -> frozenset:
+    """``POST /stream,GET /info`` as (method, path) pairs."""
+    pairs = frozenset(tuple(item.split()) for item in value.split(",") if item.strip())
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ConfigError(f"BROADSHEET_GATE_ALLOW must be METHOD /path pairs separated by commas, not {value!r}")
+    return pairs
 
 
 @dataclass
@@ -121,8 +138,10 @@ class Gate:
         key: str | None = None,
         tls: ssl.SSLContext | None = None,
         name: str = "gate",
+        allowed: frozenset = frozenset({STREAM}),
     ):
         self.upstream, self.admission, self.key, self.name = upstream, admission, key, name
+        self.allowed = allowed
         self.server = Server(self._handle, self.log, tls=tls, screen=self._screen)
         self.refused = 0
 
@@ -136,7 +155,7 @@ class Gate:
         await self.server.close()
 
     async def _screen(self, request: Request) -> tuple[int, str] | None:
-        why = refusal(request)
+        why = refusal(request, self.allowed)
         if why is None and self.admission is not None and not await self.admission.admits(request):
             presented = bool(request.headers.get(KEY_HEADER))
             why = (403 if presented else 401), (
@@ -187,7 +206,8 @@ class Gate:
         addresses it admits without a key (server); ``BROADSHEET_GATE_TLS_CERT``
         and ``_KEY`` PEM files it serves TLS with (server);
         ``BROADSHEET_REPLICATION_TLS_PIN`` the fingerprint an ``https://``
-        upstream must present (client)."""
+        upstream must present (client); ``BROADSHEET_GATE_ALLOW`` what a
+        server passes (``POST /stream``; data.db's gate adds ``GET /info``)."""
         env = Env(environ)
         role = env.str("BROADSHEET_GATE_ROLE")
         if role not in ("server", "client"):
@@ -203,7 +223,8 @@ class Gate:
             if cert := env.optional("BROADSHEET_GATE_TLS_CERT"):
                 tls = server_tls(cert, env.str("BROADSHEET_GATE_TLS_KEY"))
             gate = cls(upstream, Admission(key, env.optional("BROADSHEET_GATE_PEERS_DNS")), tls=tls,
-                       name=env.str("BROADSHEET_GATE_NAME", "gate"))
+                       name=env.str("BROADSHEET_GATE_NAME", "gate"),
+                       allowed=parse_allowed(env.str("BROADSHEET_GATE_ALLOW", "POST /stream")))
         else:
             gate = cls(upstream, key=key, name=env.str("BROADSHEET_GATE_NAME", "gate"))
         return gate, listen_host(host), port

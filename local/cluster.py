@@ -132,6 +132,9 @@ class LocalCluster:
                 "BROADSHEET_PRIVATE_LITEFS_PORT": str(port()),
                 "BROADSHEET_PUBLIC_LITEFS_ADDR": f"127.0.0.1:{port()}",
                 "BROADSHEET_PUBLIC_LITEFS_LOOPBACK_PORT": str(port()),
+                # With a standby, data.db's LiteFS behind its gate, as in a
+                # deployment (broadsheet/gate.py).
+                **({"BROADSHEET_PRIVATE_LITEFS_ADDR": f"127.0.0.1:{port()}"} if standby else {}),
                 "BROADSHEET_CONTROL_PORT": str(port()),
                 "BROADSHEET_LTX_COMPRESS": str(compress).lower(),
                 "BROADSHEET_SAMPLE": str(sample).lower(),

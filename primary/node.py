@@ -22,7 +22,7 @@ import httpx
 
 from broadsheet import fly
 from broadsheet.config import DEFAULT_ROOT, ConfigError, Env, http_url, listen_host, split_addr
-from broadsheet.gate import gate_service
+from broadsheet.gate import derived_key, gate_service
 from broadsheet.litefs import MountConfig, NewestLtx, derived_cluster_id, is_mounted
 from broadsheet.private_file import private_file
 from broadsheet.supervisor import Service
@@ -229,11 +229,38 @@ class PrimaryNode:
     def private(self) -> MountConfig:
         # Loopback, or an address of the private network that only the
         # standby shares: no read node is ever given this address.
-        if self.private_litefs_addr:
-            host, port = split_addr(self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
-            return self._mount("private", self.private_litefs_addr, self.private_litefs_url or http_url(host, port))
         addr = f"127.0.0.1:{self.private_litefs_port}"
+        if self.private_litefs_addr:
+            # LiteFS on loopback all the same: that address is its gate's.
+            host, port = split_addr(self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
+            return self._mount("private", addr, self.private_litefs_url or http_url(host, port))
         return self._mount("private", addr, self.private_litefs_url or f"http://{addr}")
+
+    @property
+    def private_replication_key(self) -> str:
+        """What data.db's gate admits: derived from the secret the standby
+        holds too, so nothing new is set up."""
+        return derived_key(self.secret, "private replication")
+
+    def private_gate_service(self) -> Service:
+        """data.db's gate on the private network (with a standby): POST
+        /stream for the standby's guard, GET /info for fencing, from a
+        holder of the private replication key."""
+        host, port = split_addr(self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
+        return gate_service(
+            "private-gate",
+            {
+                "BROADSHEET_GATE_ROLE": "server",
+                "BROADSHEET_GATE_NAME": "private-gate",
+                "BROADSHEET_GATE_LISTEN": self.private_litefs_addr,
+                "BROADSHEET_GATE_UPSTREAM": self.private.url,
+                "BROADSHEET_GATE_ALLOW": "POST /stream,GET /info",
+                "BROADSHEET_REPLICATION_KEY": self.private_replication_key,
+                "BROADSHEET_GATE_PEERS_DNS": "",
+                "BROADSHEET_GATE_TLS_CERT": "",
+            },
+            http_url(host, port),
+        )
 
     @property
     def public(self) -> MountConfig:
@@ -328,7 +355,7 @@ class PrimaryNode:
         then data.db's publish state (and sample data on a first start), then
         the publisher, the team's Datasette and the control plane."""
         supervisor.claim(self.root)
-        check_no_other_primary(self.peers, self.private.url)
+        check_no_other_primary(self.peers, self.private.primary_url, key=self.private_replication_key)
         # Before its private LiteFS starts (and could send the standby a
         # snapshot): its own position from its LiteFS directory alone.
         check_no_newer_copy(
@@ -373,7 +400,8 @@ class PrimaryNode:
     def litefs_services(self) -> list[Service]:
         private, public = litefs_service("private-litefs", self.private), litefs_service("public-litefs", self.public)
         public.prepare = self._prepare_public
-        return [private, public, self.public_gate_service()]
+        gates = [self.public_gate_service(), *([self.private_gate_service()] if self.private_litefs_addr else [])]
+        return [private, public, *gates]
 
     def public_gate_service(self) -> Service:
         """The gate read nodes stream public.db through (broadsheet/gate.py)."""

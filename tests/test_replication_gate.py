@@ -108,3 +108,31 @@ def test_from_a_read_nodes_place_nothing_but_streaming_passes(cluster, db):
         asked = [line.split("passing ", 1)[1].split(" from ")[0] for line in log.splitlines() if "passing " in line]
         assert asked and set(asked) == {"POST /stream"}, log
         assert "refused" not in log, log
+
+
+def test_the_standbys_link_to_data_db_is_gated_too(new_cluster):
+    cluster = new_cluster(replicas=1, sample=False, standby=True)
+    primary = cluster.primary
+    gate = primary.private.primary_url
+    assert primary.private.http_addr.startswith("127.0.0.1:") and primary.private.url != gate
+    private_key = primary.private_replication_key
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        # A read node's key is not data.db's: it streams public.db alone.
+        for headers, expected in (({}, 401), ({KEY_HEADER: primary.replication.key}, 403)):
+            assert client.post(f"{gate}/stream", content=b"\0\0\0\0", headers=headers).status_code == expected
+            assert client.get(f"{gate}/info", headers=headers).status_code == expected
+        own = {KEY_HEADER: private_key}
+        for method, path in (("POST", "/import?name=data.db"), ("POST", "/halt?name=data.db&id=1"),
+                             ("POST", "/tx?name=data.db&lockID=1"), ("GET", "/export?name=data.db"),
+                             ("GET", "/debug/pprof/")):
+            assert client.request(method, f"{gate}{path}", headers=own).status_code == 403, path
+        # Fencing's question passes, with the key.
+        assert client.get(f"{gate}/info", headers=own).json()["isPrimary"] is True
+    # The standby follows data.db through its guard and the gate.
+    create_table(cluster, "gate_standby", [{"id": 1}])
+    wait_until(
+        lambda: Pos.read(cluster.standby.data_db).txid >= Pos.read(primary.data_db).txid,
+        message="the standby caught up through the gate",
+    )
+    log = (cluster.supervisor.log_dir / "private-gate.log").read_text()
+    assert "passing POST /stream" in log, log

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from broadsheet.gate import KEY_HEADER
 from broadsheet.h2relay import Downstream, Request, Server, Target, Upstream
 from broadsheet.litefs import LTX_HEADER_SIZE, LtxHeader, Pos, snapshot_to_sqlite
 from primary.backup import Identity, identity_of_file
@@ -128,7 +129,9 @@ class Guard:
         kept: Callable[[Pos], Awaitable[list[Kept]]],
         on_snapshot: Callable[[], None] = lambda: None,
         log: Callable[[str], None] = lambda line: print(f"guard: {line}", flush=True),
+        key: str | None = None,
     ):
+        self.key = key  # what the primary's data.db gate admits (broadsheet/gate.py)
         self.primary_url = primary_url
         self.upstream = Target.from_url(primary_url)
         self.db_name = db_name
@@ -201,6 +204,8 @@ class Guard:
     async def _stream(self, target: str, headers: dict, body: bytes, down: Downstream) -> None:
         ours = position_of(body, self.db_name)
         forwarded = [(k, v) for k, v in headers.items() if k.lower().startswith("litefs-")]
+        if self.key:
+            forwarded.append((KEY_HEADER, self.key))
         upstream = await Upstream.open(self.upstream, "POST", target, forwarded, body)
         try:
             status, response_headers = upstream.status, upstream.headers
