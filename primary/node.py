@@ -246,21 +246,20 @@ class PrimaryNode:
         """data.db's gate on the private network (with a standby): POST
         /stream for the standby's guard, GET /info for fencing, from a
         holder of the private replication key."""
-        host, port = split_addr(self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
-        return gate_service(
-            "private-gate",
-            {
-                "BROADSHEET_GATE_ROLE": "server",
-                "BROADSHEET_GATE_NAME": "private-gate",
-                "BROADSHEET_GATE_LISTEN": self.private_litefs_addr,
-                "BROADSHEET_GATE_UPSTREAM": self.private.url,
-                "BROADSHEET_GATE_ALLOW": "POST /stream,GET /info",
-                "BROADSHEET_REPLICATION_KEY": self.private_replication_key,
-                "BROADSHEET_GATE_PEERS_DNS": "",
-                "BROADSHEET_GATE_TLS_CERT": "",
-            },
-            http_url(host, port),
+        return self._gate(
+            "private-gate", self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR", self.private.url,
+            {"BROADSHEET_GATE_ALLOW": "POST /stream,GET /info",
+             "BROADSHEET_REPLICATION_KEY": self.private_replication_key,
+             "BROADSHEET_GATE_PEERS_DNS": "", "BROADSHEET_GATE_TLS_CERT": ""},
         )
+
+    def _gate(self, name: str, addr: str, var: str, upstream: str, env: dict[str, str]) -> Service:
+        """A gate server (broadsheet/gate.py) on ``addr`` in front of the
+        LiteFS at ``upstream``."""
+        split_addr(addr, var)
+        settings = {"BROADSHEET_GATE_ROLE": "server", "BROADSHEET_GATE_NAME": name,
+                    "BROADSHEET_GATE_LISTEN": addr, "BROADSHEET_GATE_UPSTREAM": upstream, **env}
+        return gate_service(name, settings, http_url(*split_addr(addr, var)))
 
     @property
     def public(self) -> MountConfig:
@@ -405,18 +404,9 @@ class PrimaryNode:
 
     def public_gate_service(self) -> Service:
         """The gate read nodes stream public.db through (broadsheet/gate.py)."""
-        host, port = split_addr(self.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
-        return gate_service(
-            "public-gate",
-            {
-                "BROADSHEET_GATE_ROLE": "server",
-                "BROADSHEET_GATE_NAME": "public-gate",
-                "BROADSHEET_GATE_LISTEN": self.public_litefs_addr,
-                "BROADSHEET_GATE_UPSTREAM": self.public.url,
-                **self.replication.gate_env(),
-            },
-            http_url(host, port),
-            prepare=lambda: None,
+        return self._gate(
+            "public-gate", self.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR", self.public.url,
+            {"BROADSHEET_GATE_ALLOW": "POST /stream", **self.replication.gate_env()},
         )
 
     def _prepare_public(self) -> None:
