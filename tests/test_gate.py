@@ -10,7 +10,8 @@ import socket
 import httpx
 import pytest
 
-from broadsheet.gate import KEY_HEADER, Admission, Gate, refusal, server_tls
+from broadsheet.config import ConfigError
+from broadsheet.gate import INFO, KEY_HEADER, STREAM, Admission, Gate, derived_key, parse_allowed, refusal, server_tls
 from broadsheet.h2relay import Request, Server, Target, fingerprint
 from primary.replication import make_certificate
 
@@ -43,6 +44,24 @@ def test_only_the_replicas_stream_request_passes(method, target):
 
 def test_the_stream_request_passes():
     assert refusal(request("POST", "/stream")) is None
+
+
+def test_data_dbs_gate_also_answers_fencing():
+    allowed = parse_allowed("POST /stream, GET /info")
+    assert allowed == frozenset({STREAM, INFO})
+    assert refusal(request("GET", "/info"), allowed) is None
+    assert refusal(request("POST", "/stream"), allowed) is None
+    for method, target in (("POST", "/info"), ("GET", "/info?x=1"), ("POST", "/import?name=data.db")):
+        assert refusal(request(method, target), allowed)[0] == 403
+    with pytest.raises(ConfigError, match="BROADSHEET_GATE_ALLOW"):
+        parse_allowed("POST")
+
+
+def test_data_dbs_key_is_derived_and_tells_nothing_of_the_secret():
+    key = derived_key("s3cret", "private replication")
+    assert key == derived_key("s3cret", "private replication")
+    assert key != derived_key("s3cret", "public replication") != derived_key("other", "private replication")
+    assert "s3cret" not in key and len(key) == 64
 
 
 def test_admission_by_key():
