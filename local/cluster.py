@@ -148,9 +148,16 @@ class LocalCluster:
                 "BROADSHEET_PORT": str(port()),
                 "BROADSHEET_PRIVATE_LITEFS_PORT": str(port()),
                 "BROADSHEET_PUBLIC_LITEFS_ADDR": f"127.0.0.1:{port()}",
+                "BROADSHEET_PUBLIC_LITEFS_LOOPBACK_PORT": str(port()),
+                # With a standby, data.db's LiteFS behind its gate, as in a
+                # deployment (broadsheet/gate.py).
+                **({"BROADSHEET_PRIVATE_LITEFS_ADDR": f"127.0.0.1:{port()}"} if standby else {}),
                 "BROADSHEET_CONTROL_PORT": str(port()),
                 "BROADSHEET_LTX_COMPRESS": str(compress).lower(),
                 "BROADSHEET_SAMPLE": str(sample).lower(),
+                # The read nodes' credential on the replication gate: not a
+                # team secret (broadsheet/gate.py).
+                "BROADSHEET_REPLICATION_KEY": self.replication_key_file(cluster_files).read_text().strip(),
                 **(primary_env or {}),
             }
         )
@@ -178,6 +185,13 @@ class LocalCluster:
         private_file(path, lambda: secrets.token_urlsafe(12))
         return path
 
+    @staticmethod
+    def replication_key_file(primary_root: Path) -> Path:
+        """The key the local cluster's read nodes stream public.db with."""
+        path = primary_root / "replication-key"
+        private_file(path, lambda: secrets.token_urlsafe(32))
+        return path
+
     @property
     def secret_file(self) -> Path:
         return self.root / NODE_DIRS[0] / "secret"
@@ -190,7 +204,9 @@ class LocalCluster:
                 "BROADSHEET_ROOT": str(self.root / f"replica-{n}"),
                 "BROADSHEET_PORT": str(self._port()),
                 "BROADSHEET_LITEFS_ADDR": f"127.0.0.1:{self._port()}",
-                "BROADSHEET_PRIMARY_LITEFS_URL": self.primary.public.primary_url,
+                "BROADSHEET_PRIMARY_LITEFS_URL": self.primary.public_gate_url,
+                "BROADSHEET_GATE_ADDR": f"127.0.0.1:{self._port()}",
+                "BROADSHEET_REPLICATION_KEY": self.primary.replication.key or "",
                 "BROADSHEET_PRIMARY_URL": self.primary.url,
                 "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
                 **self.replica_env,
@@ -291,6 +307,7 @@ class LocalCluster:
     def stop_replica(self, node: ReadNode, kill: bool = False) -> None:
         self.supervisor.stop(node.datasette_service, kill=kill)
         self.supervisor.stop(node.litefs_service, kill=kill)
+        self.supervisor.stop(node.gate_service, kill=kill)
 
     def stop(self) -> None:
         ours = self.supervisor.root is not None

@@ -127,7 +127,7 @@ def promote(root, force):
         raise click.ClickException(f"{node.root} is promoted already (see {node.root}/promoted.json)")
     if not force:
         try:
-            check_no_other_primary(fence, node.private.url)
+            check_no_other_primary(fence, node.private.url, key=node.replication_key or None)
         except AnotherPrimary as exc:
             raise click.ClickException(f"{exc}; stop it first, or pass --force")
     try:

@@ -22,11 +22,13 @@ import httpx
 
 from broadsheet import fly, plugins
 from broadsheet.config import DEFAULT_ROOT, ConfigError, Env, http_url, listen_host, split_addr
+from broadsheet.gate import derived_key, gate_service
 from broadsheet.litefs import MountConfig, NewestLtx, derived_cluster_id, is_mounted
 from broadsheet.private_file import private_file
 from broadsheet.supervisor import Service
 
 from .backup import check_schedule, default_cluster_id
+from .replication import Replication
 from .settings import ReadNodeAddress, Settings, read_nodes
 from .standby.fencing import check_no_newer_copy, check_no_other_primary
 from .standby.promoted import promotion, record_epoch
@@ -95,7 +97,9 @@ class PrimaryNode:
     # Private LiteFS APIs of the other nodes of the primary group: a node
     # refuses to start as primary while one of them is primary (fencing).
     peers: list[str] = field(default_factory=list)
-    public_litefs_addr: str = "127.0.0.1:20203"  # read nodes stream public.db from here
+    public_litefs_addr: str = "127.0.0.1:20203"  # read nodes stream public.db from here (its gate)
+    # public.db's LiteFS itself, on loopback behind the gate (broadsheet/gate.py).
+    public_litefs_loopback_port: int = 20213
     public_litefs_url: str = ""  # how read nodes reach it (default: from the address)
     hostname: str = "primary"  # the public cluster's primary, in the static lease
     compress: bool = True
@@ -124,6 +128,8 @@ class PrimaryNode:
     backup_dir: Path | None = None  # where scheduled backups go (default: root/backups)
     backup_interval: float = 0.0  # seconds between scheduled backups; 0: none
     backup_keep: int = 7
+    # Who may stream public.db, over what (primary/replication.py).
+    replication: Replication = field(default_factory=lambda: Replication(None, None))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PrimaryNode":
@@ -154,6 +160,7 @@ class PrimaryNode:
             standby_url=env.url("BROADSHEET_STANDBY_URL"),
             peers=env.urls("BROADSHEET_PEERS"),
             public_litefs_addr=env.str("BROADSHEET_PUBLIC_LITEFS_ADDR", "127.0.0.1:20203"),
+            public_litefs_loopback_port=env.port("BROADSHEET_PUBLIC_LITEFS_LOOPBACK_PORT", 20213),
             public_litefs_url=env.str("BROADSHEET_PUBLIC_LITEFS_URL", fly.primary_litefs_url(environ) or ""),
             hostname=env.str("BROADSHEET_PRIMARY_HOSTNAME", "primary"),
             compress=env.bool("BROADSHEET_LTX_COMPRESS", True),
@@ -171,6 +178,7 @@ class PrimaryNode:
             backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
+            replication=Replication.from_env(environ, root),
         )
         for path in [*node.adopt, *([node.adopt_metadata] if node.adopt_metadata else [])]:
             if not Path(path).is_file():
@@ -187,6 +195,7 @@ class PrimaryNode:
             # Every setting checked: only now is anything written.
             node.secret = private_file(made_secret, lambda: secrets.token_hex(32))
         node.cluster_id = env.str("BROADSHEET_CLUSTER_ID", _default_cluster_id(environ, node.secret, made_secret))
+        node.replication = node.replication.prepare(root)
         return node
 
     def to_env(self) -> dict[str, str]:
@@ -203,6 +212,7 @@ class PrimaryNode:
             "BROADSHEET_STANDBY_URL": self.standby_url,
             "BROADSHEET_PEERS": ",".join(self.peers),
             "BROADSHEET_PUBLIC_LITEFS_ADDR": self.public_litefs_addr,
+            "BROADSHEET_PUBLIC_LITEFS_LOOPBACK_PORT": str(self.public_litefs_loopback_port),
             "BROADSHEET_PUBLIC_LITEFS_URL": self.public_litefs_url,
             "BROADSHEET_PRIMARY_HOSTNAME": self.hostname,
             "BROADSHEET_LTX_COMPRESS": _bool(self.compress),
@@ -220,6 +230,12 @@ class PrimaryNode:
             "BROADSHEET_BACKUP_INTERVAL": str(int(self.backup_interval)),
             "BROADSHEET_BACKUP_KEEP": str(self.backup_keep),
         }
+        if self.replication.key:
+            env["BROADSHEET_REPLICATION_KEY"] = self.replication.key
+        if self.replication.tls:
+            env["BROADSHEET_REPLICATION_TLS"] = "true"
+            env["BROADSHEET_REPLICATION_TLS_CERT"] = str(self.replication.cert)
+            env["BROADSHEET_REPLICATION_TLS_KEY"] = str(self.replication.cert_key)
         if self.team_password:
             env["BROADSHEET_TEAM_PASSWORD"] = self.team_password
         if self.team_password_hash:
@@ -231,16 +247,50 @@ class PrimaryNode:
     def private(self) -> MountConfig:
         # Loopback, or an address of the private network that only the
         # standby shares: no read node is ever given this address.
-        if self.private_litefs_addr:
-            host, port = split_addr(self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
-            return self._mount("private", self.private_litefs_addr, self.private_litefs_url or http_url(host, port))
         addr = f"127.0.0.1:{self.private_litefs_port}"
+        if self.private_litefs_addr:
+            # LiteFS on loopback all the same: that address is its gate's.
+            host, port = split_addr(self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR")
+            return self._mount("private", addr, self.private_litefs_url or http_url(host, port))
         return self._mount("private", addr, self.private_litefs_url or f"http://{addr}")
 
     @property
+    def private_replication_key(self) -> str:
+        """What data.db's gate admits: derived from the secret the standby
+        holds too, so nothing new is set up."""
+        return derived_key(self.secret, "private replication")
+
+    def private_gate_service(self) -> Service:
+        """data.db's gate on the private network (with a standby): POST
+        /stream for the standby's guard, GET /info for fencing, from a
+        holder of the private replication key."""
+        return self._gate(
+            "private-gate", self.private_litefs_addr, "BROADSHEET_PRIVATE_LITEFS_ADDR", self.private.url,
+            {"BROADSHEET_GATE_ALLOW": "POST /stream,GET /info",
+             "BROADSHEET_REPLICATION_KEY": self.private_replication_key,
+             "BROADSHEET_GATE_PEERS_DNS": "", "BROADSHEET_GATE_TLS_CERT": ""},
+        )
+
+    def _gate(self, name: str, addr: str, var: str, upstream: str, env: dict[str, str]) -> Service:
+        """A gate server (broadsheet/gate.py) on ``addr`` in front of the
+        LiteFS at ``upstream``."""
+        split_addr(addr, var)
+        settings = {"BROADSHEET_GATE_ROLE": "server", "BROADSHEET_GATE_NAME": name,
+                    "BROADSHEET_GATE_LISTEN": addr, "BROADSHEET_GATE_UPSTREAM": upstream, **env}
+        return gate_service(name, settings, http_url(*split_addr(addr, var)))
+
+    @property
     def public(self) -> MountConfig:
-        host, port = split_addr(self.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR")
-        return self._mount("public", self.public_litefs_addr, self.public_litefs_url or http_url(host, port))
+        # LiteFS on loopback: the network reaches its gate alone.
+        return self._mount("public", f"127.0.0.1:{self.public_litefs_loopback_port}", self.public_gate_url)
+
+    @property
+    def public_gate_url(self) -> str:
+        """How read nodes reach the public cluster's primary: its gate."""
+        if self.public_litefs_url:
+            return self.public_litefs_url
+        url = http_url(*split_addr(self.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR"))
+        return url.replace("http://", "https://", 1) if self.replication.tls else url
 
     def _mount(self, cluster: str, addr: str, advertise: str) -> MountConfig:
         return MountConfig(
@@ -257,8 +307,9 @@ class PrimaryNode:
 
     @property
     def public_litefs_local_url(self) -> str:
-        """The public LiteFS API as this node's own processes reach it."""
-        return http_url(*split_addr(self.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR"))
+        """The public LiteFS API as this node's own processes reach it (not
+        through the gate)."""
+        return self.public.url
 
     @property
     def data_db(self) -> Path:
@@ -322,7 +373,7 @@ class PrimaryNode:
         then data.db's publish state (and sample data on a first start), then
         the publisher, the team's Datasette and the control plane."""
         supervisor.claim(self.root)
-        check_no_other_primary(self.peers, self.private.url)
+        check_no_other_primary(self.peers, self.private.primary_url, key=self.private_replication_key)
         # Before its private LiteFS starts (and could send the standby a
         # snapshot): its own position from its LiteFS directory alone.
         check_no_newer_copy(
@@ -412,7 +463,15 @@ class PrimaryNode:
     def litefs_services(self) -> list[Service]:
         private, public = litefs_service("private-litefs", self.private), litefs_service("public-litefs", self.public)
         public.prepare = self._prepare_public
-        return [private, public]
+        gates = [self.public_gate_service(), *([self.private_gate_service()] if self.private_litefs_addr else [])]
+        return [private, public, *gates]
+
+    def public_gate_service(self) -> Service:
+        """The gate read nodes stream public.db through (broadsheet/gate.py)."""
+        return self._gate(
+            "public-gate", self.public_litefs_addr, "BROADSHEET_PUBLIC_LITEFS_ADDR", self.public.url,
+            {"BROADSHEET_GATE_ALLOW": "POST /stream", **self.replication.gate_env()},
+        )
 
     def _prepare_public(self) -> None:
         """The public cluster's LiteFS id before its first start here: the

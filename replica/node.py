@@ -19,7 +19,8 @@ from typing import Mapping
 import httpx
 
 from broadsheet import fly, plugins
-from broadsheet.config import DEFAULT_ROOT, Env, http_url, listen_host, split_addr
+from broadsheet.config import DEFAULT_ROOT, ConfigError, Env, http_url, listen_host, split_addr
+from broadsheet.gate import gate_service
 from broadsheet.litefs import MountConfig, is_mounted, wait_for_file
 from broadsheet.supervisor import Service
 from broadsheet.team_secrets import TEAM_SECRET_VARS, refuse_team_secrets
@@ -59,6 +60,12 @@ class ReadNode:
     # them (broadsheet/plugins.py reads and checks them).
     plugins: str = ""
     plugins_config: str = ""
+    # Its LiteFS streams through a gate on its own loopback
+    # (broadsheet/gate.py), which presents the replication key to the
+    # primary's gate: the key reads the public stream and nothing else.
+    gate_addr: str = "127.0.0.1:20214"
+    replication_key: str = ""
+    replication_tls_pin: str = ""  # the primary gate's certificate, for an https:// primary
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ReadNode":
@@ -82,8 +89,16 @@ class ReadNode:
             retention=env.str("BROADSHEET_LTX_RETENTION", "10s"),
             plugins=env.str(plugins.PLUGINS_VAR, ""),
             plugins_config=env.str(plugins.CONFIG_VAR, ""),
+            gate_addr=env.str("BROADSHEET_GATE_ADDR", "127.0.0.1:20214"),
+            replication_key=env.str("BROADSHEET_REPLICATION_KEY", ""),
+            replication_tls_pin=env.str("BROADSHEET_REPLICATION_TLS_PIN", ""),
         )
         split_addr(node.litefs_addr, "BROADSHEET_LITEFS_ADDR")
+        split_addr(node.gate_addr, "BROADSHEET_GATE_ADDR")
+        if not node.primary_public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"BROADSHEET_PRIMARY_LITEFS_URL must be an http:// or https:// URL, not {node.primary_public_url!r}")
+        if node.replication_tls_pin and not node.primary_public_url.startswith("https://"):
+            raise ConfigError("BROADSHEET_REPLICATION_TLS_PIN needs an https:// BROADSHEET_PRIMARY_LITEFS_URL")
         # The Datasette it starts reads the rest (bookmark and SQL limits):
         # a bad value stops the node here, with the variable's name.
         Settings.from_env(environ)
@@ -106,7 +121,18 @@ class ReadNode:
             "BROADSHEET_LTX_RETENTION": self.retention,
             plugins.PLUGINS_VAR: self.plugins,
             plugins.CONFIG_VAR: self.plugins_config,
+            "BROADSHEET_GATE_ADDR": self.gate_addr,
+            "BROADSHEET_REPLICATION_KEY": self.replication_key,
+            "BROADSHEET_REPLICATION_TLS_PIN": self.replication_tls_pin,
         }
+
+    @property
+    def gate_url(self) -> str:
+        return http_url(*split_addr(self.gate_addr, "BROADSHEET_GATE_ADDR"))
+
+    @property
+    def gate_service(self) -> str:
+        return f"{self.name}-gate"
 
     @property
     def litefs(self) -> MountConfig:
@@ -114,7 +140,8 @@ class ReadNode:
             mount_dir=self.root / "mnt",
             data_dir=self.root / "litefs",
             http_addr=self.litefs_addr,
-            primary_url=self.primary_public_url,
+            # Never the primary itself: the gate on this node's loopback.
+            primary_url=self.gate_url,
             primary_hostname=self.primary_hostname,
             candidate=False,
             # Serve what is on disk while the primary is unreachable.
@@ -169,6 +196,19 @@ class ReadNode:
     def services(self) -> list[Service]:
         fs = self.litefs
         return [
+            gate_service(
+                self.gate_service,
+                {
+                    "BROADSHEET_GATE_ROLE": "client",
+                    "BROADSHEET_GATE_NAME": self.gate_service,
+                    "BROADSHEET_GATE_LISTEN": self.gate_addr,
+                    "BROADSHEET_GATE_UPSTREAM": self.primary_public_url,
+                    "BROADSHEET_REPLICATION_KEY": self.replication_key,
+                    "BROADSHEET_REPLICATION_TLS_PIN": self.replication_tls_pin,
+                },
+                self.gate_url,
+                drop_env=tuple(TEAM_SECRET_VARS),
+            ),
             Service(
                 name=self.litefs_service,
                 argv=fs.argv(),
@@ -208,7 +248,8 @@ class ReadNode:
                 depends_on=(self.litefs_service,),
                 # The primary's position stream never ends by itself.
                 force_after=2.0,
-                drop_env=tuple(TEAM_SECRET_VARS),
+                # Nor the replication key: only the gate presents it.
+                drop_env=(*TEAM_SECRET_VARS, "BROADSHEET_REPLICATION_KEY"),
             ),
         ]
 

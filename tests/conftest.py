@@ -125,6 +125,13 @@ if not os.environ.get("BROADSHEET_CONTAINER_TESTS"):
     collect_ignore = ["deploy"]
 
 
+def primary_services(primary) -> list[str]:
+    """The names of every process a primary node runs (its LiteFS mounts,
+    their gates, the publisher, the team's Datasette, the control plane),
+    in the order they stop in: what a test stops to take the primary away."""
+    return [s.name for s in reversed([*primary.litefs_services(), *primary.app_services()])]
+
+
 def wait_until(condition, timeout: float = 10.0, message: str = "condition"):
     """Poll ``condition`` until it returns a truthy value; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

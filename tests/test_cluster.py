@@ -39,8 +39,11 @@ def test_sample_public_table_is_served_and_private_one_is_not(cluster):
 def test_private_litefs_listens_on_loopback_and_no_read_node_joins_it(cluster):
     assert cluster.primary.private.http_addr.startswith("127.0.0.1:")
     for node in cluster.replicas:
-        assert node.litefs.primary_url == cluster.primary.public.url
-        assert node.litefs.primary_url != cluster.primary.private.url
+        # Its LiteFS streams through its own gate, on loopback, which goes
+        # to the primary's public gate, never to data.db's LiteFS.
+        assert node.litefs.primary_url == node.gate_url and node.gate_url.startswith("http://127.0.0.1:")
+        assert node.primary_public_url == cluster.primary.public.primary_url
+        assert node.primary_public_url not in (cluster.primary.private.url, cluster.primary.private.primary_url)
         assert not node.litefs.candidate
         # Only public.db exists on a read node's mount.
         dbs = {p.name for p in node.root.joinpath("mnt").iterdir() if not p.name.startswith(".")}

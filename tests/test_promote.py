@@ -22,7 +22,7 @@ from broadsheet.cli import cli
 from local.cluster import LocalCluster, free_port
 from broadsheet.cluster_file import load_state
 from broadsheet.litefs import Pos
-from conftest import read_only_rows, rows, status, wait_until
+from conftest import primary_services, read_only_rows, rows, status, wait_until
 from fault_tools import LedgerWriter
 from primary.standby.fencing import AnotherPrimary
 
@@ -59,7 +59,7 @@ def test_promote_after_the_primary_is_destroyed_mid_stream(cluster, usr1):
             wait_until(lambda: len(writer.acknowledged) >= 30, timeout=60, message="writes flowing")
             # The primary and its volume, destroyed mid-stream.
             sup = cluster.supervisor
-            for name in ("control-plane", "primary-datasette", "publisher", "public-litefs", "private-litefs"):
+            for name in primary_services(cluster.primary):
                 sup.stop(name, kill=True)
     finally:
         client.close()

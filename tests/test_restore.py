@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from broadsheet.cli import cli
 from broadsheet.litefs import Pos
-from conftest import create_table, read_only_rows, rows, settle, status, team_db, wait_until
+from conftest import create_table, primary_services, read_only_rows, rows, settle, status, team_db, wait_until
 from primary import backup, store
 
 AFTER = "WRITTEN-AFTER-THE-BACKUP-5e1d"
@@ -84,7 +84,7 @@ def wipe_primary(cluster) -> None:
     data directories and the publisher's files gone, then started afresh
     (an empty data.db, an empty public.db)."""
     sup = cluster.supervisor
-    for name in ("control-plane", "primary-datasette", "publisher", "public-litefs", "private-litefs"):
+    for name in primary_services(cluster.primary):
         sup.stop(name)
     root = cluster.primary.root
     for path in (root / "private", root / "public"):

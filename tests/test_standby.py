@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from broadsheet.cli import cli
 from broadsheet.litefs import NewestLtx, Pos
-from conftest import file_bytes, read_only_rows, rows, wait_until
+from conftest import file_bytes, primary_services, read_only_rows, rows, wait_until
 
 SENTINEL = "STANDBY-ONLY-SENTINEL-8c41"
 
@@ -229,7 +229,7 @@ def test_a_running_standby_keeps_its_copy_when_the_primary_comes_back_empty(new_
     generation = httpx.get(f"{standby.url}/status").json()["generation"]
 
     sup = cluster.supervisor
-    for name in ("control-plane", "primary-datasette", "publisher", "public-litefs", "private-litefs"):
+    for name in primary_services(cluster.primary):
         sup.stop(name, kill=True)
     shutil.rmtree(cluster.primary.root / "private")
     shutil.rmtree(cluster.primary.root / "public")

@@ -49,6 +49,7 @@ class Standby:
             spool=self.root,
             kept=self._kept,
             on_snapshot=self._forget_identity,
+            key=env.optional("BROADSHEET_STANDBY_REPLICATION_KEY"),
         )
 
     def identity(self) -> Identity:

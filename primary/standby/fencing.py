@@ -17,15 +17,21 @@ class AnotherPrimary(StartError):
     """A peer is primary already: this node must not start as one."""
 
 
-def check_no_other_primary(peers: list[str], own_url: str, timeout: float = 2.0) -> None:
+def check_no_other_primary(peers: list[str], own_url: str, timeout: float = 2.0, key: str | None = None) -> None:
     """Refuse (AnotherPrimary) if any peer's private LiteFS says it is
     primary. A peer that does not answer is not counted: see the README's
-    notes on fencing."""
+    notes on fencing. ``key``: data.db's replication key, which a peer's
+    gate asks for (broadsheet/gate.py)."""
+    from broadsheet.gate import KEY_HEADER
+
+    headers = {KEY_HEADER: key} if key else {}
     for peer in peers:
         if peer.rstrip("/") == own_url.rstrip("/"):
             continue
         try:
-            info = httpx.get(f"{peer.rstrip('/')}/info", timeout=timeout).json()
+            # HTTP/2 (prior knowledge): a gate speaks nothing else, LiteFS both.
+            with httpx.Client(http1=False, http2=True, timeout=timeout) as client:
+                info = client.get(f"{peer.rstrip('/')}/info", headers=headers).json()
         except (httpx.HTTPError, ValueError):
             continue
         if info.get("isPrimary"):

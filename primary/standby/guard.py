@@ -27,8 +27,8 @@ takes any snapshot: that is how it gets its first copy.
 
 LiteFS's replication speaks HTTP/2 without TLS (prior knowledge) both ways
 (its ``/stream`` refuses HTTP/1.1), so the guard is an HTTP/2 server towards
-the standby's LiteFS and an HTTP/2 client towards the primary's, with the
-``h2`` library.
+the standby's LiteFS and an HTTP/2 client towards the primary's, built from
+the relay every gate of broadsheet shares (``broadsheet/h2relay.py``).
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ import shutil
 import struct
 import tempfile
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from broadsheet.gate import KEY_HEADER
+from broadsheet.h2relay import Downstream, Request, Server, Target, Upstream
 from broadsheet.litefs import LTX_HEADER_SIZE, LtxHeader, Pos, snapshot_to_sqlite
 from primary.backup import Identity, identity_of_file
 
@@ -51,7 +52,6 @@ from primary.backup import Identity, identity_of_file
 LTX, READY, END, DROP_DB, HANDOFF, HWM, HEARTBEAT = range(1, 8)
 # Seconds a refused primary waits before the guard asks it again (doubling).
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
-CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -129,10 +129,11 @@ class Guard:
         kept: Callable[[Pos], Awaitable[list[Kept]]],
         on_snapshot: Callable[[], None] = lambda: None,
         log: Callable[[str], None] = lambda line: print(f"guard: {line}", flush=True),
+        key: str | None = None,
     ):
-        parts = urllib.parse.urlsplit(primary_url)
+        self.key = key  # what the primary's data.db gate admits (broadsheet/gate.py)
         self.primary_url = primary_url
-        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.upstream = Target.from_url(primary_url)
         self.db_name = db_name
         self.spool = spool
         self.kept = kept
@@ -142,84 +143,28 @@ class Guard:
         self.following = False  # a stream is open and has synced
         self._retry_at = 0.0
         self._backoff = FIRST_BACKOFF
-        self._server: asyncio.AbstractServer | None = None
+        self._server: Server | None = None
 
     def status(self) -> dict:
         return {"following": self.following, "refused": self.refusal.as_dict() if self.refusal else None}
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._connection, host, port)
+        self._server = Server(self._request, self.log)
+        self._server.on_close = self._closed
+        await self._server.start(host, port)
 
     async def close(self) -> None:
         if self._server is not None:
-            self._server.close()
+            await self._server.close()
 
-    # -- HTTP/2 towards the standby's LiteFS ------------------------------------
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        import h2.config
-        import h2.connection
-        import h2.events
+    def _closed(self) -> None:
+        self.following = False
 
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
-        conn.initiate_connection()
-        writer.write(conn.data_to_send())
-        requests: dict[int, tuple[dict, bytearray]] = {}
-        windows: dict[int, asyncio.Event] = {}
-        tasks: dict[int, asyncio.Task] = {}
-
-        def finished(stream_id: int):
-            def forget(task) -> None:
-                tasks.pop(stream_id, None)
-                windows.pop(stream_id, None)
-
-            return forget
-
+    # -- towards the standby's LiteFS (broadsheet/h2relay.py) -----------------
+    async def _request(self, request: Request, down: Downstream) -> None:
+        target, headers, body = request.target, request.headers, request.body
         try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.RequestReceived):
-                        requests[event.stream_id] = (dict(event.headers), bytearray())
-                        windows[event.stream_id] = asyncio.Event()
-                    elif isinstance(event, h2.events.DataReceived):
-                        if event.stream_id in requests:
-                            requests[event.stream_id][1].extend(event.data)
-                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                    elif isinstance(event, h2.events.StreamEnded) and event.stream_id in requests:
-                        headers, body = requests.pop(event.stream_id)
-                        stream = _Downstream(conn, writer, event.stream_id, windows[event.stream_id])
-                        task = asyncio.get_running_loop().create_task(self._request(headers, bytes(body), stream))
-                        tasks[event.stream_id] = task
-                        task.add_done_callback(finished(event.stream_id))
-                    elif isinstance(event, h2.events.WindowUpdated):
-                        for stream_id in [event.stream_id] if event.stream_id else list(windows):
-                            if stream_id in windows:
-                                windows[stream_id].set()
-                    elif isinstance(event, h2.events.StreamReset):
-                        # LiteFS gave up on it (it is stopping, or reconnecting).
-                        requests.pop(event.stream_id, None)
-                        if (task := tasks.get(event.stream_id)) is not None:
-                            task.cancel()
-                    elif isinstance(event, h2.events.ConnectionTerminated):
-                        return
-                writer.write(conn.data_to_send())
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        except Exception as exc:  # a protocol error: the connection ends, LiteFS reconnects
-            self.log(f"connection from the standby's LiteFS ended: {exc!r}")
-        finally:
-            for task in list(tasks.values()):
-                task.cancel()
-            self.following = False
-            writer.close()
-
-    async def _request(self, headers: dict, body: bytes, down: "_Downstream") -> None:
-        target = headers.get(":path", "/")
-        try:
-            if headers.get(":method") != "POST" or urllib.parse.urlsplit(target).path != "/stream":
+            if request.method != "POST" or request.path != "/stream":
                 await down.respond(403, b"the standby's guard relays LiteFS's /stream and nothing else\n")
                 return
             wait = self._retry_at - time.monotonic()
@@ -256,10 +201,12 @@ class Guard:
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
     # -- HTTP/2 towards the primary's private LiteFS ----------------------------
-    async def _stream(self, target: str, headers: dict, body: bytes, down: "_Downstream") -> None:
+    async def _stream(self, target: str, headers: dict, body: bytes, down: Downstream) -> None:
         ours = position_of(body, self.db_name)
         forwarded = [(k, v) for k, v in headers.items() if k.lower().startswith("litefs-")]
-        upstream = await _Upstream.open(self.upstream, target, forwarded, body)
+        if self.key:
+            forwarded.append((KEY_HEADER, self.key))
+        upstream = await Upstream.open(self.upstream, "POST", target, forwarded, body)
         try:
             status, response_headers = upstream.status, upstream.headers
             if status != 200:
@@ -271,7 +218,7 @@ class Guard:
         finally:
             upstream.close()
 
-    async def _relay(self, upstream: "_Upstream", down: "_Downstream", ours: Pos) -> None:
+    async def _relay(self, upstream: Upstream, down: Downstream, ours: Pos) -> None:
         txid = ours.txid  # the copy's TXID, as the files passed move it
         while True:
             try:
@@ -308,7 +255,7 @@ class Guard:
                     self.log(f"following {self.primary_url} again")
                 self.refusal, self._backoff = None, FIRST_BACKOFF
 
-    async def _ltx(self, frame: bytes, name: str, upstream: "_Upstream", down: "_Downstream", txid: int) -> int:
+    async def _ltx(self, frame: bytes, name: str, upstream: Upstream, down: Downstream, txid: int) -> int:
         """One LTX frame, passed on or refused; returns the TXID it brings
         the database to. Its payload is a chunked byte stream (2-byte size,
         bytes; size 0 ends it) whose first 100 bytes are the LTX header."""
@@ -389,156 +336,3 @@ def position_of(body: bytes, db_name: str) -> Pos:
         if name == db_name:
             return Pos(txid, checksum)
     return Pos(0)
-
-
-class _Upstream:
-    """One HTTP/2 request to the primary's private LiteFS (prior knowledge,
-    no TLS: LiteFS's /stream answers nothing else), whose response body is
-    read a number of bytes at a time. Received data is acknowledged (its
-    flow-control window opened again) only as it is read, so a stream held
-    back here holds the primary back, not this process's memory."""
-
-    WINDOW = 1 << 22
-
-    def __init__(self, reader, writer, conn, stream_id: int):
-        self.reader, self.writer, self.conn, self.stream_id = reader, writer, conn, stream_id
-        self.buffer = bytearray()
-        self.arrived = asyncio.Event()
-        self.response: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.ended = False
-        self.error: Exception | None = None
-        self.status, self.headers = 0, {}
-        self._pump = asyncio.get_running_loop().create_task(self._receive())
-
-    @classmethod
-    async def open(cls, address: tuple[str, int], target: str, headers: list[tuple[str, str]], body: bytes) -> "_Upstream":
-        import h2.config
-        import h2.connection
-        import h2.settings
-
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CONNECT_TIMEOUT)
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-        conn.local_settings = h2.settings.Settings(client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: cls.WINDOW})
-        conn.initiate_connection()
-        conn.increment_flow_control_window(cls.WINDOW)
-        stream_id = conn.get_next_available_stream_id()
-        host, port = address
-        conn.send_headers(
-            stream_id,
-            [(":method", "POST"), (":scheme", "http"), (":authority", f"{host}:{port}"), (":path", target),
-             *headers, ("content-length", str(len(body)))],
-        )
-        conn.send_data(stream_id, body, end_stream=True)
-        writer.write(conn.data_to_send())
-        upstream = cls(reader, writer, conn, stream_id)
-        try:
-            upstream.status, upstream.headers = await asyncio.wait_for(asyncio.shield(upstream.response), CONNECT_TIMEOUT)
-        except BaseException:
-            upstream.close()
-            raise
-        return upstream
-
-    async def _receive(self) -> None:
-        import h2.events
-
-        try:
-            while not self.ended:
-                data = await self.reader.read(65536)
-                if not data:
-                    raise ConnectionError("the primary's LiteFS closed the connection")
-                for event in self.conn.receive_data(data):
-                    if isinstance(event, h2.events.ResponseReceived) and not self.response.done():
-                        headers = dict(event.headers)
-                        self.response.set_result((int(headers.pop(":status", "0")), headers))
-                    elif isinstance(event, h2.events.DataReceived) and event.stream_id == self.stream_id:
-                        self.buffer += event.data
-                        if padding := event.flow_controlled_length - len(event.data):
-                            self.conn.acknowledge_received_data(padding, self.stream_id)
-                    elif isinstance(event, h2.events.StreamEnded) and event.stream_id == self.stream_id:
-                        self.ended = True
-                    elif isinstance(event, h2.events.StreamReset) and event.stream_id == self.stream_id:
-                        raise ConnectionError(f"the primary's LiteFS reset the stream (error {event.error_code})")
-                    elif isinstance(event, h2.events.ConnectionTerminated):
-                        raise ConnectionError("the primary's LiteFS ended the connection")
-                self.writer.write(self.conn.data_to_send())
-                self.arrived.set()
-                await self.writer.drain()
-        except Exception as exc:
-            self.error = exc
-        finally:
-            if not self.response.done():
-                self.response.set_exception(self.error or ConnectionError("no response"))
-            self.arrived.set()
-
-    async def read(self, n: int) -> bytes:
-        """``n`` bytes of the body; IncompleteReadError once it has ended
-        (with what was left, if anything)."""
-        while len(self.buffer) < n:
-            if self.ended or self.error is not None:
-                if self.error is not None and not self.ended:
-                    raise self.error
-                partial, self.buffer = bytes(self.buffer), bytearray()
-                raise asyncio.IncompleteReadError(partial, n)
-            self.arrived.clear()
-            await self.arrived.wait()
-        out = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        self.conn.acknowledge_received_data(n, self.stream_id)
-        self.writer.write(self.conn.data_to_send())
-        return out
-
-    async def rest(self, limit: int) -> bytes:
-        with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-            deadline = time.monotonic() + CONNECT_TIMEOUT
-            while not (self.ended or self.error) and len(self.buffer) < limit and time.monotonic() < deadline:
-                self.arrived.clear()
-                await asyncio.wait_for(self.arrived.wait(), max(0.01, deadline - time.monotonic()))
-        return bytes(self.buffer[:limit])
-
-    def close(self) -> None:
-        self._pump.cancel()
-        self.writer.close()
-
-
-class _Downstream:
-    """One HTTP/2 response to the standby's LiteFS, within its flow control."""
-
-    def __init__(self, conn, writer: asyncio.StreamWriter, stream_id: int, window: asyncio.Event):
-        self.conn, self.writer, self.stream_id, self.window = conn, writer, stream_id, window
-        self.started = False
-
-    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.conn.send_headers(self.stream_id, [(":status", str(status)), *headers])
-        self.started = True
-        await self._flush()
-
-    async def respond(self, status: int, body: bytes) -> None:
-        await self.start(status, [("content-type", "text/plain; charset=utf-8")])
-        await self.send(body)
-        self.end()
-
-    async def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            room = min(self.conn.local_flow_control_window(self.stream_id), self.conn.max_outbound_frame_size)
-            if room <= 0:
-                self.window.clear()
-                await self.window.wait()
-                continue
-            self.conn.send_data(self.stream_id, view[:room])
-            view = view[room:]
-            await self._flush()
-
-    def end(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.end_stream(self.stream_id)
-            self.writer.write(self.conn.data_to_send())
-
-    def reset(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.reset_stream(self.stream_id, 2)  # INTERNAL_ERROR: LiteFS drops the stream and reconnects
-            self.writer.write(self.conn.data_to_send())
-
-    async def _flush(self) -> None:
-        self.writer.write(self.conn.data_to_send())
-        await self.writer.drain()

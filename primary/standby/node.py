@@ -13,6 +13,7 @@ from typing import Mapping
 import httpx
 
 from broadsheet.config import DEFAULT_ROOT, ConfigError, Env, http_url, listen_host, split_addr
+from broadsheet.gate import derived_key
 from broadsheet.litefs import MountConfig, NewestLtx, Pos, derived_cluster_id, is_mounted
 from broadsheet.supervisor import Service
 from primary import backup
@@ -41,6 +42,9 @@ class StandbyNode:
     backup_dir: Path | None = None
     backup_interval: float = 0.0
     backup_keep: int = 7
+    # What the primary's data.db gate admits (broadsheet/gate.py), derived
+    # from DATASETTE_SECRET, which the standby holds anyway.
+    replication_key: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "StandbyNode":
@@ -64,6 +68,7 @@ class StandbyNode:
             backup_dir=Path(env.str("BROADSHEET_BACKUP_DIR", "")) if env.optional("BROADSHEET_BACKUP_DIR") else None,
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
+            replication_key=derived_key(secret, "private replication") if secret else "",
         )
         split_addr(node.litefs_addr, "BROADSHEET_STANDBY_LITEFS_ADDR")
         split_addr(node.guard_addr, "BROADSHEET_STANDBY_GUARD_ADDR")
@@ -131,6 +136,7 @@ class StandbyNode:
                     "BROADSHEET_STANDBY_LITEFS_DATA_DIR": str(self.private.data_dir),
                     "BROADSHEET_STANDBY_GUARD_ADDR": self.guard_addr,
                     "BROADSHEET_PRIVATE_PRIMARY_URL": self.primary_private_url,
+                    "BROADSHEET_STANDBY_REPLICATION_KEY": self.replication_key,
                 },
                 ready=lambda: httpx.get(f"{self.url}/status", timeout=1).status_code == 200,
                 restart=True,

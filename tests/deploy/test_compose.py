@@ -49,6 +49,8 @@ class Compose:
         (workdir / "broadsheet.env").write_text(
             f"DATASETTE_SECRET={self.secret}\nBROADSHEET_TEAM_PASSWORD=container-test\n"
         )
+        self.replication_key = uuid.uuid4().hex
+        (workdir / "replication.env").write_text(f"BROADSHEET_REPLICATION_KEY={self.replication_key}\n")
         self.team_port = free_port()
         self.control_port = free_port()
         self.env = {
@@ -254,6 +256,33 @@ def test_a_read_node_cannot_reach_the_private_side(compose, token):
     assert all(p.split(" -> ")[1].startswith("127.0.0.1:") for p in published if p)
     for container in compose.containers("replica"):
         assert compose.docker("port", container).stdout.split(" -> ")[0] == "8001/tcp"
+
+
+def test_from_a_read_node_container_the_gate_refuses_all_but_streaming(compose, token):
+    """Issue 21: the primary's public port, as a (compromised) read node
+    reaches it, with the replication key it holds, lets nothing but
+    POST /stream through; without the key, not even that."""
+    probe = (
+        "import os, httpx\n"
+        "key = {'broadsheet-replication-key': os.environ['BROADSHEET_REPLICATION_KEY']}\n"
+        "c = httpx.Client(http1=False, http2=True, timeout=10)\n"
+        "g = 'http://primary:20203'\n"
+        "print(c.post(g + '/import?name=public.db', content=b'SQLite format 3' + bytes(4096), headers=key).status_code,\n"
+        "      c.post(g + '/halt?name=public.db&id=1', headers=key).status_code,\n"
+        "      c.post(g + '/tx?name=public.db&lockID=1', content=b'LTX1' + bytes(200), headers=key).status_code,\n"
+        "      c.get(g + '/export?name=public.db', headers=key).status_code,\n"
+        "      c.get(g + '/debug/pprof/', headers=key).status_code,\n"
+        "      c.post(g + '/stream', content=bytes(4)).status_code)\n"
+        "with c.stream('POST', g + '/stream', content=bytes(4), headers=key) as r:\n"
+        "    print(r.status_code)\n"
+    )
+    for container in compose.containers("replica"):
+        out = compose.exec(container, "python3", "-c", probe).stdout.split("\n")
+        assert out[0].split() == ["403", "403", "403", "403", "403", "401"], out
+        assert out[1] == "200", out
+        # No team secret came with the key.
+        env = compose.exec(container, "env").stdout
+        assert "DATASETTE_SECRET" not in env and "BROADSHEET_TEAM_PASSWORD" not in env
 
 
 def test_no_private_byte_reaches_a_read_node(compose, token):
