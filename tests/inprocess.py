@@ -319,7 +319,7 @@ def plain_primary(plain_primary_files, public_litefs_port, tmp_path, monkeypatch
         sample=True,
         control_port=free_port(),
         # The control plane's tracker follows this stub, never another test's LiteFS.
-        public_litefs_addr=f"127.0.0.1:{public_litefs_port}",
+        public_litefs_loopback_port=public_litefs_port,
         team_password_hash=team_password_hash(),
     )
     shutil.copytree(plain_primary_files, node.root)
