@@ -815,6 +815,10 @@ def status(root, url, token, as_json):
             f"{node['name']:<14} public.db txid {node['txid']:<6} behind {node['behind_txids']:<4}"
             f" lag {node['lag_ms']:>7.1f} ms  {state_:<11} {node['url']}{where}"
         )
+        if node.get("verified") is False:
+            click.echo(f"{'':<14} UNVERIFIED: {node.get('verification') or 'no signed release covers its position'}")
+    for heal in health.get("heals") or []:
+        click.echo(f"{'public.db':<14} REBUILT at {heal['at']}: {heal['reason']}")
 
 
 def _primary_here(root: Path) -> dict:

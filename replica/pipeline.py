@@ -75,7 +75,7 @@ def wrapper(datasette):
             if node.releases is not None and db is not None and pos.txid and scope["path"] not in UNCHECKED:
                 problem = await node.releases.check(pos)
                 if problem is not None:
-                    body = error_body(503, f"This node holds a position it cannot vouch for: {problem}.", txid=pos.txid, verified=False)
+                    body = error_body(503, f"Unverified: this node holds a position no signed release covers: {problem}.", txid=pos.txid, verified=False)
                     return await respond(send, 503, body, RETRY)
             with node.watchdog.watching(send) as watched:
                 try:

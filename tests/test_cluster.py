@@ -45,9 +45,11 @@ def test_private_litefs_listens_on_loopback_and_no_read_node_joins_it(cluster):
         assert node.primary_public_url == cluster.primary.public.primary_url
         assert node.primary_public_url not in (cluster.primary.private.url, cluster.primary.private.primary_url)
         assert not node.litefs.candidate
-        # Only public.db exists on a read node's mount.
+        # Only public.db, and releases.db beside it (signed releases: no
+        # table data), exist on a read node's mount.
         dbs = {p.name for p in node.root.joinpath("mnt").iterdir() if not p.name.startswith(".")}
-        assert dbs <= {"public.db", "public.db-pos", "public.db-shm", "public.db-wal"}
+        allowed = {f"{db}{suffix}" for db in ("public.db", "releases.db") for suffix in ("", "-pos", "-shm", "-wal")}
+        assert dbs <= allowed, dbs
 
 
 def _ours(root):

@@ -357,7 +357,10 @@ class Tracker:
         if node is None:
             return False
         if "verified" in status:
-            node.verified, node.verification = bool(status["verified"]), status.get("verification")
+            said = (bool(status["verified"]), status.get("verification"))
+            if said != (node.verified, node.verification):
+                node.verified, node.verification = said
+                await self._broadcast("node", self._node_dict(node))
         await self._advanced(address.name, position.txid, node.connected, status.get("primary_reachable"))
         return True
 
