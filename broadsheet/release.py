@@ -227,7 +227,8 @@ class SigningKey:
     """The publisher's private key (its key file's contents)."""
 
     def __init__(self, text: str):
-        self._key = _ed25519().Ed25519PrivateKey.from_private_bytes(base64.b64decode(text.strip()))
+        self.text = text.strip()
+        self._key = _ed25519().Ed25519PrivateKey.from_private_bytes(base64.b64decode(self.text))
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
         self.public = PublicKey(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))

@@ -183,6 +183,8 @@ class Publisher:
         """Bring public.db up to date with data.db. Returns the cycle, or None
         when there was nothing to publish."""
         self.maintain_triggers()
+        if self.signer is not None:
+            self.signer.follow_key(self.writer)
         healing = not self.check_public_db()
         if healing:
             # Every published table copied again, everything else dropped,

@@ -23,6 +23,7 @@ import apsw
 from broadsheet import release
 from broadsheet.litefs import Pos
 from broadsheet.log import log
+from broadsheet.sqlite import immediate
 
 KEYS_TABLE = "_public_release_keys"
 # Every time public.db was found written behind the publisher's back and
@@ -120,6 +121,39 @@ class Signer:
 
     def close(self) -> None:
         self.conn.close()
+
+    def follow_key(self, writer) -> None:
+        """Sign with data.db's newest key from now on: a restore brings back
+        the key the read nodes pinned (a primary rebuilt on an empty volume
+        made a key of its own before it). data.db without one (restored
+        from before signing) is given this signer's."""
+        try:
+            row = writer.execute(f"SELECT private_key FROM {KEYS_TABLE} ORDER BY id DESC LIMIT 1").fetchone()
+        except apsw.SQLError:
+            row = None
+        if row is None:
+            with immediate(writer):
+                writer.execute(
+                    f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (id INTEGER PRIMARY KEY, private_key TEXT NOT NULL,"
+                    " created_at TEXT NOT NULL)"
+                )
+                writer.execute(f"INSERT INTO {KEYS_TABLE} (private_key, created_at) VALUES (?, ?)", (self.key.text, _now()))
+            return
+        if row[0].strip() == self.key.text:
+            return
+        key = release.SigningKey(row[0])
+        log("publisher", f"signing with data.db's key {key.public.key_id} from now on (was {self.key.public.key_id})")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Endorsed by the key it replaces: nodes that pinned that one follow.
+            release.list_key(self.conn, key.public, _now(), signer=self.key)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.key = key
+        if self.signed is not None and Pos.read(self.public_db) == self.signed == self.tree.pos:
+            self._sign(self.signed)  # what public.db holds, now under this key too
 
     @property
     def public_key(self) -> release.PublicKey:
