@@ -54,6 +54,9 @@ def test_roles_run_from_the_environment_and_find_each_other_by_dns(tmp_path):
         "BROADSHEET_READ_NODES_DNS": "localhost",
         "BROADSHEET_READ_NODE_PORT": str(read_port),
         "BROADSHEET_DISCOVERY_INTERVAL": "0.5",
+        # What may stream public.db through the primary's gate: the read
+        # node below is given the same (docs/deploying.md, plain servers).
+        "BROADSHEET_REPLICATION_KEY": "r" * 64,
     }, tmp_path / "primary.log")
     replica = None
     try:
@@ -66,6 +69,7 @@ def test_roles_run_from_the_environment_and_find_each_other_by_dns(tmp_path):
             "BROADSHEET_PORT": str(read_port),
             "BROADSHEET_LITEFS_ADDR": f"127.0.0.1:{read_litefs}",
             "BROADSHEET_PRIMARY_LITEFS_URL": f"http://127.0.0.1:{public_litefs}",
+            "BROADSHEET_REPLICATION_KEY": "r" * 64,
         }, tmp_path / "replica.log")
         airports = f"http://127.0.0.1:{read_port}/public/airports.json?_size=1"
         wait_until(lambda: httpx.get(airports).status_code == 200, timeout=120, message="read node serving")
