@@ -27,7 +27,7 @@ from pathlib import Path
 from broadsheet import release
 from broadsheet.litefs import Pos
 
-SIGNATURE_WAIT = 2.0
+SIGNATURE_WAIT = 1.0
 DB_NAME = "public.db"
 
 
