@@ -105,8 +105,7 @@ def verify(url, key_text, file_, timeout):
         click.echo(f"note: checked against the key the node trusts ({key}); pass --key to check against the team's", err=True)
     if file_:
         digest = release.PageTree.of_file(file_).digest
-        problem = found.problem(key, found.txid, digest) if found.signed_by(key) else (
-            f"the release for TXID {found.txid} is not signed by key {key.key_id}")
+        problem = found.problem(key, found.txid, digest)
         if problem:
             raise click.ClickException(f"{file_}: {problem}")
         click.echo(f"{file_}: TXID {found.txid}, digest {digest[:16]}…: signed by {key.key_id}")

@@ -335,19 +335,13 @@ def ensure_schema(conn) -> None:
 
 
 def record(conn, release: Release, keep: int = KEEP) -> None:
-    """Add ``release`` to releases.db (one transaction), keeping the newest
-    ``keep``."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            "INSERT OR REPLACE INTO releases (txid, digest, checksum, key_id, signature) VALUES (?, ?, ?, ?, ?)",
-            (release.txid, release.digest, release.checksum, release.key_id, release.signature),
-        )
-        conn.execute("DELETE FROM releases WHERE txid <= ?", (release.txid - keep,))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    """Add ``release`` to releases.db (in the caller's transaction), keeping
+    the newest ``keep``."""
+    conn.execute(
+        "INSERT OR REPLACE INTO releases (txid, digest, checksum, key_id, signature) VALUES (?, ?, ?, ?, ?)",
+        (release.txid, release.digest, release.checksum, release.key_id, release.signature),
+    )
+    conn.execute("DELETE FROM releases WHERE txid <= ?", (release.txid - keep,))
 
 
 def list_key(conn, key: PublicKey, added_at: str, signer: "SigningKey | None" = None) -> None:
@@ -359,11 +353,6 @@ def list_key(conn, key: PublicKey, added_at: str, signer: "SigningKey | None" = 
         "INSERT INTO keys (key_id, public_key, signed_by, signature, added_at) VALUES (?, ?, ?, ?, ?)",
         (key.key_id, str(key), signer.public.key_id if signer else None, signer.endorse(key) if signer else None, added_at),
     )
-
-
-def database_file(data_dir: str | os.PathLike, db_name: str) -> Path:
-    """The database file LiteFS keeps in its data directory."""
-    return Path(data_dir) / "dbs" / db_name / "database"
 
 
 def litefs_pages(data_dir: str | os.PathLike, db_name: str) -> tuple[int, dict[int, bytes], int]:

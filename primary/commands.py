@@ -159,16 +159,13 @@ def release_key(root, data_db):
     """Print the public key the publisher signs releases with (ed25519:...),
     for the team to publish and read nodes to pin (BROADSHEET_RELEASE_KEY)."""
     from broadsheet.release import SigningKey
-    from primary.publisher.signer import KEYS_TABLE
+    from primary.publisher.signer import newest_key
 
     with _opened(_data_db(root, data_db), readonly=True) as conn:
-        try:
-            row = conn.execute(f"SELECT private_key FROM {KEYS_TABLE} ORDER BY id DESC LIMIT 1").fetchone()
-        except sqlite_errors():
-            row = None
-    if row is None:
+        text = newest_key(conn)
+    if text is None:
         raise click.ClickException("data.db holds no signing key yet: the publisher makes one when it first runs")
-    click.echo(str(SigningKey(row[0]).public))
+    click.echo(str(SigningKey(text).public))
 
 
 def _control(root: Path, url: str | None, token: str | None):

@@ -23,7 +23,7 @@ import apsw
 from broadsheet import release
 from broadsheet.litefs import Pos
 from broadsheet.log import log
-from broadsheet.sqlite import immediate
+from broadsheet.sqlite import connect, immediate
 
 KEYS_TABLE = "_public_release_keys"
 # Every time public.db was found written behind the publisher's back and
@@ -62,29 +62,30 @@ def record_heal(writer, reason: str, watermark_file: str | Path | None = None) -
     writer.execute(f"INSERT INTO {HEALS_TABLE} (at, reason) VALUES (?, ?)", (_now(), reason))
 
 
-def heals(conn, limit: int = 20) -> list[dict]:
-    """The newest heals, newest first ([] before the first)."""
+def newest_key(conn) -> str | None:
+    """data.db's newest signing key (as SigningKey takes it), None if it has none."""
     try:
-        rows = conn.execute(f"SELECT id, at, reason FROM {HEALS_TABLE} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    except Exception as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    return [{"id": i, "at": at, "reason": reason} for i, at, reason in rows]
+        row = conn.execute(f"SELECT private_key FROM {KEYS_TABLE} ORDER BY id DESC LIMIT 1").fetchone()
+    except apsw.SQLError:  # no table: data.db from before signing
+        return None
+    return row[0] if row else None
 
 
-def signing_key(writer) -> release.SigningKey:
-    """data.db's newest signing key, made (one data.db commit) if it has none."""
+def _store_key(writer, text: str) -> None:
+    """In the caller's data.db transaction: ``text`` as data.db's newest key."""
     writer.execute(
         f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (id INTEGER PRIMARY KEY, private_key TEXT NOT NULL, created_at TEXT NOT NULL)"
     )
-    row = writer.execute(f"SELECT private_key FROM {KEYS_TABLE} ORDER BY id DESC LIMIT 1").fetchone()
-    if row is None:
-        writer.execute(
-            f"INSERT INTO {KEYS_TABLE} (private_key, created_at) VALUES (?, ?)", (release.new_private_key(), _now())
-        )
-        row = writer.execute(f"SELECT private_key FROM {KEYS_TABLE} ORDER BY id DESC LIMIT 1").fetchone()
-    return release.SigningKey(row[0])
+    writer.execute(f"INSERT INTO {KEYS_TABLE} (private_key, created_at) VALUES (?, ?)", (text, _now()))
+
+
+def signing_key(writer) -> release.SigningKey:
+    """data.db's newest signing key, made (in the caller's transaction) if it has none."""
+    text = newest_key(writer)
+    if text is None:
+        text = release.new_private_key()
+        _store_key(writer, text)
+    return release.SigningKey(text)
 
 
 def _now() -> str:
@@ -98,17 +99,11 @@ class Signer:
         self.public_db = Path(public_db)
         self.data_dir = Path(data_dir)
         self.key = key
-        self.conn = apsw.Connection(str(self.public_db.with_name(release.RELEASES_DB)))
-        self.conn.setbusytimeout(5000)
+        self.conn = connect(str(self.public_db.with_name(release.RELEASES_DB)))
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.conn):
             release.ensure_schema(self.conn)
             release.list_key(self.conn, key.public, _now())
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         self.tree = self._build()
         newest = self._newest()
         # The position last signed, which public.db must still be at.
@@ -127,37 +122,21 @@ class Signer:
         the key the read nodes pinned (a primary rebuilt on an empty volume
         made a key of its own before it). data.db without one (restored
         from before signing) is given this signer's."""
-        try:
-            row = writer.execute(f"SELECT private_key FROM {KEYS_TABLE} ORDER BY id DESC LIMIT 1").fetchone()
-        except apsw.SQLError:
-            row = None
-        if row is None:
+        text = newest_key(writer)
+        if text is None:
             with immediate(writer):
-                writer.execute(
-                    f"CREATE TABLE IF NOT EXISTS {KEYS_TABLE} (id INTEGER PRIMARY KEY, private_key TEXT NOT NULL,"
-                    " created_at TEXT NOT NULL)"
-                )
-                writer.execute(f"INSERT INTO {KEYS_TABLE} (private_key, created_at) VALUES (?, ?)", (self.key.text, _now()))
+                _store_key(writer, self.key.text)
             return
-        if row[0].strip() == self.key.text:
+        if text.strip() == self.key.text:
             return
-        key = release.SigningKey(row[0])
+        key = release.SigningKey(text)
         log("publisher", f"signing with data.db's key {key.public.key_id} from now on (was {self.key.public.key_id})")
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(self.conn):
             # Endorsed by the key it replaces: nodes that pinned that one follow.
             release.list_key(self.conn, key.public, _now(), signer=self.key)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         self.key = key
         if self.signed is not None and Pos.read(self.public_db) == self.signed == self.tree.pos:
             self._sign(self.signed)  # what public.db holds, now under this key too
-
-    @property
-    def public_key(self) -> release.PublicKey:
-        return self.key.public
 
     def _build(self) -> release.PageTree:
         """The tree of public.db as LiteFS holds it now (read from its data
@@ -198,6 +177,7 @@ class Signer:
 
     def _sign(self, pos: Pos) -> release.Release:
         signed = self.key.release(pos.txid, self.tree.digest, pos.checksum)
-        release.record(self.conn, signed)
+        with immediate(self.conn):
+            release.record(self.conn, signed)
         self.signed = pos
         return signed
