@@ -110,6 +110,9 @@ class _Routes:
     def propagation(self, txid: int, wait: float = 0):
         return self._call("GET", f"/publishes/{txid}", params={"wait": wait})
 
+    def watch_state(self, limit: int = 20, seconds: int = 300):
+        return self._call("GET", "/watch/state", params={"limit": limit, "seconds": seconds})
+
 
 class ControlClient(_Routes):
     """For scripts and the CLI: each call waits for its answer."""

@@ -128,8 +128,12 @@ class LocalCluster:
         primary_env: dict[str, str] | None = None,
         replica_env: dict[str, str] | None = None,
         standby: bool = False,
+        regions: tuple[str, ...] = (),
     ):
         self.root = Path(root).resolve()
+        # Each read node's region label (BROADSHEET_REGION), in order; "local"
+        # for those past the end.
+        self.regions = tuple(regions)
         self.root.mkdir(parents=True, exist_ok=True)
         ports = iter(range(base_port, base_port + 100)) if base_port else None
 
@@ -196,11 +200,14 @@ class LocalCluster:
     def secret_file(self) -> Path:
         return self.root / NODE_DIRS[0] / "secret"
 
-    def add_replica(self, start: bool = True) -> ReadNode:
+    def add_replica(self, start: bool = True, region: str | None = None) -> ReadNode:
         n = len(self.replicas) + 1
+        if region is None:
+            region = self.regions[n - 1] if n <= len(self.regions) else "local"
         node = ReadNode.from_env(
             {
                 "BROADSHEET_NODE_NAME": f"replica-{n}",
+                "BROADSHEET_REGION": region,
                 "BROADSHEET_ROOT": str(self.root / f"replica-{n}"),
                 "BROADSHEET_PORT": str(self._port()),
                 "BROADSHEET_LITEFS_ADDR": f"127.0.0.1:{self._port()}",

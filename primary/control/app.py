@@ -29,7 +29,7 @@ async def lifespan(app: FastAPI):
     )
     app.state.tracker = Tracker(
         conf.public_litefs_url, conf.read_nodes, discovery=discovery, discovery_interval=conf.discovery_interval,
-        cycle_log=cycle_log_path(conf.watermark_file),
+        cycle_log=cycle_log_path(conf.watermark_file), public_db=conf.public_db,
     )
     app.state.tracker.start()
     yield

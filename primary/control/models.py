@@ -167,13 +167,37 @@ class Bookmark(BaseModel):
 class NodeInfo(BaseModel):
     name: str
     url: str
-    region: str = Field("", description="Where the node runs (FLY_REGION), when it says")
+    region: str = Field("", description="Where the node runs (its BROADSHEET_REGION, by default FLY_REGION), when it says")
     txid: int
     connected: bool
     primary_reachable: bool | None
     behind_txids: int
-    lag_ms: float
+    lag_ms: float = Field(description="How long the oldest public TXID this node lacks has existed (0: it lacks none)")
+    state: Literal["live", "behind", "joining", "cut off"] = Field(
+        "live",
+        description="joining: it has not answered yet (its first copy of public.db has not arrived, or it does not"
+        " start); cut off: it answered before and does not now, or cannot reach the primary; behind: it lacks TXIDs",
+    )
+    since: str | None = Field(None, description="When the control plane began to follow it")
     updated_at: str | None
+
+
+class LagSample(BaseModel):
+    at: str
+    lag_ms: float
+    behind_txids: int
+    state: str
+
+
+class WatchState(BaseModel):
+    """What the /watch page opens with; the event stream keeps it current."""
+
+    primary_txid: int
+    public_db_bytes: int | None = Field(description="The primary's public.db, in bytes (what a joining node receives)")
+    lag_interval_s: float = Field(description="Seconds between two lag samples")
+    nodes: list[NodeInfo]
+    publishes: list["PropagationRecord"] = Field(description="The newest first")
+    lag: dict[str, list[LagSample]] = Field(description="Each node's lag samples, oldest first")
 
 
 class Arrival(BaseModel):
@@ -215,6 +239,9 @@ class PropagationRecord(BaseModel):
     cycle: CycleSummary | None = Field(default=None, description="The same, as data (null: not a publish cycle's, or not read yet)")
     nodes: list[Arrival]
     complete: bool
+
+
+WatchState.model_rebuild()
 
 
 class StandbyInfo(BaseModel):

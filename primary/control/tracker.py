@@ -33,6 +33,13 @@ from ..settings import ReadNodeAddress
 from .discovery import Discovery
 
 HISTORY = 500
+# Each node's lag is sampled every LAG_INTERVAL seconds, LAG_SAMPLES kept:
+# the last ten minutes, for /watch's charts.
+LAG_INTERVAL = 1.0
+LAG_SAMPLES = 600
+
+# What /watch says of a node (TrackedNode.state).
+LIVE, BEHIND, JOINING, CUT_OFF = "live", "behind", "joining", "cut off"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -56,6 +63,28 @@ class TrackedNode:
     # (None: the node does not say), and why not.
     verified: bool | None = None
     verification: str | None = None
+    # Whether its Datasette has ever answered (with a position) since the
+    # tracker began to follow it, and when that began.
+    seen: bool = False
+    since: float = field(default_factory=time.time)
+
+    def state(self, behind: int) -> str:
+        """``joining``: it has never answered (a read node's Datasette
+        starts once its first copy of public.db has arrived, so a new node
+        is this until then; so is one that does not start). ``cut off``: it
+        answered before and does not now, or it says it cannot reach the
+        primary. ``behind``: it answers, lacking ``behind`` TXIDs."""
+        if not self.seen and not self.txid:
+            return JOINING
+        if not self.connected or self.primary_reachable is False:
+            return CUT_OFF
+        return BEHIND if behind else LIVE
+
+    def lag_ms(self, primary_txid: int, oldest_missing_at: float | None, now: float | None = None) -> float:
+        """How long the oldest transaction this node lacks has existed."""
+        if primary_txid <= self.txid or not oldest_missing_at:
+            return 0.0
+        return round(((now or time.time()) - oldest_missing_at) * 1000, 1)
 
     def as_dict(self, primary_txid: int, oldest_missing_at: float | None) -> dict:
         behind = max(0, primary_txid - self.txid)
@@ -67,8 +96,9 @@ class TrackedNode:
             "connected": self.connected,
             "primary_reachable": self.primary_reachable,
             "behind_txids": behind,
-            # How long the oldest transaction this node lacks has existed.
-            "lag_ms": round((time.time() - oldest_missing_at) * 1000, 1) if behind and oldest_missing_at else 0.0,
+            "lag_ms": self.lag_ms(primary_txid, oldest_missing_at),
+            "state": self.state(behind),
+            "since": _iso(self.since),
             "updated_at": _iso(self.updated_at),
             "verified": self.verified,
             "verification": self.verification,
@@ -161,6 +191,8 @@ class Tracker:
         discovery: Discovery | None = None,
         discovery_interval: float = 2.0,
         cycle_log: str | os.PathLike | None = None,
+        public_db: str | os.PathLike | None = None,
+        lag_interval: float = LAG_INTERVAL,
     ):
         self.public_litefs_url = public_litefs_url
         self.static = tuple(nodes)
@@ -178,6 +210,10 @@ class Tracker:
         self.cycle_log = Path(cycle_log) if cycle_log else None
         self.cycles: collections.OrderedDict[int, Cycle] = collections.OrderedDict()  # public TXID -> record
         self._cycle_log_offset, self._cycle_log_partial = 0, b""
+        self.public_db = Path(public_db) if public_db else None
+        self.lag_interval = lag_interval
+        # node -> (seconds since epoch, lag_ms, behind_txids, state), newest last
+        self.lag: dict[str, collections.deque] = {}
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -188,6 +224,7 @@ class Tracker:
             self._spawn(self._discover())
         if self.cycle_log is not None:
             self._spawn(self._follow_cycles())
+        self._spawn(self._sample_lag())
 
     async def stop(self) -> None:
         tasks = self._tasks + [t for ts in self._node_tasks.values() for t in ts]
@@ -207,6 +244,7 @@ class Tracker:
         for task in self._node_tasks.pop(name, []):
             task.cancel()
         self.addresses.pop(name, None)
+        self.lag.pop(name, None)
         node = self.nodes.pop(name, None)
         if node is not None:
             await self._broadcast("node", {**self._node_dict(node), "connected": False, "left": True})
@@ -242,6 +280,61 @@ class Tracker:
 
     def recent(self, limit: int = 20) -> list[dict]:
         return [p.as_dict(list(self.nodes)) for p in list(self.propagations.values())[-limit:]][::-1]
+
+    def public_db_bytes(self) -> int | None:
+        """The primary's public.db, in bytes (what a joining node is to
+        receive, before LTX compression); None where it is not on this
+        machine."""
+        if self.public_db is None:
+            return None
+        try:
+            return os.stat(self.public_db).st_size
+        except OSError:
+            return None
+
+    def lag_history(self, seconds: float) -> dict[str, list[dict]]:
+        """Each node's samples of the last ``seconds``, oldest first."""
+        since = time.time() - seconds
+        return {
+            name: [
+                {"at": _iso(at), "lag_ms": lag, "behind_txids": behind, "state": state}
+                for at, lag, behind, state in samples
+                if at >= since
+            ]
+            for name, samples in self.lag.items()
+        }
+
+    def watch_state(self, limit: int, seconds: float) -> dict:
+        """What /watch opens with: the primary's position, every node, the
+        newest publishes, each node's lag over the last ``seconds``."""
+        return {
+            "primary_txid": self.primary_txid,
+            "public_db_bytes": self.public_db_bytes(),
+            "lag_interval_s": self.lag_interval,
+            "nodes": self.node_list(),
+            "publishes": self.recent(limit),
+            "lag": self.lag_history(seconds),
+        }
+
+    def sample_lag(self, now: float | None = None) -> dict:
+        """One sample of every node's lag, kept and returned as the ``lag``
+        event says it."""
+        now = now or time.time()
+        said = []
+        for name, node in self.nodes.items():
+            behind = max(0, self.primary_txid - node.txid)
+            lag = node.lag_ms(self.primary_txid, self._oldest_missing_at(node.txid), now)
+            state = node.state(behind)
+            self.lag.setdefault(name, collections.deque(maxlen=LAG_SAMPLES)).append((now, lag, behind, state))
+            said.append({"name": name, "lag_ms": lag, "behind_txids": behind, "state": state})
+        return {"at": _iso(now), "primary_txid": self.primary_txid, "nodes": said}
+
+    async def _sample_lag(self) -> None:
+        while True:
+            sample = self.sample_lag()
+            if self._subscribers:
+                await self._broadcast("lag", sample)
+            await asyncio.sleep(self.lag_interval)
 
     @property
     def subscriber_count(self) -> int:
@@ -327,6 +420,7 @@ class Tracker:
         moved = txid > node.txid or connected != node.connected
         node.txid = max(node.txid, txid)
         node.connected = connected
+        node.seen = node.seen or connected
         if primary_reachable is not None:
             node.primary_reachable = primary_reachable
         node.updated_at = now
@@ -356,6 +450,10 @@ class Tracker:
         node = self.nodes.get(address.name)
         if node is None:
             return False
+        region = status.get("region")
+        if isinstance(region, str) and region and not address.region and region != node.region:
+            node.region = region[:64]  # the node's own BROADSHEET_REGION, unless the primary's list names one
+            await self._broadcast("node", self._node_dict(node))
         if "verified" in status:
             said = (bool(status["verified"]), status.get("verification"))
             if said != (node.verified, node.verification):
@@ -378,7 +476,7 @@ class Tracker:
         async def on_connect():
             node = self.nodes.get(address.name)
             if node is not None and not node.connected:
-                node.connected = True
+                node.connected = node.seen = True
                 await self._broadcast("node", self._node_dict(node))
 
         async def on_disconnect():

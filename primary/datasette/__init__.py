@@ -16,6 +16,8 @@ work to the module named for what it does.
 - A "public" or "partial" badge beside each public table's name.
 - Publish and unpublish are Datasette events (``track_event``) for every
   flip, whichever path made it: fired from the audit log (primary/publisher/events.py).
+- A "Watch propagation" link in the team's menu, to ``/-/broadsheet/watch``:
+  every read node by region, each public TXID's arrival on each, live.
 - A "Publish this query" query action, leading to ``/-/broadsheet/query/data``
   where the team names a query and publishes it as a saved query (served by
   every read node at ``/public/NAME``), and removes saved queries.
@@ -35,7 +37,8 @@ Where each lives: ``permissions`` (who may do what, the publish action),
 requests) with ``team`` (the team store, team.db), the pages
 ``visibility`` (Make public), ``metadata`` and ``saved_queries``, their
 ``forms``, ``badges``, ``body_guard`` and ``asgi`` (the ASGI wrapper),
-``alterations`` (the alter API followed), ``events``, ``data_db`` (data.db
+``alterations`` (the alter API followed), ``events``, ``watch`` (the
+/watch page, ``/-/broadsheet/watch``), ``data_db`` (data.db
 through this Datasette's connections), ``actors``, and ``control_plane``
 (every change to data.db, made by the control plane over HTTP).
 """
@@ -45,7 +48,7 @@ from __future__ import annotations
 from datasette import hookimpl
 
 from ..publisher.events import PublishTableEvent, UnpublishTableEvent
-from . import actions, alterations, asgi, badges, events, login, metadata, permissions, saved_queries, team, visibility
+from . import actions, alterations, asgi, badges, events, login, metadata, permissions, saved_queries, team, visibility, watch
 from .actors import is_team
 from .data_db import data_db_name
 
@@ -117,8 +120,16 @@ def register_routes(datasette):
         (r"^/-/broadsheet/metadata/(?P<database>[^/]+)/(?P<table>[^/]+)$", metadata.table_metadata),
         (r"^/-/broadsheet/metadata$", metadata.instance_metadata),
         (r"^/-/broadsheet/query/(?P<database>[^/]+)$", saved_queries.publish_query),
+        (r"^/-/broadsheet/watch$", watch.watch_page),
+        (r"^/-/broadsheet/watch/state\.json$", watch.watch_state),
+        (r"^/-/broadsheet/watch/events$", watch.watch_events),
         (r"^/-/login$", login.login),
     ]
+
+
+@hookimpl
+def menu_links(datasette, actor, request):
+    return watch.menu_links(datasette, actor)
 
 
 @hookimpl

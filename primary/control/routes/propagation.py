@@ -1,5 +1,11 @@
-"""``/nodes``, ``/publishes``, ``/events`` and ``/watch``: where every read
-node is, and when each publish reached it."""
+"""``/nodes``, ``/publishes``, ``/events``, ``/watch/state`` and ``/watch``:
+where every read node is, and when each publish reached it.
+
+The /watch page itself is the team Datasette's (``/-/broadsheet/watch``,
+primary/datasette/watch.py), which reads ``/watch/state`` and ``/events``
+through its own routes; this one serves the same page, with the same
+script, without Datasette's look, for when the team Datasette is down or
+out of reach."""
 
 from __future__ import annotations
 
@@ -11,12 +17,16 @@ from typing import Annotated, AsyncIterator
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from ... import watch as watch_assets
 from ..deps import Actor, tracker
-from ..models import ERRORS, NodeInfo, PropagationRecord
+from ..models import ERRORS, NodeInfo, PropagationRecord, WatchState
 
 router = APIRouter(tags=["propagation"], responses=ERRORS)
 
 WATCH_PAGE = Path(__file__).parent.parent / "templates" / "watch.html"
+
+WatchLimit = Annotated[int, Query(ge=1, le=200, description="How many of the newest publishes")]
+WatchSeconds = Annotated[int, Query(ge=0, le=600, description="How many seconds of lag samples")]
 
 
 @router.get("/nodes", response_model=list[NodeInfo])
@@ -46,15 +56,26 @@ async def publish_record(
     return record
 
 
+@router.get("/watch/state", response_model=WatchState)
+async def watch_state(request: Request, actor: Actor, limit: WatchLimit = 20, seconds: WatchSeconds = 300) -> WatchState:
+    """What the /watch page opens with: the primary's public TXID, every
+    read node (with its state: live, behind, joining, cut off), the newest
+    publishes and when each node had them, and each node's lag sampled every
+    ``lag_interval_s`` over the last ``seconds``. ``/events`` keeps it
+    current (its ``lag`` event is the next sample)."""
+    return tracker(request).watch_state(limit, seconds)
+
+
 @router.get(
     "/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "`node` and `propagation` events"}},
+    responses={200: {"content": {"text/event-stream": {}}, "description": "`node`, `propagation` and `lag` events"}},
 )
 async def events(request: Request, actor: Actor) -> StreamingResponse:
-    """Server-sent events: ``node`` (a node's position changed) and
-    ``propagation`` (a public TXID was committed or reached a node). The
-    stream opens with every node's current position."""
+    """Server-sent events: ``node`` (a node's position or state changed),
+    ``propagation`` (a public TXID was committed or reached a node) and
+    ``lag`` (every node's lag, sampled about once a second). The stream
+    opens with every node's current position."""
     t = tracker(request)
     queue = t.subscribe()
 
@@ -81,4 +102,4 @@ def _sse(event: str, data: dict) -> bytes:
 
 @router.get("/watch", response_class=HTMLResponse, include_in_schema=False)
 async def watch_page(actor: Actor) -> HTMLResponse:
-    return HTMLResponse(WATCH_PAGE.read_text())
+    return HTMLResponse(watch_assets.page(WATCH_PAGE.read_text(), state="watch/state", events="events"))

@@ -1,0 +1,79 @@
+"""The /watch page in a real browser (headless Chromium), in the team
+Datasette's look: every read node by region, a write's public TXID arriving
+on each node as a waterfall, in the order the nodes' distances imply (with
+links of different one-way delays, once the local cluster has them), and
+each node's lag chart. A screenshot is saved into the test's directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import pytest
+from playwright.sync_api import expect
+
+from conftest import wait_until
+from primary import store
+from test_browser import browser, team_page  # noqa: F401 (the fixture)
+
+REGIONS = ("lhr", "iad", "syd")
+DELAYS_MS = (0, 150, 400)  # one-way, per read node, when links exist
+HAS_LINKS = importlib.util.find_spec("local.links") is not None
+
+
+def _cluster_with_distances(new_cluster):
+    if HAS_LINKS:
+        links = ",".join(f"{r}={d}ms" for r, d in zip(REGIONS, DELAYS_MS))
+        return new_cluster(replicas=3, links=links), True
+    return new_cluster(replicas=3, regions=REGIONS), False
+
+
+@pytest.mark.timeout(120)
+def test_watch_shows_each_write_arriving_on_every_node_by_region(new_cluster, browser, tmp_path):  # noqa: F811
+    cluster, distant = _cluster_with_distances(new_cluster)
+    page = team_page(cluster, browser)
+    page.set_viewport_size({"width": 1100, "height": 900})
+    page.goto(f"{cluster.primary.url}/data")
+    # The team's menu leads to it.
+    page.locator("details.nav-menu summary").click()
+    page.get_by_role("link", name="Watch propagation").click()
+    expect(page.locator("h1")).to_have_text("Watch propagation")
+    expect(page.locator(".bw-conn")).to_have_text("live")
+    for node, region in zip(cluster.replicas, REGIONS):
+        card = page.locator(f'.bw-region[data-region="{region}"] .bw-node[data-node="{node.name}"]')
+        expect(card).to_have_attribute("data-state", "live", timeout=20_000)
+
+    db = store.connect(str(cluster.primary.data_db))
+    try:
+        txids = []
+        for i in range(3):
+            with store.immediate(db):
+                db.execute("INSERT INTO airports (faa, name) VALUES (?, ?)", (f"W{i}X", f"Watched Field {i}"))
+            before = cluster.public_pos().txid
+            txids.append(wait_until(lambda: (t := cluster.public_pos().txid) > before and t, message="a public TXID"))
+            time.sleep(0.3)  # three distinct publishes, not one cycle
+    finally:
+        db.close()
+
+    for txid in txids:
+        block = page.locator(f'.bw-publish[data-txid="{txid}"]')
+        expect(block).to_have_attribute("data-complete", "true", timeout=15_000)
+        rows = block.locator("g.bw-arrival")
+        expect(rows).to_have_count(len(cluster.replicas))
+        arrivals = {r.get_attribute("data-node"): float(r.get_attribute("data-ms")) for r in rows.all()}
+        assert set(arrivals) == {n.name for n in cluster.replicas}
+        if distant:
+            # Drawn nearest first, and in the order the delays imply.
+            order = [r.get_attribute("data-node") for r in rows.all()]
+            assert order == [n.name for n in cluster.replicas], arrivals
+            assert arrivals[cluster.replicas[2].name] >= DELAYS_MS[2], arrivals
+    expect(page.locator(".bw-node svg.bw-lag circle").first).to_be_visible()
+    time.sleep(1.2)  # a lag sample or two more on the charts
+    shot = tmp_path / "watch.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+
+    # The control plane's own /watch shows the same page, without Datasette's look.
+    page.goto(f"{cluster.primary.control_url}/watch")
+    expect(page.locator(".bw-conn")).to_have_text("live")
+    expect(page.locator(f'.bw-publish[data-txid="{txids[-1]}"]')).to_have_attribute("data-complete", "true")
