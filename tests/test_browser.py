@@ -191,20 +191,21 @@ def test_anonymous_browser_is_sent_to_login(cluster, browser):
 
 
 def test_watch_page_shows_a_publish_arriving_on_every_node(cluster, browser, control, db):
-    """The live propagation page on the primary, signed in with the same
-    login cookie as the team's Datasette."""
+    """The control plane's own /watch (the team Datasette's page without
+    its look: tests/test_browser_watch.py), signed in with the same login
+    cookie as the team's Datasette."""
     from primary import store
 
     page = team_page(cluster, browser)
     page.goto(f"{cluster.primary.control_url}/watch")
-    expect(page.locator("#conn")).to_have_text("live")
+    expect(page.locator(".bw-conn")).to_have_text("live")
     for node in cluster.replicas:
-        expect(page.locator(f'tr[data-node="{node.name}"]')).to_contain_text("connected")
+        expect(page.locator(f'.bw-node[data-node="{node.name}"]')).to_have_attribute("data-state", "live")
 
     with store.immediate(db):
         db.execute("INSERT INTO airports (faa, name) VALUES ('WCH', 'Watched Field')")
     wait_until(lambda: cluster.public_pos().txid > 0)
     txid = control.bookmark()["public_txid"]
-    row = page.locator(f'tr[data-txid="{txid}"]')
+    block = page.locator(f'.bw-publish[data-txid="{txid}"]')
     for node in cluster.replicas:
-        expect(row).to_contain_text(f"{node.name} ✓")
+        expect(block.locator(f'g.bw-arrival[data-node="{node.name}"]')).to_have_attribute("data-arrived", "true")

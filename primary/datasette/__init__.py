@@ -48,7 +48,20 @@ from __future__ import annotations
 from datasette import hookimpl
 
 from ..publisher.events import PublishTableEvent, UnpublishTableEvent
-from . import actions, alterations, asgi, badges, events, login, metadata, permissions, saved_queries, team, visibility, watch
+from . import (
+    actions,
+    alterations,
+    asgi,
+    badges,
+    events,
+    login,
+    metadata,
+    permissions,
+    saved_queries,
+    team,
+    visibility,
+    watch,
+)
 from .actors import is_team
 from .data_db import data_db_name
 
