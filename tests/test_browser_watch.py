@@ -1,36 +1,28 @@
 """The /watch page in a real browser (headless Chromium), in the team
 Datasette's look: every read node by region, a write's public TXID arriving
-on each node as a waterfall, in the order the nodes' distances imply (with
-links of different one-way delays, once the local cluster has them), and
-each node's lag chart. A screenshot is saved into the test's directory."""
+on each node as a waterfall, in the order the nodes' distances imply (read
+nodes behind links of 0, 150 and 400 ms one way, local/links.py), and each
+node's lag chart. A screenshot is saved into the test's directory."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import pytest
 from playwright.sync_api import expect
 
 from conftest import wait_until
+from local.links import LinkSpec
 from primary import store
 from test_browser import browser, team_page  # noqa: F401 (the fixture)
 
 REGIONS = ("lhr", "iad", "syd")
-DELAYS_MS = (0, 150, 400)  # one-way, per read node, when links exist
-HAS_LINKS = importlib.util.find_spec("local.links") is not None
-
-
-def _cluster_with_distances(new_cluster):
-    if HAS_LINKS:
-        links = ",".join(f"{r}={d}ms" for r, d in zip(REGIONS, DELAYS_MS))
-        return new_cluster(replicas=3, links=links), True
-    return new_cluster(replicas=3, regions=REGIONS), False
+DELAYS_MS = (0, 150, 400)  # one-way, per read node: its link's
 
 
 @pytest.mark.timeout(120)
 def test_watch_shows_each_write_arriving_on_every_node_by_region(new_cluster, browser, tmp_path):  # noqa: F811
-    cluster, distant = _cluster_with_distances(new_cluster)
+    cluster = new_cluster(replicas=3, links=[LinkSpec(r, d) for r, d in zip(REGIONS, DELAYS_MS)])
     page = team_page(cluster, browser)
     page.set_viewport_size({"width": 1100, "height": 900})
     page.goto(f"{cluster.primary.url}/data")
@@ -62,11 +54,12 @@ def test_watch_shows_each_write_arriving_on_every_node_by_region(new_cluster, br
         expect(rows).to_have_count(len(cluster.replicas))
         arrivals = {r.get_attribute("data-node"): float(r.get_attribute("data-ms")) for r in rows.all()}
         assert set(arrivals) == {n.name for n in cluster.replicas}
-        if distant:
-            # Drawn nearest first, and in the order the delays imply.
-            order = [r.get_attribute("data-node") for r in rows.all()]
-            assert order == [n.name for n in cluster.replicas], arrivals
-            assert arrivals[cluster.replicas[2].name] >= DELAYS_MS[2], arrivals
+        # Drawn first to last, in the order the delays imply; none sooner
+        # than its link's one-way delay.
+        order = [r.get_attribute("data-node") for r in rows.all()]
+        assert order == [n.name for n in cluster.replicas], arrivals
+        for node, delay in zip(cluster.replicas, DELAYS_MS):
+            assert arrivals[node.name] >= delay, arrivals
     expect(page.locator(".bw-node svg.bw-lag circle").first).to_be_visible()
     time.sleep(1.2)  # a lag sample or two more on the charts
     shot = tmp_path / "watch.png"
