@@ -6,6 +6,7 @@ node's lag chart. A screenshot is saved into the test's directory."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -61,10 +62,29 @@ def test_watch_shows_each_write_arriving_on_every_node_by_region(new_cluster, br
         for node, delay in zip(cluster.replicas, DELAYS_MS):
             assert arrivals[node.name] >= delay, arrivals
     expect(page.locator(".bw-node svg.bw-lag circle").first).to_be_visible()
-    time.sleep(1.2)  # a lag sample or two more on the charts
     shot = tmp_path / "watch.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
+
+    # syd cut off: the next write leaves it behind, marked so, its lag
+    # growing; healed, it catches up.
+    syd = cluster.replicas[2]
+    cluster.links.cut("syd")
+    try:
+        with store.immediate(db := store.connect(str(cluster.primary.data_db))):
+            db.execute("INSERT INTO airports (faa, name) VALUES ('WCT', 'Cut-off Field')")
+        db.close()
+        card = page.locator(f'.bw-node[data-node="{syd.name}"]')
+        expect(card).to_have_attribute("data-state", re.compile("behind|cut off"), timeout=10_000)
+        expect(card.locator(".bw-detail")).to_contain_text("behind by 1 TXID")
+        expect(page.locator(f'.bw-node[data-node="{cluster.replicas[0].name}"]')).to_have_attribute("data-state", "live")
+        time.sleep(1.5)  # its lag on the chart
+        cut = tmp_path / "watch-cut-off.png"
+        page.screenshot(path=str(cut), full_page=True)
+        print(f"screenshot: {cut}")
+    finally:
+        cluster.links.heal("syd")
+    expect(card).to_have_attribute("data-state", "live", timeout=20_000)
 
     # The control plane's own /watch shows the same page, without Datasette's look.
     page.goto(f"{cluster.primary.control_url}/watch")
