@@ -415,7 +415,8 @@ class LocalCluster:
         lines = [
             f"  team Datasette (private):  {self.primary.url}/data",
             f"  team login:                {self.primary.url}/-/login  user: team  password: {self.primary.team_password}",
-            f"  control plane (private):   {self.primary.control_url}/docs  (live: /watch)",
+            f"  watch propagation:         {self.primary.url}/-/broadsheet/watch",
+            f"  control plane (private):   {self.primary.control_url}/docs",
             f"  data.db (private LiteFS):  {self.primary.data_db}",
             f"  public.db (public LiteFS): {self.primary.public_db}",
         ]
