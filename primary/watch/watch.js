@@ -49,8 +49,9 @@
   // -- read nodes, by region -------------------------------------------------
   function nodeDetail(n) {
     if (n.state === "joining") {
-      return `waiting for its first copy of public.db` +
-        (primaryBytes != null ? ` (the primary's is ${bytes(primaryBytes)})` : "") + `, for ${ago(n.since)}`;
+      // A read node answers once its first copy of public.db has arrived.
+      return `no answer yet, for ${ago(n.since)}: its first copy of public.db` +
+        (primaryBytes != null ? ` (${bytes(primaryBytes)})` : "") + ` has not arrived, or it is down`;
     }
     if (n.state === "cut off") {
       const why = !n.connected ? "does not answer" : "cannot reach the primary";
