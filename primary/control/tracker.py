@@ -22,11 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import apsw
 import httpx
 
 from broadsheet.bookmark import PublicTxid
 from broadsheet.litefs import TxEvent
 from broadsheet.positions import STATUS_PATH, STREAM_PATH, NodePosition
+from broadsheet.sqlite import connect
 
 from ..publisher.cycle import Cycle
 from ..settings import ReadNodeAddress
@@ -212,6 +214,7 @@ class Tracker:
         self._cycle_log_offset, self._cycle_log_partial = 0, b""
         self.public_db = Path(public_db) if public_db else None
         self.lag_interval = lag_interval
+        self._size: tuple[int, int] | None = None  # (public TXID, public.db's bytes then)
         # node -> (seconds since epoch, lag_ms, behind_txids, state), newest last
         self.lag: dict[str, collections.deque] = {}
 
@@ -283,14 +286,28 @@ class Tracker:
 
     def public_db_bytes(self) -> int | None:
         """The primary's public.db, in bytes (what a joining node is to
-        receive, before LTX compression); None where it is not on this
-        machine."""
+        receive, before LTX compression): its pages, as SQLite counts them
+        (the file alone says less in WAL mode), asked once per public TXID;
+        None where it is not on this machine. Blocking: call it from a
+        thread."""
         if self.public_db is None:
             return None
+        if self._size is not None and self._size[0] == self.primary_txid:
+            return self._size[1]
+        txid = self.primary_txid
         try:
-            return os.stat(self.public_db).st_size
-        except OSError:
+            conn = connect(f"file:{self.public_db}?mode=ro", readonly=True)
+        except apsw.Error:
             return None
+        try:
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        except apsw.Error:
+            return None
+        finally:
+            conn.close()
+        self._size = (txid, pages * page_size)
+        return self._size[1]
 
     def lag_history(self, seconds: float) -> dict[str, list[dict]]:
         """Each node's samples of the last ``seconds``, oldest first."""
@@ -309,7 +326,7 @@ class Tracker:
         newest publishes, each node's lag over the last ``seconds``."""
         return {
             "primary_txid": self.primary_txid,
-            "public_db_bytes": self.public_db_bytes(),
+            "public_db_bytes": self._size[1] if self._size else None,  # public_db_bytes() asked it
             "lag_interval_s": self.lag_interval,
             "nodes": self.node_list(),
             "publishes": self.recent(limit),

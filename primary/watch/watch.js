@@ -122,10 +122,10 @@
   // -- the waterfalls ----------------------------------------------------------
   function niceTop(v) {
     for (let decade = 10; ; decade *= 10) {
-      for (const m of [1, 2, 5]) if (v <= decade * m) return decade * m;
+      for (const m of [1, 2, 3, 5]) if (v <= decade * m) return decade * m;
     }
   }
-  function divisions(top) { return String(top)[0] === "2" ? 4 : 5; }
+  function divisions(top) { return {"2": 4, "3": 3}[String(top)[0]] || 5; }
   function waterfall(p) {
     const committed = Date.parse(p.committed_at);
     const pending = Math.max(0, Date.now() - committed);

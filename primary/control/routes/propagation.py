@@ -63,7 +63,9 @@ async def watch_state(request: Request, actor: Actor, limit: WatchLimit = 20, se
     publishes and when each node had them, and each node's lag sampled every
     ``lag_interval_s`` over the last ``seconds``. ``/events`` keeps it
     current (its ``lag`` event is the next sample)."""
-    return tracker(request).watch_state(limit, seconds)
+    t = tracker(request)
+    await asyncio.to_thread(t.public_db_bytes)
+    return t.watch_state(limit, seconds)
 
 
 @router.get(
