@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -85,6 +86,15 @@ def test_watch_shows_each_write_arriving_on_every_node_by_region(new_cluster, br
     finally:
         cluster.links.heal("syd")
     expect(card).to_have_attribute("data-state", "live", timeout=20_000)
+
+    # The team Datasette passes the control plane's events on while the page
+    # is open, and lets go of them when it closes.
+    def subscribers() -> int:
+        return httpx.get(f"{cluster.primary.control_url}/health", timeout=5).json()["subscribers"]
+
+    assert subscribers() == 1
+    page.goto("about:blank")
+    wait_until(lambda: subscribers() == 0, timeout=10, message="the page's event stream let go")
 
     # The control plane's own /watch shows the same page, without Datasette's look.
     page.goto(f"{cluster.primary.control_url}/watch")
