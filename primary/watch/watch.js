@@ -54,7 +54,8 @@
         (primaryBytes != null ? ` (${bytes(primaryBytes)})` : "") + ` has not arrived, or it is down`;
     }
     if (n.state === "cut off") {
-      const why = !n.connected ? "does not answer" : "cannot reach the primary";
+      const heard = typeof n.last_heard_s === "number" ? ` (last heard from it ${ms(n.last_heard_s * 1000)} ago)` : "";
+      const why = !n.connected ? "does not answer" : `cannot reach the primary${heard}`;
       return `${why}; it serves TXID ${n.txid}` + (n.behind_txids ? `, behind by ${n.behind_txids}` : "");
     }
     if (n.behind_txids) return `behind by ${n.behind_txids} TXID${n.behind_txids === 1 ? "" : "s"}, for ${ms(n.lag_ms)}`;
