@@ -176,6 +176,21 @@ def new_cluster(tmp_path):
 
 
 @pytest.fixture
+def s3_server(tmp_path):
+    """A real S3-compatible server (versitygw) on 127.0.0.1 with one bucket,
+    stopped after the test (tests/s3server.py)."""
+    from s3server import S3Server
+
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    try:
+        server.store().ensure_bucket()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def usr1():
     """``broadsheet promote --dir`` signals the process that runs the local
     cluster (SIGUSR1), which is the test's own when it runs the cluster in
