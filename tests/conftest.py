@@ -24,8 +24,8 @@ import httpx
 import pytest
 import sqlite_utils
 
-from local.cluster import LocalCluster
 from broadsheet.litefs import unmount
+from local.cluster import LocalCluster
 from primary import store
 from primary.publisher import Watermark
 

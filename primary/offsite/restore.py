@@ -185,6 +185,15 @@ def choose(store: Store, generation: str | None = None, txid: int | None = None,
     else:
         candidates = sorted(lines.values(), key=lambda t: max(o.last_ms for o in t.objects), reverse=True)
     if at_ms is None:
+        if len(candidates) > 1:
+            # A primary started on an empty volume streams a generation of
+            # its own before anything is restored into it: which one is meant
+            # is the user's to say.
+            listed = "; ".join(
+                f"{t.generation} (to TXID {t.newest()}, {iso(max(o.last_ms for o in t.objects))})" for t in candidates
+            )
+            raise RestoreError(f"{store.location} holds several generations of data.db: {listed}. Say which with"
+                               " --generation (or give a moment with --at)")
         line = candidates[0]
         target = txid if txid is not None else line.newest()
         if target == 0:
