@@ -494,7 +494,7 @@ class PrimaryNode:
         private, public = litefs_service("private-litefs", self.private), litefs_service("public-litefs", self.public)
         public.prepare = self._prepare_public
         gates = [self.public_gate_service(), *([self.private_gate_service()] if self.private_litefs_addr else [])]
-        return [private, public, *gates]
+        return [_without_offsite_secrets(s) for s in (private, public, *gates)]
 
     def public_gate_service(self) -> Service:
         """The gate read nodes stream public.db through (broadsheet/gate.py)."""
@@ -515,6 +515,9 @@ class PrimaryNode:
         fs.write_cluster_id()
 
     def app_services(self) -> list[Service]:
+        return [_without_offsite_secrets(s) for s in self._app_services()]
+
+    def _app_services(self) -> list[Service]:
         return [
             Service(
                 name="publisher",
@@ -566,12 +569,15 @@ class PrimaryNode:
             depends_on=("private-litefs",),
         )
 
+    def control_service(self) -> Service:
+        return _without_offsite_secrets(self._control_service())
+
     def backup_service(self) -> Service:
         from . import backup
 
         return backup.service("backups", self.data_db, self.backups, self.backup_keep, self.backup_interval, "private-litefs")
 
-    def control_service(self) -> Service:
+    def _control_service(self) -> Service:
         return Service(
             name="control-plane",
             argv=[
@@ -588,6 +594,18 @@ class PrimaryNode:
 
 def _bool(value: bool) -> str:
     return "true" if value else "false"
+
+
+# The backup key and the store's credentials: the uploader's alone, even
+# when the primary's own environment holds them.
+OFFSITE_SECRETS = ("BROADSHEET_BACKUP_KEY", "BROADSHEET_BACKUP_KEY_FILE", "AWS_ACCESS_KEY_ID",
+                   "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _without_offsite_secrets(service: Service) -> Service:
+    if service.name != "offsite":
+        service.drop_env = tuple(dict.fromkeys((*service.drop_env, *OFFSITE_SECRETS)))
+    return service
 
 
 def litefs_service(name: str, fs: MountConfig) -> Service:

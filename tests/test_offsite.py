@@ -257,3 +257,22 @@ def test_a_read_node_refuses_the_backup_key_and_the_stores_credentials(tmp_path)
     for name in ("BROADSHEET_BACKUP_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
         with pytest.raises(ConfigError, match=name):
             ReadNode.from_env({name: "value", "BROADSHEET_ROOT": str(tmp_path)})
+
+
+def test_only_the_uploader_gets_the_key_and_the_credentials(tmp_path):
+    from primary.node import OFFSITE_SECRETS, PrimaryNode
+
+    env = {"BROADSHEET_ROOT": str(tmp_path), "DATASETTE_SECRET": "s" * 32, "BROADSHEET_BACKUP_URL": "s3://b/p",
+           "BROADSHEET_BACKUP_KEY": crypto.new_key(), "AWS_SECRET_ACCESS_KEY": "x", "AWS_ACCESS_KEY_ID": "y"}
+    node = PrimaryNode.from_env(env)
+    services = {s.name: s for s in [*node.litefs_services(), *node.app_services()]}
+    assert services["offsite"].env["BROADSHEET_BACKUP_KEY"] == env["BROADSHEET_BACKUP_KEY"]
+    assert "--litefs-data-dir" in services["offsite"].argv
+    for name, service in services.items():
+        if name != "offsite":
+            assert set(OFFSITE_SECRETS) <= set(service.drop_env), name
+            assert not set(OFFSITE_SECRETS) & set(service.env or {}), name
+    # Promoted, a standby's primary gets them back from the old one's settings.
+    assert PrimaryNode.from_env({**node.to_env(), "BROADSHEET_ROOT": str(tmp_path / "b")}).offsite_env == node.offsite_env
+    assert "offsite" not in {s.name for s in PrimaryNode.from_env({"BROADSHEET_ROOT": str(tmp_path / "c"),
+                                                                    "DATASETTE_SECRET": "s" * 32}).app_services()}

@@ -209,3 +209,34 @@ def test_a_promoted_standby_continues_the_stream(new_cluster, s3_server, usr1, t
     done = offsite.materialize(bucket, line, newest, tmp_path / "newest.db")
     assert read_only_rows(done.path, "SELECT * FROM ledger ORDER BY id") == read_only_rows(new.data_db, "SELECT * FROM ledger ORDER BY id")
     assert len(read_only_rows(done.path, "SELECT id FROM ledger")) == 30
+
+
+def test_a_backlog_older_than_litefs_retention_starts_a_new_chain(new_cluster, s3_server, tmp_path):
+    """The store down longer than LiteFS keeps LTX files: the uploader
+    starts again from a snapshot, and a restore of the newest TXID (and of
+    one before the outage) is still exact."""
+    env = {**s3_server.env(), "BROADSHEET_LTX_RETENTION": "2s"}
+    cluster = new_cluster(replicas=0, sample=False, primary_env=env)
+    conn = store.connect(str(cluster.primary.data_db))
+    with store.immediate(conn):
+        conn.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, note TEXT)")
+    wait_until(lambda: offsite_health(cluster)["behind_txids"] == 0 and offsite_health(cluster)["state"] == "uploading",
+               timeout=30, message="the first snapshot")
+    before = Pos.read(cluster.primary.data_db).txid
+    s3_server.stop()
+    for n in range(1, 11):
+        with store.immediate(conn):
+            conn.execute("INSERT INTO ledger VALUES (?, ?)", (n, f"{SENTINEL} {n}"))
+    first_missed = before + 1
+    ltx = cluster.primary.private.data_dir / "dbs" / "data.db" / "ltx" / f"{first_missed:016x}-{first_missed:016x}.ltx"
+    wait_until(lambda: not ltx.exists(), timeout=30, message="LiteFS's retention removing the LTX files")
+    s3_server.start()
+    newest = Pos.read(cluster.primary.data_db).txid
+    wait_until(lambda: offsite_health(cluster)["uploaded_txid"] >= newest, timeout=30, message="caught up by snapshot")
+    conn.close()
+    bucket = s3_server.store()
+    (line,) = offsite.timelines(bucket).values()
+    assert sum(o.is_snapshot for o in line.objects) >= 2
+    done = offsite.materialize(bucket, line, line.newest(), tmp_path / "newest.db")
+    assert len(read_only_rows(done.path, "SELECT id FROM ledger")) == 10
+    assert offsite.materialize(bucket, line, before, tmp_path / "before.db").txid == before

@@ -212,16 +212,20 @@ class _Reader:
 
         self._pieces = iter(pieces)
         self._lz4 = lz4.frame.LZ4FrameDecompressor()
-        self._buf = bytearray()
+        self._buf = b""
+        self._at = 0
 
     def read(self, n: int) -> bytes:
-        while len(self._buf) < n:
+        # An offset into what was decompressed, not a buffer cut from the
+        # front on every read (which copies the rest each time).
+        while len(self._buf) - self._at < n:
             piece = next(self._pieces, None)
             if piece is None:
                 raise ValueError("the object ends early")
-            self._buf += self._lz4.decompress(piece) if piece else b""
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
+            self._buf = self._buf[self._at:] + (self._lz4.decompress(piece) if piece else b"")
+            self._at = 0
+        data = self._buf[self._at:self._at + n]
+        self._at += n
         return data
 
     def framed(self) -> bytes | None:
