@@ -997,12 +997,26 @@ def backups_list(from_url, as_json):
 
 
 @backups_group.command("new-key")
-def backups_new_key():
+@click.option("--to", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write it to this new file (mode 0600; never over one that exists) for BROADSHEET_BACKUP_KEY_FILE.")
+def backups_new_key(key_file):
     """Print a new backup key (for BROADSHEET_BACKUP_KEY or its file). Keep a
     copy off the primary: without it, nothing in the bucket can be read."""
     from primary.offsite import crypto
 
-    click.echo(crypto.new_key())
+    key = crypto.new_key()
+    if key_file is None:
+        click.echo(key)
+        return
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{key_file} exists: refusing to write a new key over it (its backups need it)")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {key_file}: {exc.strerror}")
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    click.echo(f"wrote a new backup key to {key_file}")
 
 
 @commands.command("run-offsite", hidden=True)
