@@ -1003,10 +1003,10 @@ def _bench_offsite_restore(bench: Bench, server) -> None:
     conn.execute("PRAGMA page_size=16384; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF")
     conn.execute("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT)")
     # Text that compresses about as team data does (hex: 2:1).
-    chunk = 4096
-    with conn:
-        for i in range(size // (chunk * 2)):
-            conn.execute("INSERT INTO filler (body) VALUES (?)", (os.urandom(chunk // 2).hex(),))
+    while path.stat().st_size < size:
+        with conn:
+            for _ in range(1000):
+                conn.execute("INSERT INTO filler (body) VALUES (?)", (os.urandom(2048).hex(),))
     conn.close()
     page_size = 16384
     pages = path.stat().st_size // page_size
@@ -1036,7 +1036,7 @@ def _bench_offsite_restore(bench: Bench, server) -> None:
     done = materialize(store, line, 1, bench.root / "offsite-restored.db")
     restore_s = time.perf_counter() - started
     assert done.checksum == checksum
-    bench.add(Result("offsite", f"restore of a {pages * page_size / 2**20:,.0f} MiB data.db from the bucket", restore_s, "s",
+    bench.add(Result("offsite", f"restore of a {pages * page_size / 2**30:,.2f} GiB data.db from the bucket", restore_s, "s",
                      download_s, f"downloading the same {raw / 2**20:,.0f} MiB object", "report", None,
                      {"database_bytes": pages * page_size, "object_bytes": raw, "upload_s": upload_s}))
     for leftover in (path, done.path):
