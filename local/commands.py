@@ -23,14 +23,17 @@ def commands():
 
 @commands.command()
 @cluster_dir
-@click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 16), help="Number of read nodes.")
+@click.option("--replicas", type=click.IntRange(1, 16), help="Number of read nodes.  [default: 2, or one per --link]")
 @click.option("--port", default=8001, show_default=True, type=int, help="First port; the cluster uses the next ~40.")
 @click.option("--no-sample", is_flag=True, help="Start with an empty data.db instead of the sample tables.")
 @click.option("--standby", "with_standby", is_flag=True, help="Also run a standby of data.db (see the README).")
 @click.option("--metadata", "metadata_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Datasette metadata for the DATABASES (metadata.yml / metadata.json, or a datasette.yaml).")
+@click.option("--link", "link_specs", multiple=True, metavar="NAME=DELAY[:jitter=J][:rate=R]",
+              help="Put a read node behind a link with this one-way delay (syd=130ms,iad=40ms:rate=10mbit): "
+                   "read nodes take the links in order; standby=… delays the standby's. Repeatable.")
 @click.argument("databases", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def up(root, replicas, port, no_sample, with_standby, metadata_file, databases):
+def up(root, replicas, port, no_sample, with_standby, metadata_file, link_specs, databases):
     """Start a local cluster (primary + read nodes) and run until Ctrl-C.
     With DATABASES (SQLite files, as `datasette x.db` takes them), data.db
     starts with their tables, views and full-text tables, every table
@@ -39,6 +42,14 @@ def up(root, replicas, port, no_sample, with_standby, metadata_file, databases):
     from broadsheet.supervisor import run_until_signalled
 
     from .cluster import LocalCluster, read_node_plugins, team_plugins
+    from .links import STANDBY, parse_links
+
+    try:
+        links = parse_links(link_specs)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    if replicas is None:
+        replicas = max(2, len([spec for spec in links if spec.name != STANDBY]))
 
     sample = not no_sample and not databases
     primary_env = {}
@@ -68,7 +79,7 @@ def up(root, replicas, port, no_sample, with_standby, metadata_file, databases):
         # and stopping, warnings, errors); every access log line stays in the logs.
         cluster = LocalCluster(
             root, replicas=replicas, base_port=port, echo=sys.stdout, sample=sample, quiet=True,
-            replica_env=replica_env, standby=with_standby, primary_env=primary_env,
+            replica_env=replica_env, standby=with_standby, primary_env=primary_env, links=links,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc))
