@@ -923,6 +923,126 @@ def bench_gate(bench: Bench) -> None:
                       "gated_nodes": len(gated)}))
 
 
+# -- off-site backups ------------------------------------------------------------------
+
+
+def _s3_server(root: Path):
+    """The tests' real S3-compatible server (versitygw, tests/s3server.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from s3server import S3Server
+
+    server = S3Server(root)
+    server.start()
+    server.store().ensure_bucket()
+    return server
+
+
+def _one_row_writes(bench: Bench, table: str, start: int, n: int) -> list[float]:
+    times = []
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {bench.token}"}) as client:
+        for i in range(start, start + n):
+            began = time.perf_counter()
+            client.post(f"{bench.cluster.primary.url}/data/{table}/-/insert",
+                        json={"rows": [{"id": i, "note": f"write {i}"}]}).raise_for_status()
+            times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def bench_offsite(bench: Bench) -> None:
+    """The write path with the off-site uploader running against without it
+    (alternating, in one run); a restore from the bucket against downloading
+    the same bytes."""
+    server = _s3_server(bench.root / "s3")
+    primary, sup = bench.cluster.primary, bench.cluster.supervisor
+    try:
+        bench.api("/-/create", {"table": "offsite_pings", "pk": "id", "rows": [{"id": 0, "note": "start"}]}).raise_for_status()
+        primary.offsite_env = server.env()
+        on, off, at = [], [], 1
+        per_round = 30 if bench.quick else 150
+        for _ in range(2 if bench.quick else 4):
+            off += _one_row_writes(bench, "offsite_pings", at, per_round)
+            at += per_round
+            sup.start(primary.offsite_service())
+            status_file = primary.offsite_status_file
+            deadline = time.monotonic() + 60
+            while not ((st := _read_json(status_file)) and st.get("state") == "uploading"
+                       and st.get("uploaded_txid", 0) >= Pos.read(primary.data_db).txid):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the uploader did not catch up: {st}")
+                time.sleep(0.1)
+            on += _one_row_writes(bench, "offsite_pings", at, per_round)
+            at += per_round
+            sup.stop("offsite")
+        bench.add(Result("offsite", "p50 one-row write (write API) with off-site backups uploading", pct(on, 50), "ms",
+                         pct(off, 50), "backups off, alternating in the same run", "≤ 1.10× (within noise)",
+                         pct(on, 50) <= pct(off, 50) * 1.10,
+                         {"writes_each": len(on), "p99_on_ms": pct(on, 99), "p99_off_ms": pct(off, 99)}))
+        _bench_offsite_restore(bench, server)
+    finally:
+        primary.offsite_env = {}
+        server.stop()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _bench_offsite_restore(bench: Bench, server) -> None:
+    """A data.db of 1 GB (--quick: 64 MiB) as one snapshot object (what the
+    uploader makes of it), restored (download, open, apply, LiteFS's
+    checksum, integrity check) against a plain download of that object."""
+    from primary.offsite.objects import Header, ObjectName, Txn, encode, file_checksum
+    from primary.offsite.restore import materialize, timelines
+
+    size = (64 << 20) if bench.quick else (1 << 30)
+    path = bench.root / "offsite-source.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA page_size=16384; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF")
+    conn.execute("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT)")
+    # Text that compresses about as team data does (hex: 2:1).
+    while path.stat().st_size < size:
+        with conn:
+            for _ in range(1000):
+                conn.execute("INSERT INTO filler (body) VALUES (?)", (os.urandom(2048).hex(),))
+    conn.close()
+    page_size = 16384
+    pages = path.stat().st_size // page_size
+    with open(path, "rb") as fp:
+        checksum = file_checksum(fp, page_size, pages)
+
+    def all_pages():
+        with open(path, "rb") as fp:
+            for pgno in range(1, pages + 1):
+                yield pgno, fp.read(page_size)
+
+    store = server.store(prefix="bench")
+    now = int(time.time() * 1000)
+    name = ObjectName("bench0001", 1, "snapshot", 1, 1, now, now)
+    started = time.perf_counter()
+    store.put(name.key, encode(Header("snapshot", "bench", "bench0001", 1, "snapshot", page_size, 1, 1),
+                               [(Txn(1, 1, pages, 0, checksum, now, pages), all_pages())]), small=False)
+    upload_s = time.perf_counter() - started
+    started = time.perf_counter()
+    raw = 0
+    body = store.client.get_object(Bucket=store.location.bucket, Key=store.location.prefix + name.key)["Body"]
+    for piece in body.iter_chunks(1 << 20):
+        raw += len(piece)
+    download_s = time.perf_counter() - started
+    line = timelines(store)["bench0001"]
+    started = time.perf_counter()
+    done = materialize(store, line, 1, bench.root / "offsite-restored.db")
+    restore_s = time.perf_counter() - started
+    assert done.checksum == checksum
+    bench.add(Result("offsite", f"restore of a {pages * page_size / 2**30:,.2f} GiB data.db from the bucket", restore_s, "s",
+                     download_s, f"downloading the same {raw / 2**20:,.0f} MiB object", "report", None,
+                     {"database_bytes": pages * page_size, "object_bytes": raw, "upload_s": upload_s}))
+    for leftover in (path, done.path):
+        leftover.unlink(missing_ok=True)
+
+
 BENCHMARKS = {
     "propagation": bench_propagation,
     "publish": bench_publish,
@@ -930,6 +1050,7 @@ BENCHMARKS = {
     "reads": bench_reads,
     "writes": bench_writes,
     "fanout": bench_fanout,
+    "offsite": bench_offsite,
     # Last: it adds a read node the others would count.
     "gate": bench_gate,
 }

@@ -21,6 +21,13 @@ TEAM_SECRET_VARS = {
     "BROADSHEET_TEAM_PASSWORD": "the team's login password",
     "BROADSHEET_TEAM_PASSWORD_HASH": "the team's login password hash",
     "BROADSHEET_TOKEN": "a team API token",
+    # Off-site backups (primary/offsite/): the key opens every object of the
+    # bucket, the credentials reach the bucket itself.
+    "BROADSHEET_BACKUP_KEY": "the key that opens the off-site backups of the private database",
+    "BROADSHEET_BACKUP_KEY_FILE": "the file holding the key of the off-site backups",
+    "AWS_ACCESS_KEY_ID": "a credential of the object store (off-site backups)",
+    "AWS_SECRET_ACCESS_KEY": "a credential of the object store (off-site backups)",
+    "AWS_SESSION_TOKEN": "a credential of the object store (off-site backups)",
 }
 
 

@@ -814,6 +814,12 @@ def status(root, url, token, as_json):
         )
         if node.get("verified") is False:
             click.echo(f"{'':<14} UNVERIFIED: {node.get('verification') or 'no signed release covers its position'}")
+    if offsite := health.get("offsite"):
+        error = f"  last error: {offsite['last_error']}" if offsite.get("last_error") else ""
+        click.echo(
+            f"{'off-site':<14} data.db txid {offsite['uploaded_txid']:<6} behind {offsite['behind_txids']:<4}"
+            f" lag {offsite['lag_seconds']:.1f} s  {offsite.get('state') or ''}  {offsite.get('url') or ''}{error}"
+        )
     for heal in health.get("heals") or []:
         click.echo(f"{'public.db':<14} REBUILT at {heal['at']}: {heal['reason']}")
 
@@ -873,23 +879,77 @@ def backup(root, data_db, dest, keep, as_json):
 
 @commands.command()
 @cluster_dir
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--from", "from_url", metavar="S3_URL",
+              help="Restore from the off-site backups at s3://bucket/prefix (BROADSHEET_BACKUP_KEY and the"
+              " usual AWS_* settings) instead of a FILE.")
+@click.option("--at", "at", metavar="TIME", help="With --from: data.db as it was at TIME (ISO 8601 with a zone).")
+@click.option("--txid", type=click.IntRange(min=1), help="With --from: data.db as it was at this TXID.")
+@click.option("--generation", help="With --from: of this generation (default: the newest; see `backups list`).")
+@click.option("--dry-run", is_flag=True, help="With --from: say what would be restored, and check it, changing nothing.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the publisher to rebuild public.db.")
-def restore(root, file, timeout):
-    """Replace the running primary's data.db with backup FILE; the publisher
+def restore(root, file, from_url, at, txid, generation, dry_run, timeout):
+    """Replace the running primary's data.db with backup FILE, or with the
+    off-site backups' data.db at a TXID or moment (--from); the publisher
     then rebuilds public.db from it and read nodes follow. Refuses, changing
-    nothing, a file that is not a whole broadsheet data.db of this cluster."""
+    nothing, what is not a whole broadsheet data.db of this cluster, and an
+    off-site object that is missing, changed or sealed with another key."""
     from broadsheet import sync
     from primary import backup as backups
     from primary.publishing import PublishTimeout, wait_published
 
-    here = _primary_here(root)
+    if (file is None) == (from_url is None):
+        raise click.UsageError("give a backup FILE or --from s3://bucket/prefix")
+    if file is not None and (at or txid or generation or dry_run):
+        raise click.UsageError("--at, --txid, --generation and --dry-run go with --from")
+    if at and txid:
+        raise click.UsageError("--at or --txid, not both")
+    here = None if dry_run else _primary_here(root)
+    scratch = None
+    if from_url is not None:
+        import tempfile
+
+        from primary.offsite import crypto
+        from primary.offsite import restore as offsite
+        from primary.offsite.store import Store, StoreError
+
+        try:
+            store = Store(from_url, crypto.key_from_env())
+            line, target = offsite.choose(
+                store, generation, txid, offsite.parse_moment(at) if at else None
+            )
+            scratch = Path(tempfile.mkdtemp(prefix="broadsheet-offsite-", dir=here["root"] if here else None))
+            done = offsite.materialize(store, line, target, scratch / "data.db")
+        except (ConfigError, offsite.RestoreError, crypto.ObjectError, StoreError) as exc:
+            if scratch is not None:
+                import shutil
+
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise click.ClickException(str(exc))
+        click.echo(
+            f"{from_url}: data.db at TXID {done.txid} (generation {done.generation}, committed"
+            f" {offsite.iso(done.committed_ms)}), from {len(done.objects)} objects, checksum {done.checksum:016x}"
+            " and integrity check ok"
+        )
+        if dry_run:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+            click.echo("dry run: nothing changed")
+            return
+        offsite.as_backup_file(done)
+        file = done.path
     try:
         done = backups.restore(file, here["data_db"], here["private_litefs"], workdir=here["root"])
     except backups.BackupError as exc:
         raise click.ClickException(str(exc))
+    finally:
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
     click.echo(
-        f"restored {file} (taken at data.db TXID {done.backup.txid}) as data.db TXID {done.private_txid};"
+        f"restored {from_url or file} (taken at data.db TXID {done.backup.txid}) as data.db TXID {done.private_txid};"
         f" republishing {len(done.tables)} public tables"
     )
     try:
@@ -899,6 +959,80 @@ def restore(root, file, timeout):
             f"the publisher has not rebuilt public.db within {timeout:g}s; see the primary's logs"
         ) from None
     click.echo(f"public.db rebuilt at public TXID {mark.public_txid}")
+
+
+@commands.group("backups")
+def backups_group():
+    """Off-site backups (BROADSHEET_BACKUP_URL): what they hold, and a key for them."""
+
+
+@backups_group.command("list")
+@click.option("--from", "from_url", envvar="BROADSHEET_BACKUP_URL", required=True, metavar="S3_URL",
+              help="The backups at s3://bucket/prefix (default: BROADSHEET_BACKUP_URL).")
+@click.option("--json", "as_json", is_flag=True)
+def backups_list(from_url, as_json):
+    """What can be restored: each generation of data.db, from which TXID and
+    time to which, and what a promotion left behind."""
+    from primary.offsite import crypto
+    from primary.offsite import restore as offsite
+    from primary.offsite.store import Store, StoreError
+
+    try:
+        rows = offsite.describe(Store(from_url, crypto.key_from_env()))
+    except (ConfigError, StoreError) as exc:
+        raise click.ClickException(str(exc))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"{from_url}: no backups")
+    for row in rows:
+        click.echo(
+            f"generation {row['generation']} (epochs {', '.join(map(str, row['epochs']))}): TXID {row['from_txid']}"
+            f" ({row['from']}) to TXID {row['to_txid']} ({row['to']}); {row['objects']} objects, {row['bytes']:,} bytes,"
+            f" {row['snapshots']} snapshots"
+        )
+        if row["left_behind"]:
+            click.echo(f"  left behind by a promotion (not restored): {len(row['left_behind'])} objects")
+
+
+@backups_group.command("new-key")
+@click.option("--to", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write it to this new file (mode 0600; never over one that exists) for BROADSHEET_BACKUP_KEY_FILE.")
+def backups_new_key(key_file):
+    """Print a new backup key (for BROADSHEET_BACKUP_KEY or its file). Keep a
+    copy off the primary: without it, nothing in the bucket can be read."""
+    from primary.offsite import crypto
+
+    key = crypto.new_key()
+    if key_file is None:
+        click.echo(key)
+        return
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise click.ClickException(f"{key_file} exists: refusing to write a new key over it (its backups need it)")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {key_file}: {exc.strerror}")
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    click.echo(f"wrote a new backup key to {key_file}")
+
+
+@commands.command("run-offsite", hidden=True)
+@click.option("--data-db", required=True)
+@click.option("--litefs-url", required=True)
+@click.option("--litefs-data-dir", required=True)
+@click.option("--status", "status_file", required=True)
+@click.option("--workdir", required=True)
+def run_offsite(data_db, litefs_url, litefs_data_dir, status_file, workdir):
+    """Upload data.db's transactions off-site (started by the supervisor)."""
+    from primary.offsite import uploader
+
+    try:
+        uploader.run(data_db, litefs_url, litefs_data_dir, status_file, workdir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
 
 
 @commands.command("run-backups", hidden=True)

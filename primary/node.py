@@ -33,6 +33,23 @@ from .settings import ReadNodeAddress, Settings, read_nodes
 from .standby.fencing import check_no_newer_copy, check_no_other_primary
 from .standby.promoted import promotion, record_epoch
 
+# What configures off-site backups: the uploader's alone among the
+# primary's processes (a read node refuses or drops them: team_secrets.py).
+OFFSITE_VARS = (
+    "BROADSHEET_BACKUP_URL", "BROADSHEET_BACKUP_KEY", "BROADSHEET_BACKUP_KEY_FILE", "BROADSHEET_BACKUP_RETENTION",
+    "BROADSHEET_BACKUP_LEVELS", "BROADSHEET_BACKUP_SNAPSHOT_INTERVAL",
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE",
+)
+
+
+def offsite_config(environ: Mapping[str, str]):
+    """Off-site backups' settings checked (ConfigError); None when off."""
+    from .offsite.uploader import Config
+
+    return Config.from_env(environ)
+
+
 TEMPLATES = Path(__file__).parent / "datasette" / "templates"
 
 # Seconds a stopping uvicorn server may wait for open streams before it is
@@ -130,6 +147,9 @@ class PrimaryNode:
     backup_keep: int = 7
     # Who may stream public.db, over what (primary/replication.py).
     replication: Replication = field(default_factory=lambda: Replication(None, None))
+    # Off-site backups (primary/offsite/): BROADSHEET_BACKUP_URL, the key and
+    # the store's settings, handed to the uploader alone.
+    offsite_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PrimaryNode":
@@ -179,7 +199,9 @@ class PrimaryNode:
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
             replication=Replication.from_env(environ, root),
+            offsite_env={k: environ[k] for k in OFFSITE_VARS if environ.get(k)},
         )
+        offsite_config(node.offsite_env)
         for path in [*node.adopt, *([node.adopt_metadata] if node.adopt_metadata else [])]:
             if not Path(path).is_file():
                 variable = "BROADSHEET_ADOPT" if path in node.adopt else "BROADSHEET_ADOPT_METADATA"
@@ -230,6 +252,7 @@ class PrimaryNode:
             "BROADSHEET_BACKUP_INTERVAL": str(int(self.backup_interval)),
             "BROADSHEET_BACKUP_KEEP": str(self.backup_keep),
         }
+        env.update(self.offsite_env)
         if self.replication.key:
             env["BROADSHEET_REPLICATION_KEY"] = self.replication.key
         if self.replication.tls:
@@ -361,7 +384,14 @@ class PrimaryNode:
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
             "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
             plugins.TEAM_PLUGINS_VAR: " ".join(self.team_plugins),
+            "BROADSHEET_BACKUP_STATUS": str(self.offsite_status_file) if self.offsite_env.get("BROADSHEET_BACKUP_URL") else "",
         }
+
+    @property
+    def offsite_status_file(self) -> Path:
+        from .offsite.status import STATUS_FILE
+
+        return self.root / STATUS_FILE
 
     @property
     def banner(self) -> str:
@@ -464,7 +494,7 @@ class PrimaryNode:
         private, public = litefs_service("private-litefs", self.private), litefs_service("public-litefs", self.public)
         public.prepare = self._prepare_public
         gates = [self.public_gate_service(), *([self.private_gate_service()] if self.private_litefs_addr else [])]
-        return [private, public, *gates]
+        return [_without_offsite_secrets(s) for s in (private, public, *gates)]
 
     def public_gate_service(self) -> Service:
         """The gate read nodes stream public.db through (broadsheet/gate.py)."""
@@ -485,6 +515,9 @@ class PrimaryNode:
         fs.write_cluster_id()
 
     def app_services(self) -> list[Service]:
+        return [_without_offsite_secrets(s) for s in self._app_services()]
+
+    def _app_services(self) -> list[Service]:
         return [
             Service(
                 name="publisher",
@@ -518,14 +551,33 @@ class PrimaryNode:
             ),
             self.control_service(),
             *([self.backup_service()] if self.backup_interval > 0 else []),
+            *([self.offsite_service()] if self.offsite_env.get("BROADSHEET_BACKUP_URL") else []),
         ]
+
+    def offsite_service(self) -> Service:
+        """The uploader of off-site backups (primary/offsite/uploader.py): it
+        reads data.db's transactions through its LiteFS, and nothing waits on it."""
+        return Service(
+            name="offsite",
+            argv=[
+                sys.executable, "-m", "broadsheet.cli", "run-offsite", "--data-db", str(self.data_db),
+                "--litefs-url", self.private.url, "--litefs-data-dir", str(self.private.data_dir),
+                "--status", str(self.offsite_status_file), "--workdir", str(self.root),
+            ],
+            env=dict(self.offsite_env),
+            restart=True,
+            depends_on=("private-litefs",),
+        )
+
+    def control_service(self) -> Service:
+        return _without_offsite_secrets(self._control_service())
 
     def backup_service(self) -> Service:
         from . import backup
 
         return backup.service("backups", self.data_db, self.backups, self.backup_keep, self.backup_interval, "private-litefs")
 
-    def control_service(self) -> Service:
+    def _control_service(self) -> Service:
         return Service(
             name="control-plane",
             argv=[
@@ -542,6 +594,18 @@ class PrimaryNode:
 
 def _bool(value: bool) -> str:
     return "true" if value else "false"
+
+
+# The backup key and the store's credentials: the uploader's alone, even
+# when the primary's own environment holds them.
+OFFSITE_SECRETS = ("BROADSHEET_BACKUP_KEY", "BROADSHEET_BACKUP_KEY_FILE", "AWS_ACCESS_KEY_ID",
+                   "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _without_offsite_secrets(service: Service) -> Service:
+    if service.name != "offsite":
+        service.drop_env = tuple(dict.fromkeys((*service.drop_env, *OFFSITE_SECRETS)))
+    return service
 
 
 def litefs_service(name: str, fs: MountConfig) -> Service:

@@ -54,6 +54,7 @@ class Settings:
     team_plugins: tuple[str, ...] = ()
     standby_url: str = ""  # the standby's status API (primary/standby/api.py), if there is one
     standby_wait: float = 5.0  # longest wait for the standby on Broadsheet-Wait: standby, seconds
+    offsite_status: str = ""  # the off-site uploader's status file, when backups go off-site
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -85,6 +86,7 @@ class Settings:
             standby_url=env.url("BROADSHEET_STANDBY_URL").rstrip("/"),
             # The standby's /wait answers waits of up to 60 s.
             standby_wait=env.seconds("BROADSHEET_STANDBY_WAIT_TIMEOUT", 5.0, positive=True, at_most=60),
+            offsite_status=env.str("BROADSHEET_BACKUP_STATUS", ""),
         )
 
     @property

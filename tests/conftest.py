@@ -24,8 +24,8 @@ import httpx
 import pytest
 import sqlite_utils
 
-from local.cluster import LocalCluster
 from broadsheet.litefs import unmount
+from local.cluster import LocalCluster
 from primary import store
 from primary.publisher import Watermark
 
@@ -173,6 +173,21 @@ def new_cluster(tmp_path):
     yield make
     for c in clusters:
         c.stop()
+
+
+@pytest.fixture
+def s3_server(tmp_path):
+    """A real S3-compatible server (versitygw) on 127.0.0.1 with one bucket,
+    stopped after the test (tests/s3server.py)."""
+    from s3server import S3Server
+
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    try:
+        server.store().ensure_bucket()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from broadsheet.cli import all_commands
 # Started by the supervisor with arguments it makes, never by a person:
 # only their bad numbers are tried (a bad file makes them log and retry,
 # as they should).
-SUPERVISED = {"run-backups", "run-publisher"}
+SUPERVISED = {"run-backups", "run-publisher", "run-offsite"}
 # Would start a node or a cluster when given good inputs.
 STARTS = {"up", "primary", "replica", "standby"} | SUPERVISED
 
@@ -30,7 +30,9 @@ STARTS = {"up", "primary", "replica", "standby"} | SUPERVISED
 # nothing of this machine's (or of another test's) reaches the commands.
 ENV = (
     "BROADSHEET_DIR", "BROADSHEET_URL", "BROADSHEET_TOKEN", "BROADSHEET_ROOT", "BROADSHEET_TEAM_DB",
-    "BROADSHEET_CLUSTER_ID", "DATASETTE_SECRET",
+    "BROADSHEET_CLUSTER_ID", "DATASETTE_SECRET", "BROADSHEET_BACKUP_URL", "BROADSHEET_BACKUP_KEY",
+    "BROADSHEET_BACKUP_KEY_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
 )
 
 
@@ -165,6 +167,24 @@ def cases(path: tuple[str, ...], command: click.Command, bad: dict):
             required = [v for o in opts.values() if o.required and o is not option for v in (o.opts[0], "1")]
             yield case(f"{option.opts[0]} not a number", option.opts[0], bad["number"], argv=[*base, *required,
                        option.opts[0], bad["number"]])
+    if "from_url" in opts:
+        # Off-site backups (restore --from, backups list): no key; another
+        # key's store that does not answer; a moment that is not one.
+        key = "A" * 43 + "="
+        store = {"AWS_ENDPOINT_URL_S3": bad["unreachable"], "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+        yield case("--from without a key", "--from", "s3://backups/team", env=store)
+        yield case("--from a store that does not answer", "--from", "s3://backups/team",
+                   env={**store, "BROADSHEET_BACKUP_KEY": key})
+        yield case("--from not an s3:// URL", "--from", "https://backups/team", env={"BROADSHEET_BACKUP_KEY": key})
+        if "at" in opts:
+            yield case("--at not a moment", "--from", "s3://backups/team", "--at", "yesterday",
+                       env={**store, "BROADSHEET_BACKUP_KEY": key})
+    if name == "new-key":
+        yield case("--to a file that exists", "--to", bad["file"])
+        yield case("--to a missing directory", "--to", bad["missing-directory"])
+    if name == "run-offsite":
+        yield case("no BROADSHEET_BACKUP_URL", "--data-db", bad["scratch"], "--litefs-url", bad["unreachable"],
+                   "--litefs-data-dir", bad["no-cluster"], "--status", bad["scratch"], "--workdir", bad["no-cluster"])
     if name in ("primary", "replica", "standby"):
         env = {"DATASETTE_SECRET": "s", "BROADSHEET_CLUSTER_ID": "c", "BROADSHEET_PORT": bad["number"],
                "BROADSHEET_STANDBY_PORT": bad["number"], "BROADSHEET_ROOT": bad["no-cluster"]}

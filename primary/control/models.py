@@ -275,6 +275,23 @@ class Withdrawn(BaseModel):
     at: str = Field(description="When (the audit or saved-query log entry's timestamp)")
 
 
+class OffsiteInfo(BaseModel):
+    """Off-site backups (BROADSHEET_BACKUP_URL), from the uploader's status file."""
+
+    url: str | None = Field(None, description="s3://bucket/prefix")
+    state: str | None = Field(None, description="starting, uploading, behind (see last_error) or fenced")
+    generation: str | None = None
+    epoch: int | None = None
+    uploaded_txid: int = Field(0, description="The newest data.db TXID in the bucket")
+    behind_txids: int = Field(0, description="data.db TXIDs not in the bucket yet")
+    lag_seconds: float = Field(0.0, description="Since the oldest transaction not in the bucket was committed")
+    last_upload_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    objects: int | None = None
+    updated_at: float | None = None
+
+
 class Health(BaseModel):
     ok: bool
     data_db_txid: int
@@ -294,6 +311,7 @@ class Health(BaseModel):
     heals: list[dict] = Field(
         default=[], description="The newest times public.db was found written behind the publisher's back and rebuilt"
     )
+    offsite: OffsiteInfo | None = Field(None, description="Off-site backups, when BROADSHEET_BACKUP_URL is set")
 
 
 class Metadata(BaseModel):

@@ -16,7 +16,7 @@ from ...publisher import Watermark, Withdrawals, withdrawals_path
 from ...publisher.signer import heals_path, read_heals
 from ...settings import settings
 from ..deps import connect, tracker
-from ..models import Bookmark, Health, StandbyInfo, Withdrawn
+from ..models import Bookmark, Health, OffsiteInfo, StandbyInfo, Withdrawn
 
 router = APIRouter(tags=["health"])
 
@@ -40,7 +40,17 @@ async def health(request: Request) -> Health:
         withdrawn=[Withdrawn(**vars(w)) for w in Withdrawals.read_file(withdrawals_path(conf.watermark_file))],
         unverified_nodes=[n["name"] for n in nodes if n.get("verified") is False],
         heals=read_heals(heals_path(conf.watermark_file)),
+        offsite=offsite_info(conf.offsite_status, data_db_txid) if conf.offsite_status else None,
     )
+
+
+def offsite_info(path: str, data_db_txid: int) -> OffsiteInfo:
+    from ...offsite import status
+
+    found = status.read(path)
+    if found is None:
+        return OffsiteInfo(state="starting", behind_txids=data_db_txid, last_error="the uploader has written no status yet")
+    return OffsiteInfo(**status.lag(found, data_db_txid))
 
 
 _epoch_seen: list[int] = []
