@@ -135,6 +135,8 @@ class Runner:
                 self.stopped.wait(min(10.0, 0.5 * 2**failures))
                 self.wake.set()
                 continue
+            if self.publisher.staging_due:
+                self.wake.set()  # a large first copy's next batch (staging.py)
             if cycle is not None and self._unrecorded:
                 try:
                     self._record_txids(cycle)
