@@ -128,6 +128,8 @@ class PrimaryNode:
     backup_dir: Path | None = None  # where scheduled backups go (default: root/backups)
     backup_interval: float = 0.0  # seconds between scheduled backups; 0: none
     backup_keep: int = 7
+    # A first copy larger than this is staged (primary/publisher/staging.py).
+    publish_batch_bytes: int = 4 * 1024 * 1024
     # Who may stream public.db, over what (primary/replication.py).
     replication: Replication = field(default_factory=lambda: Replication(None, None))
 
@@ -146,7 +148,7 @@ class PrimaryNode:
             secret = read_secret(made_secret)
         # Every setting the primary's own processes read (primary/settings.py),
         # checked here, before any of them starts.
-        Settings.from_env(environ)
+        publisher_settings = Settings.from_env(environ)
         nodes = list(read_nodes(env))
         node = cls(
             root=root,
@@ -179,6 +181,7 @@ class PrimaryNode:
             backup_interval=env.int("BROADSHEET_BACKUP_INTERVAL", 0),
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
             replication=Replication.from_env(environ, root),
+            publish_batch_bytes=publisher_settings.publish_batch_bytes,
         )
         for path in [*node.adopt, *([node.adopt_metadata] if node.adopt_metadata else [])]:
             if not Path(path).is_file():
@@ -361,6 +364,7 @@ class PrimaryNode:
             "BROADSHEET_READ_NODE_PORT": str(self.read_node_port),
             "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
             plugins.TEAM_PLUGINS_VAR: " ".join(self.team_plugins),
+            "BROADSHEET_PUBLISH_BATCH_BYTES": str(self.publish_batch_bytes),
         }
 
     @property
@@ -498,6 +502,7 @@ class PrimaryNode:
                 ],
                 ready=lambda: self.public_db.exists(),
                 restart=True,
+                env={"BROADSHEET_PUBLISH_BATCH_BYTES": str(self.publish_batch_bytes)},
                 # It keeps both databases open.
                 depends_on=("private-litefs", "public-litefs"),
             ),
