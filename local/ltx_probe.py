@@ -6,7 +6,7 @@ probe behind docs/internals.md's "Large first copies" figures.
 A local cluster (one read node behind the link, LTX compression off) is
 brought up in a scratch directory; for each size a table of that many MB of
 random bytes (incompressible) is published, while three visitors read a
-small published table on the read node every 0.2 s, each request a new URL
+small published table on the read node every 0.2 s from the flip on, each request a new URL
 (so none is answered from the node's response cache). One JSON line per
 size: the LTX's size on the primary, how long it took to reach the read
 node, the slowest read and every read that failed. ``--batch-bytes`` is the
@@ -61,22 +61,9 @@ def probe(cluster: LocalCluster, mb: float, timeout: float = 180.0) -> dict:
         (int(mb * 1024 * 1024 / 1000),),
     )
     before = Pos.read(cluster.primary.public_db).txid
-    _publish(data, name)
-    # Wait for the publish (its listing cycle, when staged) on the primary.
-    deadline = time.monotonic() + timeout
-    while True:
-        conn = store.connect(str(cluster.primary.public_db))
-        try:
-            listed = conn.execute("SELECT 1 FROM _public_tables WHERE table_name = ?", (name,)).fetchall()
-        finally:
-            conn.close()
-        if listed or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    started = time.monotonic()
-    txid = Pos.read(cluster.primary.public_db).txid
     reads: list[tuple[float, object, float, str]] = []
     stop = threading.Event()
+    started = time.monotonic()
 
     def visit(i: int) -> None:
         with httpx.Client(timeout=30) as client:
@@ -89,11 +76,25 @@ def probe(cluster: LocalCluster, mb: float, timeout: float = 180.0) -> dict:
                     reads.append((began - started, "error", time.monotonic() - began, repr(exc)[:160]))
                 time.sleep(0.2)
 
+    # Visitors read the node from the flip on, through every batch.
     threads = [threading.Thread(target=visit, args=(i,), daemon=True) for i in range(3)]
     for t in threads:
         t.start()
+    _publish(data, name)
+    deadline = time.monotonic() + timeout
+    txid = None
+    while time.monotonic() < deadline:
+        conn = store.connect(str(cluster.primary.public_db))
+        try:
+            listed = conn.execute("SELECT 1 FROM _public_tables WHERE table_name = ?", (name,)).fetchall()
+        finally:
+            conn.close()
+        if listed:  # the publish's TXID (its listing cycle, when staged)
+            txid = Pos.read(cluster.primary.public_db).txid
+            break
+        time.sleep(0.02)
     arrived = None
-    while time.monotonic() - started < timeout:
+    while txid is not None and time.monotonic() < deadline:
         if Pos.read(node.public_db).txid >= txid:
             arrived = time.monotonic() - started
             break
@@ -102,6 +103,7 @@ def probe(cluster: LocalCluster, mb: float, timeout: float = 180.0) -> dict:
     stop.set()
     for t in threads:
         t.join(timeout=35)
+    txid = txid or Pos.read(cluster.primary.public_db).txid
     ltx = [
         p.stat().st_size
         for t in range(before + 1, txid + 1)

@@ -940,7 +940,11 @@ def run_publisher(data_db, public_db, litefs_url, watermark, public_litefs_data_
             publisher.sign_releases(public_litefs_data_dir)
     except sqlite_errors() as exc:  # not a data.db: say which, and let the supervisor try again
         raise click.ClickException(f"{data_db} or {public_db}: {_sqlite_message(exc)}")
-    runner = Runner(publisher, litefs_url)
+    from primary.publisher.pacing import Pacer
+    from primary.settings import settings
+
+    conf = settings()
+    runner = Runner(publisher, litefs_url, pacer=Pacer(conf.read_nodes, conf.read_nodes_dns, conf.read_node_port))
 
     def stop(signum, frame):
         runner.stopped.set()

@@ -502,7 +502,11 @@ class PrimaryNode:
                 ],
                 ready=lambda: self.public_db.exists(),
                 restart=True,
-                env={"BROADSHEET_PUBLISH_BATCH_BYTES": str(self.publish_batch_bytes)},
+                # The read nodes too: a staging's batches wait for them (pacing.py).
+                env={
+                    "BROADSHEET_PUBLISH_BATCH_BYTES": str(self.publish_batch_bytes),
+                    **{k: v for k, v in self.env().items() if k.startswith("BROADSHEET_READ_NODE")},
+                },
                 # It keeps both databases open.
                 depends_on=("private-litefs", "public-litefs"),
             ),
