@@ -505,7 +505,10 @@ class PrimaryNode:
                 # The read nodes too: a staging's batches wait for them (pacing.py).
                 env={
                     "BROADSHEET_PUBLISH_BATCH_BYTES": str(self.publish_batch_bytes),
-                    **{k: v for k, v in self.env().items() if k.startswith("BROADSHEET_READ_NODE")},
+                    **{
+                        k: v for k, v in self.env().items()
+                        if k in ("BROADSHEET_READ_NODES", "BROADSHEET_READ_NODES_DNS", "BROADSHEET_READ_NODE_PORT")
+                    },
                 },
                 # It keeps both databases open.
                 depends_on=("private-litefs", "public-litefs"),
