@@ -7,6 +7,9 @@ error, and appears at once: never listed half copied."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -46,9 +49,14 @@ def test_a_large_first_publish_crosses_a_slow_link_without_read_errors_and_appea
         wait_until(lambda: httpx.get(f"{node.url}/public/marker.json", timeout=5).status_code == 200,
                    timeout=60, message="the marker table on the read node")
         start = Pos.read(c.primary.public_db).txid
-        store.set_public(conn, "big", True, actor="test")
     finally:
         conn.close()
+    # Published from the CLI, which follows the staging's progress once the
+    # control plane stops waiting for the publish (10 s).
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "broadsheet.cli", "publish", "big", "--watch", "--dir", str(c.root)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
 
     # Visitors keep reading the node while the table crosses the link: each
     # request a new URL (no cached answer), so each one reads public.db.
@@ -82,6 +90,16 @@ def test_a_large_first_publish_crosses_a_slow_link_without_read_errors_and_appea
         for t in threads:
             t.join(timeout=35)
     took = time.monotonic() - began
+    try:
+        out, err = cli.communicate(timeout=40)
+    finally:
+        cli.kill()
+    assert cli.returncode == 0, err
+    print(out)
+    # Progress while it was staged, then the publish's TXID and its arrival.
+    assert re.search(rf"big: [\d,]+ of {ROWS:,} rows staged", out), out
+    txid = int(re.findall(r"public TXID (\d+)", out)[-1])
+    assert re.search(rf"^txid {txid} \(big published by cli \({ROWS:,} rows\)\): replica-1 ✓", out, re.M), out
     errors = [r for r in results if r[1] != 200]
     slowest = max(r[2] for r in results)
     print(f"big ({ROWS} rows) reached the read node in {took:.1f} s; {len(results)} reads, slowest {slowest:.2f} s")
