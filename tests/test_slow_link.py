@@ -62,9 +62,18 @@ def test_a_large_first_publish_crosses_a_slow_link_without_read_errors_and_appea
     # request a new URL (no cached answer), so each one reads public.db.
     results: list[tuple[float, int, float, str]] = []
     counts: list[int] = []  # big's row count each time the node answered for it
+    database_pages: list[int] = []  # the database page's statuses
     stop = threading.Event()
 
+    failures: list[BaseException] = []  # what a visitor's thread found wrong
+
     def visit(i: int) -> None:
+        try:
+            _visit(i)
+        except BaseException as exc:  # told by the test, not lost with the thread
+            failures.append(exc)
+
+    def _visit(i: int) -> None:
         with httpx.Client(timeout=30) as client:
             n = 0
             while not stop.is_set():
@@ -72,11 +81,15 @@ def test_a_large_first_publish_crosses_a_slow_link_without_read_errors_and_appea
                 began = time.monotonic()
                 r = client.get(f"{node.url}/public/marker.json", params={"_v": f"{i}-{n}"})
                 results.append((began, r.status_code, time.monotonic() - began, r.text[:200]))
+                database = client.get(f"{node.url}/public.json", params={"_v": f"{i}-{n}"})
+                listed = database.status_code == 200 and "big" in {t["name"] for t in database.json()["tables"]}
+                database_pages.append(database.status_code)
                 big = client.get(f"{node.url}/public/big.json", params={"_size": 1, "_extra": "count", "_v": f"{i}-{n}"})
                 if big.status_code == 200:
                     counts.append(big.json()["count"])
                 else:
                     assert big.status_code == 403, big.text[:200]  # not listed yet: not served
+                    assert not listed  # nor in the database's list of tables
                 time.sleep(0.1)
 
     threads = [threading.Thread(target=visit, args=(i,), daemon=True) for i in range(2)]
@@ -103,7 +116,9 @@ def test_a_large_first_publish_crosses_a_slow_link_without_read_errors_and_appea
     errors = [r for r in results if r[1] != 200]
     slowest = max(r[2] for r in results)
     print(f"big ({ROWS} rows) reached the read node in {took:.1f} s; {len(results)} reads, slowest {slowest:.2f} s")
+    assert not failures, failures
     assert not errors, errors[:3]
+    assert set(database_pages) == {200}, database_pages
     # It appeared whole, at once.
     assert counts and set(counts) == {ROWS}, counts
     # In several transactions, each small enough to cross in time, the last
