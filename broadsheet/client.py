@@ -107,6 +107,10 @@ class _Routes:
     def nodes(self):
         return self._call("GET", "/nodes")
 
+    def publishes(self, limit: int = 20):
+        """The newest propagation records, newest first."""
+        return self._call("GET", "/publishes", params={"limit": limit})
+
     def propagation(self, txid: int, wait: float = 0):
         return self._call("GET", f"/publishes/{txid}", params={"wait": wait})
 

@@ -293,7 +293,18 @@ def _flip_command(name: str, public: bool, help: str):
             if dry_run:
                 click.echo(describe_preview(client.preview(table, spec)))
                 return
-            result = client.publish(table, public, spec)
+            try:
+                result = client.publish(table, public, spec)
+            except ControlError as exc:
+                if not (watch_ and public and exc.status == 504):
+                    raise
+                # A large first copy, staged over many cycles: its progress
+                # until the cycle that lists it (primary/publisher/staging.py).
+                click.echo(f"{table}: {exc.message}; following its copy")
+                txid = _follow_staging(client, table)
+                if txid is None:
+                    raise click.ClickException(f"{table} was not made public (its staged copy was erased)")
+                result = {"changed": True, "private_txid": "?", "public_txid": txid}
             click.echo(
                 f"{table} is {'now' if result['changed'] else 'already'} {verb}"
                 f" (data.db TXID {result['private_txid']}, public TXID {result['public_txid']})"
@@ -306,6 +317,34 @@ def _flip_command(name: str, public: bool, help: str):
     if public:
         command = _spec_options(command)
     return command
+
+
+def _follow_staging(client, table: str, poll: float = 0.5, say=click.echo) -> int | None:
+    """Follow a staged first copy of ``table`` in the propagation records:
+    say each new "N of M rows staged", until a cycle publishes it (its
+    public TXID) or its staged copy is erased (None)."""
+    import time
+
+    shown = None
+    while True:
+        records = client.publishes(limit=50)
+        for record in records:  # newest first
+            cycle = record.get("cycle") or {}
+            if table in (cycle.get("published") or []):
+                return record["txid"]
+        progress = next(
+            ((r.get("cycle") or {}).get("staging", {}).get(table) for r in records
+             if table in ((r.get("cycle") or {}).get("staging") or {})),
+            None,
+        )
+        if progress is not None:
+            line = f"{table}: {progress.get('copied', 0):,} of {progress.get('total', 0):,} rows staged"
+            if progress.get("state") == "erased":
+                return None
+            if line != shown:
+                say(line)
+                shown = line
+        time.sleep(poll)
 
 
 def _schedule_flip(root, url, token, data_db, table: str, public: bool, at: str, spec: dict) -> None:
@@ -1074,7 +1113,11 @@ def run_publisher(data_db, public_db, litefs_url, watermark, public_litefs_data_
             publisher.sign_releases(public_litefs_data_dir)
     except sqlite_errors() as exc:  # not a data.db: say which, and let the supervisor try again
         raise click.ClickException(f"{data_db} or {public_db}: {_sqlite_message(exc)}")
-    runner = Runner(publisher, litefs_url)
+    from primary.publisher.pacing import Pacer
+    from primary.settings import settings
+
+    conf = settings()
+    runner = Runner(publisher, litefs_url, pacer=Pacer(conf.read_nodes, conf.read_nodes_dns, conf.read_node_port))
 
     def stop(signum, frame):
         runner.stopped.set()

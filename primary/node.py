@@ -145,6 +145,8 @@ class PrimaryNode:
     backup_dir: Path | None = None  # where scheduled backups go (default: root/backups)
     backup_interval: float = 0.0  # seconds between scheduled backups; 0: none
     backup_keep: int = 7
+    # A first copy larger than this is staged (primary/publisher/staging.py).
+    publish_batch_bytes: int = 4 * 1024 * 1024
     # Who may stream public.db, over what (primary/replication.py).
     replication: Replication = field(default_factory=lambda: Replication(None, None))
     # Off-site backups (primary/offsite/): BROADSHEET_BACKUP_URL, the key and
@@ -166,7 +168,7 @@ class PrimaryNode:
             secret = read_secret(made_secret)
         # Every setting the primary's own processes read (primary/settings.py),
         # checked here, before any of them starts.
-        Settings.from_env(environ)
+        publisher_settings = Settings.from_env(environ)
         nodes = list(read_nodes(env))
         node = cls(
             root=root,
@@ -200,6 +202,7 @@ class PrimaryNode:
             backup_keep=env.int("BROADSHEET_BACKUP_KEEP", 7),
             replication=Replication.from_env(environ, root),
             offsite_env={k: environ[k] for k in OFFSITE_VARS if environ.get(k)},
+            publish_batch_bytes=publisher_settings.publish_batch_bytes,
         )
         offsite_config(node.offsite_env)
         for path in [*node.adopt, *([node.adopt_metadata] if node.adopt_metadata else [])]:
@@ -385,6 +388,7 @@ class PrimaryNode:
             "BROADSHEET_TEAM_PLUGINS_DIR": self.team_plugins_dir,
             plugins.TEAM_PLUGINS_VAR: " ".join(self.team_plugins),
             "BROADSHEET_BACKUP_STATUS": str(self.offsite_status_file) if self.offsite_env.get("BROADSHEET_BACKUP_URL") else "",
+            "BROADSHEET_PUBLISH_BATCH_BYTES": str(self.publish_batch_bytes),
         }
 
     @property
@@ -531,6 +535,14 @@ class PrimaryNode:
                 ],
                 ready=lambda: self.public_db.exists(),
                 restart=True,
+                # The read nodes too: a staging's batches wait for them (pacing.py).
+                env={
+                    "BROADSHEET_PUBLISH_BATCH_BYTES": str(self.publish_batch_bytes),
+                    **{
+                        k: v for k, v in self.env().items()
+                        if k in ("BROADSHEET_READ_NODES", "BROADSHEET_READ_NODES_DNS", "BROADSHEET_READ_NODE_PORT")
+                    },
+                },
                 # It keeps both databases open.
                 depends_on=("private-litefs", "public-litefs"),
             ),

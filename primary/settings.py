@@ -46,6 +46,9 @@ class Settings:
     max_body: int  # largest write request, bytes
     adopt_max_bytes: int  # largest SQLite file the control plane takes for adoption (POST /adoptions)
     page_size: int  # of a new public.db
+    # A first copy larger than this is staged over several publish cycles,
+    # each changing about this much of public.db (primary/publisher/staging.py).
+    publish_batch_bytes: int = 4 * 1024 * 1024
     # The team's own Datasette plugins (*.py), loaded by the team's Datasette
     # and by the control plane's permission checker alike.
     team_plugins_dir: str | None = None
@@ -81,6 +84,12 @@ class Settings:
             # SQLite's 4 KiB (a quarter of the FUSE writes and LTX page headers),
             # while a one-row change still ships a few pages: see bench/.
             page_size=_page_size(env, "BROADSHEET_PAGE_SIZE", 16384),
+            # LiteFS v0.5.14 blocks a read node's readers while an LTX
+            # arrives, and SQLite fails them after ~10 s: 4 MiB crosses a
+            # 10 Mbit/s link in ~3.5 s (docs/internals.md, "Known limits").
+            publish_batch_bytes=env.at_least(
+                "BROADSHEET_PUBLISH_BATCH_BYTES", 4 * 1024 * 1024, minimum=0, what="a number of bytes (0: never stage)"
+            ),
             team_plugins_dir=env.optional("BROADSHEET_TEAM_PLUGINS_DIR"),
             team_plugins=plugins.requirements(env.optional(plugins.TEAM_PLUGINS_VAR), plugins.TEAM_PLUGINS_VAR),
             standby_url=env.url("BROADSHEET_STANDBY_URL").rstrip("/"),

@@ -215,6 +215,15 @@ class QueryChange(BaseModel):
     reason: str | None = Field(default=None, description="Why the publisher withdrew it")
 
 
+class StagingProgress(BaseModel):
+    """A large first copy under way (primary/publisher/staging.py): staged
+    over several cycles, not public until a cycle publishes it."""
+
+    state: str = Field(description='"copying", "done" (made public by the next cycle), "erasing" or "erased"')
+    copied: int = Field(default=0, description="Rows staged so far")
+    total: int = Field(default=0, description="Rows to stage, counted when staging began")
+
+
 class CycleSummary(BaseModel):
     """What the publish cycle that made this TXID did, from the publisher's
     own record of it."""
@@ -227,6 +236,9 @@ class CycleSummary(BaseModel):
     queries_changed: list = Field(default=[], description="Saved queries this cycle changed")
     query_changes: dict[str, QueryChange] = Field(
         default={}, description="What happened to each of those saved queries, and who asked"
+    )
+    staging: dict[str, StagingProgress] = Field(
+        default={}, description="Large first copies under way: table -> rows staged of the total (progress)"
     )
 
 

@@ -144,6 +144,13 @@ def describe_cycle(cycle: Cycle) -> list[str]:
         if change.get("reason"):
             line += f" ({change['reason']})"
         said.append(line)
+    for table, progress in cycle.staging.items():
+        # A large first copy over several cycles (primary/publisher/staging.py).
+        state = progress.get("state")
+        if state in ("copying", "done"):
+            said.append(f"{table} first copy: {progress.get('copied', 0):,} of {progress.get('total', 0):,} rows staged")
+        else:
+            said.append(f"{table} staged copy {'erased' if state == 'erased' else 'being erased'}")
     if cycle.metadata_changed:
         said.append("titles, descriptions or licenses changed")
     return said

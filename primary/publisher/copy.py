@@ -15,21 +15,24 @@ from broadsheet.log import log
 from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, literal, quote
 from primary.store import Projection, fts_companions
 
-from . import published_queries
+from . import published_queries, staging
 from .plan import Plan, view_sql
 
 FTS_TRIGGER_PREFIX = "_public_fts_"
 
 
-def apply(conn: apsw.Connection, plan: Plan) -> int:
+def apply(conn: apsw.Connection, plan: Plan, budget: staging.Budget | None = None) -> int:
     """Carry out ``plan`` in public.db, inside the cycle's transaction;
-    returns the rows copied or changed."""
+    returns the rows copied or changed. ``budget``: what staging work
+    (staging.py) may change in this transaction."""
     for view in plan.drop_views:
         conn.execute(f"DROP VIEW IF EXISTS main.{quote(view)}")
     for table in plan.drop:
         log("publisher", f"unpublishing {table!r}")
         drop(conn, table)
     rows = 0
+    if plan.erase or plan.staging or plan.stage_start or plan.finish:
+        rows += _stage(conn, plan, budget or staging.Budget(4 * 1024 * 1024, _page_size(conn)))
     for table in plan.copy:
         started = time.perf_counter()
         copied = isolated(conn, plan, table, lambda t=table: drop(conn, t) or copy_table(conn, plan.projections[t]))
@@ -97,6 +100,82 @@ def apply(conn: apsw.Connection, plan: Plan) -> int:
             (json.dumps(plan.published + plan.views),),
         )
     return rows
+
+
+def _page_size(conn: apsw.Connection) -> int:
+    return conn.execute("PRAGMA main.page_size").fetchone()[0]
+
+
+def _stage(conn: apsw.Connection, plan: Plan, budget: staging.Budget) -> int:
+    """This cycle's share of large first copies (staging.py), within
+    ``budget``: staged tables whose copy is whole are made public (their
+    marker goes; the listing below lists them); the team's changes reach the
+    rows already staged; then erasing, then copying, batch by batch, as far
+    as the budget goes. Returns the rows copied."""
+    for table in plan.finish:
+        staging.forget(conn, table)
+        # What it holds now (rows deleted while it was staged are gone).
+        plan.finish[table].copied = conn.execute(f"SELECT count(*) FROM main.{quote(table)}").fetchone()[0]
+        log("publisher", f"{table!r} staged whole ({plan.finish[table].copied} rows): made public")
+    for table, rids in plan.stage_rows.items():
+        high = plan.staging[table].high
+        if high is not None and (mine := [r for r in rids if r <= high]):
+            copy_rows(conn, plan.projections[table], mine)
+    moved, rows = 0, 0
+    for table, state in plan.erase.items():
+        left = budget.remaining(moved)
+        if left is None:
+            plan.staging_more = True
+            continue
+        finished, spent = staging.erase_batch(conn, state, left, lambda t: drop(conn, t))
+        moved += spent
+        plan.staging_more = True  # erasing goes on, or the table (if still published) starts again
+        plan.staging_progress[table] = {"state": "erased" if finished else staging.ERASING, "copied": 0, "total": state.total}
+        log("publisher", f"staged {table!r} {'erased' if finished else 'being erased'}")
+
+    def batch(state: staging.Staged) -> None:
+        nonlocal moved, rows
+        left = budget.remaining(moved)
+        if left is None:
+            return
+        before = state.copied
+        moved += staging.copy_batch(conn, plan.projections[state.table], state, left)
+        rows += state.copied - before
+
+    for table, state in plan.staging.items():
+        isolated(conn, plan, table, lambda s=state: batch(s))
+    for table in plan.stage_start:
+        if budget.remaining(moved) is None:
+            plan.staging_more = True  # it starts next cycle
+            continue
+
+        def start(t=table) -> None:
+            state = start_staging(conn, plan.projections[t])
+            plan.staging[t] = state
+            log("publisher", f"staging {t!r}: {state.total} rows, in batches of about {budget.pages} pages")
+            batch(state)
+
+        isolated(conn, plan, table, start)
+    for table, state in plan.staging.items():
+        if table not in plan.failed:
+            plan.staging_more = True  # more batches, or made public next cycle
+            plan.staging_progress[table] = state.progress()
+    plan.staging_moved = moved
+    return rows
+
+
+def start_staging(conn: apsw.Connection, projection: Projection) -> staging.Staged:
+    """Create a staged table as its projection says, indexes and full-text
+    companions (kept in step by triggers as rows arrive) first, and record it."""
+    conn.execute(projection.create_sql)
+    for _, index_sql in projection.indexes:
+        conn.execute(index_sql)
+    for name, fts_sql in projection.full_text:
+        conn.execute(fts_sql)
+        _create_fts_triggers(conn, projection.table, name)
+    state = staging.Staged(projection.table, staging.COPYING, None, 0, staging.count(conn, projection))
+    staging.record(conn, state)
+    return state
 
 
 def isolated(conn: apsw.Connection, plan: Plan, table: str, work):

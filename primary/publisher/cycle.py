@@ -43,11 +43,16 @@ class Cycle:
     # ``queries_log_id``: the newest entry seen.
     query_changes: dict[str, dict] = field(default_factory=dict)
     queries_log_id: int = 0
+    # Large first copies under way (staging.py): table -> {"state":
+    # "copying" | "done" | "erasing" | "erased", "copied": rows so far,
+    # "total": rows to copy}. A staged table is not public until a cycle
+    # lists it (that cycle's ``published`` names it).
+    staging: dict[str, dict] = field(default_factory=dict)
 
     # What a propagation record (the control plane's CycleSummary) carries
     # of a cycle: what it changed and who asked; the rest is the
     # publisher's own timing and bookkeeping.
-    SUMMARY = ("published", "unpublished", "recopied", "rows_by_table", "actors", "queries_changed", "query_changes")
+    SUMMARY = ("published", "unpublished", "recopied", "rows_by_table", "actors", "queries_changed", "query_changes", "staging")
 
     def summary(self) -> dict:
         return {k: v for k, v in self.to_json().items() if k in self.SUMMARY}
@@ -73,6 +78,7 @@ class Cycle:
             "queries_changed": list(self.queries_changed),
             "query_changes": self.query_changes,
             "queries_log_id": self.queries_log_id,
+            "staging": self.staging,
         }
 
     @classmethod
@@ -98,6 +104,7 @@ class Cycle:
             queries_changed=tuple(data.get("queries_changed") or ()),
             query_changes=dict(data.get("query_changes") or {}),
             queries_log_id=int(data.get("queries_log_id") or 0),
+            staging=dict(data.get("staging") or {}),
         )
 
 

@@ -14,6 +14,8 @@ from primary import store
 from primary.store import Projection, SpecError, TableShape
 from primary.store.projection import copied_signature, project
 
+from . import staging
+from .staging import Staged
 from .triggers import has_triggers, publishable, unrecorded
 
 
@@ -53,6 +55,18 @@ class Plan:
     query_actors: dict[str, str | None] = field(default_factory=dict)  # name -> who saved or removed it last
     queries_log_id: int = 0
     query_changes: dict[str, dict] = field(default_factory=dict)
+    # Large first copies (staging.py): tables whose staging starts this
+    # cycle, goes on, is erased (unpublished or changed meanwhile) or ends
+    # (listed: made public); change-log rows of staged tables; and, once
+    # carried out, each staged table's progress and whether staging goes on.
+    stage_start: list[str] = field(default_factory=list)
+    staging: dict[str, Staged] = field(default_factory=dict)
+    erase: dict[str, Staged] = field(default_factory=dict)
+    finish: dict[str, Staged] = field(default_factory=dict)
+    stage_rows: dict[str, list[int]] = field(default_factory=dict)
+    staging_progress: dict[str, dict] = field(default_factory=dict)
+    staging_more: bool = False
+    staging_moved: int = 0  # pages the staging work moved, for staging.Budget.learn
 
     @property
     def erases(self) -> bool:
@@ -60,7 +74,7 @@ class Plan:
         a table dropped or copied again (a narrower spec), or rows of a
         filtered table changed (a row may have left the filter)."""
         filtered = any(self.projections[t].spec.where for t in self.rows)
-        return bool(self.drop or self.recopied or filtered or self.queries_changed)
+        return bool(self.drop or self.recopied or filtered or self.queries_changed or self.erase)
 
     @property
     def empty(self) -> bool:
@@ -73,6 +87,10 @@ class Plan:
             or self.create_views
             or self.metadata is not None
             or self.queries_due
+            or self.stage_start
+            or self.staging
+            or self.erase
+            or self.finish
         )
 
 
@@ -136,8 +154,16 @@ class Planner:
     schema needs comparing only when data.db's has changed, or which tables
     are public has, since public.db last matched them (``synced``)."""
 
-    def __init__(self, conn: apsw.Connection):
+    def __init__(self, conn: apsw.Connection, batch_bytes: int = 0):
         self.conn = conn
+        # A first copy likely larger than this is staged (staging.py); 0: never.
+        self.batch_bytes = batch_bytes
+        # What each table being staged by this publisher was staged under
+        # (its projection's signature and spec): a staging this process did
+        # not start, or whose spec changed, is erased and starts again.
+        self.staging_under: dict[str, str] = {}
+        # Who asked for each staged table: told by the cycle that lists it.
+        self.staging_actors: dict[str, str] = {}
         # data.db's schema_version, and the public tables, when public.db
         # last matched them (a projection depends on both: foreign keys to
         # tables that are public).
@@ -158,7 +184,9 @@ class Planner:
         how far the change log, the audit log and the saved-query log were
         taken in, and the tables whose change log has a gap."""
         conn = self.conn
-        present = set(store.user_tables(conn, "main"))
+        staged = staging.read(conn)
+        # A staged table is no copy yet: never listed, its rows not public.
+        present = set(store.user_tables(conn, "main")) - set(staged)
         published = publishable(conn, "src")
         # The identity check again, inside this cycle's snapshot: a listed
         # table without the change-log triggers was re-created after
@@ -185,6 +213,27 @@ class Planner:
             self._projected_key = key
         plan.projections, plan.unfit = dict(self._projected[0]), dict(self._projected[1])
         published = plan.published = [t for t in published if t not in plan.unfit]
+        for table, state in staged.items():
+            projection = plan.projections.get(table)
+            under = self.staging_under.get(table)
+            if (
+                state.state == staging.ERASING
+                or projection is None
+                or table not in published
+                or table in force_copy
+                or under != _staging_key(projection)
+                or projection.signature() != copied_signature(conn, table)
+            ):
+                plan.erase[table] = state  # its staged rows go; it starts again once they have
+                self.staging_under.pop(table, None)
+            elif state.state == staging.DONE:
+                plan.finish[table] = state
+                present.add(table)  # a copy now: listed by this cycle
+                self.staging_under.pop(table, None)
+            else:
+                plan.staging[table] = state
+        # Listed once their copy is whole: not while staged or being erased.
+        held = set(plan.staging) | set(plan.erase)
         plan.drop = sorted(present - set(published))
         # Schemas need comparing only when data.db's has changed since the
         # last cycle (public.db's changes only through the publisher), or
@@ -192,6 +241,12 @@ class Planner:
         recheck = plan.schema_version != self.synced_schema or tuple(published) != self.synced_published
         for table in published:
             projection = plan.projections[table]
+            if table in held:
+                continue
+            if table not in present and staging.wants_staging(conn, projection, self.batch_bytes):
+                plan.stage_start.append(table)
+                self.staging_under[table] = _staging_key(projection)
+                continue
             if (
                 table not in present
                 or table in force_copy
@@ -204,7 +259,9 @@ class Planner:
                 "SELECT tbl, rid FROM src._public_changes WHERE id > ? AND id <= ? ORDER BY id",
                 (processed, plan.max_change),
             ):
-                if tbl in published and tbl not in plan.copy:
+                if tbl in plan.staging and rid is not None:
+                    plan.stage_rows.setdefault(tbl, []).append(rid)
+                elif tbl in published and tbl not in plan.copy and tbl not in held and tbl not in plan.stage_start:
                     if rid is None:
                         # A WITHOUT ROWID table, or a new spec: copied whole.
                         plan.copy.append(tbl)
@@ -212,6 +269,9 @@ class Planner:
                     else:
                         plan.rows.setdefault(tbl, []).append(rid)
         plan.recopied = [t for t in plan.copy if t in present]
+        # What the listing, views and metadata see: staged tables are not public yet.
+        held |= set(plan.stage_start)
+        published = plan.published = [t for t in published if t not in held]
         plan.views = publishable_views(conn, "src", {t: plan.projections[t] for t in published}, plan.broken_views)
         present_views = {name: sql for name, sql in conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'view'")}
         wanted_views = {v: view_sql(conn, "src", v) for v in plan.views}
@@ -233,6 +293,11 @@ class Planner:
         ):
             plan.query_actors[name] = actor
             plan.queries_log_id = log_id
+        for table in plan.stage_start:
+            self.staging_actors[table] = plan.actors.get(table, "")
+        for table in plan.finish:
+            if table in self.staging_actors:
+                plan.actors.setdefault(table, self.staging_actors.pop(table))
         current = [n for (n,) in conn.execute(f"SELECT table_name FROM main.{PUBLIC_TABLES} ORDER BY table_name")]
         plan.public_tables_changed = current != sorted(published + plan.views)
         shown = {store.INSTANCE, *published, *plan.views}
@@ -246,6 +311,10 @@ class Planner:
         plan.queries_live = store.queries.published(conn, "src", live=True)
         plan.queries_due = plan.queries_live != plan.queries_public
         return plan
+
+
+def _staging_key(projection: Projection) -> str:
+    return repr((projection.signature(), projection.spec.to_json()))
 
 
 def _published_columns(conn, fields: dict, projection, name: str) -> dict:

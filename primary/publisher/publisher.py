@@ -24,7 +24,7 @@ from broadsheet.names import PUBLIC_METADATA, PUBLIC_TABLES, PUBLIC_TXID
 from primary import store
 from primary.settings import settings
 
-from . import copy, published_queries, triggers
+from . import copy, published_queries, staging, triggers
 from .cycle import Cycle, CycleLog, cycle_log_path
 from .plan import Plan, Planner
 from .watermark import Watermark
@@ -37,7 +37,13 @@ class Publisher:
     one public.db transaction, then records it (cycle.py), moves the
     watermark (watermark.py) and withdraws what it had to leave out."""
 
-    def __init__(self, data_db: str | Path, public_db: str | Path, watermark_file: str | Path | None = None):
+    def __init__(
+        self,
+        data_db: str | Path,
+        public_db: str | Path,
+        watermark_file: str | Path | None = None,
+        batch_bytes: int | None = None,
+    ):
         self.data_db = str(data_db)
         self.public_db = str(public_db)
         self.watermark_file = watermark_file
@@ -86,8 +92,14 @@ class Publisher:
         # Tables whose change log has a gap (their triggers were missing, as
         # after DROP TABLE + CREATE TABLE): copied whole in the next cycle.
         self._force_copy: set[str] = set()
+        # A first copy larger than this is staged over several cycles, each
+        # changing about this much of public.db (staging.py); 0: never.
+        self.batch_bytes = settings().publish_batch_bytes if batch_bytes is None else batch_bytes
+        self.budget = staging.Budget(self.batch_bytes, self.conn.execute("PRAGMA main.page_size").fetchone()[0])
+        # Staging has more to do: the next cycle runs at once (runner.py).
+        self.staging_due = False
         # What one cycle's plan may reuse from the last (plan.Planner).
-        self.planner = Planner(self.conn)
+        self.planner = Planner(self.conn, self.batch_bytes)
         # A cycle erased data and public.db's WAL has not been truncated yet.
         self._checkpoint_due = False
         # Change-log entries up to _processed are in public.db; those below
@@ -189,12 +201,13 @@ class Publisher:
         if healing:
             # Every published table copied again, everything else dropped,
             # whatever the planner remembers of public.db.
-            self.planner = Planner(self.conn)
+            self.planner = Planner(self.conn, self.batch_bytes)
             self._force_copy |= set(store.public_tables(self.writer))
             self._public_txid = None  # read again: the writes behind its back had TXIDs too
         started_at, t0 = store.now(), time.perf_counter()
         before = Pos.read(self.data_db)
         conn = self.conn
+        conn.status(apsw.SQLITE_DBSTATUS_CACHE_WRITE, True)  # pages this cycle's commit writes, from zero
         conn.execute("BEGIN IMMEDIATE")
         try:
             # The first read of src starts the snapshot the plan is made from.
@@ -207,8 +220,9 @@ class Publisher:
                 self._audited = max(self._audited, plan.audit_id)  # flips that changed nothing public
                 self._queries_logged = max(self._queries_logged, plan.queries_log_id)
                 self._follow_up(plan, before.txid)
+                self.staging_due = False
                 return None
-            rows_changed = copy.apply(conn, plan)
+            rows_changed = copy.apply(conn, plan, self.budget)
             self._record_txid()
             commit_started = time.perf_counter()
             conn.execute("COMMIT")
@@ -216,7 +230,11 @@ class Publisher:
                 self._checkpoint_due = True
             self.checkpoint()
             commit_ms = (time.perf_counter() - commit_started) * 1000
+            if plan.staging_moved:
+                self.budget.learn(plan.staging_moved, conn.status(apsw.SQLITE_DBSTATUS_CACHE_WRITE, True)[0])
+            self.staging_due = plan.staging_more
             self._force_copy.difference_update(plan.copy)
+            self._force_copy.difference_update(plan.stage_start)  # staged from this snapshot on
             self.planner.synced(plan)
         except BaseException:
             if not conn.getautocommit():
@@ -240,16 +258,19 @@ class Publisher:
             tables_dropped=tuple(plan.drop),
             rows_changed=rows_changed,
             commit_ms=commit_ms,
-            published=tuple(t for t in plan.copy if t not in plan.recopied and t not in plan.failed) + tuple(created),
+            published=tuple(t for t in plan.copy if t not in plan.recopied and t not in plan.failed)
+            + tuple(plan.finish)
+            + tuple(created),
             unpublished=tuple(t for t in plan.drop if t not in plan.copy) + tuple(gone),
             recopied=tuple(t for t in plan.recopied if t not in plan.failed),
-            rows_by_table=dict(plan.rows_by_table),
+            rows_by_table={**dict(plan.rows_by_table), **{t: s.copied for t, s in plan.finish.items()}},
             actors=dict(plan.actors),
             metadata_changed=plan.metadata is not None,
             audit_id=max(plan.audit_id, self._audited),
             queries_changed=plan.queries_changed,
             query_changes=dict(plan.query_changes),
             queries_log_id=max(plan.queries_log_id, self._queries_logged),
+            staging=dict(plan.staging_progress),
         )
         self._audited = cycle.audit_id
         self._queries_logged = cycle.queries_log_id
@@ -284,7 +305,9 @@ class Publisher:
         # A table left out (waiting for triggers, rebuilt, unfit) is made
         # private or copied by the cycle this follow-up wakes: the watermark
         # moves then, so no bookmark claims a TXID that lacks a publish.
-        if not (plan.waiting or plan.rebuilt or plan.unfit):
+        # So does a staging (staging.py): the watermark moves with the cycle
+        # that lists the staged table, whose TXID is the publish's.
+        if not (plan.waiting or plan.rebuilt or plan.unfit or plan.staging_more):
             self._advance(private_txid, public_txid)
         if self.withdrawals is not None:
             self.withdrawals.update(self.writer)

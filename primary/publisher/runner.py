@@ -36,8 +36,10 @@ class Runner:
     data.db's ``-pos`` file until the stream is back.
     """
 
-    def __init__(self, publisher: Publisher, litefs_url: str | None, poll_interval: float = 0.25):
+    def __init__(self, publisher: Publisher, litefs_url: str | None, poll_interval: float = 0.25, pacer=None):
         self.publisher = publisher
+        # Between two staging batches: until the read nodes have the last (pacing.py).
+        self.pacer = pacer
         self.litefs_url = litefs_url
         self.poll_interval = poll_interval
         self.wake = threading.Event()
@@ -135,6 +137,10 @@ class Runner:
                 self.stopped.wait(min(10.0, 0.5 * 2**failures))
                 self.wake.set()
                 continue
+            if self.publisher.staging_due:
+                if self.pacer is not None and cycle is not None:
+                    self.pacer.until_applied(cycle.public_txid, self.stopped)
+                self.wake.set()  # a large first copy's next batch (staging.py)
             if cycle is not None and self._unrecorded:
                 try:
                     self._record_txids(cycle)
