@@ -51,11 +51,24 @@ class TrackedNode:
     txid: PublicTxid = PublicTxid(0)
     connected: bool = False
     primary_reachable: bool | None = None
+    # Seconds since the node last heard from the primary, as it said when
+    # last asked (its /-/replication.json), and when that was.
+    last_heard_s: float | None = None
+    last_heard_asked_at: float | None = None
     updated_at: float | None = None
     # Whether a release signed by the publisher covers what the node holds
     # (None: the node does not say), and why not.
     verified: bool | None = None
     verification: str | None = None
+
+    def heard_ago(self, now: float | None = None) -> float | None:
+        """Seconds since the node last heard from the primary: what it said,
+        plus the time since it said it while it said it was cut off (a node
+        that answers no more has been silent at least that long)."""
+        if self.last_heard_s is None or self.last_heard_asked_at is None:
+            return None
+        since = (now or time.time()) - self.last_heard_asked_at if self.primary_reachable is False else 0.0
+        return round(self.last_heard_s + since, 1)
 
     def as_dict(self, primary_txid: int, oldest_missing_at: float | None) -> dict:
         behind = max(0, primary_txid - self.txid)
@@ -66,6 +79,7 @@ class TrackedNode:
             "txid": self.txid,
             "connected": self.connected,
             "primary_reachable": self.primary_reachable,
+            "last_heard_s": self.heard_ago(),
             "behind_txids": behind,
             # How long the oldest transaction this node lacks has existed.
             "lag_ms": round((time.time() - oldest_missing_at) * 1000, 1) if behind and oldest_missing_at else 0.0,
@@ -325,6 +339,8 @@ class Tracker:
             return  # it has left
         now = time.time()
         moved = txid > node.txid or connected != node.connected
+        # Cut off from the primary, or back: /watch shows it at once.
+        moved = moved or (primary_reachable is not None and primary_reachable != node.primary_reachable)
         node.txid = max(node.txid, txid)
         node.connected = connected
         if primary_reachable is not None:
@@ -356,6 +372,9 @@ class Tracker:
         node = self.nodes.get(address.name)
         if node is None:
             return False
+        heard = status.get("last_heard_s")
+        if isinstance(heard, (int, float)):
+            node.last_heard_s, node.last_heard_asked_at = float(heard), time.time()
         if "verified" in status:
             said = (bool(status["verified"]), status.get("verification"))
             if said != (node.verified, node.verification):
@@ -364,7 +383,7 @@ class Tracker:
         await self._advanced(address.name, position.txid, node.connected, status.get("primary_reachable"))
         return True
 
-    async def _poll_node(self, address: ReadNodeAddress, interval: float = 5.0) -> None:
+    async def _poll_node(self, address: ReadNodeAddress, interval: float = 2.0) -> None:
         # Events carry each transaction; this catches what they cannot (a
         # snapshot after a long outage, the node's link to the primary).
         async with httpx.AsyncClient(timeout=2) as client:
