@@ -64,10 +64,8 @@ def _write(cluster, ids) -> int:
     """Rows ``ids`` into news, one team commit each; the public TXID after."""
     for i in ids:
         create_table(cluster, "news", [{"id": i, "headline": f"story {i}"}])
-    return wait_until(
-        lambda: (t := Pos.read(cluster.primary.public_db).txid) and _published(cluster, max(ids)) and t,
-        timeout=15, message=f"rows up to {max(ids)} published",
-    )
+    wait_until(lambda: _published(cluster, max(ids)), timeout=15, message=f"rows up to {max(ids)} published")
+    return Pos.read(cluster.primary.public_db).txid
 
 
 def _published(cluster, i: int) -> bool:
@@ -129,6 +127,7 @@ def test_read_nodes_and_the_standby_cut_off_serve_say_so_and_catch_up(new_cluste
     syd_txid = Pos.read(syd.public_db).txid
     c.links.cut("syd", mode="drop")
     syd_cut_at = time.monotonic()
+    phases = {}  # seconds after syd's cut
 
     # Visitors keep being served, by both cut-off nodes, all along.
     answers: list[tuple[str, int]] = []
@@ -155,23 +154,6 @@ def test_read_nodes_and_the_standby_cut_off_serve_say_so_and_catch_up(new_cluste
         assert said["txid"] == syd_txid and said["last_heard_s"] >= 3, said
         assert not _status(iad.url)["primary_reachable"]
 
-        # A bookmark it cannot meet: 504 within the bookmark timeout (5 s),
-        # saying it is cut off; its TXID in the body.
-        started = time.monotonic()
-        r = httpx.get(f"{syd.url}/public/news.json", params={"_txid": syd_txid + 1}, timeout=15)
-        took = time.monotonic() - started
-        assert r.status_code == 504 and 4.5 <= took < 7, (r.status_code, took)
-        body = r.json()
-        assert body["txid"] == syd_txid and body["wanted"] == syd_txid + 1, body
-        assert "has not heard from the primary" in body["error"] and body["last_heard_s"] >= 5, body
-        # More waiting than the node parks (2 here): 503 at once for the rest.
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            asked = list(pool.map(
-                lambda _: httpx.get(f"{iad.url}/public/news.json", params={"_txid": w1}, timeout=15), range(4)))
-        codes = sorted(a.status_code for a in asked)
-        assert codes.count(503) >= 1 and set(codes) <= {503, 504}, codes
-        assert all(a.headers.get("retry-after") == "1" for a in asked)
-
         # The control plane says how far behind each is, and since when.
         def cut_off_on_the_control_plane():
             nodes = {n["name"]: n for n in control.get("/nodes").raise_for_status().json()}
@@ -190,46 +172,86 @@ def test_read_nodes_and_the_standby_cut_off_serve_say_so_and_catch_up(new_cluste
         assert result.exit_code == 0, result.output
         assert result.output.count("CUT OFF from the primary") == 2, result.output
 
+        # A bookmark it cannot meet: 504 within the bookmark timeout (5 s),
+        # saying it is cut off, its TXID in the body; and, at the same time,
+        # more waiting on the other than it parks (2 here): 503 at once for
+        # the rest.
+        def timed(url, txid):
+            started = time.monotonic()
+            r = httpx.get(f"{url}/public/news.json", params={"_txid": txid}, timeout=15)
+            return r, time.monotonic() - started
+
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            one = pool.submit(timed, syd.url, syd_txid + 1)
+            asked = list(pool.map(lambda _: timed(iad.url, w1), range(4)))
+            r, took = one.result()
+        assert r.status_code == 504 and 4.5 <= took < 7, (r.status_code, took)
+        body = r.json()
+        assert body["txid"] == syd_txid and body["wanted"] == syd_txid + 1, body
+        assert "has not heard from the primary" in body["error"] and body["last_heard_s"] >= 5, body
+        codes = sorted(a.status_code for a, _ in asked)
+        assert codes.count(503) >= 1 and set(codes) <= {503, 504}, codes
+        assert all(a.headers.get("retry-after") == "1" for a, _ in asked)
+        assert all(t < 1 for a, t in asked if a.status_code == 503) and all(t < 7 for _, t in asked), asked
+        phases["bookmarks answered"] = time.monotonic() - syd_cut_at
+
         # -- past the retention: what iad and the standby lack is gone as LTX -
         wait_until(lambda: min(_ltx_txids(c.primary.public.data_dir, "public.db")) > iad_txid + 1,
                    timeout=30, message="the LTX files iad lacks removed by retention")
         wait_until(lambda: min(_ltx_txids(c.primary.private.data_dir, "data.db")) > standby_txid + 1,
                    timeout=30, message="the LTX files the standby lacks removed by retention")
         iad_cut_for = time.monotonic() - iad_cut_at
+        phases["retention passed"] = time.monotonic() - syd_cut_at
         assert iad_cut_for > RETENTION_S
+        target = Pos.read(c.primary.public_db).txid
+        iad_healed = time.monotonic()
         c.links.heal("iad")
+        standby_healed = time.monotonic()
         c.links.heal("standby")
         healed = time.monotonic()
-        target = Pos.read(c.primary.public_db).txid
         wait_until(lambda: Pos.read(iad.public_db).txid >= target, timeout=30, message="iad caught up")
-        iad_caught_up = time.monotonic() - healed
+        iad_caught_up = time.monotonic() - iad_healed
         wait_until(lambda: Pos.read(c.standby.data_db).txid >= unacknowledged, timeout=30,
                    message="the standby caught up")
-        standby_caught_up = time.monotonic() - healed
+        standby_caught_up = time.monotonic() - standby_healed
         assert _snapshots(logs / f"{iad.litefs_service}.log") > iad_snapshots, "iad caught up by snapshot"
         # The standby's guard held the snapshot and let it pass (it continues
         # the standby's data.db: docs/operations.md).
         assert "a snapshot of data.db" in (logs / "standby-status.log").read_text(errors="replace")
         wait_until(lambda: _ids(iad.url) >= {1, 2, 3, 4, 5}, timeout=10, message="iad serving rows 2-5")
         wait_until(lambda: _status(iad.url)["primary_reachable"], timeout=10, message="iad hearing again")
+
+        # -- rows 6-8 late in syd's cut: within the retention when it heals ---
+        phases["iad and the standby healed"] = healed - syd_cut_at
+        wait_until(lambda: time.monotonic() - syd_cut_at >= CUT_S - RETENTION_S / 2, timeout=CUT_S,
+                   message="the last seconds of syd's cut")
+        w2_at = time.monotonic()
         # Acknowledged again, now that the standby hears the primary.
         r = team.post("/data/news/-/insert", headers={"Broadsheet-Wait": "standby"},
                       json={"row": {"id": 6, "headline": "story 6"}})
         assert r.status_code == 201, r.text
         assert int(r.headers["broadsheet-standby-txid"]) >= int(r.headers["broadsheet-private-txid"])
-
-        # -- rows 7-8 late in syd's cut: within the retention when it heals ---
-        wait_until(lambda: time.monotonic() - syd_cut_at >= CUT_S - RETENTION_S / 2, timeout=CUT_S,
-                   message="the last seconds of syd's cut")
         w2 = _write(c, [7, 8])
         assert Pos.read(syd.public_db).txid == syd_txid  # still cut off
-        nodes = wait_until(lambda: (n := {x["name"]: x for x in control.get("/nodes").json()})[syd.name]["behind_txids"] >= 3 and n,
-                           timeout=10, message="syd behind on the control plane")
-        wait_until(lambda: time.monotonic() - syd_cut_at >= CUT_S, timeout=CUT_S, message="30 s of cut")
+        seen = []
+
+        def syd_behind():
+            seen.append({x["name"]: x for x in control.get("/nodes").json()}[syd.name])
+            return seen[-1]["behind_txids"] == w2 - syd_txid
+
+        try:
+            wait_until(syd_behind, timeout=10, message="syd behind on the control plane")
+        except AssertionError:
+            raise AssertionError(f"syd at {syd_txid}, primary at {w2}: {seen[-1]}; {phases}") from None
+        # 30 s of cut, and rows 7-8 still kept as LTX (younger than the retention).
+        wait_until(lambda: time.monotonic() - syd_cut_at >= CUT_S and time.monotonic() - w2_at >= 1,
+                   timeout=CUT_S, message="30 s of cut")
+        assert time.monotonic() - w2_at < RETENTION_S - 2
         assert not _status(syd.url)["primary_reachable"]
         c.links.heal("syd")
         healed = time.monotonic()
         wait_until(lambda: Pos.read(syd.public_db).txid >= w2, timeout=30, message="syd caught up")
+        wait_until(lambda: _ids(syd.url) == set(range(1, 9)), timeout=5, message="syd serving rows 6-8")
         syd_caught_up = time.monotonic() - healed
         assert _snapshots(logs / f"{syd.litefs_service}.log") == syd_snapshots, "syd caught up by LTX, not snapshot"
     finally:
@@ -242,8 +264,8 @@ def test_read_nodes_and_the_standby_cut_off_serve_say_so_and_catch_up(new_cluste
     wait_until(lambda: all(_status(n.url)["primary_reachable"] for n in c.replicas), timeout=10,
                message="both hearing the primary")
     assert read_only_rows(c.standby.data_db, "SELECT count(*) FROM news") == [(8,)]
-    health = control.get("/health").json()
-    assert health["cut_off_nodes"] == [], health
+    wait_until(lambda: control.get("/health").json()["cut_off_nodes"] == [], timeout=10,
+               message="no node cut off on /health")
     bad = [a for a in answers if a[1] not in (200, 304)]
     assert answers and not bad, bad[:10]
     # The private table reached the standby and no read node.
@@ -255,5 +277,5 @@ def test_read_nodes_and_the_standby_cut_off_serve_say_so_and_catch_up(new_cluste
         f"\npartition figures: cut noticed by the node after {noticed:.1f}s, on the control plane after {shown:.1f}s;"
         f" iad (refused, {iad_cut_for:.0f}s, past the {RETENTION_S}s retention) caught up by snapshot {iad_caught_up:.2f}s"
         f" after the heal; the standby (black hole, same) {standby_caught_up:.2f}s; syd (black hole, {CUT_S:.0f}s)"
-        f" by LTX {syd_caught_up:.2f}s; {len(answers)} visitor requests during the cuts, none failed"
+        f" by LTX {syd_caught_up:.2f}s; {len(answers)} visitor requests during the cuts, none failed; phases {phases}"
     )
