@@ -47,6 +47,12 @@ FLY = tomllib.loads((ROOT / "fly.toml").read_text())
 GUIDE = (ROOT / "docs" / "deploying.md").read_text()
 PRIVATE_SENTINEL = "PRIVATE-SENTINEL-fly-6pn-41c9"
 PUBLIC_MARKER = "PUBLIC-MARKER-fly-6pn-8d02"
+# The syd read node is far away: it streams public.db through a link
+# (toxiproxy, the binary scripts/setup builds) run on its own machine, so the
+# primary's gate still sees the machine's 6PN address.
+TOXIPROXY = ROOT / "bin" / "toxiproxy-server"
+SYD_MS = 130  # one way, each direction: Sydney from London is about 260 ms round trip
+LINK_PORT = 20299
 
 
 def docker(*args: str, timeout: float = 180, check: bool = True, input: str | None = None):
@@ -162,7 +168,9 @@ class FlyNet:
 
     # -- machines ---------------------------------------------------------
     def launch(self, group: str, region: str, extra_env: dict[str, str] | None = None,
-               wait: bool = True) -> Machine:
+               wait: bool = True, link_ms: int | None = None) -> Machine:
+        """A machine of ``group`` in ``region``; with ``link_ms``, a read node
+        whose stream from the primary crosses a link with that one-way delay."""
         machine_id = secrets.token_hex(7)
         ip6 = f"fd42:b5:{self.run[2:6]}::{self._next_host:x}"
         self._next_host += 1
@@ -177,6 +185,10 @@ class FlyNet:
             "BROADSHEET_LTX_COMPRESS": "false",
             **(extra_env or {}),
         }
+        link_args = []
+        if link_ms is not None:
+            env["BROADSHEET_PRIMARY_LITEFS_URL"] = f"http://127.0.0.1:{LINK_PORT}"
+            link_args = ["-v", f"{TOXIPROXY}:/opt/link/toxiproxy-server:ro"]
         env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
         self.machines.append(m)
         self.write_hosts()
@@ -186,12 +198,33 @@ class FlyNet:
             "--add-host", f"fly-local-6pn:{ip6}",
             "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN", "--security-opt", "apparmor=unconfined",
             "--memory", memory(group),
-            "-v", f"{m.volume}:{mount_for(group)}",
+            "-v", f"{m.volume}:{mount_for(group)}", *link_args,
             *env_args, IMAGE, *FLY["processes"][group].split(),
         )
+        if link_ms is not None:
+            self._link(m, link_ms)
         if wait:
             self.wait_healthy(m)
         return m
+
+    def _link(self, m: Machine, link_ms: int) -> None:
+        docker("exec", "-d", m.container, "/opt/link/toxiproxy-server", "-host", "127.0.0.1", "-port", "8474")
+        setup = (
+            "import httpx, sys, time\n"
+            "api = 'http://127.0.0.1:8474'\n"
+            "for _ in range(100):\n"
+            "    try:\n"
+            "        httpx.get(api + '/proxies').raise_for_status(); break\n"
+            "    except httpx.HTTPError:\n"
+            "        time.sleep(0.1)\n"
+            "httpx.post(api + '/proxies', json={'name': 'primary', 'listen': '127.0.0.1:%d',\n"
+            "           'upstream': sys.argv[1], 'enabled': True}).raise_for_status()\n"
+            "for stream in ('upstream', 'downstream'):\n"
+            "    httpx.post(api + '/proxies/primary/toxics', json={'name': 'delay-' + stream, 'type': 'latency',\n"
+            "               'stream': stream, 'attributes': {'latency': int(sys.argv[2]), 'jitter': 0}}).raise_for_status()\n"
+        ) % LINK_PORT
+        upstream = f"primary.process.{self.app}.internal:20203"
+        docker("exec", m.container, "python3", "-c", setup, upstream, str(link_ms))
 
     def destroy(self, m: Machine) -> None:
         docker("rm", "-f", m.container, check=False)
@@ -280,7 +313,8 @@ def token(fly, primary):
 
 @pytest.fixture(scope="module")
 def replicas(fly, primary):
-    return [fly.launch("replica", "syd"), fly.launch("replica", "iad")]
+    assert TOXIPROXY.exists(), "bin/toxiproxy-server: scripts/setup builds it"
+    return [fly.launch("replica", "syd", link_ms=SYD_MS), fly.launch("replica", "iad")]
 
 
 def control(primary: Machine, token: str) -> httpx.Client:
@@ -343,6 +377,35 @@ def test_publish_reaches_every_read_node_in_every_region(fly, primary, token, re
         assert httpx.get(f"{public_url(m)}/public/staff.json", timeout=10).status_code == 403
     # No sample data unless asked for.
     assert httpx.get(f"{public_url(replicas[0])}/public/airports.json", timeout=10).status_code in (403, 404)
+
+
+def test_the_far_read_node_receives_no_sooner_than_its_link(fly, primary, token, replicas):
+    """syd streams through a link of 130 ms one way, admitted by the gate
+    as any read node (its own 6PN address): the control plane's record has
+    each TXID on it at least that long after the commit, on iad sooner."""
+    syd, iad = replicas
+    with team(primary, token) as t:
+        r = t.post("/data/-/create", json={"table": "arrivals", "pk": "id", "rows": [{"id": 0, "text": "first"}]})
+        assert r.status_code == 201, r.text
+    with control(primary, token) as c:
+        assert c.post("/tables/arrivals/publish").status_code == 200
+    for i in range(3):
+        with team(primary, token) as t:
+            r = t.post("/data/arrivals/-/insert", headers={"Broadsheet-Wait": "public"},
+                       json={"row": {"id": 1 + i, "text": f"{PUBLIC_MARKER} far {i}"}})
+            assert r.status_code == 201, r.text
+        txid = int(r.headers["broadsheet-public-txid"])
+
+        def complete():
+            with control(primary, token) as c:
+                record = c.get(f"/publishes/{txid}").json()
+            return record if record.get("complete") else None
+
+        record = wait_until(complete, timeout=30, message=f"every node at TXID {txid}")
+        ms = {node["name"]: node["ms"] for node in record["nodes"]}
+        print(f"TXID {txid}: ms from commit to each node: {ms}")
+        assert ms[syd.machine_id] >= SYD_MS * 0.95, ms
+        assert ms[iad.machine_id] < ms[syd.machine_id], ms
 
 
 def test_no_read_node_holds_a_team_secret(fly, primary, token, replicas):
