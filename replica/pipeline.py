@@ -37,7 +37,7 @@ async def _not_reached(send, node: Guards, db, conf: Settings, exc: bookmarks.No
     if exc.status == 504 and db is not None:
         mount = Path(db.path).parent
         try:
-            lag_ms = await node.position.call(lambda: heard_ms(mount))
+            lag_ms = await node.heard.get(lambda: node.position.call(lambda: heard_ms(mount)))
         except Stalled:
             lag_ms = None
         if lag_ms is not None:
