@@ -324,20 +324,22 @@ def test_a_relay_gives_up_a_black_holed_upstream(tmp_path):
     try:
         # The client side: nothing arrives after the cut (no FIN, no RST):
         # given up after its silence, not held for ever.
-        got, error, after = _follow(port, silence=1.0, seconds=10, cut=lambda: links.cut("syd"))
+        got, error, after = _follow(port, silence=1.5, seconds=10, cut=lambda: links.cut("syd"))
         assert got.startswith(b"beat") and error is not None, (got, error)
-        assert "not even an answer to a ping" in str(error) and 0.5 <= after < 2.5, after
+        assert "not even an answer to a ping" in str(error) and 0.8 <= after < 3.5, after
         links.heal("syd")
     finally:
         stop()
 
 
 def test_a_relay_server_closes_a_connection_whose_peer_went_dark(tmp_path):
-    links, port, events, stop = _relay_behind_a_link(tmp_path, server_silence=1.0, beat=None)
+    # Silences of 2 s: a loaded machine (the suite beside other work) must
+    # not delay a ping's answer past it.
+    links, port, events, stop = _relay_behind_a_link(tmp_path, server_silence=2.0, beat=None)
     try:
         # A stream that carries nothing for longer than the silence stays
         # open while its peer answers pings ...
-        got, error, _ = _follow(port, silence=1.0, seconds=2.5)
+        got, error, _ = _follow(port, silence=2.0, seconds=3.0)
         assert error is None and "cancelled" not in events, events
         # ... and the server lets it go once the peer is behind a black hole.
         import asyncio
@@ -354,7 +356,7 @@ def test_a_relay_server_closes_a_connection_whose_peer_went_dark(tmp_path):
             return time.monotonic() - cut_at
 
         took = asyncio.run(dark())
-        assert events.count("cancelled") == 2 and 0.5 <= took < 2.5, (events, took)
+        assert events.count("cancelled") == 2 and 1.0 <= took < 4.5, (events, took)
         assert any("not even an answer to a ping: closed" in e for e in events), events
     finally:
         stop()
