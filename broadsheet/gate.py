@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .supervisor import Service
 
 from .config import ConfigError, Env, listen_host, split_addr
-from .h2relay import Downstream, Request, Server, Target, Upstream, fingerprint, relay
+from .h2relay import SILENCE, Downstream, Request, Server, Target, Upstream, fingerprint, relay, silence_from_env
 
 KEY_HEADER = "broadsheet-replication-key"
 # The one request a LiteFS v0.5.14 replica makes of its primary.
@@ -139,10 +139,13 @@ class Gate:
         tls: ssl.SSLContext | None = None,
         name: str = "gate",
         allowed: frozenset = frozenset({STREAM}),
+        silence: float = SILENCE,
     ):
         self.upstream, self.admission, self.key, self.name = upstream, admission, key, name
         self.allowed = allowed
-        self.server = Server(self._handle, self.log, tls=tls, screen=self._screen)
+        # A connection on either side silent this long is dead (h2relay.py).
+        self.silence = silence
+        self.server = Server(self._handle, self.log, tls=tls, screen=self._screen, silence=silence)
         self.refused = 0
 
     def log(self, line: str) -> None:
@@ -175,7 +178,9 @@ class Gate:
         if self.key:
             headers.append((KEY_HEADER, self.key))
         try:
-            upstream = await Upstream.open(self.upstream, request.method, request.target, headers, request.body)
+            upstream = await Upstream.open(
+                self.upstream, request.method, request.target, headers, request.body, silence=self.silence
+            )
         except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             with contextlib.suppress(Exception):  # the caller may have gone meanwhile
                 await down.respond(502, f"{self.upstream.authority}: {exc}\n".encode())
@@ -207,8 +212,11 @@ class Gate:
         and ``_KEY`` PEM files it serves TLS with (server);
         ``BROADSHEET_REPLICATION_TLS_PIN`` the fingerprint an ``https://``
         upstream must present (client); ``BROADSHEET_GATE_ALLOW`` what a
-        server passes (``POST /stream``; data.db's gate adds ``GET /info``)."""
+        server passes (``POST /stream``; data.db's gate adds ``GET /info``);
+        ``BROADSHEET_REPLICATION_TIMEOUT`` how long a connection may be silent
+        before it counts as dead (``broadsheet/h2relay.py``)."""
         env = Env(environ)
+        silence = silence_from_env(environ)
         role = env.str("BROADSHEET_GATE_ROLE")
         if role not in ("server", "client"):
             raise ConfigError(f"BROADSHEET_GATE_ROLE must be server or client, not {role!r}")
@@ -224,9 +232,9 @@ class Gate:
                 tls = server_tls(cert, env.str("BROADSHEET_GATE_TLS_KEY"))
             gate = cls(upstream, Admission(key, env.optional("BROADSHEET_GATE_PEERS_DNS")), tls=tls,
                        name=env.str("BROADSHEET_GATE_NAME", "gate"),
-                       allowed=parse_allowed(env.str("BROADSHEET_GATE_ALLOW", "POST /stream")))
+                       allowed=parse_allowed(env.str("BROADSHEET_GATE_ALLOW", "POST /stream")), silence=silence)
         else:
-            gate = cls(upstream, key=key, name=env.str("BROADSHEET_GATE_NAME", "gate"))
+            gate = cls(upstream, key=key, name=env.str("BROADSHEET_GATE_NAME", "gate"), silence=silence)
         return gate, listen_host(host), port
 
 

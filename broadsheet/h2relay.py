@@ -12,6 +12,18 @@ request handed to a coroutine with its ``Downstream``) and an HTTP/2
 client (``Upstream``: one request, its response body read as it comes,
 within flow control). ``Upstream`` may speak TLS (ALPN ``h2``) and check the
 certificate against a pinned SHA-256 fingerprint.
+
+A link that goes dark (a partition that drops every packet: no FIN, no
+RST) would leave both ends waiting for ever: LiteFS's client sets no read
+deadline, and TCP notices only after many minutes of retransmissions, or
+never while nothing is sent. So both ends of a relay's connection watch
+it: when nothing has arrived for a third of ``silence`` seconds they send
+an HTTP/2 PING (answered by any HTTP/2 peer, LiteFS's Go server and client
+included, and never held back by flow control), and a connection on which
+nothing at all has arrived for ``silence`` seconds is dead: it is closed,
+its streams end, and LiteFS reconnects (its primary sends a heartbeat
+every second on ``/stream``, so a live stream is never that quiet).
+``BROADSHEET_REPLICATION_TIMEOUT`` sets it (``silence_from_env``).
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import ssl
 import time
 import urllib.parse
@@ -26,6 +39,53 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 CONNECT_TIMEOUT = 5.0
+# Seconds a connection may carry nothing (no frame, no answer to a ping)
+# before a relay counts it as dead (BROADSHEET_REPLICATION_TIMEOUT).
+SILENCE = 5.0
+
+
+def silence_from_env(environ=None) -> float:
+    """``BROADSHEET_REPLICATION_TIMEOUT``: how long a replication
+    connection may be silent before it counts as dead (ConfigError names the
+    variable for a bad value)."""
+    from .config import Env
+
+    return Env(environ).seconds("BROADSHEET_REPLICATION_TIMEOUT", SILENCE, positive=True, at_most=600)
+
+
+class Liveness:
+    """When a connection last carried anything, and whether it is time to
+    ping it or to give it up."""
+
+    def __init__(self, silence: float):
+        self.silence = silence
+        self.ping_every = max(0.05, silence / 3)
+        self.heard_at = time.monotonic()
+
+    def heard(self) -> None:
+        self.heard_at = time.monotonic()
+
+    @property
+    def quiet_for(self) -> float:
+        return time.monotonic() - self.heard_at
+
+    @property
+    def dead(self) -> bool:
+        return self.quiet_for >= self.silence
+
+    async def read(self, reader: asyncio.StreamReader, conn, writer) -> bytes | None:
+        """The next bytes from ``reader``; None after ``ping_every`` seconds
+        without any (a PING is then on its way, if the connection is not
+        dead by now)."""
+        try:
+            data = await asyncio.wait_for(reader.read(65536), self.ping_every)
+        except asyncio.TimeoutError:
+            if not self.dead:
+                conn.ping(os.urandom(8))
+                writer.write(conn.data_to_send())  # no drain: a dark link must not hold this up
+            return None
+        self.heard()
+        return data
 
 
 @dataclass(frozen=True)
@@ -61,8 +121,10 @@ class Server:
         log: Callable[[str], None],
         tls: ssl.SSLContext | None = None,
         screen: Screen | None = None,
+        silence: float = SILENCE,
     ):
         self.handle, self.log, self.tls, self.screen = handle, log, tls, screen
+        self.silence = silence
         self._server: asyncio.AbstractServer | None = None
         self.on_close: Callable[[], None] = lambda: None
 
@@ -92,11 +154,17 @@ class Server:
 
             return forget
 
+        liveness = Liveness(self.silence)
         try:
             conn.initiate_connection()
             writer.write(conn.data_to_send())
             while True:
-                data = await reader.read(65536)
+                data = await liveness.read(reader, conn, writer)
+                if data is None:
+                    if liveness.dead:
+                        self.log(f"connection from {peer}: nothing for {liveness.quiet_for:.1f}s, not even an answer to a ping: closed")
+                        break
+                    continue
                 if not data:
                     break
                 for event in conn.receive_data(data):
@@ -226,8 +294,10 @@ class Upstream:
 
     WINDOW = 1 << 22
 
-    def __init__(self, reader, writer, conn, stream_id: int):
+    def __init__(self, reader, writer, conn, stream_id: int, silence: float = SILENCE, authority: str = ""):
         self.reader, self.writer, self.conn, self.stream_id = reader, writer, conn, stream_id
+        self.liveness = Liveness(silence)
+        self.authority = authority
         self.buffer = bytearray()
         self.arrived = asyncio.Event()
         self.response: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -238,7 +308,8 @@ class Upstream:
 
     @classmethod
     async def open(
-        cls, target: Target, method: str, path: str, headers: list[tuple[str, str]], body: bytes
+        cls, target: Target, method: str, path: str, headers: list[tuple[str, str]], body: bytes,
+        silence: float = SILENCE,
     ) -> "Upstream":
         import h2.config
         import h2.connection
@@ -271,7 +342,7 @@ class Upstream:
         if body:
             conn.send_data(stream_id, body, end_stream=True)
         writer.write(conn.data_to_send())
-        upstream = cls(reader, writer, conn, stream_id)
+        upstream = cls(reader, writer, conn, stream_id, silence, target.authority)
         try:
             upstream.status, upstream.headers = await asyncio.wait_for(asyncio.shield(upstream.response), CONNECT_TIMEOUT)
         except BaseException:
@@ -284,7 +355,14 @@ class Upstream:
 
         try:
             while not self.ended:
-                data = await self.reader.read(65536)
+                data = await self.liveness.read(self.reader, self.conn, self.writer)
+                if data is None:
+                    if self.liveness.dead:
+                        raise ConnectionError(
+                            f"nothing from {self.authority or 'the upstream'} for {self.liveness.quiet_for:.1f}s,"
+                            " not even an answer to a ping: the link is down"
+                        )
+                    continue
                 if not data:
                     raise ConnectionError("the upstream closed the connection")
                 for event in self.conn.receive_data(data):

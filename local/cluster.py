@@ -407,6 +407,8 @@ class LocalCluster:
                 "litefs": self.standby.private.url,
             } if self.standby is not None else None,
             "links": self.links.as_dict() if self.links is not None else {},
+            # toxiproxy's API, for `broadsheet link cut|heal|set`.
+            "links_api_port": self.links.api_port if self.links is not None else None,
             "logs": str(self.supervisor.log_dir),
         }
         (self.root / CLUSTER_FILE).write_text(json.dumps(info, indent=2))
@@ -427,6 +429,8 @@ class LocalCluster:
             link = behind.get(node.primary_public_url.partition("://")[2])
             via = f"  behind link {link.spec}" if link else ""
             lines.append(f"  {node.name} (public):        {node.url}/public{via}")
+        if behind:
+            lines.append(f"  links:                     broadsheet link cut NAME / link heal NAME --dir {self.root}")
         lines.append(f"  logs:                      {self.supervisor.log_dir}")
         return "\n".join(lines)
 

@@ -180,3 +180,96 @@ def down(root):
     if (Path(root) / CLUSTER_FILE).exists():
         raise click.ClickException(f"the cluster (pid {info['pid']}) has not stopped after 60s; see {info['logs']}")
     click.echo("stopped")
+
+
+@commands.group()
+def link():
+    """Cut, heal or change a link of the local cluster (`broadsheet up
+    --link`) while it runs: try a partition by hand."""
+
+
+def _links(root: Path):
+    import httpx
+
+    from .links import Links
+
+    try:
+        info = load_state(root)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc))
+    if not info.get("links") or not info.get("links_api_port"):
+        raise click.ClickException(f"the cluster in {root} runs no links (broadsheet up --link NAME=DELAY)")
+    try:
+        return Links.attach(int(info["links_api_port"]), info["links"]), info
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"the cluster's link proxy does not answer: {exc}")
+
+
+def _save_links(root: Path, info: dict, links) -> None:
+    import json
+
+    info["links"] = links.as_dict()
+    (Path(root) / CLUSTER_FILE).write_text(json.dumps(info, indent=2))
+
+
+def _named(links, name: str):
+    if name not in links.links:
+        raise click.ClickException(f"no link named {name!r} (links: {', '.join(links.links)})")
+
+
+@link.command("cut")
+@cluster_dir
+@click.argument("name")
+@click.option("--mode", type=click.Choice(["drop", "refuse"]), default="drop", show_default=True,
+              help="drop: a black hole (every byte lost, connections left open); refuse: connections closed and refused.")
+def link_cut(root, name, mode):
+    """Cut link NAME: the node behind it serves what it has and says it is
+    cut off, until `broadsheet link heal NAME`."""
+    links, info = _links(root)
+    _named(links, name)
+    links.cut(name, mode=mode)
+    _save_links(root, info, links)
+    click.echo(f"link {name} cut ({mode}); heal it with: broadsheet link heal {name}")
+
+
+@link.command("heal")
+@cluster_dir
+@click.argument("name")
+def link_heal(root, name):
+    """Heal link NAME: the node behind it catches up by itself."""
+    links, info = _links(root)
+    _named(links, name)
+    links.heal(name)
+    _save_links(root, info, links)
+    click.echo(f"link {name} healed")
+
+
+@link.command("set")
+@cluster_dir
+@click.argument("spec", metavar="NAME=DELAY[:jitter=J][:rate=R]")
+def link_set(root, spec):
+    """Change a link's delay, jitter or rate (a cut stays cut)."""
+    from broadsheet.config import ConfigError
+
+    from .links import LinkSpec
+
+    try:
+        parsed = LinkSpec.parse(spec)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    links, info = _links(root)
+    _named(links, parsed.name)
+    links.set(parsed.name, parsed)
+    _save_links(root, info, links)
+    click.echo(f"link {parsed}")
+
+
+@link.command("list")
+@cluster_dir
+def link_list(root):
+    """The cluster's links: each one's spec, and whether it is cut."""
+    links, _ = _links(root)
+    for name, link_ in links.as_dict().items():
+        state = f"CUT ({link_['cut']})" if link_["cut"] else "up"
+        click.echo(f"{name:<10} {link_['spec']:<36} {state:<13} {link_['listen']} -> {link_['upstream']}")
+

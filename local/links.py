@@ -259,6 +259,26 @@ class Links:
         except KeyError:
             raise KeyError(f"no link named {name!r} (links: {', '.join(self.links) or 'none'})") from None
 
+    @classmethod
+    def attach(cls, api_port: int, saved: dict) -> "Links":
+        """The links of a running toxiproxy (``broadsheet link``, in another
+        process than the ``up`` that started it): ``saved`` is cluster.json's
+        ``links`` section; what is cut is read from the proxy itself."""
+        links = cls(api_port)
+        for name, link in saved.items():
+            links.add(LinkSpec.parse(link["spec"]), link["listen"], link["upstream"])
+        with links._client() as client:
+            proxies = client.get("/proxies").raise_for_status().json()
+        for name in links.links:
+            proxy = proxies.get(name)
+            if proxy is None:
+                continue  # toxiproxy restarted meanwhile: up puts it back
+            if not proxy["enabled"]:
+                links._cut[name] = "refuse"
+            elif any(t["name"] == "cut-upstream" for t in proxy.get("toxics") or []):
+                links._cut[name] = "drop"
+        return links
+
     def as_dict(self) -> dict:
         return {
             name: {"spec": str(link.spec), "listen": link.listen, "upstream": link.upstream,

@@ -851,6 +851,13 @@ def status(root, url, token, as_json):
             f"{node['name']:<14} public.db txid {node['txid']:<6} behind {node['behind_txids']:<4}"
             f" lag {node['lag_ms']:>7.1f} ms  {state_:<11} {node['url']}{where}"
         )
+        if node.get("primary_reachable") is False:
+            heard = node.get("last_heard_s")
+            ago = f"last heard from it {heard:.1f} s ago" if heard is not None else "never heard from it"
+            click.echo(
+                f"{'':<14} CUT OFF from the primary ({ago}): serves TXID {node['txid']},"
+                f" {node['behind_txids']} behind, until its link returns"
+            )
         if node.get("verified") is False:
             click.echo(f"{'':<14} UNVERIFIED: {node.get('verification') or 'no signed release covers its position'}")
     if offsite := health.get("offsite"):

@@ -5,14 +5,14 @@ the response cache and the stall watchdog, made once per Datasette."""
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from broadsheet.litefs import Pos
 
 from . import stall, stream
 from .cache import ResponseCache
 from .custom_sql import Slots
-from .position import PositionWatcher
+from .position import PositionWatcher, SharedRead
 from .releases import Releases
 from .settings import settings
 
@@ -30,6 +30,7 @@ class Guards:
     visible_at: Pos | None = None  # the last position SQLite was seen to show
     unconfirmed_at: Pos | None = None  # a position SQLite did not show in time (never cached)
     releases: Releases | None = None  # signed releases checked (on LiteFS)
+    heard: SharedRead = field(default_factory=SharedRead)  # how long since LiteFS heard from the primary
 
 
 _guards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from pathlib import Path
 
 from broadsheet.asgi import error_body, respond
 from broadsheet.litefs import Pos
@@ -22,11 +23,28 @@ from .guards import Guards, guards
 from .position import Stalled
 from .settings import BUILD, Settings, settings
 from .startup import public_db
-from .status import RELEASE_PATH
+from .status import RELEASE_PATH, cut_off_note, heard_ms
 
 RETRY = [(b"retry-after", b"1")]
 # Served at any position, verified or not: they say which (replica/status.py).
 UNCHECKED = (STATUS_PATH, RELEASE_PATH, "/-/versions.json")
+
+
+async def _not_reached(send, node: Guards, db, conf: Settings, exc: bookmarks.NotReached) -> None:
+    """A bookmark this node cannot serve: 503 (too many waiting) or 504 (it
+    did not arrive), saying so when the node is cut off from the primary."""
+    extra, message = {}, exc.message
+    if exc.status == 504 and db is not None:
+        mount = Path(db.path).parent
+        try:
+            lag_ms = await node.heard.get(lambda: node.position.call(lambda: heard_ms(mount)))
+        except Stalled:
+            lag_ms = None
+        if lag_ms is not None:
+            extra["last_heard_s"] = round(lag_ms / 1000, 1)
+            message += cut_off_note(lag_ms, conf.replication_timeout)
+    body = error_body(exc.status, message, txid=exc.txid, wanted=exc.wanted, **extra)
+    await respond(send, exc.status, body, RETRY)
 
 
 def wrapper(datasette):
@@ -70,8 +88,7 @@ def wrapper(datasette):
                 except Stalled as exc:
                     return await _while_stalled(scope, send, node, exc, custom_sql, wanted)
                 except bookmarks.NotReached as exc:
-                    body = error_body(exc.status, exc.message, txid=exc.txid, wanted=exc.wanted)
-                    return await respond(send, exc.status, body, RETRY)
+                    return await _not_reached(send, node, db, conf, exc)
             if node.releases is not None and db is not None and pos.txid and scope["path"] not in UNCHECKED:
                 problem = await node.releases.check(pos)
                 if problem is not None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import threading
 import time
@@ -61,6 +62,31 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass  # a handle on a mount that is gone
+
+
+class SharedRead:
+    """One answer of a coroutine function shared by everyone asking within
+    ``every`` seconds (and by everyone asking while it runs): a flood of
+    requests that all need the same file read (``.lag`` for a bookmark's
+    504) costs one read of the mount, not one each."""
+
+    def __init__(self, every: float = 0.5):
+        self.every = every
+        self._at = -math.inf
+        self._value = None
+        self._pending: asyncio.Future | None = None
+
+    async def get(self, read):
+        if time.monotonic() - self._at < self.every:
+            return self._value
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(read())
+            self._pending.add_done_callback(self._keep)
+        return await asyncio.shield(self._pending)
+
+    def _keep(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._at, self._value = time.monotonic(), future.result()
 
 
 class TooManyWaits(Exception):

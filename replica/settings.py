@@ -13,6 +13,7 @@ import datasette
 import broadsheet
 from broadsheet import plugins
 from broadsheet.config import ConfigError, Env
+from broadsheet.h2relay import silence_from_env
 
 _BYTES = "a number of bytes (0 or more)"
 
@@ -56,6 +57,10 @@ class Settings:
     # against BROADSHEET_RELEASE_KEY when set, else the key pinned first.
     litefs_data_dir: str = ""
     release_key: str = ""
+    # Seconds without a word from the primary (LiteFS's heartbeat comes
+    # every second) after which the node says it is cut off from it; the
+    # gate gives up the connection after as long (broadsheet/h2relay.py).
+    replication_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -80,6 +85,7 @@ class Settings:
             stall_timeout=stall_timeout,
             litefs_data_dir=env.str("BROADSHEET_LITEFS_DATA_DIR", ""),
             release_key=_release_key(env.str("BROADSHEET_RELEASE_KEY", "")),
+            replication_timeout=silence_from_env(environ),
         )
 
     @property

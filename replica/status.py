@@ -28,12 +28,20 @@ class ReplicaStatus:
     url: str  # how visitors reach this node, when it knows ("" otherwise)
     txid: PublicTxid
     checksum: str
-    primary: str | None  # the primary's hostname while connected to it
+    primary: str | None  # the primary's hostname while LiteFS follows (or tries to follow) it
+    # Whether the node hears from the primary: LiteFS follows it and its
+    # last word (a transaction, or the heartbeat it sends every second) is
+    # less than BROADSHEET_REPLICATION_TIMEOUT old. False while the link is
+    # cut, however the cut looks from here.
     primary_reachable: bool
     # Milliseconds since this node last heard from the primary (LiteFS's
     # ``.lag`` file); None before the first sync.
     lag_ms: int | None
     checked_at: str
+    # The same in seconds, for people: how old the node's view of the
+    # primary is. How many TXIDs it lacks only the primary knows (its
+    # control plane's /nodes, /health and `broadsheet status`).
+    last_heard_s: float | None = None
     # Requests parked on a bookmark, and running visitors' SQL, right now.
     bookmark_waits: int = 0
     custom_sql: int = 0
@@ -49,6 +57,7 @@ class ReplicaStatus:
         url: str = "",
         cache: CacheStats | None = None,
         pos: Pos | None = None,
+        timeout: float = 5.0,
         **load: int,
     ) -> "ReplicaStatus":
         mount = db_path.parent
@@ -57,11 +66,7 @@ class ReplicaStatus:
             primary = (mount / ".primary").read_text().strip() or None
         except OSError:
             primary = None
-        try:
-            lag = int((mount / ".lag").read_text().strip())
-            lag_ms = None if lag < 0 or lag >= 2**31 - 1 else lag  # MaxInt32: never synced
-        except (OSError, ValueError):
-            lag_ms = None
+        lag_ms = heard_ms(mount)
         return cls(
             node=position.node,
             region=region,
@@ -69,8 +74,9 @@ class ReplicaStatus:
             txid=position.txid,
             checksum=position.checksum,
             primary=primary,
-            primary_reachable=primary is not None,
+            primary_reachable=primary is not None and lag_ms is not None and lag_ms < timeout * 1000,
             lag_ms=lag_ms,
+            last_heard_s=None if lag_ms is None else round(lag_ms / 1000, 1),
             checked_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
             cache=cache,
             **load,
@@ -82,6 +88,28 @@ class ReplicaStatus:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def heard_ms(mount: Path) -> int | None:
+    """Milliseconds since this node's LiteFS last heard from the primary
+    (its ``.lag`` file: the last heartbeat's age); None before the first
+    sync. A read of the mount: call it on the node's reader thread."""
+    try:
+        lag = int((mount / ".lag").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if lag < 0 or lag >= 2**31 - 1 else lag  # MaxInt32: never synced
+
+
+def cut_off_note(lag_ms: int | None, timeout: float) -> str:
+    """What a visitor is told, beside a bookmark's 504, when the node is cut
+    off from the primary ("" while it hears from it)."""
+    if lag_ms is None or lag_ms < timeout * 1000:
+        return ""
+    return (
+        f" It has not heard from the primary for {lag_ms / 1000:.0f}s (its link to the primary is down):"
+        " it serves what it has until the link returns, then catches up by itself."
+    )
 
 
 async def replication_status(datasette, request):
@@ -102,6 +130,7 @@ async def replication_status(datasette, request):
                 bookmark_waits=node.position.waiting,
                 custom_sql=node.custom_sql.taken,
                 cache=node.responses.stats(),
+                timeout=conf.replication_timeout,
             )
         )
         if node.releases is not None and pos.txid:

@@ -196,3 +196,167 @@ def test_read_nodes_behind_links_receive_in_the_order_of_their_delays(new_cluste
     assert avg[far.name] > avg[near.name] + 0.2, seen
     print("arrival after commit (s):", seen)
     assert c.links.as_dict()["far"]["spec"] == "far=400ms"
+
+
+def test_link_commands_cut_heal_and_set_a_running_clusters_link(proxy, tmp_path):
+    """`broadsheet link cut|heal|set|list`, from another process than the
+    one that started the proxy: what cluster.json records is enough."""
+    import json
+
+    from broadsheet.cli import cli
+
+    links, port = proxy
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "cluster.json").write_text(json.dumps({"links": links.as_dict(), "links_api_port": links.api_port}))
+    run = CliRunner()
+
+    def invoke(*args):
+        result = run.invoke(cli, ["link", *args, "--dir", str(root)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "cut" in invoke("cut", "syd")
+    with pytest.raises((TimeoutError, socket.timeout)):
+        _round_trip(port, timeout=1.0)
+    assert "CUT (drop)" in invoke("list")
+    assert json.loads((root / "cluster.json").read_text())["links"]["syd"]["cut"] == "drop"
+    invoke("heal", "syd")
+    wait_until(lambda: _round_trip(port, timeout=1.0) >= 0.3, timeout=10, message="the healed link, delay and all")
+    invoke("cut", "syd", "--mode", "refuse")
+    with pytest.raises((ConnectionError, OSError)):
+        _round_trip(port, timeout=1.0)
+    invoke("heal", "syd")
+    invoke("set", "syd=0ms")
+    wait_until(lambda: _round_trip(port, timeout=1.0) < 0.3, timeout=10, message="the link without its delay")
+    assert "syd=0ms" in invoke("list") and " up " in invoke("list")
+    bad = run.invoke(cli, ["link", "cut", "nowhere", "--dir", str(root)])
+    assert bad.exit_code != 0 and "no link named 'nowhere'" in bad.output
+    none = run.invoke(cli, ["link", "list", "--dir", str(tmp_path / "absent")])
+    assert none.exit_code != 0 and "no running cluster" in none.output
+
+
+# -- a relay notices a dark link (broadsheet/h2relay.py) ----------------------
+
+
+def _relay_behind_a_link(tmp_path, server_silence: float, beat: float | None):
+    """An HTTP/2 relay server whose one handler answers 200 and then sends
+    b"beat" every ``beat`` seconds (None: nothing), behind a toxiproxy link;
+    returns (links, link port, server, events: a list the handler notes
+    "started" and "cancelled" in, stop)."""
+    import asyncio
+
+    from broadsheet.h2relay import Server
+
+    events: list[str] = []
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box = {}
+
+    async def handle(request, down):
+        events.append("started")
+        try:
+            await down.start(200, [])
+            while True:
+                await asyncio.sleep(beat or 3600)
+                await down.send(b"beat")
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    async def main():
+        server = Server(handle, lambda line: events.append(line), silence=server_silence)
+        box["port"] = free_port()
+        await server.start("127.0.0.1", box["port"])
+        box["server"] = server
+        ready.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()), daemon=True)
+    thread.start()
+    ready.wait(10)
+    links = Links(free_port())
+    listen = free_port()
+    links.add(LinkSpec("syd", 0), f"127.0.0.1:{listen}", f"127.0.0.1:{box['port']}")
+    supervisor = Supervisor(tmp_path / "logs")
+    supervisor.start(links.service())
+
+    def stop():
+        supervisor.stop_all()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+    return links, listen, events, stop
+
+
+def _follow(port: int, silence: float, seconds: float, cut=None):
+    """Open a stream through the link and read it for ``seconds`` (calling
+    ``cut`` after the first bytes): (bytes read, the error that ended it or
+    None, when it ended after the cut)."""
+    import asyncio
+
+    from broadsheet.h2relay import Target, Upstream
+
+    async def run():
+        upstream = await Upstream.open(Target("127.0.0.1", port), "POST", "/stream", [], b"x", silence=silence)
+        got, cut_at = b"", None
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    piece = await asyncio.wait_for(upstream.read_some(), max(0.01, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    continue
+                got += piece
+                if cut is not None and cut_at is None:
+                    await asyncio.to_thread(cut)
+                    cut_at = time.monotonic()
+            return got, None, None
+        except ConnectionError as exc:
+            return got, exc, time.monotonic() - (cut_at or time.monotonic())
+        finally:
+            upstream.close()
+
+    return asyncio.run(run())
+
+
+def test_a_relay_gives_up_a_black_holed_upstream(tmp_path):
+    links, port, events, stop = _relay_behind_a_link(tmp_path, server_silence=60, beat=0.2)
+    try:
+        # The client side: nothing arrives after the cut (no FIN, no RST):
+        # given up after its silence, not held for ever.
+        got, error, after = _follow(port, silence=1.5, seconds=10, cut=lambda: links.cut("syd"))
+        assert got.startswith(b"beat") and error is not None, (got, error)
+        assert "not even an answer to a ping" in str(error) and 0.8 <= after < 3.5, after
+        links.heal("syd")
+    finally:
+        stop()
+
+
+def test_a_relay_server_closes_a_connection_whose_peer_went_dark(tmp_path):
+    # Silences of 2 s: a loaded machine (the suite beside other work) must
+    # not delay a ping's answer past it.
+    links, port, events, stop = _relay_behind_a_link(tmp_path, server_silence=2.0, beat=None)
+    try:
+        # A stream that carries nothing for longer than the silence stays
+        # open while its peer answers pings ...
+        got, error, _ = _follow(port, silence=2.0, seconds=3.0)
+        assert error is None and "cancelled" not in events, events
+        # ... and the server lets it go once the peer is behind a black hole.
+        import asyncio
+
+        from broadsheet.h2relay import Target, Upstream
+
+        async def dark():
+            upstream = await Upstream.open(Target("127.0.0.1", port), "POST", "/stream", [], b"x", silence=60)
+            await asyncio.to_thread(links.cut, "syd")
+            cut_at = time.monotonic()
+            while events.count("cancelled") < 2 and time.monotonic() - cut_at < 10:
+                await asyncio.sleep(0.05)
+            upstream.close()
+            return time.monotonic() - cut_at
+
+        took = asyncio.run(dark())
+        assert events.count("cancelled") == 2 and 1.0 <= took < 4.5, (events, took)
+        assert any("not even an answer to a ping: closed" in e for e in events), events
+    finally:
+        stop()

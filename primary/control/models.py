@@ -170,7 +170,10 @@ class NodeInfo(BaseModel):
     region: str = Field("", description="Where the node runs (its BROADSHEET_REGION, by default FLY_REGION), when it says")
     txid: int
     connected: bool
-    primary_reachable: bool | None
+    primary_reachable: bool | None = Field(
+        description="Whether the node hears from the primary's replication stream (false: its link is cut)"
+    )
+    last_heard_s: float | None = Field(None, description="Seconds since the node last heard from the primary")
     behind_txids: int
     lag_ms: float = Field(description="How long the oldest public TXID this node lacks has existed (0: it lacks none)")
     state: Literal["live", "behind", "joining", "cut off"] = Field(
@@ -316,6 +319,10 @@ class Health(BaseModel):
     standby: StandbyInfo | None = Field(None, description="The standby, when BROADSHEET_STANDBY_URL names one")
     withdrawn: list[Withdrawn] = Field(
         default=[], description="What broadsheet withdrew by itself (and why), private until published or saved again"
+    )
+    cut_off_nodes: list[str] = Field(
+        default=[],
+        description="Read nodes that do not hear from the primary (their link is cut): they serve their last position meanwhile",
     )
     unverified_nodes: list[str] = Field(
         default=[], description="Read nodes holding a position that no release signed by the publisher covers"

@@ -60,6 +60,10 @@ class TrackedNode:
     txid: PublicTxid = PublicTxid(0)
     connected: bool = False
     primary_reachable: bool | None = None
+    # Seconds since the node last heard from the primary, as it said when
+    # last asked (its /-/replication.json), and when that was.
+    last_heard_s: float | None = None
+    last_heard_asked_at: float | None = None
     updated_at: float | None = None
     # Whether a release signed by the publisher covers what the node holds
     # (None: the node does not say), and why not.
@@ -88,6 +92,15 @@ class TrackedNode:
             return 0.0
         return round(((now or time.time()) - oldest_missing_at) * 1000, 1)
 
+    def heard_ago(self, now: float | None = None) -> float | None:
+        """Seconds since the node last heard from the primary: what it said,
+        plus the time since it said it while it said it was cut off (a node
+        that answers no more has been silent at least that long)."""
+        if self.last_heard_s is None or self.last_heard_asked_at is None:
+            return None
+        since = (now or time.time()) - self.last_heard_asked_at if self.primary_reachable is False else 0.0
+        return round(self.last_heard_s + since, 1)
+
     def as_dict(self, primary_txid: int, oldest_missing_at: float | None) -> dict:
         behind = max(0, primary_txid - self.txid)
         return {
@@ -97,6 +110,7 @@ class TrackedNode:
             "txid": self.txid,
             "connected": self.connected,
             "primary_reachable": self.primary_reachable,
+            "last_heard_s": self.heard_ago(),
             "behind_txids": behind,
             "lag_ms": self.lag_ms(primary_txid, oldest_missing_at),
             "state": self.state(behind),
@@ -442,6 +456,8 @@ class Tracker:
             return  # it has left
         now = time.time()
         moved = txid > node.txid or connected != node.connected
+        # Cut off from the primary, or back: /watch shows it at once.
+        moved = moved or (primary_reachable is not None and primary_reachable != node.primary_reachable)
         node.txid = max(node.txid, txid)
         node.connected = connected
         node.seen = node.seen or connected
@@ -478,6 +494,9 @@ class Tracker:
         if isinstance(region, str) and region and not address.region and region != node.region:
             node.region = region[:64]  # the node's own BROADSHEET_REGION, unless the primary's list names one
             await self._broadcast("node", self._node_dict(node))
+        heard = status.get("last_heard_s")
+        if isinstance(heard, (int, float)):
+            node.last_heard_s, node.last_heard_asked_at = float(heard), time.time()
         if "verified" in status:
             said = (bool(status["verified"]), status.get("verification"))
             if said != (node.verified, node.verification):
@@ -486,7 +505,7 @@ class Tracker:
         await self._advanced(address.name, position.txid, node.connected, status.get("primary_reachable"))
         return True
 
-    async def _poll_node(self, address: ReadNodeAddress, interval: float = 5.0) -> None:
+    async def _poll_node(self, address: ReadNodeAddress, interval: float = 2.0) -> None:
         # Events carry each transaction; this catches what they cannot (a
         # snapshot after a long outage, the node's link to the primary).
         async with httpx.AsyncClient(timeout=2) as client:

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
 from broadsheet.config import Env, split_addr
+from broadsheet.h2relay import silence_from_env
 from broadsheet.litefs import NewestLtx, Pos
 from primary.backup import Identity, identity_of_file
 
@@ -50,6 +51,7 @@ class Standby:
             kept=self._kept,
             on_snapshot=self._forget_identity,
             key=env.optional("BROADSHEET_STANDBY_REPLICATION_KEY"),
+            silence=silence_from_env(environ),
         )
 
     def identity(self) -> Identity:

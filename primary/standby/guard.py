@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from broadsheet.gate import KEY_HEADER
-from broadsheet.h2relay import Downstream, Request, Server, Target, Upstream
+from broadsheet.h2relay import SILENCE, Downstream, Request, Server, Target, Upstream
 from broadsheet.litefs import LTX_HEADER_SIZE, LtxHeader, Pos, snapshot_to_sqlite
 from primary.backup import Identity, identity_of_file
 
@@ -130,7 +130,9 @@ class Guard:
         on_snapshot: Callable[[], None] = lambda: None,
         log: Callable[[str], None] = lambda line: print(f"guard: {line}", flush=True),
         key: str | None = None,
+        silence: float = SILENCE,
     ):
+        self.silence = silence  # a connection silent this long is dead (broadsheet/h2relay.py)
         self.key = key  # what the primary's data.db gate admits (broadsheet/gate.py)
         self.primary_url = primary_url
         self.upstream = Target.from_url(primary_url)
@@ -149,7 +151,7 @@ class Guard:
         return {"following": self.following, "refused": self.refusal.as_dict() if self.refusal else None}
 
     async def start(self, host: str, port: int) -> None:
-        self._server = Server(self._request, self.log)
+        self._server = Server(self._request, self.log, silence=self.silence)
         self._server.on_close = self._closed
         await self._server.start(host, port)
 
@@ -206,7 +208,7 @@ class Guard:
         forwarded = [(k, v) for k, v in headers.items() if k.lower().startswith("litefs-")]
         if self.key:
             forwarded.append((KEY_HEADER, self.key))
-        upstream = await Upstream.open(self.upstream, "POST", target, forwarded, body)
+        upstream = await Upstream.open(self.upstream, "POST", target, forwarded, body, silence=self.silence)
         try:
             status, response_headers = upstream.status, upstream.headers
             if status != 200:

@@ -38,6 +38,7 @@ async def health(request: Request) -> Health:
         epoch=await asyncio.to_thread(_epoch),
         standby=await standby_info(conf.standby_url, data_db_txid) if conf.standby_url else None,
         withdrawn=[Withdrawn(**vars(w)) for w in Withdrawals.read_file(withdrawals_path(conf.watermark_file))],
+        cut_off_nodes=[n["name"] for n in nodes if n.get("primary_reachable") is False],
         unverified_nodes=[n["name"] for n in nodes if n.get("verified") is False],
         heals=read_heals(heals_path(conf.watermark_file)),
         offsite=offsite_info(conf.offsite_status, data_db_txid) if conf.offsite_status else None,
