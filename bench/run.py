@@ -1157,7 +1157,7 @@ def bench_imports(bench: Bench) -> None:
     local = bench.root / "sqlite-utils.db"
     local.unlink(missing_ok=True)
     base = _run([str(bindir / "sqlite-utils"), "insert", str(local), "imported", str(csv_path), "--csv",
-                 "--detect-types", "--pk", "id"])
+                 "--pk", "id"])  # sqlite-utils 4 detects column types by default
     ours = _run([str(bindir / "broadsheet"), "import", "--data-db", bench.data_db, "--csv", "--pk", "id",
                  "imported", str(csv_path)], timeout=3600)
     bench.add(Result("imports", f"broadsheet import, {rows:,}-row CSV: rows/s", rows / ours, "rows/s", rows / base,
@@ -1168,7 +1168,7 @@ def bench_imports(bench: Bench) -> None:
     adopt = bench.root / "adopt.db"
     adopt.unlink(missing_ok=True)
     conn = apsw.Connection(str(adopt))
-    per_row = 140  # bytes a generated row takes, with its index entry, about
+    per_row = 90  # bytes a generated row takes, with its index entry, about
     adopt_rows = target_mb * 2**20 // per_row
     with conn:
         _generate(conn, "adopted", adopt_rows)
@@ -1252,6 +1252,15 @@ def _fill_public(bench: Bench, target: int) -> None:
         conn.close()
 
 
+def _restarts(bench: Bench, node) -> int:
+    """How many times the node's Datasette was started (its log says)."""
+    try:
+        log = (bench.cluster.root / "logs" / f"{node.datasette_service}.log").read_text(errors="replace")
+    except OSError:
+        return -1
+    return log.count("Uvicorn running on")
+
+
 def bench_join(bench: Bench) -> None:
     """A new read node joining a public.db of 2 GB (--quick: 200 MB) behind
     a 100 Mbit/s, 130 ms link: time from its start to serving the newest
@@ -1279,16 +1288,21 @@ def bench_join(bench: Bench) -> None:
     starter = threading.Thread(target=bench.cluster.start_replica, args=(node,), daemon=True)
     starter.start()
     serving = None
+    steps: dict[str, float] = {}  # when each step of the join was first seen, seconds from the start
     try:
         deadline = started + max(600, 5 * transfer_s)
         while time.perf_counter() < deadline:
+            elapsed = time.perf_counter() - started
             try:
+                if "applied" not in steps and Pos.read(node.public_db).txid >= txid:
+                    steps["applied"] = elapsed  # LiteFS has the whole file
                 r = httpx.get(f"{node.url}/-/replication.json", timeout=2)
+                steps.setdefault("datasette_answers", elapsed)
                 if r.status_code == 200 and r.json().get("txid", 0) >= txid and \
                         httpx.get(f"{node.url}/public.json", timeout=5).status_code == 200:
                     serving = time.perf_counter() - started
                     break
-            except (httpx.HTTPError, ValueError):
+            except (httpx.HTTPError, ValueError, OSError):
                 pass
             time.sleep(0.1)
         if serving is None:
@@ -1304,7 +1318,8 @@ def bench_join(bench: Bench) -> None:
         starter.join(30)
     bench.add(Result("join", f"a new read node serving a {size / 2**30:.2f} GiB public.db behind 100 Mbit/s, 130 ms",
                      serving, "s", transfer_s, "the link's transfer time for the file", "≤ 1.5× transfer time",
-                     serving <= 1.5 * transfer_s, {"public_db_bytes": size, "txid": txid}))
+                     serving <= 1.5 * transfer_s, {"public_db_bytes": size, "txid": txid, "steps_s": steps,
+                                                   "datasette_restarts": _restarts(bench, node)}))
     bench.add(Result("join", "  the joining node's peak RSS (LiteFS + gate + Datasette)", memory.peak_sum, "MiB", None,
                      "", "< 256 MiB", memory.peak_sum < 256,
                      {"peak_each_mib": memory.peak, "peak_at_serving": at_serving,
