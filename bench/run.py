@@ -474,7 +474,7 @@ async def _publish_on_cluster(bench: Bench, expected: int, table: str = "flights
     async with TxClock(_litefs_urls(bench, nodes)) as clock:
         before = Pos.read(bench.cluster.primary.public_db).txid
         started, flipped_at = time.perf_counter(), time.time()
-        await asyncio.to_thread(bench.control.publish, table)
+        await asyncio.to_thread(_publish_big, bench, table, timeout)
         await clock.until(["primary"], before + 1, timeout)
         txid = clock.first_after("primary", before)
         applied = await clock.until([n.name for n in nodes], txid, timeout)
@@ -1226,6 +1226,37 @@ class _NodeMemory(threading.Thread):
         self.join(5)
 
 
+def _publish_big(bench: Bench, table: str, timeout: float = 3600) -> int:
+    """Flip ``table`` public and wait, past the control plane's longest
+    wait (60 s), until the publisher's cycle has committed it to public.db:
+    its public TXID."""
+    from urllib.parse import quote
+
+    from broadsheet.client import ControlError
+
+    try:
+        return bench.control._call("POST", f"/tables/{quote(table, safe='')}/publish",
+                                   params={"timeout": 60})["public_txid"]
+    except ControlError as exc:
+        if exc.status != 504:  # the flip is made; the publisher is still copying
+            raise
+    public_db = bench.cluster.primary.public_db
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = apsw.Connection(f"file:{public_db}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            conn.set_busy_timeout(5000)
+            found = conn.execute("SELECT 1 FROM _public_tables WHERE table_name = ?", (table,)).fetchall()
+        except apsw.BusyError:
+            found = []
+        finally:
+            conn.close()
+        if found:
+            return Pos.read(public_db).txid
+        time.sleep(0.5)
+    raise click.ClickException(f"{table} did not reach public.db within {timeout:g}s")
+
+
 def _fill_public(bench: Bench, target: int) -> None:
     """Publish generated incompressible rows until public.db holds about
     ``target`` bytes (in publishes of at most 512 MiB each)."""
@@ -1243,8 +1274,7 @@ def _fill_public(bench: Bench, target: int) -> None:
                     f" INSERT INTO {table} SELECT i, 'row ' || i, bs_noise(i, 1000) FROM n",
                     (first, first + rows - 1),
                 )
-            done = bench.control.publish(table)
-            bench.cluster.wait_for_replicas(done["public_txid"], timeout=1800)
+            bench.cluster.wait_for_replicas(_publish_big(bench, table), timeout=1800)
             say(f"  public.db: {os.path.getsize(bench.cluster.primary.public_db) / 2**20:,.0f} MiB")
             first += rows
             part += 1
