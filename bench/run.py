@@ -666,17 +666,23 @@ def _datasette(argv: list[str], env: dict[str, str]):
         process.wait(30)
 
 
-def _local_copy(node, target: Path) -> Path:
-    """A copy of a read node's public.db on local disk, with its position
-    beside it (as LiteFS shows it), so that a read node's Datasette can serve
-    it as it serves the mount."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    src = apsw.Connection(f"file:{node.public_db}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+def _backup(source, target) -> None:
+    """A copy of the SQLite database ``source`` (read-only) at ``target``,
+    made with SQLite's backup API."""
+    src = apsw.Connection(f"file:{source}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     dst = apsw.Connection(str(target))
     with dst.backup("main", src, "main") as backup:
         backup.step()
     src.close()
     dst.close()
+
+
+def _local_copy(node, target: Path) -> Path:
+    """A copy of a read node's public.db on local disk, with its position
+    beside it (as LiteFS shows it), so that a read node's Datasette can serve
+    it as it serves the mount."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _backup(node.public_db, target)
     Path(f"{target}-pos").write_text(str(Pos.read(node.public_db)) + "\n")
     return target
 
@@ -964,12 +970,7 @@ def _local_publish_baseline(bench: Bench, table: str) -> dict[str, float]:
     of data.db on local disk into a fresh local file."""
     source = bench.root / f"{table}-source.db"
     source.unlink(missing_ok=True)
-    src = apsw.Connection(f"file:{bench.data_db}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
-    dst = apsw.Connection(str(source))
-    with dst.backup("main", src, "main") as backup:
-        backup.step()
-    src.close()
-    dst.close()
+    _backup(bench.data_db, source)
     try:
         return _sqlite_copy(str(source), bench.root / f"{table}-copy.db", table)
     finally:
