@@ -409,7 +409,7 @@ def _import_flights(path: str, quick: bool) -> int:
     return count
 
 
-def _sqlite_copy(source: str, target: Path) -> dict[str, float]:
+def _sqlite_copy(source: str, target: Path, table: str = "flights") -> dict[str, float]:
     """The baseline: SQLite copies the table, then builds its index, into a
     fresh local file (seconds for each part)."""
     target.unlink(missing_ok=True)
@@ -417,12 +417,12 @@ def _sqlite_copy(source: str, target: Path) -> dict[str, float]:
     conn = apsw.Connection(str(target))
     conn.execute("ATTACH ? AS src", (source,))
     conn.execute("BEGIN")
-    (sql,) = conn.execute("SELECT sql FROM src.sqlite_master WHERE name = 'flights'").fetchone()
+    (sql,) = conn.execute("SELECT sql FROM src.sqlite_master WHERE name = ?", (table,)).fetchone()
     conn.execute(sql)
-    conn.execute("INSERT INTO main.flights SELECT * FROM src.flights")
+    conn.execute(f"INSERT INTO main.{table} SELECT * FROM src.{table}")
     copied = time.perf_counter()
     for (index_sql,) in conn.execute(
-        "SELECT sql FROM src.sqlite_master WHERE type = 'index' AND tbl_name = 'flights'"
+        "SELECT sql FROM src.sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
     ).fetchall():
         conn.execute(index_sql)
     indexed = time.perf_counter()
@@ -465,7 +465,8 @@ def _cycle_for(bench: Bench, public_txid: int) -> Cycle | None:
     return next((r for r in records if r.public_txid == public_txid), None)
 
 
-async def _publish_on_cluster(bench: Bench, expected: int) -> dict[str, float]:
+async def _publish_on_cluster(bench: Bench, expected: int, table: str = "flights",
+                              timeout: float = 300) -> dict[str, float]:
     """Flip flights public; the time from the flip to: the public commit (the
     primary's public LiteFS has the publisher's transaction), each read node's
     LiteFS applying it, and each read node's Datasette counting every row."""
@@ -473,20 +474,20 @@ async def _publish_on_cluster(bench: Bench, expected: int) -> dict[str, float]:
     async with TxClock(_litefs_urls(bench, nodes)) as clock:
         before = Pos.read(bench.cluster.primary.public_db).txid
         started, flipped_at = time.perf_counter(), time.time()
-        await asyncio.to_thread(bench.control.publish, "flights")
-        await clock.until(["primary"], before + 1, 300)
+        await asyncio.to_thread(_publish_big, bench, table, timeout)
+        await clock.until(["primary"], before + 1, timeout)
         txid = clock.first_after("primary", before)
-        applied = await clock.until([n.name for n in nodes], txid, 300)
+        applied = await clock.until([n.name for n in nodes], txid, timeout)
         committed = _committed(clock.seen["primary"][txid], applied)
-    count = {"sql": "select count(*) as n from flights", "_shape": "array"}
+    count = {"sql": f"select count(*) as n from {table}", "_shape": "array"}
     async with httpx.AsyncClient(timeout=60) as client:
         for node in nodes:
             while True:
                 r = await client.get(f"{node.url}/public/-/query.json", params=count)
                 if r.status_code == 200 and r.json()[0]["n"] == expected:
                     break
-                if time.perf_counter() - started > 300:
-                    raise click.ClickException(f"{node.name} did not show {expected} flights within 300s")
+                if time.perf_counter() - started > timeout:
+                    raise click.ClickException(f"{node.name} did not show {expected} rows of {table} within {timeout:g}s")
                 await asyncio.sleep(0.01)
     shown = time.perf_counter()
     last_applied = max(applied.values())
@@ -665,17 +666,23 @@ def _datasette(argv: list[str], env: dict[str, str]):
         process.wait(30)
 
 
-def _local_copy(node, target: Path) -> Path:
-    """A copy of a read node's public.db on local disk, with its position
-    beside it (as LiteFS shows it), so that a read node's Datasette can serve
-    it as it serves the mount."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    src = apsw.Connection(f"file:{node.public_db}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+def _backup(source, target) -> None:
+    """A copy of the SQLite database ``source`` (read-only) at ``target``,
+    made with SQLite's backup API."""
+    src = apsw.Connection(f"file:{source}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     dst = apsw.Connection(str(target))
     with dst.backup("main", src, "main") as backup:
         backup.step()
     src.close()
     dst.close()
+
+
+def _local_copy(node, target: Path) -> Path:
+    """A copy of a read node's public.db on local disk, with its position
+    beside it (as LiteFS shows it), so that a read node's Datasette can serve
+    it as it serves the mount."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _backup(node.public_db, target)
     Path(f"{target}-pos").write_text(str(Pos.read(node.public_db)) + "\n")
     return target
 
@@ -1042,6 +1049,434 @@ def _bench_offsite_restore(bench: Bench, server) -> None:
     for leftover in (path, done.path):
         leftover.unlink(missing_ok=True)
 
+# -- scale and distance (issue 24) ----------------------------------------------------
+# Links with distance (local/links.py), tables of millions of rows, a read
+# node joining a large public.db, fan-out to 16 LiteFS nodes, imports. Each
+# is a function of its own; the large ones run last (every node added
+# afterwards would copy what they published).
+
+
+def _noise(conn) -> None:
+    """``bs_noise(i, n)``: n deterministic, incompressible bytes for row i
+    (LZ4, which LiteFS compresses LTX with, cannot shrink them, so a file's
+    transfer time is its size over the link's rate)."""
+    import hashlib
+
+    conn.create_scalar_function(
+        "bs_noise", lambda i, n: hashlib.shake_128(b"broadsheet-bench:%d" % i).digest(n), 2, deterministic=True
+    )
+
+
+def _generate(conn, table: str, rows: int, first: int = 1) -> None:
+    """``rows`` deterministic rows of several types in ``table`` (made if
+    need be, with an index), in the caller's transaction."""
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, name TEXT NOT NULL, category TEXT,"
+        " amount REAL, quantity INTEGER, created TEXT, flag INTEGER, note TEXT)"
+    )
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+        f" INSERT INTO {table} SELECT i, 'item ' || i, 'cat-' || (i * 7919 % 97), (i * 2654435761 % 100000) / 100.0,"
+        " i * 48271 % 1000, date('2020-01-01', '+' || (i % 2000) || ' days'), i % 2,"
+        " CASE WHEN i % 5 = 0 THEN NULL ELSE printf('note %d of %d', i % 1000, i % 37) END FROM n",
+        (first, first + rows - 1),
+    )
+    conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_category ON {table} (category, amount)")
+
+
+def _local_publish_baseline(bench: Bench, table: str) -> dict[str, float]:
+    """A plain SQLite copy of ``table`` (rows, then index) from a snapshot
+    of data.db on local disk into a fresh local file."""
+    source = bench.root / f"{table}-source.db"
+    source.unlink(missing_ok=True)
+    _backup(bench.data_db, source)
+    try:
+        return _sqlite_copy(str(source), bench.root / f"{table}-copy.db", table)
+    finally:
+        source.unlink(missing_ok=True)
+        (bench.root / f"{table}-copy.db").unlink(missing_ok=True)
+
+
+def bench_publish_large(bench: Bench) -> None:
+    """First publish of generated tables of 1M and 10M rows (--quick: 100k
+    and 1M) to every read node, against a plain SQLite copy of the same
+    table in the same run; and the growth from the smaller to the larger."""
+    sizes = (100_000, 1_000_000) if bench.quick else (1_000_000, 10_000_000)
+    totals = {}
+    for rows in sizes:
+        table = f"gen_{rows}"
+        say(f"  generating {rows:,} rows into data.db (not timed)")
+        conn = store.connect(bench.data_db)
+        try:
+            with store.immediate(conn):
+                _generate(conn, table, rows)
+        finally:
+            conn.close()
+        baseline = _local_publish_baseline(bench, table)
+        cluster = asyncio.run(_publish_on_cluster(bench, rows, table, timeout=3600))
+        cycle = _cycle_for(bench, cluster["public_txid"])
+        total = totals[rows] = cluster["total_s"]
+        goal = 2 * baseline["total_s"] + 1
+        bench.add(Result("publish large", f"flip → {rows:,} generated rows on every node", total, "s",
+                         baseline["total_s"], "sqlite3 copy + index into a fresh local file",
+                         "≤ 2× baseline + 1 s" if rows == sizes[0] else "report",
+                         total <= goal if rows == sizes[0] else None,
+                         {"rows": rows, "sqlite_copy": baseline, "cluster": cluster,
+                          "public_db_bytes": os.path.getsize(bench.cluster.primary.public_db),
+                          "publisher_cycle_on_litefs_s": cycle.duration_ms / 1000 if cycle else None,
+                          "publisher_commit_on_litefs_s": cycle.commit_ms / 1000 if cycle else None}))
+        for label, value in (("flip → public commit", cluster["flip_to_public_commit_s"]),
+                             ("public commit → last read node's LiteFS applied",
+                              cluster["public_commit_to_last_node_applied_s"])):
+            bench.add(Result("publish large", f"  {rows:,} rows: {label}", value, "s", None, "", "", None, {}))
+    small, large = sizes
+    growth = totals[large] / totals[small]
+    bench.add(Result("publish large", f"growth {small:,} → {large:,} rows (linear: {large // small}×)", growth, "×",
+                     large / small, "rows ratio", "≈ linear (≤ the rows ratio)", growth <= large / small * 1.2,
+                     {"seconds": totals}))
+
+
+def bench_distance(bench: Bench) -> None:
+    """Propagation write → visible in a read node's JSON behind a link of
+    0, 40, 130 and 260 ms one way (toxiproxy, local/links.py): one read
+    node added behind a link whose delay is changed between the runs; the
+    primary's own Datasette is the same-run baseline."""
+    from local.links import LinkSpec
+
+    writes = 10 if bench.quick else 50
+    node = bench.cluster.add_replica(link=LinkSpec("far", 0))
+    bench.api("/-/create", {"table": "far_pings", "pk": "id", "rows": [{"id": 0, "text": "start"}]}).raise_for_status()
+    bench.control.publish("far_pings")
+    bench.cluster.wait_for_replicas(timeout=60)
+    first = 1
+    for delay in (0, 40, 130, 260):
+        bench.cluster.links.set("far", LinkSpec("far", delay))
+        per_node, baseline = asyncio.run(_propagation(bench, "far_pings", writes, first, nodes=[node]))
+        first += writes
+        ts = per_node[node.name]
+        p50, p99 = pct(ts, 50), pct(ts, 99)
+        ok = p50 <= delay + 60 and p99 <= 2 * delay + 150
+        bench.add(Result("distance", f"p50 write→visible behind a {delay} ms link (p99 {p99:.0f} ms)", p50, "ms",
+                         pct(baseline, 50), "write→visible on the primary",
+                         f"p50 ≤ {delay + 60} ms, p99 ≤ {2 * delay + 150} ms", ok,
+                         {"delay_ms": delay, "writes": writes, "p50_ms": p50, "p99_ms": p99, "max_ms": max(ts),
+                          "applied_p50_ms": pct(per_node["_applied"], 50),
+                          "insert_request_p50_ms": pct(per_node["_insert_request"], 50)}))
+    bench.cluster.links.set("far", LinkSpec("far", 0))
+
+
+def _bare_litefs(bench: Bench, i: int):
+    """A LiteFS replica of public.db alone (no gate, no Datasette) streaming
+    from the primary's public LiteFS on loopback: started, and its config."""
+    from broadsheet.supervisor import Service
+
+    root = bench.cluster.root / f"bare-{i}"  # inside the cluster's directory: its supervisor's
+    template = bench.cluster.replicas[0].litefs
+    fs = dataclasses.replace(template, mount_dir=root / "mnt", data_dir=root / "litefs",
+                             http_addr=f"127.0.0.1:{free_port()}",
+                             primary_url=bench.cluster.primary.public.url)
+    bench.cluster.supervisor.start(Service(
+        name=f"bare-{i}-litefs", argv=fs.argv(), env=fs.env(), mount=fs.mount_dir,
+        ready=lambda: _mounted_and_answering(fs), prepare=lambda: fs.data_dir.mkdir(parents=True, exist_ok=True),
+        stop_signal=signal.SIGINT,
+    ))
+    return fs
+
+
+def _mounted_and_answering(fs) -> bool:
+    from broadsheet.litefs import is_mounted
+
+    try:
+        return is_mounted(fs.mount_dir) and httpx.get(f"{fs.url}/info", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def _bare_fanout(bench: Bench, nodes: dict[str, str], writes: int, first_id: int) -> list[float]:
+    """Public commit → applied (ms) on each bare LiteFS for ``writes``
+    single-row commits to a published table."""
+    apply_ms: list[float] = []
+    conn = store.connect(bench.data_db)
+    try:
+        urls = {"primary": bench.cluster.primary.public_litefs_local_url, **nodes}
+        async with TxClock(urls) as clock:
+            for i in range(writes):
+                before = Pos.read(bench.cluster.primary.public_db).txid
+                with store.immediate(conn):
+                    conn.execute("INSERT INTO fan16 (id, text) VALUES (?, ?)", (first_id + i, f"write {i}"))
+                public = (await clock.until(["primary"], before + 1, 30))["primary"]
+                txid = clock.first_after("primary", before)
+                applied = await clock.until(list(nodes), txid, 60)
+                public = _committed(public, applied)
+                apply_ms.extend((at - public) * 1000 for at in applied.values())
+    finally:
+        conn.close()
+    return apply_ms
+
+
+def bench_fanout16(bench: Bench) -> None:
+    """Fan-out at LiteFS level: 1, then 16 LiteFS replicas of public.db
+    (LiteFS processes only, no Datasette, to fit two cores): p50 public
+    commit → applied, against the 1-node figure of the same run."""
+    writes = 10 if bench.quick else 50
+    bench.api("/-/create", {"table": "fan16", "pk": "id", "rows": [{"id": 0, "text": "start"}]}).raise_for_status()
+    bench.control.publish("fan16")
+    nodes: dict[str, str] = {}
+    try:
+        figures = {}
+        first = 1
+        for target in (1, 16):
+            while len(nodes) < target:
+                fs = _bare_litefs(bench, len(nodes) + 1)
+                nodes[f"bare-{len(nodes) + 1}"] = fs.url
+            # Every node has caught up before the clock starts.
+            txid = Pos.read(bench.cluster.primary.public_db).txid
+            deadline = time.monotonic() + 120
+            while any(Pos.read(bench.cluster.root / n / "mnt" / "public.db").txid < txid for n in nodes):
+                if time.monotonic() > deadline:
+                    raise click.ClickException("bare LiteFS nodes did not catch up within 120 s")
+                time.sleep(0.05)
+            figures[target] = asyncio.run(_bare_fanout(bench, dict(nodes), writes, first))
+            first += writes
+        one, many = pct(figures[1], 50), pct(figures[16], 50)
+        bench.add(Result("fan-out 16", "p50 public commit→applied, 16 LiteFS replicas", many, "ms", one,
+                         "the same with 1 LiteFS replica", "≤ 1.5× the 1-node figure", many <= 1.5 * one,
+                         {"writes": writes, "p99_ms_16": pct(figures[16], 99), "p99_ms_1": pct(figures[1], 99),
+                          "max_ms_16": max(figures[16])}))
+    finally:
+        for name in reversed(list(nodes)):
+            bench.cluster.supervisor.stop(f"{name}-litefs")
+
+
+def _csv_file(path: Path, rows: int) -> None:
+    with open(path, "w", newline="") as fp:
+        out = csv.writer(fp)
+        out.writerow(["id", "name", "category", "amount", "quantity", "created", "note"])
+        for i in range(1, rows + 1):
+            out.writerow([i, f"item {i}", f"cat-{i * 7919 % 97}", (i * 2654435761 % 100000) / 100,
+                          i * 48271 % 1000, f"2020-{1 + i % 12:02d}-{1 + i % 28:02d}", f"note {i % 1000}"])
+
+
+def _run(argv: list[str], **kwargs) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise click.ClickException(f"{' '.join(argv[:3])}… failed: {result.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def bench_imports(bench: Bench) -> None:
+    """``broadsheet import`` of a CSV of 1M rows (--quick: 100k) and
+    ``broadsheet adopt`` of a 1 GB SQLite file (--quick: 100 MB), each
+    against ``sqlite-utils insert`` of the same rows into a local file."""
+    rows = 100_000 if bench.quick else 1_000_000
+    target_mb = 100 if bench.quick else 1024
+    bindir = Path(sys.executable).parent
+    csv_path = bench.root / "import.csv"
+    _csv_file(csv_path, rows)
+    local = bench.root / "sqlite-utils.db"
+    local.unlink(missing_ok=True)
+    base = _run([str(bindir / "sqlite-utils"), "insert", str(local), "imported", str(csv_path), "--csv",
+                 "--pk", "id"])  # sqlite-utils 4 detects column types by default
+    ours = _run([str(bindir / "broadsheet"), "import", "--data-db", bench.data_db, "--csv", "--pk", "id",
+                 "imported", str(csv_path)], timeout=3600)
+    bench.add(Result("imports", f"broadsheet import, {rows:,}-row CSV: rows/s", rows / ours, "rows/s", rows / base,
+                     "sqlite-utils insert --csv into a local file", "≥ 0.5× baseline", rows / ours >= 0.5 * rows / base,
+                     {"rows": rows, "broadsheet_s": ours, "sqlite_utils_s": base,
+                      "csv_bytes": csv_path.stat().st_size}))
+    # A file to adopt: generated rows up to the size wanted.
+    adopt = bench.root / "adopt.db"
+    adopt.unlink(missing_ok=True)
+    conn = apsw.Connection(str(adopt))
+    per_row = 90  # bytes a generated row takes, with its index entry, about
+    adopt_rows = target_mb * 2**20 // per_row
+    with conn:
+        _generate(conn, "adopted", adopt_rows)
+    conn.close()
+    size = adopt.stat().st_size
+    # The baseline: the same rows through sqlite-utils, from newline-delimited JSON.
+    nl = bench.root / "adopt.nl"
+    conn = apsw.Connection(f"file:{adopt}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    cursor = conn.execute("SELECT * FROM adopted")
+    names = [d[0] for d in cursor.getdescription()]
+    with open(nl, "w") as fp:
+        for row in cursor:
+            fp.write(json.dumps(dict(zip(names, row))) + "\n")
+    conn.close()
+    local.unlink(missing_ok=True)
+    base = _run([str(bindir / "sqlite-utils"), "insert", str(local), "adopted", str(nl), "--nl", "--pk", "id"])
+    nl.unlink()
+    local.unlink(missing_ok=True)
+    ours = _run([str(bindir / "broadsheet"), "adopt", "--url", bench.cluster.primary.control_url,
+                 "--token", bench.token, str(adopt)], timeout=3600)
+    mb = size / 2**20
+    bench.add(Result("imports", f"broadsheet adopt, {mb:,.0f} MiB SQLite file: MiB/s", mb / ours, "MiB/s", mb / base,
+                     "sqlite-utils insert --nl of its rows into a local file", "≥ 0.5× baseline",
+                     mb / ours >= 0.5 * mb / base,
+                     {"bytes": size, "rows": adopt_rows, "broadsheet_s": ours, "sqlite_utils_s": base}))
+    adopt.unlink(missing_ok=True)
+    csv_path.unlink(missing_ok=True)
+
+
+class _NodeMemory(threading.Thread):
+    """Peak and last RSS of one read node's processes (LiteFS, gate,
+    Datasette), each and summed, sampled every 0.2 s."""
+
+    def __init__(self, bench: Bench, node):
+        super().__init__(daemon=True)
+        self.bench, self.node = bench, node
+        self.services = (node.litefs_service, node.gate_service, node.datasette_service)
+        self.peak: dict[str, float] = {}
+        self.peak_sum = 0.0
+        self.done = threading.Event()
+
+    def sample(self) -> dict[str, float]:
+        now = {s: _rss_mib(self.bench.cluster.supervisor.pid(s) or 0) for s in self.services}
+        for s, v in now.items():
+            self.peak[s] = max(self.peak.get(s, 0.0), v)
+        self.peak_sum = max(self.peak_sum, sum(now.values()))
+        return now
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            self.sample()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(5)
+
+
+def _publish_big(bench: Bench, table: str, timeout: float = 3600) -> int:
+    """Flip ``table`` public and wait, past the control plane's longest
+    wait (60 s), until the publisher's cycle has committed it to public.db:
+    its public TXID."""
+    from urllib.parse import quote
+
+    from broadsheet.client import ControlError
+
+    try:
+        return bench.control._call("POST", f"/tables/{quote(table, safe='')}/publish",
+                                   params={"timeout": 60})["public_txid"]
+    except ControlError as exc:
+        if exc.status != 504:  # the flip is made; the publisher is still copying
+            raise
+    public_db = bench.cluster.primary.public_db
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = apsw.Connection(f"file:{public_db}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            conn.set_busy_timeout(5000)
+            found = conn.execute("SELECT 1 FROM _public_tables WHERE table_name = ?", (table,)).fetchall()
+        except apsw.BusyError:
+            found = []
+        finally:
+            conn.close()
+        if found:
+            return Pos.read(public_db).txid
+        time.sleep(0.5)
+    raise click.ClickException(f"{table} did not reach public.db within {timeout:g}s")
+
+
+def _fill_public(bench: Bench, target: int) -> None:
+    """Publish generated incompressible rows until public.db holds about
+    ``target`` bytes (in publishes of at most 512 MiB each)."""
+    conn = store.connect(bench.data_db)
+    _noise(conn)
+    try:
+        first, part = 1, 0
+        while (have := os.path.getsize(bench.cluster.primary.public_db)) < target * 0.98:
+            rows = max(1, min(target - have, 512 * 2**20) // 1100)
+            table = f"filler_{part}"
+            with store.immediate(conn):
+                conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, label TEXT, payload BLOB)")
+                conn.execute(
+                    "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+                    f" INSERT INTO {table} SELECT i, 'row ' || i, bs_noise(i, 1000) FROM n",
+                    (first, first + rows - 1),
+                )
+            bench.cluster.wait_for_replicas(_publish_big(bench, table), timeout=1800)
+            say(f"  public.db: {os.path.getsize(bench.cluster.primary.public_db) / 2**20:,.0f} MiB")
+            first += rows
+            part += 1
+    finally:
+        conn.close()
+
+
+def _restarts(bench: Bench, node) -> int:
+    """How many times the node's Datasette was started (its log says)."""
+    try:
+        log = (bench.cluster.root / "logs" / f"{node.datasette_service}.log").read_text(errors="replace")
+    except OSError:
+        return -1
+    return log.count("Uvicorn running on")
+
+
+def bench_join(bench: Bench) -> None:
+    """A new read node joining a public.db of 2 GB (--quick: 200 MB) behind
+    a 100 Mbit/s, 130 ms link: time from its start to serving the newest
+    position, against the link's transfer time for the file; the node's
+    RSS (LiteFS + gate + Datasette) while it joins and once serving, and
+    after a few reads of every table (the requirement: < 256 MiB)."""
+    from local.links import LinkSpec
+
+    target = (200 if bench.quick else 2048) * 2**20
+    _fill_public(bench, target)
+    size = os.path.getsize(bench.cluster.primary.public_db)
+    txid = Pos.read(bench.cluster.primary.public_db).txid
+    rate_kbit, delay = 100_000, 130
+    transfer_s = size * 8 / (rate_kbit * 1000)
+    node = bench.cluster.add_replica(start=False, link=LinkSpec("join", delay, rate_kbit=rate_kbit))
+    from local.links import SERVICE
+
+    if bench.cluster.supervisor.pid(SERVICE) is None:
+        bench.cluster.supervisor.start(bench.cluster.links.service())
+    else:
+        bench.cluster.links.apply()
+    memory = _NodeMemory(bench, node)
+    started = time.perf_counter()
+    memory.start()
+    starter = threading.Thread(target=bench.cluster.start_replica, args=(node,), daemon=True)
+    starter.start()
+    serving = None
+    steps: dict[str, float] = {}  # when each step of the join was first seen, seconds from the start
+    try:
+        deadline = started + max(600, 5 * transfer_s)
+        while time.perf_counter() < deadline:
+            elapsed = time.perf_counter() - started
+            try:
+                if "applied" not in steps and Pos.read(node.public_db).txid >= txid:
+                    steps["applied"] = elapsed  # LiteFS has the whole file
+                r = httpx.get(f"{node.url}/-/replication.json", timeout=2)
+                steps.setdefault("datasette_answers", elapsed)
+                if r.status_code == 200 and r.json().get("txid", 0) >= txid and \
+                        httpx.get(f"{node.url}/public.json", timeout=5).status_code == 200:
+                    serving = time.perf_counter() - started
+                    break
+            except (httpx.HTTPError, ValueError, OSError):
+                pass
+            time.sleep(0.1)
+        if serving is None:
+            raise click.ClickException(f"the joining node did not serve TXID {txid} in time")
+        at_serving = dict(memory.peak), memory.peak_sum
+        for name in _tables(node.url):
+            httpx.get(f"{node.url}/public/{name}.json", params={"_size": 100}, timeout=60)
+            httpx.get(f"{node.url}/public/-/query.json", params={"sql": f"select count(*) from [{name}]"}, timeout=60)
+        time.sleep(1)
+        now = memory.sample()
+    finally:
+        memory.stop()
+        starter.join(30)
+    bench.add(Result("join", f"a new read node serving a {size / 2**30:.2f} GiB public.db behind 100 Mbit/s, 130 ms",
+                     serving, "s", transfer_s, "the link's transfer time for the file", "≤ 1.5× transfer time",
+                     serving <= 1.5 * transfer_s, {"public_db_bytes": size, "txid": txid, "steps_s": steps,
+                                                   "datasette_restarts": _restarts(bench, node)}))
+    bench.add(Result("join", "  the joining node's peak RSS (LiteFS + gate + Datasette)", memory.peak_sum, "MiB", None,
+                     "", "< 256 MiB", memory.peak_sum < 256,
+                     {"peak_each_mib": memory.peak, "peak_at_serving": at_serving,
+                      "after_reads_each_mib": now, "after_reads_sum_mib": sum(now.values())}))
+    bench.add(Result("join", "  its RSS after reading every table once (sum)", sum(now.values()), "MiB", None, "",
+                     "< 256 MiB", sum(now.values()) < 256, {"each_mib": now}))
+
 
 BENCHMARKS = {
     "propagation": bench_propagation,
@@ -1053,6 +1488,12 @@ BENCHMARKS = {
     "offsite": bench_offsite,
     # Last: it adds a read node the others would count.
     "gate": bench_gate,
+    # Scale and distance (issue 24): after the others, the largest last.
+    "distance": bench_distance,
+    "fanout16": bench_fanout16,
+    "imports": bench_imports,
+    "publish_large": bench_publish_large,
+    "join": bench_join,
 }
 
 

@@ -263,6 +263,11 @@ class MountConfig:
     # LiteFS's default is a minute; a few seconds keeps the window in which
     # erased rows linger in LTX files close to ``retention`` itself.
     retention_monitor_interval: str = "5s"
+    # How long the primary may take to send a new replica a snapshot. LiteFS
+    # defaults it to the retention (a minute here), which cuts off every
+    # snapshot a link cannot carry in that time: a node joining a 2 GB
+    # public.db behind 100 Mbit/s (about 3 minutes) retried for ever.
+    snapshot_timeout: str = "1h"
     # LiteFS's own cluster id (LFSC + 16 hex digits), written into the data
     # directory before LiteFS first starts there. LiteFS makes a random one
     # otherwise, and a replica refuses a primary whose id differs: a
@@ -288,6 +293,7 @@ class MountConfig:
             "LITEFS_COMPRESS": _bool(self.compress),
             "LITEFS_RETENTION": self.retention,
             "LITEFS_RETENTION_MONITOR_INTERVAL": self.retention_monitor_interval,
+            "LITEFS_SNAPSHOT_TIMEOUT": self.snapshot_timeout,
         }
 
     def argv(self) -> list[str]:

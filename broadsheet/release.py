@@ -21,11 +21,13 @@ but cannot make one: that needs the private key.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from .litefs import LTX_HEADER_SIZE, LTX_TRAILER_SIZE, LtxHeader, Pos, ltx_pages
 
@@ -34,6 +36,7 @@ KEY_PREFIX = "ed25519:"
 _MESSAGE = b"broadsheet-release-v1\0"
 _KEY_MESSAGE = b"broadsheet-key-v1\0"
 _LEAF, _NODE, _ROOT = b"\x00", b"\x01", b"\x02"
+_H = 32  # bytes of one hash in the tree
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS releases (txid INTEGER PRIMARY KEY, digest TEXT NOT NULL,"
@@ -68,13 +71,36 @@ class PageTree:
 
     ``levels[0]`` holds one leaf hash per page (page n at index n-1);
     each level above pairs the one below (an odd last node is carried up
-    unchanged). ``digest`` binds the root to the page count and size."""
+    unchanged). ``digest`` binds the root to the page count and size.
 
-    def __init__(self, page_size: int, leaves: list[bytes], pos: Pos = Pos(0)):
+    Each level is one ``bytearray`` of 32-byte hashes, not a list of
+    ``bytes`` objects: about 64 bytes per page in all (the leaves and
+    every level above them), so 8 MiB for a 2 GiB database of 16 KiB
+    pages (a list of ``bytes`` took about 146 bytes per page). Nothing
+    here ever holds a database's pages: building reads them one at a
+    time, following an LTX file keeps only the hashes of its pages."""
+
+    def __init__(self, page_size: int, leaves: Iterable[bytes], pos: Pos = Pos(0)):
         self.page_size = page_size
         self.pos = pos
-        self.levels: list[list[bytes]] = [list(leaves)]
-        self._rehash(set(range(len(leaves))), 0)
+        level = bytearray()
+        for leaf in leaves:
+            level += leaf
+        self.levels: list[bytearray] = [level]
+        self._build()
+
+    def _build(self) -> None:
+        """Every level above the leaves, afresh."""
+        del self.levels[1:]
+        below = self.levels[0]
+        while (n := len(below) // _H) > 1:
+            here = bytearray()
+            for j in range(0, n - 1, 2):
+                here += _node(below[j * _H : (j + 1) * _H], below[(j + 1) * _H : (j + 2) * _H])
+            if n % 2:
+                here += below[(n - 1) * _H :]
+            self.levels.append(here)
+            below = here
 
     def _rehash(self, dirty: set[int], old_len: int) -> None:
         """Recompute the nodes above ``dirty`` leaves, the leaf level having
@@ -83,38 +109,50 @@ class PageTree:
         level = 0
         while True:
             below = self.levels[level]
-            if len(below) != old_len:
-                dirty = dirty | set(range(max(min(old_len, len(below)) - 1, 0), len(below)))
-            if len(below) <= 1:
+            n = len(below) // _H
+            if n != old_len:
+                dirty = dirty | set(range(max(min(old_len, n) - 1, 0), n))
+            if n <= 1:
                 del self.levels[level + 1 :]
                 return
             if level + 1 == len(self.levels):
-                self.levels.append([])
+                self.levels.append(bytearray())
             here = self.levels[level + 1]
-            old_len, size = len(here), (len(below) + 1) // 2
-            del here[size:]
-            here.extend([b""] * (size - len(here)))
-            dirty = {i // 2 for i in dirty if i < len(below)}
+            old_len, size = len(here) // _H, (n + 1) // 2
+            if len(here) > size * _H:
+                del here[size * _H :]
+            else:
+                here.extend(bytes(size * _H - len(here)))
+            dirty = {i // 2 for i in dirty if i < n}
             for i in dirty:
                 j = 2 * i
-                here[i] = _node(below[j], below[j + 1]) if j + 1 < len(below) else below[j]
+                if j + 1 < n:
+                    here[i * _H : (i + 1) * _H] = _node(below[j * _H : (j + 1) * _H], below[(j + 1) * _H : (j + 2) * _H])
+                else:
+                    here[i * _H : (i + 1) * _H] = below[j * _H : (j + 1) * _H]
             level += 1
 
     @property
     def pages(self) -> int:
-        return len(self.levels[0])
+        return len(self.levels[0]) // _H
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its hashes take (every level)."""
+        return sum(len(level) for level in self.levels)
 
     @property
     def digest(self) -> str:
-        root = self.levels[-1][0] if self.levels[0] else b"\0" * 32
+        root = bytes(self.levels[-1][:_H]) if self.levels[0] else b"\0" * 32
         return hashlib.sha256(_ROOT + struct.pack(">II", self.page_size, self.pages) + root).hexdigest()
 
     @classmethod
     def of_litefs(cls, data_dir: str | os.PathLike, db_name: str, pos: Pos) -> "PageTree":
-        """The tree of a database as LiteFS holds it (see ``litefs_pages``)."""
-        page_size, pages, count = litefs_pages(data_dir, db_name)
-        zero = b"\0" * page_size
-        return cls(page_size, [_leaf(pages.get(n, zero).ljust(page_size, b"\0"), n) for n in range(1, count + 1)], pos)
+        """The tree of a database as LiteFS holds it (see ``litefs_pages``),
+        read one page at a time."""
+        page_size, count, pages = litefs_pages(data_dir, db_name)
+        with contextlib.closing(pages):
+            return cls(page_size, (_leaf(page, n) for n, page in pages), pos)
 
     @classmethod
     def of_file(cls, path: str | os.PathLike, pos: Pos = Pos(0)) -> "PageTree":
@@ -126,36 +164,53 @@ class PageTree:
             (size,) = struct.unpack(">H", header[16:18])
             page_size = 65536 if size == 1 else size
             fp.seek(0)
-            leaves = []
-            while page := fp.read(page_size):
-                leaves.append(_leaf(page.ljust(page_size, b"\0"), len(leaves) + 1))
-        return cls(page_size, leaves, pos)
+
+            def leaves():
+                n = 0
+                while page := fp.read(page_size):
+                    n += 1
+                    yield _leaf(page.ljust(page_size, b"\0"), n)
+
+            return cls(page_size, leaves(), pos)
 
     def update(self, pages: dict[int, bytes], commit: int, pos: Pos) -> None:
         """Pages changed by one transaction (pgno -> content), the database's
         size after it, in pages, and the position it leaves."""
-        leaves = self.levels[0]
-        old_len = len(leaves)
-        del leaves[commit:]
-        zero = _leaf(b"\0" * self.page_size)
-        leaves.extend(zero for _ in range(commit - len(leaves)))  # the lock page, never written
-        for pgno, data in pages.items():
-            leaves[pgno - 1] = _leaf(data, pgno)
-        self._rehash({pgno - 1 for pgno in pages}, old_len)
+        self.update_leaves({pgno: _leaf(data, pgno) for pgno, data in pages.items()}, commit, pos)
+
+    def update_leaves(self, leaves: dict[int, bytes], commit: int, pos: Pos) -> None:
+        """As ``update``, given the changed pages' leaf hashes (``leaf``)."""
+        level = self.levels[0]
+        old_len = len(level) // _H
+        del level[commit * _H :]
+        missing = commit - len(level) // _H
+        if missing > 0:  # the lock page, never written
+            level.extend(_leaf(b"\0" * self.page_size) * missing)
+        for pgno, leaf in leaves.items():
+            level[(pgno - 1) * _H : pgno * _H] = leaf
+        self._rehash({pgno - 1 for pgno in leaves}, old_len)
         self.pos = pos
 
     def apply_ltx(self, path: str | os.PathLike) -> LtxHeader:
         """Follow one LTX file: a snapshot replaces the tree, any other must
-        start where the tree is (ValueError otherwise)."""
-        header, pages, post = read_ltx(path)
-        if header.page_size != self.page_size and not header.is_snapshot:
-            raise ValueError(f"page size {header.page_size}, the tree's is {self.page_size}")
+        start where the tree is (ValueError otherwise). Its pages are read
+        one at a time and only their hashes kept."""
+        size = os.path.getsize(path)
+        with open(path, "rb") as fp:
+            header = LtxHeader.parse(fp.read(LTX_HEADER_SIZE))
+            if header.page_size != self.page_size and not header.is_snapshot:
+                raise ValueError(f"page size {header.page_size}, the tree's is {self.page_size}")
+            if not header.is_snapshot and (
+                header.min_txid != self.pos.txid + 1 or header.pre_apply_checksum != self.pos.checksum
+            ):
+                raise ValueError(f"LTX {header.min_txid}-{header.max_txid} does not follow {self.pos}")
+            leaves = {pgno: _leaf(page, pgno) for pgno, page in ltx_pages(fp, header, size)}
+            fp.seek(size - LTX_TRAILER_SIZE)
+            (post,) = struct.unpack(">Q", fp.read(8))
         if header.is_snapshot:
             self.page_size = header.page_size
-            self.levels = [[]]
-        elif header.min_txid != self.pos.txid + 1 or header.pre_apply_checksum != self.pos.checksum:
-            raise ValueError(f"LTX {header.min_txid}-{header.max_txid} does not follow {self.pos}")
-        self.update(pages, header.commit, Pos(header.max_txid, post))
+            self.levels = [bytearray()]
+        self.update_leaves(leaves, header.commit, Pos(header.max_txid, post))
         return header
 
 
@@ -355,37 +410,68 @@ def list_key(conn, key: PublicKey, added_at: str, signer: "SigningKey | None" = 
     )
 
 
-def litefs_pages(data_dir: str | os.PathLike, db_name: str) -> tuple[int, dict[int, bytes], int]:
+_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+
+
+def litefs_pages(data_dir: str | os.PathLike, db_name: str) -> tuple[int, int, Iterator[tuple[int, bytes]]]:
     """A database as LiteFS holds it in its data directory: its page size,
-    its pages (the ``database`` file with the committed frames of the
-    ``wal`` beside it applied) and its size in pages."""
+    its size in pages, and its pages in order (page number, content; the
+    ``database`` file with the committed frames of the ``wal`` beside it
+    applied, a page neither holds as zeros). The pages are read one at a
+    time as the iterator is consumed (close it when done): what is kept is
+    the WAL's index, the offset of each page's newest committed frame."""
     base = Path(data_dir) / "dbs" / db_name
-    data = (base / "database").read_bytes()
-    if not data.startswith(b"SQLite format 3\0"):
-        raise ValueError(f"{base / 'database'} is not a SQLite database")
-    (size,) = struct.unpack(">H", data[16:18])
+    db_path, wal_path = base / "database", base / "wal"
+    with open(db_path, "rb") as fp:
+        header = fp.read(100)
+    if not header.startswith(b"SQLite format 3\0"):
+        raise ValueError(f"{db_path} is not a SQLite database")
+    (size,) = struct.unpack(">H", header[16:18])
     page_size = 65536 if size == 1 else size
-    pages = {i // page_size + 1: data[i : i + page_size] for i in range(0, len(data), page_size)}
-    (in_header,) = struct.unpack(">I", data[28:32])
-    count = in_header or len(pages)
+    file_pages = -(-os.path.getsize(db_path) // page_size)
+    (in_header,) = struct.unpack(">I", header[28:32])
+    count = in_header or file_pages
+    frames: dict[int, int] = {}  # page number -> offset of its newest committed frame's content
     try:
-        wal = (base / "wal").read_bytes()
+        wal = open(wal_path, "rb")
     except FileNotFoundError:
-        wal = b""
-    if len(wal) >= 32 and wal[:4] in (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83"):
-        salts = wal[16:24]
-        frame = 24 + page_size
-        pending: dict[int, bytes] = {}
-        for at in range(32, len(wal) - frame + 1, frame):
-            pgno, commit = struct.unpack(">II", wal[at : at + 8])
-            if wal[at + 8 : at + 16] != salts:
-                break
-            pending[pgno] = wal[at + 24 : at + frame]
-            if commit:
-                pages.update(pending)
-                pending = {}
-                count = commit
-    return page_size, {n: p for n, p in pages.items() if n <= count}, count
+        wal = None
+    if wal is not None:
+        with wal:
+            wal_size = os.fstat(wal.fileno()).st_size
+            head = wal.read(32)
+            if len(head) == 32 and head[:4] in _WAL_MAGIC:
+                salts, frame = head[16:24], 24 + page_size
+                pending: dict[int, int] = {}
+                at = 32
+                while at + frame <= wal_size:
+                    wal.seek(at)
+                    frame_header = wal.read(24)
+                    pgno, commit = struct.unpack(">II", frame_header[:8])
+                    if frame_header[8:16] != salts:
+                        break
+                    pending[pgno] = at + 24
+                    if commit:
+                        frames.update(pending)
+                        pending = {}
+                        count = commit
+                    at += frame
+
+    def pages() -> Iterator[tuple[int, bytes]]:
+        with open(db_path, "rb") as db, (open(wal_path, "rb") if frames else contextlib.nullcontext()) as wal:
+            for n in range(1, count + 1):
+                at = frames.get(n)
+                if at is not None:
+                    wal.seek(at)
+                    page = wal.read(page_size)
+                elif n <= file_pages:
+                    db.seek((n - 1) * page_size)
+                    page = db.read(page_size)
+                else:
+                    page = b""
+                yield n, page.ljust(page_size, b"\0")
+
+    return page_size, count, pages()
 
 
 def verdict(tree_digest: str, pos: Pos, release: Release | None, trusted: dict[str, PublicKey]) -> str | None:

@@ -182,6 +182,11 @@ class ReadNode:
         # A node that has never synced has no public.db yet: Datasette
         # starts once the first LTX has arrived.
         wait_for_file(self.public_db, timeout=FIRST_SYNC_TIMEOUT) or _no_db(self)
+        # While LiteFS applies a snapshot (a node joining a large public.db)
+        # it holds the database's lock: Datasette's first reads would fail
+        # with "database is locked" and it would exit. Start it once SQLite
+        # can read the schema (or after the same bound, as before).
+        wait_until_readable(self.public_db, timeout=FIRST_SYNC_TIMEOUT)
 
     @property
     def banner(self) -> str:
@@ -252,6 +257,26 @@ class ReadNode:
                 drop_env=(*TEAM_SECRET_VARS, "BROADSHEET_REPLICATION_KEY"),
             ),
         ]
+
+
+def wait_until_readable(path: Path, timeout: float) -> bool:
+    """Whether SQLite could read ``path``'s schema within ``timeout`` seconds."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return True
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
 
 
 def _no_db(node: ReadNode) -> None:

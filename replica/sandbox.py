@@ -43,7 +43,11 @@ _READING = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE
 
 def confine(conn: sqlite3.Connection) -> None:
     """Install the sandbox on a connection Datasette has just opened."""
-    modules = {name for (name,) in conn.execute("SELECT name FROM pragma_module_list")}
+    # The PRAGMA, not ``SELECT … FROM pragma_module_list``: a SELECT reads
+    # the schema, which waits on LiteFS's lock while it applies a large
+    # transaction (a node joining a large public.db), and a Datasette whose
+    # first connection fails that way exits before it is ready.
+    modules = {row[0] for row in conn.execute("PRAGMA module_list")}
     forbidden_tables = frozenset(modules - SAFE_TABLE_FUNCTIONS)
     # A second lock on the "other databases" door: even without the
     # authorizer, SQLite itself refuses to ATTACH anything.

@@ -84,3 +84,49 @@ def test_public_keys_parse_strictly():
     assert release.PublicKey.parse(str(key)) == key
     with pytest.raises(ValueError, match="Ed25519"):
         release.PublicKey.parse("ed25519:not-base64")
+
+
+def _litefs_dir(tmp_path, rows: int):
+    """A database laid out as LiteFS keeps it (``dbs/<name>/database`` and
+    its ``wal``), the WAL holding committed transactions not yet
+    checkpointed; and a plain copy of the same content."""
+    path = tmp_path / "a.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"value {i}" * 20) for i in range(rows)])
+    conn.commit()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("DELETE FROM t WHERE id % 3 = 0")
+    conn.execute("INSERT INTO t (v) VALUES ('grown')")
+    conn.commit()
+    base = tmp_path / "litefs" / "dbs" / "public.db"
+    base.mkdir(parents=True)
+    (base / "database").write_bytes(path.read_bytes())
+    (base / "wal").write_bytes((tmp_path / "a.db-wal").read_bytes())
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return tmp_path / "litefs", path
+
+
+def test_a_tree_is_built_from_litefs_page_by_page_and_keeps_64_bytes_a_page(tmp_path):
+    """Scale: building the tree of a LiteFS database reads it a page at a
+    time (never the whole file in memory), and the tree keeps its hashes
+    packed: about 64 bytes per page, the leaves and every level above."""
+    import tracemalloc
+
+    data_dir, plain = _litefs_dir(tmp_path, 40_000)
+    size = plain.stat().st_size
+    assert size > 8 * 2**20
+    tracemalloc.start()
+    try:
+        tree = release.PageTree.of_litefs(data_dir, "public.db", Pos(2))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert tree.digest == release.PageTree.of_file(plain).digest
+    assert tree.pages == size // 4096
+    assert tree.nbytes <= 64 * (tree.pages + len(tree.levels))
+    assert peak < size / 8, f"{peak} bytes at peak for a {size}-byte database"
