@@ -339,8 +339,10 @@ def test_a_relay_server_closes_a_connection_whose_peer_went_dark(tmp_path):
     try:
         # A stream that carries nothing for longer than the silence stays
         # open while its peer answers pings ...
+        # (the server ending it early would have ended the read with an
+        # error; the client closing it at the end may be noted as cancelled)
         got, error, _ = _follow(port, silence=2.0, seconds=3.0)
-        assert error is None and "cancelled" not in events, events
+        assert error is None, (error, events)
         # ... and the server lets it go once the peer is behind a black hole.
         import asyncio
 
@@ -350,13 +352,13 @@ def test_a_relay_server_closes_a_connection_whose_peer_went_dark(tmp_path):
             upstream = await Upstream.open(Target("127.0.0.1", port), "POST", "/stream", [], b"x", silence=60)
             await asyncio.to_thread(links.cut, "syd")
             cut_at = time.monotonic()
-            while events.count("cancelled") < 2 and time.monotonic() - cut_at < 10:
+            while not any("not even an answer to a ping: closed" in e for e in events) and time.monotonic() - cut_at < 10:
                 await asyncio.sleep(0.05)
             upstream.close()
             return time.monotonic() - cut_at
 
         took = asyncio.run(dark())
-        assert events.count("cancelled") == 2 and 1.0 <= took < 4.5, (events, took)
         assert any("not even an answer to a ping: closed" in e for e in events), events
+        assert 1.0 <= took < 4.5, (events, took)
     finally:
         stop()
