@@ -151,7 +151,10 @@ def wait_until(condition, timeout: float = 10.0, message: str = "condition"):
 def cluster(tmp_path_factory):
     no_litefs_in_a_fast_run("the cluster fixture")
     # LTX compression off so that privacy tests can scan every byte as stored.
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"), replicas=2, compress=False)
+    # First copies in one transaction (no staging: tests/test_publish_staging.py
+    # and test_slow_link.py have it), so tests can measure one publish's LTX.
+    c = LocalCluster(tmp_path_factory.mktemp("cluster"), replicas=2, compress=False,
+                     primary_env={"BROADSHEET_PUBLISH_BATCH_BYTES": "0"})
     c.start()
     yield c
     c.stop()

@@ -187,13 +187,13 @@ def test_the_watch_page_says_what_each_txid_was(flips):
         try:
             page = team_page(cluster, browser)
             page.goto(f"{cluster.primary.control_url}/watch")  # the login cookie is good here too
-            expect(page.locator("#conn")).to_have_text("live")
+            expect(page.locator(".bw-conn")).to_have_text("live")
             control = ControlClient(cluster.primary.control_url, mint(cluster.primary.secret, "dana"))
             txid = control.publish("crews", True)["public_txid"]
-            row = page.locator(f'#publishes tr[data-txid="{txid}"]')
-            expect(row.locator("td.what")).to_have_text("crews published by dana (2 rows)")
+            block = page.locator(f'.bw-publish[data-txid="{txid}"]')
+            expect(block).to_contain_text("crews published by dana (2 rows)")
             for node in cluster.replicas:
-                expect(row).to_contain_text(re.compile(rf"{node.name} ✓ \d+(\.\d+)? ms"))
+                expect(block.locator(f'g.bw-arrival[data-node="{node.name}"]')).to_have_attribute("data-arrived", "true")
         finally:
             browser.close()
 

@@ -24,6 +24,7 @@ dnsmasq are removed afterwards, pass or fail.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -172,7 +173,8 @@ class FlyNet:
         """A machine of ``group`` in ``region``; with ``link_ms``, a read node
         whose stream from the primary crosses a link with that one-way delay."""
         machine_id = secrets.token_hex(7)
-        ip6 = f"fd42:b5:{self.run[2:6]}::{self._next_host:x}"
+        # Written as Python (and the resolver) write it: "0901", not "901".
+        ip6 = str(ipaddress.ip_address(f"fd42:b5:{self.run[2:6]}::{self._next_host:x}"))
         self._next_host += 1
         m = Machine(group, region, machine_id, ip6, f"{self.network}-{group}-{machine_id}",
                     f"{self.network}-vol-{machine_id}")
