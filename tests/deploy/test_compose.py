@@ -97,6 +97,15 @@ class Compose:
         host_port = next(line.rsplit(":", 1)[1] for line in out if line.startswith("0.0.0.0:"))
         return f"http://127.0.0.1:{host_port}"
 
+    def down(self) -> None:
+        """Print the project's last log lines, take it down with its
+        volumes, and fail if anything of it is left."""
+        logs = self("logs", "--no-color", "--tail", "60", check=False, timeout=60)
+        print(logs.stdout[-20000:])
+        self("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
+        left = self.leftovers()
+        assert not left, f"compose down left {left}"
+
     def leftovers(self) -> list[str]:
         label = f"label=com.docker.compose.project={self.project}"
         found = []
@@ -113,11 +122,7 @@ def compose(tmp_path_factory):
         c("up", "-d", timeout=600)
         yield c
     finally:
-        logs = c("logs", "--no-color", "--tail", "60", check=False, timeout=60)
-        print(logs.stdout[-20000:])
-        c("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
-        left = c.leftovers()
-        assert not left, f"compose down left {left}"
+        c.down()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 
-import httpx
 import pytest
 import yaml
 from test_compose import (
@@ -33,6 +32,7 @@ from test_compose import (
 )
 
 from conftest import wait_until
+from local.links import Links, LinkSpec
 
 DELAY_MS = 300  # one way, each direction
 TOXIPROXY = ROOT / "bin" / "toxiproxy-server"
@@ -60,10 +60,10 @@ class LinkedCompose(Compose):
         }
         (workdir / "docker-compose.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
-    def link_api(self) -> str:
+    def link_api_port(self) -> int:
         container = self.containers("link")[0]
         out = self.docker("port", container, "8474/tcp").stdout.split()
-        return f"http://{out[0]}"
+        return int(out[0].rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")
@@ -72,26 +72,13 @@ def linked(tmp_path_factory):
     c = LinkedCompose(tmp_path_factory.mktemp("compose-links"))
     try:
         c("up", "-d", "link", timeout=300)
-        api = wait_until(c.link_api, timeout=30, message="the link container's API")
-        wait_until(lambda: httpx.get(f"{api}/proxies", timeout=2).status_code == 200, timeout=30,
-                   message="toxiproxy answering")
-        httpx.post(f"{api}/proxies", json={
-            "name": "far", "listen": "0.0.0.0:20203", "upstream": "primary:20203", "enabled": True,
-        }).raise_for_status()
-        for stream in ("upstream", "downstream"):
-            httpx.post(f"{api}/proxies/far/toxics", json={
-                "name": f"delay-{stream}", "type": "latency", "stream": stream,
-                "attributes": {"latency": DELAY_MS, "jitter": 0},
-            }).raise_for_status()
-        c.api = api
+        c.link = Links(wait_until(c.link_api_port, timeout=30, message="the link container's API"))
+        c.link.add(LinkSpec("far", DELAY_MS), "0.0.0.0:20203", "primary:20203")
+        wait_until(c.link._ready, timeout=30, message="toxiproxy answering, the link made")
         c("up", "-d", timeout=600)
         yield c
     finally:
-        logs = c("logs", "--no-color", "--tail", "60", check=False, timeout=60)
-        print(logs.stdout[-20000:])
-        c("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
-        left = c.leftovers()
-        assert not left, f"compose down left {left}"
+        c.down()
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +121,9 @@ def test_the_far_node_receives_no_sooner_than_its_link(linked, token):
                        json={"row": {"id": 10 + i, "text": f"{PUBLIC_MARKER} {i}"}})
             assert r.status_code == 201, r.text
         txid = int(r.headers["broadsheet-public-txid"])
-
-        def complete():
-            with control(linked, token) as c:
-                record = c.get(f"/publishes/{txid}").json()
-            return record if record.get("complete") else None
-
-        record = wait_until(complete, timeout=30, message=f"every node at TXID {txid}")
+        with control(linked, token) as c:
+            record = c.get(f"/publishes/{txid}", params={"wait": 30}).json()
+        assert record["complete"], record
         ms = {node["name"]: node["ms"] for node in record["nodes"]}
         print(f"TXID {txid}: ms from commit to each node: {ms}")
         assert ms[hostname["far"]] >= DELAY_MS * 0.95, ms
@@ -150,10 +133,7 @@ def test_the_far_node_receives_no_sooner_than_its_link(linked, token):
 def test_a_cut_link_leaves_the_far_node_serving_and_it_catches_up(linked, token):
     far = far_url(linked)
     at = json_get(f"{far}/-/replication.json")["txid"]
-    for stream in ("upstream", "downstream"):
-        httpx.post(f"{linked.api}/proxies/far/toxics", json={
-            "name": f"cut-{stream}", "type": "timeout", "stream": stream, "attributes": {"timeout": 0},
-        }).raise_for_status()
+    linked.link.cut("far")  # a black hole: every byte dropped
     with team(linked, token) as t:
         r = t.post("/data/notices/-/insert", headers={"Broadsheet-Wait": "public"},
                    json={"row": {"id": 100, "text": f"{PUBLIC_MARKER} during the cut"}})
@@ -164,11 +144,8 @@ def test_a_cut_link_leaves_the_far_node_serving_and_it_catches_up(linked, token)
     for _ in range(5):
         assert status_code(f"{far}/public/notices.json") == 200
         assert json_get(f"{far}/-/replication.json")["txid"] < txid
-    for stream in ("upstream", "downstream"):
-        httpx.delete(f"{linked.api}/proxies/far/toxics/cut-{stream}").raise_for_status()
-    # Connections whose bytes the cut dropped: closed, so both sides reconnect.
-    httpx.post(f"{linked.api}/proxies/far", json={"enabled": False}).raise_for_status()
-    httpx.post(f"{linked.api}/proxies/far", json={"enabled": True}).raise_for_status()
+    # (closing the connections whose bytes the cut dropped, so both sides reconnect)
+    linked.link.heal("far")
     wait_until(lambda: json_get(f"{far}/-/replication.json")["txid"] >= txid, timeout=90,
                message=f"the far node back at TXID {txid}")
     body = json_get(f"{far}/public/notices.json?_shape=objects&id=100")

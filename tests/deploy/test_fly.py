@@ -397,13 +397,9 @@ def test_the_far_read_node_receives_no_sooner_than_its_link(fly, primary, token,
                        json={"row": {"id": 1 + i, "text": f"{PUBLIC_MARKER} far {i}"}})
             assert r.status_code == 201, r.text
         txid = int(r.headers["broadsheet-public-txid"])
-
-        def complete():
-            with control(primary, token) as c:
-                record = c.get(f"/publishes/{txid}").json()
-            return record if record.get("complete") else None
-
-        record = wait_until(complete, timeout=30, message=f"every node at TXID {txid}")
+        with control(primary, token) as c:
+            record = c.get(f"/publishes/{txid}", params={"wait": 30}).json()
+        assert record["complete"], record
         ms = {node["name"]: node["ms"] for node in record["nodes"]}
         print(f"TXID {txid}: ms from commit to each node: {ms}")
         assert ms[syd.machine_id] >= SYD_MS * 0.95, ms
