@@ -649,6 +649,10 @@ def watch(root, url, token, until_txid):
             elif event == "propagation":
                 click.echo(describe(data))
                 if until_txid is not None and data["txid"] >= until_txid and data["complete"]:
+                    if data["cycle"] is None:
+                        # Every node has it before what its cycle did is read:
+                        # the control plane waits for that (briefly).
+                        click.echo(describe(client.propagation(data["txid"], wait=5)))
                     return
     except ControlError as exc:
         raise click.ClickException(exc.message)

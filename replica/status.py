@@ -134,7 +134,7 @@ async def replication_status(datasette, request):
             )
         )
         if node.releases is not None and pos.txid:
-            await node.releases.check(pos, wait=0)
+            await node.releases.check(pos)  # its release comes just after it: wait as a request does
     except Stalled as exc:
         # The health check fails while LiteFS does not answer.
         last = node.position.last
@@ -162,7 +162,7 @@ async def release_status(datasette, request):
         pos = await node.position.fresh()
     except Stalled as exc:
         return Response.json({"ok": False, "error": stall.message(exc, node.position.last.txid)}, status=503)
-    problem = await node.releases.check(pos, wait=0) if pos.txid else "public.db has not arrived"
+    problem = await node.releases.check(pos) if pos.txid else "public.db has not arrived"
     current = node.releases.current
     body = {
         "ok": problem is None,
